@@ -1,0 +1,372 @@
+//! One configuration loader for every Switchyard service.
+//!
+//! Layers, lowest first: the service's built-in defaults, a TOML file
+//! (`--config PATH`, else `deploy/config/<service>.toml` when present), then
+//! `SWITCHYARD_…` environment variables with `__` between key levels
+//! (`SWITCHYARD_EXECUTOR__PHASE=async` sets `executor.phase`).
+//!
+//! Every problem is found at once: each value a file or variable supplies is
+//! checked on its own against the defaults, so one bad key does not hide the
+//! next. A problem names the key, where the value came from, and what is
+//! accepted. Secrets (passwords in URLs, keys named like tokens) are redacted
+//! from every message and from `--print-config`.
+#![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+mod redact;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Provider};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use redact::{redact_text, redacted_toml};
+
+/// The environment variable prefix of every setting.
+pub const ENV_PREFIX: &str = "SWITCHYARD_";
+
+/// The flags every service binary accepts, for `#[command(flatten)]`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigFlags {
+    /// TOML configuration file (default: deploy/config/<service>.toml when present).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration (and that every endpoint can run in the
+    /// configured phase), then exit 0, or 2 with every problem listed.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Print the effective configuration with secrets redacted, then exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// A service's configuration type: a serde struct whose `Default` is the
+/// built-in layer, with range checks the types cannot express.
+pub trait Settings: Serialize + DeserializeOwned + Default {
+    /// Problems with a loaded value as `(dotted key, message)`; the loader adds
+    /// where each value came from.
+    fn problems(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted key, e.g. `executor.phase` (empty when the whole file is at fault).
+    pub key: String,
+    /// Where the value came from: `file deploy/config/api.toml`,
+    /// `environment variable SWITCHYARD_EXECUTOR__PHASE`, or `default`.
+    pub source: String,
+    /// What is wrong and what is accepted, secrets redacted.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.source, self.message)
+        } else {
+            write!(f, "{} (from {}): {}", self.key, self.source, self.message)
+        }
+    }
+}
+
+/// Everything wrong with a configuration, found in one pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The service being configured.
+    pub service: String,
+    /// Each problem.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration for {} ({} problem{}):",
+            self.service,
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A loaded configuration and where its values came from.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    /// The effective configuration.
+    pub settings: T,
+    /// The file layer used, if any.
+    pub file: Option<PathBuf>,
+    figment: Figment,
+}
+
+impl<T> Loaded<T> {
+    /// Where the effective value of `key` came from.
+    pub fn source_of(&self, key: &str) -> String {
+        source_of(&self.figment, key)
+    }
+}
+
+/// Where the loader looks and what it reads.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    service: String,
+    file: Option<PathBuf>,
+    file_was_named: bool,
+    env: Vec<(String, String)>,
+}
+
+impl Loader {
+    /// A loader for `service` reading the process environment; `file` is the
+    /// `--config` flag's value.
+    pub fn new(service: &str, file: Option<&Path>) -> Self {
+        Self::with_env(service, file, std::env::vars())
+    }
+
+    /// Like [`Loader::new`] with an explicit environment (for tests).
+    pub fn with_env(
+        service: &str,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        let (file, file_was_named) = match file {
+            Some(path) => (Some(path.to_path_buf()), true),
+            None => {
+                let default = Path::new("deploy/config").join(format!("{service}.toml"));
+                (default.is_file().then_some(default), false)
+            }
+        };
+        Self {
+            service: service.to_string(),
+            file,
+            file_was_named,
+            env: env
+                .into_iter()
+                .filter(|(key, _)| key.starts_with(ENV_PREFIX))
+                .collect(),
+        }
+    }
+
+    /// Loads and checks the configuration, reporting every problem at once.
+    pub fn load<T: Settings>(&self) -> Result<Loaded<T>, ConfigError> {
+        let mut problems = Vec::new();
+        let defaults = Figment::from(Serialized::defaults(T::default()));
+        let mut layers: Vec<(String, Figment)> = Vec::new();
+
+        if let Some(path) = &self.file {
+            let source = format!("file {}", path.display());
+            if !path.is_file() {
+                problems.push(Problem {
+                    key: String::new(),
+                    source: source.clone(),
+                    message: "the configuration file does not exist; accepted: the path of \
+                              a readable TOML file, or no --config to use the defaults"
+                        .to_string(),
+                });
+            } else {
+                layers.push((source, Figment::from(Toml::file_exact(path))));
+            }
+        }
+        let env = self.env_provider();
+        layers.push(("environment".to_string(), Figment::from(env.clone())));
+
+        // Check each supplied value alone on top of the defaults, so that
+        // every bad value is reported, not just the first serde meets.
+        for (layer_source, layer) in &layers {
+            let data = match layer.data() {
+                Ok(data) => data,
+                Err(error) => {
+                    problems.push(Problem {
+                        key: String::new(),
+                        source: layer_source.clone(),
+                        message: redact_text(&error.to_string()),
+                    });
+                    continue;
+                }
+            };
+            for dict in data.values() {
+                for (path, value) in leaves(dict) {
+                    let single = defaults
+                        .clone()
+                        .merge(Serialized::default(&path, value.clone()));
+                    if let Err(error) = single.extract::<T>() {
+                        let source = if layer_source == "environment" {
+                            format!("environment variable {}", env_var_name(&path))
+                        } else {
+                            layer_source.clone()
+                        };
+                        problems.push(Problem {
+                            key: path.clone(),
+                            source,
+                            message: redact_for_key(&path, &describe(&error)),
+                        });
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(self.error(problems));
+        }
+
+        let mut figment = defaults;
+        if let Some(path) = &self.file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(env);
+        let settings: T = figment.extract().map_err(|error| {
+            self.error(vec![Problem {
+                key: error.path.join("."),
+                source: error
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.to_string())
+                    .unwrap_or_else(|| "configuration".to_string()),
+                message: redact_text(&describe(&error)),
+            }])
+        })?;
+        let problems: Vec<Problem> = settings
+            .problems()
+            .into_iter()
+            .map(|(key, message)| Problem {
+                source: source_of(&figment, &key),
+                message: redact_for_key(&key, &message),
+                key,
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(self.error(problems));
+        }
+        Ok(Loaded {
+            settings,
+            file: self.file.clone(),
+            figment,
+        })
+    }
+
+    /// Whether the file layer was named on the command line.
+    pub fn file_was_named(&self) -> bool {
+        self.file_was_named
+    }
+
+    /// The `SWITCHYARD_…` variables as a provider, values parsed the way
+    /// figment parses environment values (`64` is a number, `true` a bool).
+    fn env_provider(&self) -> EnvLayer {
+        let mut merged = Figment::new();
+        for (name, value) in &self.env {
+            let path = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
+            let value: Value = value.parse().unwrap_or_else(|never| match never {});
+            merged = merged.merge(Serialized::default(&path, value));
+        }
+        EnvLayer {
+            dict: merged
+                .data()
+                .ok()
+                .and_then(|mut data| data.remove(&figment::Profile::Default))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn error(&self, problems: Vec<Problem>) -> ConfigError {
+        ConfigError {
+            service: self.service.clone(),
+            problems,
+        }
+    }
+}
+
+/// The environment layer: captured once, so loading is deterministic.
+#[derive(Debug, Clone)]
+struct EnvLayer {
+    dict: Dict,
+}
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, Dict>, figment::Error> {
+        Ok(figment::value::Map::from([(
+            figment::Profile::Default,
+            self.dict.clone(),
+        )]))
+    }
+}
+
+/// The environment variable that sets `path`.
+pub fn env_var_name(path: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        path.split('.')
+            .map(str::to_ascii_uppercase)
+            .collect::<Vec<_>>()
+            .join("__")
+    )
+}
+
+fn source_of(figment: &Figment, key: &str) -> String {
+    match figment.find_metadata(key) {
+        Some(metadata) => match &metadata.source {
+            Some(figment::Source::File(path)) => format!("file {}", path.display()),
+            _ if metadata.name.contains("environment") => {
+                format!("environment variable {}", env_var_name(key))
+            }
+            _ if metadata.name.contains("Serialized") || metadata.name.contains("Default") => {
+                "default".to_string()
+            }
+            _ => metadata.name.to_string(),
+        },
+        None => "default".to_string(),
+    }
+}
+
+/// Every leaf `(dotted.path, value)` of a nested dictionary.
+fn leaves(dict: &Dict) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for (key, value) in dict {
+        match value {
+            Value::Dict(_, inner) if !inner.is_empty() => {
+                for (path, leaf) in leaves(inner) {
+                    out.push((format!("{key}.{path}"), leaf));
+                }
+            }
+            other => out.push((key.clone(), other.clone())),
+        }
+    }
+    out
+}
+
+/// The error's message without figment's trailing location text.
+fn describe(error: &figment::Error) -> String {
+    let mut message = error.kind.to_string();
+    if let figment::error::Kind::UnknownField(field, expected) = &error.kind {
+        message = format!(
+            "unknown key `{field}`; accepted keys here: {}",
+            expected.join(", ")
+        );
+    }
+    message
+}
+
+fn redact_for_key(key: &str, message: &str) -> String {
+    if redact::is_secret_key(key) {
+        redact::redact_quoted(message)
+    } else {
+        redact_text(message)
+    }
+}

@@ -1,0 +1,620 @@
+//! The executor: takes requests from async transports and runs endpoint bodies
+//! where the configured phase says.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::{Span, field};
+
+use crate::endpoint::{Body, Context, Endpoint, Outcome};
+use crate::error::{DispatchError, PhaseMismatch, ShutdownReport};
+use crate::pool::{Pool, Worker};
+use crate::stats::{EndpointCounters, ExecutorSnapshot};
+use crate::watch::{Running, Watched, panic_message, start_watchdog};
+use crate::{EndpointSpec, ExecutorConfig, Phase};
+
+/// The executor could not start its threads.
+#[derive(Debug, Error)]
+#[error("could not start the executor's worker threads: {0}")]
+pub struct StartError(#[from] std::io::Error);
+
+/// Runs one service's endpoints in its configured phase.
+///
+/// Cheap to clone; all clones share the pool, the limits and the statistics.
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("name", &self.inner.name)
+            .field("phase", &self.inner.config.phase)
+            .finish()
+    }
+}
+
+struct Inner {
+    name: String,
+    config: ExecutorConfig,
+    /// One permit per request allowed to run at once (`pool_size` or
+    /// `max_in_flight`). Dispatch waits here: this is the back-pressure.
+    slots: Arc<Semaphore>,
+    /// Worker threads, in the `threaded` and `bridged` phases.
+    pool: Option<Pool>,
+    /// Counters of every registered endpoint, in registration order.
+    endpoints: Mutex<Vec<Arc<EndpointCounters>>>,
+    /// What runs now, for the hung-work detector and the shutdown report.
+    running: Arc<Running>,
+    /// Every accepted request holds a token until it finishes; shutdown waits
+    /// for the tokens.
+    accepted: TaskTracker,
+    /// Cancelled when shutdown starts: no new work is accepted.
+    closing: CancellationToken,
+    /// Cancelled when the grace period ends: async bodies still running are
+    /// cancelled.
+    abandon: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.stop();
+        }
+    }
+}
+
+/// Per-request options from the transport.
+#[derive(Debug, Clone, Default)]
+pub struct DispatchOptions {
+    /// When the caller stops waiting (AMQP expiration, `grpc-timeout`).
+    pub deadline: Option<Instant>,
+    /// How long to wait for capacity before answering
+    /// [`DispatchError::Overloaded`]; `None` waits as long as the deadline allows.
+    pub wait_budget: Option<Duration>,
+    /// The span the dispatch span goes under; the current span when `None`.
+    pub parent: Option<Span>,
+}
+
+impl DispatchOptions {
+    /// Options with a deadline `timeout` from now.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        Self {
+            deadline: Some(Instant::now() + timeout),
+            ..Self::default()
+        }
+    }
+}
+
+/// An endpoint registered with an executor: what transports dispatch to.
+pub struct BoundEndpoint<Req, Out> {
+    name: Arc<str>,
+    body: Body<Req, Out>,
+    counters: Arc<EndpointCounters>,
+    executor: Executor,
+}
+
+impl<Req, Out> Clone for BoundEndpoint<Req, Out> {
+    fn clone(&self) -> Self {
+        Self {
+            name: Arc::clone(&self.name),
+            body: self.body.clone(),
+            counters: Arc::clone(&self.counters),
+            executor: self.executor.clone(),
+        }
+    }
+}
+
+impl<Req, Out> std::fmt::Debug for BoundEndpoint<Req, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundEndpoint")
+            .field("name", &self.name)
+            .field("kind", &self.counters.kind)
+            .finish()
+    }
+}
+
+impl Executor {
+    /// Starts an executor named `name` (the service, used for thread names and
+    /// metrics) with `config`.
+    pub fn new(name: &str, config: ExecutorConfig) -> Result<Self, StartError> {
+        let pool = match config.phase {
+            Phase::Threaded | Phase::Bridged => {
+                Some(Pool::start(name, config.phase, config.pool_size)?)
+            }
+            Phase::Async => None,
+        };
+        let running = Arc::new(Running::default());
+        start_watchdog(name, Arc::downgrade(&running), config.hung_threshold())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                slots: Arc::new(Semaphore::new(config.capacity())),
+                config,
+                pool,
+                endpoints: Mutex::new(Vec::new()),
+                running,
+                accepted: TaskTracker::new(),
+                closing: CancellationToken::new(),
+                abandon: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The phase this executor runs.
+    pub fn phase(&self) -> Phase {
+        self.inner.config.phase
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.inner.config
+    }
+
+    /// Checks declared endpoints against a configuration without starting
+    /// anything: every endpoint the phase cannot run, each with the phases that can.
+    pub fn check(config: &ExecutorConfig, endpoints: &[EndpointSpec]) -> Vec<PhaseMismatch> {
+        endpoints
+            .iter()
+            .filter(|spec| !config.phase.can_run(spec.kind, config.strict))
+            .map(|spec| PhaseMismatch {
+                endpoint: spec.name.clone(),
+                kind: spec.kind,
+                phase: config.phase,
+                strict: config.strict,
+                accepted: Phase::accepting(spec.kind, config.strict),
+            })
+            .collect()
+    }
+
+    /// Registers an endpoint, refusing it when the phase cannot run it.
+    pub fn register<Req, Out>(
+        &self,
+        endpoint: Endpoint<Req, Out>,
+    ) -> Result<BoundEndpoint<Req, Out>, PhaseMismatch>
+    where
+        Req: Send + 'static,
+        Out: Outcome,
+    {
+        if let Some(mismatch) = Self::check(&self.inner.config, &[endpoint.spec()]).pop() {
+            return Err(mismatch);
+        }
+        let counters = Arc::new(EndpointCounters::new(
+            endpoint.name.clone(),
+            endpoint.kind(),
+        ));
+        if let Ok(mut endpoints) = self.inner.endpoints.lock() {
+            endpoints.push(Arc::clone(&counters));
+        }
+        Ok(BoundEndpoint {
+            name: Arc::from(endpoint.name.as_str()),
+            body: endpoint.body,
+            counters,
+            executor: self.clone(),
+        })
+    }
+
+    /// Statistics of every endpoint at this moment.
+    pub fn snapshot(&self) -> ExecutorSnapshot {
+        let endpoints = self
+            .inner
+            .endpoints
+            .lock()
+            .map(|endpoints| endpoints.iter().map(|c| c.snapshot()).collect())
+            .unwrap_or_default();
+        ExecutorSnapshot::from_endpoints(
+            &self.inner.name,
+            self.inner.config.phase,
+            self.inner.config.capacity(),
+            endpoints,
+        )
+    }
+
+    /// `true` once shutdown has started.
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.is_cancelled()
+    }
+
+    /// Stops accepting work, lets accepted work finish for up to `grace`, then
+    /// cancels async bodies still running and reports what was abandoned.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let inner = &self.inner;
+        inner.closing.cancel();
+        inner.slots.close();
+        inner.accepted.close();
+        let drained = tokio::time::timeout(grace, inner.accepted.wait())
+            .await
+            .is_ok();
+        let abandoned = if drained {
+            Vec::new()
+        } else {
+            inner.running.list()
+        };
+        inner.abandon.cancel();
+        if let Some(pool) = &inner.pool {
+            pool.stop();
+        }
+        for work in &abandoned {
+            tracing::warn!(
+                switchyard.endpoint = %work.endpoint,
+                trace_id = work.trace_id.as_deref().unwrap_or("none"),
+                running_ms = work.running_for.as_millis() as u64,
+                "shutdown abandoned `{}` after {:.1} s",
+                work.endpoint,
+                work.running_for.as_secs_f64()
+            );
+        }
+        ShutdownReport { abandoned }
+    }
+}
+
+/// Per-request bookkeeping that travels with the work to whichever thread runs it.
+struct Admitted {
+    _slot: OwnedSemaphorePermit,
+    _accepted: TaskTrackerToken,
+    enqueued: Instant,
+    span: Span,
+}
+
+impl<Req, Out> BoundEndpoint<Req, Out>
+where
+    Req: Send + 'static,
+    Out: Outcome,
+{
+    /// The endpoint's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The executor it is bound to.
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// Runs the endpoint on `request` in the executor's phase. Waits for
+    /// capacity first (back-pressure), bounded by the deadline and the wait
+    /// budget.
+    pub async fn dispatch(&self, request: Req, options: DispatchOptions) -> Result<Out, DispatchError> {
+        let inner = &self.executor.inner;
+        let phase = inner.config.phase;
+        let parent = options.parent.unwrap_or_else(Span::current);
+        let span = tracing::info_span!(
+            parent: &parent,
+            "dispatch",
+            otel.name = %format_args!("dispatch {}", self.name),
+            switchyard.phase = phase.as_str(),
+            switchyard.endpoint = &*self.name,
+            switchyard.endpoint.kind = %self.counters.kind,
+            switchyard.queue_wait_us = field::Empty,
+            switchyard.offloaded = field::Empty,
+            switchyard.overdue = field::Empty,
+            thread.name = field::Empty,
+            otel.status_code = field::Empty,
+            error.message = field::Empty,
+        );
+        let admitted = self.admit(options.deadline, options.wait_budget, span.clone()).await;
+        let result = match admitted {
+            Ok(admitted) => self.run(request, options.deadline, admitted).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.message", field::display(error));
+        }
+        result
+    }
+
+    /// Waits for a slot, counting the wait as `queued`.
+    async fn admit(
+        &self,
+        deadline: Option<Instant>,
+        wait_budget: Option<Duration>,
+        span: Span,
+    ) -> Result<Admitted, DispatchError> {
+        let inner = &self.executor.inner;
+        if inner.closing.is_cancelled() {
+            return Err(DispatchError::ShuttingDown);
+        }
+        let enqueued = Instant::now();
+        let budget_end = wait_budget.map(|budget| enqueued + budget);
+        let give_up = match (deadline, budget_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.counters.queued.fetch_add(1, Relaxed);
+        let acquire = Arc::clone(&inner.slots).acquire_owned();
+        let acquired = match give_up {
+            Some(limit) => {
+                tokio::time::timeout_at(tokio::time::Instant::from_std(limit), acquire).await
+            }
+            None => Ok(acquire.await),
+        };
+        self.counters.queued.fetch_sub(1, Relaxed);
+        match acquired {
+            Ok(Ok(slot)) => Ok(Admitted {
+                _slot: slot,
+                _accepted: inner.accepted.token(),
+                enqueued,
+                span,
+            }),
+            // The semaphore is closed only by shutdown.
+            Ok(Err(_closed)) => Err(DispatchError::ShuttingDown),
+            Err(_elapsed) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                self.count_finished_without_running(true);
+                Err(DispatchError::DeadlineExceeded {
+                    endpoint: self.name.to_string(),
+                })
+            }
+            Err(_elapsed) => {
+                self.count_finished_without_running(false);
+                Err(DispatchError::Overloaded {
+                    endpoint: self.name.to_string(),
+                    waited: enqueued.elapsed(),
+                })
+            }
+        }
+    }
+
+    fn count_finished_without_running(&self, expired: bool) {
+        self.counters.completed.fetch_add(1, Relaxed);
+        self.counters.failed.fetch_add(1, Relaxed);
+        if expired {
+            self.counters.expired.fetch_add(1, Relaxed);
+        }
+    }
+
+    async fn run(
+        &self,
+        request: Req,
+        deadline: Option<Instant>,
+        admitted: Admitted,
+    ) -> Result<Out, DispatchError> {
+        let inner = &self.executor.inner;
+        let (reply, outcome) = oneshot::channel();
+        let job = self.job(request, deadline, admitted);
+        match (&inner.pool, &self.body) {
+            (Some(pool), _) => pool.submit(Box::new(move |worker| {
+                let _ = reply.send(job.run(Some(worker)));
+            })),
+            (None, Body::Blocking(_)) => {
+                self.counters.offloaded.fetch_add(1, Relaxed);
+                tokio::task::spawn_blocking(move || {
+                    let _ = reply.send(job.run(None));
+                });
+            }
+            (None, Body::Async(_)) => {
+                let future = self.async_task(job);
+                tokio::spawn(async move {
+                    let _ = reply.send(future.await);
+                });
+            }
+        }
+        // The sender is dropped without a value only when the work was
+        // abandoned at the end of a shutdown.
+        outcome.await.unwrap_or(Err(DispatchError::ShuttingDown))
+    }
+
+    /// The work of one request as a closure for a pool thread or the blocking
+    /// pool. In the async phase with an async body, see [`Self::async_task`].
+    fn job(
+        &self,
+        request: Req,
+        deadline: Option<Instant>,
+        admitted: Admitted,
+    ) -> Job<Req, Out> {
+        Job {
+            request,
+            deadline,
+            admitted,
+            this: self.clone(),
+        }
+    }
+
+    fn async_task(
+        &self,
+        job: Job<Req, Out>,
+    ) -> impl std::future::Future<Output = Result<Out, DispatchError>> + Send + 'static {
+        let abandon = self.executor.inner.abandon.clone();
+        async move {
+            let Job {
+                request,
+                deadline,
+                admitted,
+                this,
+            } = job;
+            let Body::Async(body) = &this.body else {
+                unreachable!("async_task is only built for async bodies");
+            };
+            let started = this.start(&admitted, None);
+            if let Some(expired) = this.expired_before_start(deadline) {
+                return expired;
+            }
+            let _running = this.executor.inner.running.enter(&this.counters, &admitted.span);
+            let watched = Watched::new(
+                body(this.context(deadline, &admitted.span), request),
+                Arc::clone(&this.counters),
+                this.executor.inner.config.slow_poll_threshold(),
+                Phase::Async,
+                admitted.span.clone(),
+            );
+            let result = tokio::select! {
+                biased;
+                _ = abandon.cancelled() => Err(DispatchError::ShuttingDown),
+                result = with_deadline(&this.name, deadline, watched) => result,
+            };
+            this.finish(started, deadline, &admitted.span, result)
+        }
+    }
+
+    fn context(&self, deadline: Option<Instant>, span: &Span) -> Context {
+        Context {
+            endpoint: Arc::clone(&self.name),
+            phase: self.executor.inner.config.phase,
+            deadline,
+            span: span.clone(),
+        }
+    }
+
+    /// Records queue wait and the thread, and counts the request in flight.
+    fn start(&self, admitted: &Admitted, offloaded: Option<bool>) -> Instant {
+        let started = Instant::now();
+        let waited = started.duration_since(admitted.enqueued);
+        self.counters.queue_wait.record(waited);
+        self.counters.in_flight.fetch_add(1, Relaxed);
+        let span = &admitted.span;
+        span.record("switchyard.queue_wait_us", waited.as_micros() as u64);
+        if let Some(name) = std::thread::current().name() {
+            span.record("thread.name", name);
+        }
+        if let Some(offloaded) = offloaded {
+            span.record("switchyard.offloaded", offloaded);
+        }
+        started
+    }
+
+    fn expired_before_start(&self, deadline: Option<Instant>) -> Option<Result<Out, DispatchError>> {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            self.counters.in_flight.fetch_sub(1, Relaxed);
+            self.count_finished_without_running(true);
+            return Some(Err(DispatchError::DeadlineExceeded {
+                endpoint: self.name.to_string(),
+            }));
+        }
+        None
+    }
+
+    /// Counts a finished request and turns a panic into an error.
+    fn finish(
+        &self,
+        started: Instant,
+        deadline: Option<Instant>,
+        span: &Span,
+        result: Result<Result<Out, String>, DispatchError>,
+    ) -> Result<Out, DispatchError> {
+        let counters = &self.counters;
+        counters.run_time.record(started.elapsed());
+        counters.in_flight.fetch_sub(1, Relaxed);
+        counters.completed.fetch_add(1, Relaxed);
+        let result = match result {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(message)) => {
+                counters.panicked.fetch_add(1, Relaxed);
+                tracing::error!(
+                    parent: span,
+                    switchyard.endpoint = %self.name,
+                    "endpoint `{}` panicked: {message}; the request failed, the service goes on",
+                    self.name
+                );
+                Err(DispatchError::Panicked {
+                    endpoint: self.name.to_string(),
+                    message,
+                })
+            }
+            Err(error) => {
+                if matches!(error, DispatchError::DeadlineExceeded { .. }) {
+                    counters.expired.fetch_add(1, Relaxed);
+                }
+                Err(error)
+            }
+        };
+        let failed = match &result {
+            Ok(out) => out.is_failure(),
+            Err(_) => true,
+        };
+        if failed {
+            counters.failed.fetch_add(1, Relaxed);
+        }
+        if let (Ok(_), Some(deadline)) = (&result, deadline) {
+            if Instant::now() > deadline && matches!(self.body, Body::Blocking(_)) {
+                counters.overdue.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    parent: span,
+                    switchyard.endpoint = %self.name,
+                    "blocking endpoint `{}` finished {:.1} ms after its deadline",
+                    self.name,
+                    Instant::now().duration_since(deadline).as_secs_f64() * 1e3
+                );
+                span.record("switchyard.overdue", true);
+            }
+        }
+        result
+    }
+}
+
+/// One admitted request on its way to the thread that runs it.
+struct Job<Req, Out> {
+    request: Req,
+    deadline: Option<Instant>,
+    admitted: Admitted,
+    this: BoundEndpoint<Req, Out>,
+}
+
+impl<Req, Out> Job<Req, Out>
+where
+    Req: Send + 'static,
+    Out: Outcome,
+{
+    /// Runs on a pool thread (`worker` is set) or on Tokio's blocking pool
+    /// (the async phase offloading a blocking body).
+    fn run(self, worker: Option<&Worker>) -> Result<Out, DispatchError> {
+        let Job {
+            request,
+            deadline,
+            admitted,
+            this,
+        } = self;
+        let offloaded = worker.is_none().then_some(true);
+        let started = this.start(&admitted, offloaded);
+        if let Some(expired) = this.expired_before_start(deadline) {
+            return expired;
+        }
+        let _running = this.executor.inner.running.enter(&this.counters, &admitted.span);
+        let context = this.context(deadline, &admitted.span);
+        let result = match (&this.body, worker.and_then(|w| w.runtime.as_ref())) {
+            (Body::Blocking(body), _) => {
+                let _entered = admitted.span.enter();
+                Ok(catch_unwind(AssertUnwindSafe(|| body(context, request)))
+                    .map_err(|payload| panic_message(payload.as_ref())))
+            }
+            (Body::Async(body), Some(runtime)) => {
+                let watched = Watched::new(
+                    body(context, request),
+                    Arc::clone(&this.counters),
+                    this.executor.inner.config.slow_poll_threshold(),
+                    Phase::Bridged,
+                    admitted.span.clone(),
+                );
+                runtime.block_on(with_deadline(&this.name, deadline, watched))
+            }
+            // Registration refuses async bodies in the threaded phase, the
+            // only pool without runtimes.
+            (Body::Async(_), None) => unreachable!("async endpoint on a thread without a runtime"),
+        };
+        this.finish(started, deadline, &admitted.span, result)
+    }
+}
+
+/// Runs `watched` until it finishes or the deadline passes (then it is
+/// dropped: cancellation).
+async fn with_deadline<T>(
+    endpoint: &str,
+    deadline: Option<Instant>,
+    watched: Watched<T>,
+) -> Result<Result<T, String>, DispatchError> {
+    match deadline {
+        None => Ok(watched.await),
+        Some(deadline) => tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), watched)
+            .await
+            .map_err(|_elapsed| DispatchError::DeadlineExceeded {
+                endpoint: endpoint.to_string(),
+            }),
+    }
+}

@@ -1,0 +1,422 @@
+//! Counters and histograms per endpoint, a snapshot API, and the Prometheus
+//! text rendering of that snapshot.
+//!
+//! Everything is lock-free atomics updated on the dispatch path; a snapshot
+//! reads them without stopping dispatch. The same snapshot feeds the metrics
+//! endpoint, heartbeats and tests, so every consumer sees one set of numbers.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::{EndpointKind, Phase};
+
+/// Number of histogram buckets: bucket `i` counts values below `2^i` µs, the
+/// last one everything above (2^30 µs is about 18 minutes).
+const BUCKETS: usize = 31;
+
+/// A log2-bucketed latency histogram in microseconds.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn record(&self, value: Duration) {
+        let us = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
+        // Smallest i with us < 2^i, capped at the last bucket.
+        let index = (u64::BITS - us.leading_zeros()) as usize;
+        self.buckets[index.min(BUCKETS - 1)].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// A consistent-enough copy for reporting.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
+            sum_us: self.sum_us.load(Relaxed),
+            count: self.count.load(Relaxed),
+        }
+    }
+}
+
+/// A copy of a [`Histogram`].
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Count per bucket; bucket `i` holds values below `2^i` µs.
+    pub buckets: Vec<u64>,
+    /// Sum of all observations in µs.
+    pub sum_us: u64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl HistogramSnapshot {
+    /// Upper bound of bucket `index` in microseconds.
+    pub fn bucket_bound_us(index: usize) -> u64 {
+        1u64 << index
+    }
+
+    /// Estimated quantile `q` (0..=1), as the upper bound of the bucket where
+    /// it falls: an overestimate by at most 2×, which is what a log histogram
+    /// buys for lock-free recording.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (index, count) in self.buckets.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(Duration::from_micros(Self::bucket_bound_us(index)));
+            }
+        }
+        None
+    }
+
+    /// Mean of the observations.
+    pub fn mean(&self) -> Option<Duration> {
+        (self.count > 0).then(|| Duration::from_micros(self.sum_us / self.count))
+    }
+
+    fn merge(&mut self, other: &HistogramSnapshot) {
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.sum_us += other.sum_us;
+        self.count += other.count;
+    }
+}
+
+/// Live counters of one endpoint. Owned by the executor; shared with every
+/// dispatch of the endpoint.
+#[derive(Debug)]
+pub(crate) struct EndpointCounters {
+    pub name: String,
+    pub kind: EndpointKind,
+    pub queued: AtomicI64,
+    pub in_flight: AtomicI64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub panicked: AtomicU64,
+    pub expired: AtomicU64,
+    pub overdue: AtomicU64,
+    pub offloaded: AtomicU64,
+    pub slow_polls: AtomicU64,
+    pub hung: AtomicU64,
+    pub queue_wait: Histogram,
+    pub run_time: Histogram,
+}
+
+impl EndpointCounters {
+    pub fn new(name: String, kind: EndpointKind) -> Self {
+        Self {
+            name,
+            kind,
+            queued: AtomicI64::new(0),
+            in_flight: AtomicI64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            overdue: AtomicU64::new(0),
+            offloaded: AtomicU64::new(0),
+            slow_polls: AtomicU64::new(0),
+            hung: AtomicU64::new(0),
+            queue_wait: Histogram::default(),
+            run_time: Histogram::default(),
+        }
+    }
+
+    pub fn snapshot(&self) -> EndpointSnapshot {
+        EndpointSnapshot {
+            name: self.name.clone(),
+            kind: self.kind,
+            counts: Counts {
+                queued: self.queued.load(Relaxed).max(0) as u64,
+                in_flight: self.in_flight.load(Relaxed).max(0) as u64,
+                completed: self.completed.load(Relaxed),
+                failed: self.failed.load(Relaxed),
+                panicked: self.panicked.load(Relaxed),
+                expired: self.expired.load(Relaxed),
+                overdue: self.overdue.load(Relaxed),
+                offloaded: self.offloaded.load(Relaxed),
+                slow_polls: self.slow_polls.load(Relaxed),
+                hung: self.hung.load(Relaxed),
+            },
+            queue_wait: self.queue_wait.snapshot(),
+            run_time: self.run_time.snapshot(),
+        }
+    }
+}
+
+/// Counters of an endpoint or a whole executor.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    /// Waiting for a worker or an in-flight slot right now.
+    pub queued: u64,
+    /// Running right now.
+    pub in_flight: u64,
+    /// Finished, successfully or not (includes `failed`).
+    pub completed: u64,
+    /// Finished with an error, a panic or a missed deadline.
+    pub failed: u64,
+    /// Of `failed`: the endpoint panicked.
+    pub panicked: u64,
+    /// Of `failed`: the deadline passed before or while it ran (async bodies are cancelled).
+    pub expired: u64,
+    /// Blocking bodies that finished after their deadline (they cannot be cancelled).
+    pub overdue: u64,
+    /// Blocking bodies offloaded with `spawn_blocking` in the async phase.
+    pub offloaded: u64,
+    /// Polls longer than the slow-poll threshold (the blocking detector).
+    pub slow_polls: u64,
+    /// Requests that ran past the hung threshold.
+    pub hung: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.queued += other.queued;
+        self.in_flight += other.in_flight;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.panicked += other.panicked;
+        self.expired += other.expired;
+        self.overdue += other.overdue;
+        self.offloaded += other.offloaded;
+        self.slow_polls += other.slow_polls;
+        self.hung += other.hung;
+    }
+}
+
+/// Statistics of one endpoint at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointSnapshot {
+    /// Endpoint name.
+    pub name: String,
+    /// Blocking or async.
+    pub kind: EndpointKind,
+    /// Its counters.
+    pub counts: Counts,
+    /// Time from dispatch until the body started.
+    pub queue_wait: HistogramSnapshot,
+    /// Time the body ran.
+    pub run_time: HistogramSnapshot,
+}
+
+/// Statistics of one executor at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutorSnapshot {
+    /// The executor's name (the service).
+    pub name: String,
+    /// The phase it runs.
+    pub phase: Phase,
+    /// Requests it runs at once.
+    pub capacity: usize,
+    /// Sum over endpoints.
+    pub totals: Counts,
+    /// Queue wait over all endpoints.
+    pub queue_wait: HistogramSnapshot,
+    /// Run time over all endpoints.
+    pub run_time: HistogramSnapshot,
+    /// Per endpoint, in registration order.
+    pub endpoints: Vec<EndpointSnapshot>,
+}
+
+impl ExecutorSnapshot {
+    pub(crate) fn from_endpoints(
+        name: &str,
+        phase: Phase,
+        capacity: usize,
+        endpoints: Vec<EndpointSnapshot>,
+    ) -> Self {
+        let mut totals = Counts::default();
+        let mut queue_wait = HistogramSnapshot::default();
+        let mut run_time = HistogramSnapshot::default();
+        for endpoint in &endpoints {
+            totals.add(&endpoint.counts);
+            queue_wait.merge(&endpoint.queue_wait);
+            run_time.merge(&endpoint.run_time);
+        }
+        Self {
+            name: name.to_string(),
+            phase,
+            capacity,
+            totals,
+            queue_wait,
+            run_time,
+            endpoints,
+        }
+    }
+
+    /// The endpoint named `name`, if registered.
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointSnapshot> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+
+    /// Renders the snapshot in the Prometheus text exposition format (0.0.4).
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_executor_info The executor's phase and capacity.\n\
+             # TYPE switchyard_executor_info gauge\n\
+             switchyard_executor_info{{service=\"{}\",phase=\"{}\"}} 1\n\
+             # HELP switchyard_executor_capacity Requests the executor runs at once.\n\
+             # TYPE switchyard_executor_capacity gauge\n\
+             switchyard_executor_capacity{{service=\"{}\",phase=\"{}\"}} {}",
+            self.name, self.phase, self.name, self.phase, self.capacity
+        );
+        type Counter = (&'static str, &'static str, &'static str, fn(&Counts) -> u64);
+        let counters: [Counter; 10] = [
+            ("queued", "gauge", "Requests waiting for a worker.", |c| {
+                c.queued
+            }),
+            ("in_flight", "gauge", "Requests running.", |c| c.in_flight),
+            ("completed_total", "counter", "Requests finished.", |c| {
+                c.completed
+            }),
+            ("failed_total", "counter", "Requests that failed.", |c| {
+                c.failed
+            }),
+            ("panicked_total", "counter", "Endpoint panics.", |c| {
+                c.panicked
+            }),
+            ("expired_total", "counter", "Deadlines missed.", |c| c.expired),
+            ("overdue_total", "counter", "Blocking work past its deadline.", |c| {
+                c.overdue
+            }),
+            ("offloaded_total", "counter", "Blocking work offloaded.", |c| {
+                c.offloaded
+            }),
+            ("slow_polls_total", "counter", "Polls over the threshold.", |c| {
+                c.slow_polls
+            }),
+            ("hung_total", "counter", "Work past the hung threshold.", |c| {
+                c.hung
+            }),
+        ];
+        for (metric, kind, help, read) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} {kind}"
+            );
+            for endpoint in &self.endpoints {
+                let _ = writeln!(
+                    out,
+                    "switchyard_endpoint_{metric}{{service=\"{}\",phase=\"{}\",endpoint=\"{}\"}} {}",
+                    self.name,
+                    self.phase,
+                    escape_label(&endpoint.name),
+                    read(&endpoint.counts)
+                );
+            }
+        }
+        for (metric, help, pick) in [
+            (
+                "queue_wait_seconds",
+                "Time from dispatch until the body started.",
+                (|e: &EndpointSnapshot| &e.queue_wait) as fn(&EndpointSnapshot) -> &HistogramSnapshot,
+            ),
+            ("run_seconds", "Time the body ran.", |e| &e.run_time),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} histogram"
+            );
+            for endpoint in &self.endpoints {
+                let labels = format!(
+                    "service=\"{}\",phase=\"{}\",endpoint=\"{}\"",
+                    self.name,
+                    self.phase,
+                    escape_label(&endpoint.name)
+                );
+                let histogram = pick(endpoint);
+                let mut cumulative = 0;
+                for (index, count) in histogram.buckets.iter().enumerate() {
+                    cumulative += count;
+                    let bound = HistogramSnapshot::bucket_bound_us(index) as f64 / 1e6;
+                    let _ = writeln!(
+                        out,
+                        "switchyard_endpoint_{metric}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "switchyard_endpoint_{metric}_bucket{{{labels},le=\"+Inf\"}} {}\n\
+                     switchyard_endpoint_{metric}_sum{{{labels}}} {}\n\
+                     switchyard_endpoint_{metric}_count{{{labels}}} {}",
+                    histogram.count,
+                    histogram.sum_us as f64 / 1e6,
+                    histogram.count
+                );
+            }
+        }
+        out
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_by_power_of_two_microseconds() {
+        let histogram = Histogram::default();
+        histogram.record(Duration::from_micros(0));
+        histogram.record(Duration::from_micros(3));
+        histogram.record(Duration::from_millis(50));
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.count, 3);
+        assert_eq!(snapshot.buckets[0], 1, "0 µs lands below 1 µs");
+        assert_eq!(snapshot.buckets[2], 1, "3 µs lands below 4 µs");
+        assert_eq!(snapshot.buckets[16], 1, "50 ms lands below 65.5 ms");
+        assert_eq!(snapshot.quantile(0.5), Some(Duration::from_micros(4)));
+        assert_eq!(snapshot.quantile(1.0), Some(Duration::from_micros(65_536)));
+    }
+
+    #[test]
+    fn prometheus_rendering_has_cumulative_buckets_and_escaped_labels() {
+        let counters = EndpointCounters::new("say \"hi\"".into(), EndpointKind::Async);
+        counters.completed.fetch_add(2, Relaxed);
+        counters.run_time.record(Duration::from_micros(3));
+        counters.run_time.record(Duration::from_micros(5));
+        let snapshot =
+            ExecutorSnapshot::from_endpoints("svc", Phase::Async, 8, vec![counters.snapshot()]);
+        let text = snapshot.render_prometheus();
+        assert!(text.contains(
+            "switchyard_endpoint_completed_total{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\"} 2"
+        ));
+        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",le=\"0.000004\"} 1"));
+        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",le=\"0.000008\"} 2"));
+        assert!(text.contains("switchyard_endpoint_run_seconds_count{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\"} 2"));
+    }
+}

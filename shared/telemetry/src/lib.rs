@@ -1,0 +1,281 @@
+//! One telemetry init for every Switchyard service: human or JSON logs,
+//! OpenTelemetry traces over OTLP/gRPC, and W3C trace-context propagation.
+//!
+//! The OTLP exporter runs on a small runtime of its own. That is what lets a
+//! service flush its spans on shutdown from any thread — including from inside
+//! a current-thread runtime, where waiting for an exporter driven by that same
+//! runtime would deadlock.
+#![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+pub mod propagation;
+pub mod receiver;
+
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event, for log shippers.
+    Json,
+}
+
+/// The `[telemetry]` section every service's configuration embeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// A tracing filter directive such as `info` or `switchyard=debug,info`;
+    /// `RUST_LOG` overrides it when set.
+    pub log_filter: String,
+    /// The OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`. Empty means the
+    /// standard `OTEL_EXPORTER_OTLP_ENDPOINT` when set, else no trace export.
+    pub otlp_endpoint: String,
+    /// How long spans wait in the batch before export, in milliseconds.
+    pub export_delay_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_filter: "info".to_string(),
+            otlp_endpoint: String::new(),
+            export_delay_ms: 1000,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The collector to export to: the setting, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn resolved_endpoint(&self) -> Option<String> {
+        if !self.otlp_endpoint.is_empty() {
+            return Some(self.otlp_endpoint.clone());
+        }
+        std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|endpoint| !endpoint.is_empty())
+    }
+
+    /// Range checks, as `(key, problem)` pairs relative to the section.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if EnvFilter::try_new(&self.log_filter).is_err() {
+            problems.push((
+                "log_filter",
+                format!(
+                    "`{}` is not a tracing filter; accepted: a level (error, warn, info, debug, trace) \
+                     or directives such as `switchyard=debug,info`",
+                    self.log_filter
+                ),
+            ));
+        }
+        let endpoint = &self.otlp_endpoint;
+        if !endpoint.is_empty()
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problems.push((
+                "otlp_endpoint",
+                format!("`{endpoint}` is not a URL; accepted: empty, or http(s)://host:port"),
+            ));
+        }
+        problems
+    }
+}
+
+/// Who is emitting: becomes the OpenTelemetry resource of every span.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `service.name`; `OTEL_SERVICE_NAME` overrides it when set.
+    pub service: String,
+    /// `service.instance.id`: unique per process.
+    pub instance_id: String,
+    /// `switchyard.phase`: the process's executor phase.
+    pub phase: String,
+}
+
+impl Identity {
+    /// An identity with a fresh instance id (`<pid>-<random hex>`).
+    pub fn new(service: &str, phase: &str) -> Self {
+        Self {
+            service: std::env::var("OTEL_SERVICE_NAME")
+                .ok()
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| service.to_string()),
+            instance_id: new_instance_id(),
+            phase: phase.to_string(),
+        }
+    }
+}
+
+/// A process-unique id: the pid and 32 random bits.
+pub fn new_instance_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new().hash_one(std::time::SystemTime::now()) as u32;
+    format!("{}-{random:08x}", std::process::id())
+}
+
+/// Telemetry could not start.
+#[derive(Debug, Error)]
+pub enum TelemetryError {
+    /// The log filter did not parse.
+    #[error("telemetry.log_filter: {0}")]
+    Filter(String),
+    /// The exporter's runtime or client could not be built.
+    #[error("could not start the OTLP exporter for {endpoint}: {reason}")]
+    Exporter {
+        /// The collector.
+        endpoint: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A global subscriber was already installed.
+    #[error("a tracing subscriber is already installed: {0}")]
+    AlreadyInstalled(String),
+}
+
+/// Keeps telemetry running; [`Telemetry::shutdown`] flushes what is buffered.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    /// Drives the exporter's gRPC client. Kept apart from the service's
+    /// runtime so flushing never waits on a runtime that is blocked waiting for it.
+    export_runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Telemetry {
+    /// Exports every span finished so far. Blocks the calling thread, never a runtime.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider
+            && let Err(error) = provider.force_flush()
+        {
+            tracing::warn!("flushing spans failed: {error}");
+        }
+    }
+
+    /// Flushes and stops the exporter.
+    pub fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown_with_timeout(Duration::from_secs(5));
+        }
+        if let Some(runtime) = self.export_runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Installs the global subscriber: logs to stderr and, when an endpoint is
+/// configured, spans to OTLP. Call once per process.
+pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives),
+        _ => EnvFilter::try_new(&config.log_filter),
+    }
+    .map_err(|error| TelemetryError::Filter(error.to_string()))?;
+
+    let (provider, export_runtime) = match config.resolved_endpoint() {
+        Some(endpoint) => {
+            let (provider, runtime) = tracer_provider(identity, &endpoint, config)?;
+            (Some(provider), Some(runtime))
+        }
+        None => (None, None),
+    };
+    let otel_layer = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("switchyard")));
+    let (text, json) = match config.log_format {
+        LogFormat::Text => (
+            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            ),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(otel_layer)
+        .with(text)
+        .with(json)
+        .try_init()
+        .map_err(|error| TelemetryError::AlreadyInstalled(error.to_string()))?;
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    Ok(Telemetry {
+        provider,
+        export_runtime,
+    })
+}
+
+/// The resource every span of this process carries.
+pub fn resource(identity: &Identity) -> Resource {
+    Resource::builder()
+        .with_service_name(identity.service.clone())
+        .with_attributes([
+            KeyValue::new("service.instance.id", identity.instance_id.clone()),
+            KeyValue::new("switchyard.phase", identity.phase.clone()),
+        ])
+        .build()
+}
+
+fn tracer_provider(
+    identity: &Identity,
+    endpoint: &str,
+    config: &TelemetryConfig,
+) -> Result<(SdkTracerProvider, tokio::runtime::Runtime), TelemetryError> {
+    let failed = |reason: String| TelemetryError::Exporter {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-export")
+        .enable_all()
+        .build()
+        .map_err(|error| failed(error.to_string()))?;
+    // The exporter's channel spawns its connection task on the runtime that is
+    // current while it is built.
+    let exporter = {
+        let _entered = runtime.enter();
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|error| failed(error.to_string()))?
+    };
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_scheduled_delay(Duration::from_millis(config.export_delay_ms.max(1)))
+                .build(),
+        )
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(resource(identity))
+        .build();
+    Ok((provider, runtime))
+}
