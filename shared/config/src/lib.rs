@@ -262,23 +262,16 @@ impl Loader {
     /// The `SWITCHYARD_…` variables as a provider, values parsed the way
     /// figment parses environment values (`64` is a number, `true` a bool).
     fn env_provider(&self) -> EnvLayer {
-        let mut merged = Figment::new();
+        let mut dict = Dict::new();
         for (name, value) in &self.env {
-            let path = name[ENV_PREFIX.len()..]
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
                 .split("__")
                 .map(str::to_ascii_lowercase)
-                .collect::<Vec<_>>()
-                .join(".");
+                .collect();
             let value: Value = value.parse().unwrap_or_else(|never| match never {});
-            merged = merged.merge(Serialized::default(&path, value));
+            insert_path(&mut dict, &path, value);
         }
-        EnvLayer {
-            dict: merged
-                .data()
-                .ok()
-                .and_then(|mut data| data.remove(&figment::Profile::Default))
-                .unwrap_or_default(),
-        }
+        EnvLayer { dict }
     }
 
     fn error(&self, problems: Vec<Problem>) -> ConfigError {
@@ -335,6 +328,27 @@ fn source_of(figment: &Figment, key: &str) -> String {
     }
 }
 
+/// Sets `path` (one key per level) to `value` inside `dict`.
+fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
 /// Every leaf `(dotted.path, value)` of a nested dictionary.
 fn leaves(dict: &Dict) -> Vec<(String, Value)> {
     let mut out = Vec::new();
@@ -353,14 +367,17 @@ fn leaves(dict: &Dict) -> Vec<(String, Value)> {
 
 /// The error's message without figment's trailing location text.
 fn describe(error: &figment::Error) -> String {
-    let mut message = error.kind.to_string();
-    if let figment::error::Kind::UnknownField(field, expected) = &error.kind {
-        message = format!(
+    use figment::error::Kind;
+    match &error.kind {
+        Kind::UnknownField(field, expected) => format!(
             "unknown key `{field}`; accepted keys here: {}",
             expected.join(", ")
-        );
+        ),
+        Kind::UnknownVariant(found, expected) => {
+            format!("unknown value `{found}`; accepted: {}", expected.join(", "))
+        }
+        other => other.to_string(),
     }
-    message
 }
 
 fn redact_for_key(key: &str, message: &str) -> String {
@@ -368,5 +385,92 @@ fn redact_for_key(key: &str, message: &str) -> String {
         redact::redact_quoted(message)
     } else {
         redact_text(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Amqp {
+        url: String,
+        heartbeat_s: u16,
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Sample {
+        amqp: Amqp,
+    }
+
+    impl Settings for Sample {
+        fn problems(&self) -> Vec<(String, String)> {
+            if self.amqp.url.starts_with("amqp://") {
+                Vec::new()
+            } else {
+                vec![(
+                    "amqp.url".into(),
+                    format!(
+                        "`{}` is not an AMQP URL; accepted: amqp://… or amqps://…",
+                        self.amqp.url
+                    ),
+                )]
+            }
+        }
+    }
+
+    fn load(env: &[(&str, &str)]) -> Result<Loaded<Sample>, ConfigError> {
+        Loader::with_env(
+            "sample",
+            None,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .load()
+    }
+
+    #[test]
+    fn passwords_never_appear_in_errors() {
+        let error = load(&[
+            ("SWITCHYARD_AMQP__URL", "http://guest:hunter2@127.0.0.1/"),
+            ("SWITCHYARD_AMQP__HEARTBEAT_S", "soon"),
+        ])
+        .expect_err("two problems");
+        let text = error.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains(
+                "amqp.heartbeat_s (from environment variable SWITCHYARD_AMQP__HEARTBEAT_S)"
+            ),
+            "{text}"
+        );
+        let error = load(&[("SWITCHYARD_AMQP__URL", "http://guest:hunter2@127.0.0.1/")])
+            .expect_err("bad scheme");
+        let text = error.to_string();
+        assert!(
+            text.contains("amqp.url (from environment variable SWITCHYARD_AMQP__URL): `http://guest:***@127.0.0.1/` is not an AMQP URL"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn passwords_never_appear_in_printed_config() {
+        let loaded = load(&[(
+            "SWITCHYARD_AMQP__URL",
+            "amqp://guest:hunter2@127.0.0.1:5672/%2f",
+        )])
+        .expect("valid");
+        assert_eq!(
+            loaded.settings.amqp.url, "amqp://guest:hunter2@127.0.0.1:5672/%2f",
+            "the real value is kept"
+        );
+        let printed = redacted_toml(&loaded.settings).expect("prints");
+        assert!(
+            printed.contains("amqp://guest:***@127.0.0.1:5672/%2f"),
+            "{printed}"
+        );
+        assert!(!printed.contains("hunter2"));
     }
 }

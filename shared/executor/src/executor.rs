@@ -282,7 +282,11 @@ where
     /// Runs the endpoint on `request` in the executor's phase. Waits for
     /// capacity first (back-pressure), bounded by the deadline and the wait
     /// budget.
-    pub async fn dispatch(&self, request: Req, options: DispatchOptions) -> Result<Out, DispatchError> {
+    pub async fn dispatch(
+        &self,
+        request: Req,
+        options: DispatchOptions,
+    ) -> Result<Out, DispatchError> {
         let inner = &self.executor.inner;
         let phase = inner.config.phase;
         let parent = options.parent.unwrap_or_else(Span::current);
@@ -300,7 +304,9 @@ where
             otel.status_code = field::Empty,
             error.message = field::Empty,
         );
-        let admitted = self.admit(options.deadline, options.wait_budget, span.clone()).await;
+        let admitted = self
+            .admit(options.deadline, options.wait_budget, span.clone())
+            .await;
         let result = match admitted {
             Ok(admitted) => self.run(request, options.deadline, admitted).await,
             Err(error) => Err(error),
@@ -404,12 +410,7 @@ where
 
     /// The work of one request as a closure for a pool thread or the blocking
     /// pool. In the async phase with an async body, see [`Self::async_task`].
-    fn job(
-        &self,
-        request: Req,
-        deadline: Option<Instant>,
-        admitted: Admitted,
-    ) -> Job<Req, Out> {
+    fn job(&self, request: Req, deadline: Option<Instant>, admitted: Admitted) -> Job<Req, Out> {
         Job {
             request,
             deadline,
@@ -437,7 +438,11 @@ where
             if let Some(expired) = this.expired_before_start(deadline) {
                 return expired;
             }
-            let _running = this.executor.inner.running.enter(&this.counters, &admitted.span);
+            let _running = this
+                .executor
+                .inner
+                .running
+                .enter(&this.counters, &admitted.span);
             let watched = Watched::new(
                 body(this.context(deadline, &admitted.span), request),
                 Arc::clone(&this.counters),
@@ -480,7 +485,10 @@ where
         started
     }
 
-    fn expired_before_start(&self, deadline: Option<Instant>) -> Option<Result<Out, DispatchError>> {
+    fn expired_before_start(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Option<Result<Out, DispatchError>> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             self.counters.in_flight.fetch_sub(1, Relaxed);
             self.count_finished_without_running(true);
@@ -576,7 +584,11 @@ where
         if let Some(expired) = this.expired_before_start(deadline) {
             return expired;
         }
-        let _running = this.executor.inner.running.enter(&this.counters, &admitted.span);
+        let _running = this
+            .executor
+            .inner
+            .running
+            .enter(&this.counters, &admitted.span);
         let context = this.context(deadline, &admitted.span);
         let result = match (&this.body, worker.and_then(|w| w.runtime.as_ref())) {
             (Body::Blocking(body), _) => {
@@ -611,10 +623,12 @@ async fn with_deadline<T>(
 ) -> Result<Result<T, String>, DispatchError> {
     match deadline {
         None => Ok(watched.await),
-        Some(deadline) => tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), watched)
-            .await
-            .map_err(|_elapsed| DispatchError::DeadlineExceeded {
-                endpoint: endpoint.to_string(),
-            }),
+        Some(deadline) => {
+            tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), watched)
+                .await
+                .map_err(|_elapsed| DispatchError::DeadlineExceeded {
+                    endpoint: endpoint.to_string(),
+                })
+        }
     }
 }

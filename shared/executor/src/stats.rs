@@ -303,19 +303,33 @@ impl ExecutorSnapshot {
             ("panicked_total", "counter", "Endpoint panics.", |c| {
                 c.panicked
             }),
-            ("expired_total", "counter", "Deadlines missed.", |c| c.expired),
-            ("overdue_total", "counter", "Blocking work past its deadline.", |c| {
-                c.overdue
+            ("expired_total", "counter", "Deadlines missed.", |c| {
+                c.expired
             }),
-            ("offloaded_total", "counter", "Blocking work offloaded.", |c| {
-                c.offloaded
-            }),
-            ("slow_polls_total", "counter", "Polls over the threshold.", |c| {
-                c.slow_polls
-            }),
-            ("hung_total", "counter", "Work past the hung threshold.", |c| {
-                c.hung
-            }),
+            (
+                "overdue_total",
+                "counter",
+                "Blocking work past its deadline.",
+                |c| c.overdue,
+            ),
+            (
+                "offloaded_total",
+                "counter",
+                "Blocking work offloaded.",
+                |c| c.offloaded,
+            ),
+            (
+                "slow_polls_total",
+                "counter",
+                "Polls over the threshold.",
+                |c| c.slow_polls,
+            ),
+            (
+                "hung_total",
+                "counter",
+                "Work past the hung threshold.",
+                |c| c.hung,
+            ),
         ];
         for (metric, kind, help, read) in counters {
             let _ = writeln!(
@@ -337,7 +351,8 @@ impl ExecutorSnapshot {
             (
                 "queue_wait_seconds",
                 "Time from dispatch until the body started.",
-                (|e: &EndpointSnapshot| &e.queue_wait) as fn(&EndpointSnapshot) -> &HistogramSnapshot,
+                (|e: &EndpointSnapshot| &e.queue_wait)
+                    as fn(&EndpointSnapshot) -> &HistogramSnapshot,
             ),
             ("run_seconds", "Time the body ran.", |e| &e.run_time),
         ] {

@@ -10,7 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Poll, Context as TaskContext};
+use std::task::{Context as TaskContext, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,10 +18,10 @@ use opentelemetry::trace::TraceContextExt;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::Phase;
 use crate::endpoint::BoxFuture;
 use crate::error::AbandonedWork;
 use crate::stats::EndpointCounters;
-use crate::Phase;
 
 /// An endpoint future whose every poll is timed and whose panics become a
 /// value instead of unwinding through the runtime.
@@ -200,7 +200,11 @@ impl Running {
 
 /// Starts the hung-work watchdog. It stops by itself once `running` is
 /// dropped with the executor.
-pub(crate) fn start_watchdog(name: &str, running: Weak<Running>, threshold: Duration) -> std::io::Result<()> {
+pub(crate) fn start_watchdog(
+    name: &str,
+    running: Weak<Running>,
+    threshold: Duration,
+) -> std::io::Result<()> {
     let interval = (threshold / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
     thread::Builder::new()
         .name(format!("{name}-watchdog"))

@@ -80,7 +80,10 @@ async fn run_100_jobs_on_8(phase: Phase, kind: EndpointKind) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threaded_pool_never_runs_more_than_its_size() {
     let most = run_100_jobs_on_8(Phase::Threaded, EndpointKind::Blocking).await;
-    assert!(most <= 8, "saw {most} blocking bodies at once on a pool of 8");
+    assert!(
+        most <= 8,
+        "saw {most} blocking bodies at once on a pool of 8"
+    );
     assert!(most >= 2, "the pool ran bodies concurrently (saw {most})");
 }
 
@@ -97,11 +100,19 @@ async fn async_phase_never_exceeds_max_in_flight() {
     assert!(most <= 8, "saw {most} tasks at once with max_in_flight 8");
     assert!(most >= 2, "tasks ran concurrently (saw {most})");
     let offloaded = run_100_jobs_on_8(Phase::Async, EndpointKind::Blocking).await;
-    assert!(offloaded <= 8, "saw {offloaded} offloaded bodies at once with max_in_flight 8");
+    assert!(
+        offloaded <= 8,
+        "saw {offloaded} offloaded bodies at once with max_in_flight 8"
+    );
 }
 
 /// A blocking endpoint that reports when it starts and then waits for its gate.
-fn gated(executor: &Executor) -> (switchyard_executor::BoundEndpoint<oneshot::Receiver<()>, ()>, mpsc::UnboundedReceiver<()>) {
+fn gated(
+    executor: &Executor,
+) -> (
+    switchyard_executor::BoundEndpoint<oneshot::Receiver<()>, ()>,
+    mpsc::UnboundedReceiver<()>,
+) {
     let (started_tx, started) = mpsc::unbounded_channel();
     let endpoint = executor
         .register(Endpoint::blocking(
@@ -127,7 +138,9 @@ async fn back_pressure_holds(phase: Phase) {
         running.push(tokio::spawn(async move {
             endpoint.dispatch(wait, DispatchOptions::default()).await
         }));
-        tokio::time::timeout(BOUND, started.recv()).await.expect("job started");
+        tokio::time::timeout(BOUND, started.recv())
+            .await
+            .expect("job started");
     }
 
     // Full: a caller with a wait budget is told so instead of queueing forever.
@@ -158,11 +171,17 @@ async fn back_pressure_holds(phase: Phase) {
             .is_err(),
         "{phase}: a third job started while both slots were busy"
     );
-    assert_eq!(executor.snapshot().totals.queued, 1, "{phase}: the waiting caller is queued");
+    assert_eq!(
+        executor.snapshot().totals.queued,
+        1,
+        "{phase}: the waiting caller is queued"
+    );
 
     // Freeing one slot lets it in.
     gates.remove(0).send(()).expect("gate");
-    tokio::time::timeout(BOUND, started.recv()).await.expect("third job started after a slot freed");
+    tokio::time::timeout(BOUND, started.recv())
+        .await
+        .expect("third job started after a slot freed");
     third_gate.send(()).expect("gate");
     gates.remove(0).send(()).expect("gate");
     for job in running.into_iter().chain([third]) {
@@ -179,10 +198,18 @@ async fn full_executor_makes_dispatch_wait_in_every_phase() {
 
 async fn panics_are_contained(phase: Phase) {
     let executor = executor(phase, 2);
-    let kind_for_phase = if phase == Phase::Threaded { EndpointKind::Blocking } else { EndpointKind::Async };
+    let kind_for_phase = if phase == Phase::Threaded {
+        EndpointKind::Blocking
+    } else {
+        EndpointKind::Async
+    };
     let boom = match kind_for_phase {
-        EndpointKind::Blocking => executor.register(Endpoint::blocking("boom", |_, ()| -> () { panic!("kaboom") })),
-        EndpointKind::Async => executor.register(Endpoint::from_async("boom", |_, ()| async { panic!("kaboom") })),
+        EndpointKind::Blocking => executor.register(Endpoint::blocking("boom", |_, ()| -> () {
+            panic!("kaboom")
+        })),
+        EndpointKind::Async => executor.register(Endpoint::from_async("boom", |_, ()| async {
+            panic!("kaboom")
+        })),
     }
     .expect("registered");
     for _ in 0..5 {
@@ -208,8 +235,15 @@ async fn panics_are_contained(phase: Phase) {
     );
     a.expect("first met in time").expect("ok");
     b.expect("second met in time").expect("ok");
-    let boom_stats = executor.snapshot().endpoint("boom").expect("registered").counts;
-    assert_eq!((boom_stats.panicked, boom_stats.failed, boom_stats.in_flight), (5, 5, 0));
+    let boom_stats = executor
+        .snapshot()
+        .endpoint("boom")
+        .expect("registered")
+        .counts;
+    assert_eq!(
+        (boom_stats.panicked, boom_stats.failed, boom_stats.in_flight),
+        (5, 5, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,12 +269,28 @@ async fn async_endpoint_past_its_deadline_is_cancelled() {
             }))
             .expect("registered");
         let started = Instant::now();
-        let result = slow.dispatch((), DispatchOptions::with_timeout(Duration::from_millis(50))).await;
-        assert!(matches!(result, Err(DispatchError::DeadlineExceeded { .. })), "{phase}: {result:?}");
-        assert!(started.elapsed() < Duration::from_secs(10), "{phase}: cancelled promptly");
+        let result = slow
+            .dispatch((), DispatchOptions::with_timeout(Duration::from_millis(50)))
+            .await;
+        assert!(
+            matches!(result, Err(DispatchError::DeadlineExceeded { .. })),
+            "{phase}: {result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{phase}: cancelled promptly"
+        );
         assert_eq!(finished.load(SeqCst), 0);
-        let counts = executor.snapshot().endpoint("slow").expect("registered").counts;
-        assert_eq!((counts.expired, counts.failed, counts.in_flight), (1, 1, 0), "{phase}");
+        let counts = executor
+            .snapshot()
+            .endpoint("slow")
+            .expect("registered")
+            .counts;
+        assert_eq!(
+            (counts.expired, counts.failed, counts.in_flight),
+            (1, 1, 0),
+            "{phase}"
+        );
     }
 }
 
@@ -249,14 +299,27 @@ async fn blocking_endpoint_past_its_deadline_is_reported_overdue() {
     for phase in Phase::ALL {
         let executor = executor(phase, 2);
         let slow = executor
-            .register(Endpoint::blocking("slow", |_, ()| -> Result<&'static str, ()> {
-                std::thread::sleep(Duration::from_millis(100));
-                Ok("done")
-            }))
+            .register(Endpoint::blocking(
+                "slow",
+                |_, ()| -> Result<&'static str, ()> {
+                    std::thread::sleep(Duration::from_millis(100));
+                    Ok("done")
+                },
+            ))
             .expect("registered");
-        let result = slow.dispatch((), DispatchOptions::with_timeout(Duration::from_millis(20))).await;
-        assert_eq!(result, Ok(Ok::<_, ()>("done")), "{phase}: a started blocking body is not cancelled");
-        let counts = executor.snapshot().endpoint("slow").expect("registered").counts;
+        let result = slow
+            .dispatch((), DispatchOptions::with_timeout(Duration::from_millis(20)))
+            .await;
+        assert_eq!(
+            result,
+            Ok(Ok::<_, ()>("done")),
+            "{phase}: a started blocking body is not cancelled"
+        );
+        let counts = executor
+            .snapshot()
+            .endpoint("slow")
+            .expect("registered")
+            .counts;
         assert_eq!((counts.overdue, counts.failed), (1, 0), "{phase}");
     }
 }
@@ -271,14 +334,35 @@ async fn request_whose_deadline_passes_in_the_queue_never_runs() {
             let endpoint = endpoint.clone();
             tokio::spawn(async move { endpoint.dispatch(wait, DispatchOptions::default()).await })
         };
-        tokio::time::timeout(BOUND, started.recv()).await.expect("first started");
+        tokio::time::timeout(BOUND, started.recv())
+            .await
+            .expect("first started");
         let (_unused, wait) = oneshot::channel();
-        let late = endpoint.dispatch(wait, DispatchOptions::with_timeout(Duration::from_millis(30))).await;
-        assert!(matches!(late, Err(DispatchError::DeadlineExceeded { .. })), "{phase}: {late:?}");
+        let late = endpoint
+            .dispatch(
+                wait,
+                DispatchOptions::with_timeout(Duration::from_millis(30)),
+            )
+            .await;
+        assert!(
+            matches!(late, Err(DispatchError::DeadlineExceeded { .. })),
+            "{phase}: {late:?}"
+        );
         gate.send(()).expect("gate");
         first.await.expect("join").expect("first ok");
-        assert!(started.try_recv().is_err(), "{phase}: the expired request never started");
-        assert_eq!(executor.snapshot().endpoint("gated").expect("registered").counts.expired, 1);
+        assert!(
+            started.try_recv().is_err(),
+            "{phase}: the expired request never started"
+        );
+        assert_eq!(
+            executor
+                .snapshot()
+                .endpoint("gated")
+                .expect("registered")
+                .counts
+                .expired,
+            1
+        );
     }
 }
 
@@ -293,8 +377,12 @@ async fn shutdown_drains_in_flight_work_and_refuses_new_work() {
             let (gate, wait) = oneshot::channel();
             gates.push(gate);
             let endpoint = endpoint.clone();
-            jobs.push(tokio::spawn(async move { endpoint.dispatch(wait, DispatchOptions::default()).await }));
-            tokio::time::timeout(BOUND, started.recv()).await.expect("started");
+            jobs.push(tokio::spawn(async move {
+                endpoint.dispatch(wait, DispatchOptions::default()).await
+            }));
+            tokio::time::timeout(BOUND, started.recv())
+                .await
+                .expect("started");
         }
         let shutdown = {
             let executor = executor.clone();
@@ -312,7 +400,10 @@ async fn shutdown_drains_in_flight_work_and_refuses_new_work() {
         for gate in gates {
             gate.send(()).expect("gate");
         }
-        let report = tokio::time::timeout(BOUND, shutdown).await.expect("drained in time").expect("join");
+        let report = tokio::time::timeout(BOUND, shutdown)
+            .await
+            .expect("drained in time")
+            .expect("join");
         assert!(report.is_clean(), "{phase}: {report:?}");
         for job in jobs {
             job.await.expect("join").expect("in-flight work finished");
@@ -330,7 +421,9 @@ async fn shutdown_reports_work_that_outlives_the_grace_period() {
             let endpoint = endpoint.clone();
             tokio::spawn(async move { endpoint.dispatch(wait, DispatchOptions::default()).await })
         };
-        tokio::time::timeout(BOUND, started.recv()).await.expect("started");
+        tokio::time::timeout(BOUND, started.recv())
+            .await
+            .expect("started");
         let report = executor.shutdown(Duration::from_millis(50)).await;
         assert_eq!(report.abandoned.len(), 1, "{phase}: {report:?}");
         assert_eq!(report.abandoned[0].endpoint, "gated");
@@ -354,7 +447,11 @@ fn async_endpoint_is_refused_by_threaded_phase() {
 
 #[test]
 fn blocking_endpoint_is_refused_by_strict_async_phase() {
-    let config = ExecutorConfig { phase: Phase::Async, strict: true, ..ExecutorConfig::default() };
+    let config = ExecutorConfig {
+        phase: Phase::Async,
+        strict: true,
+        ..ExecutorConfig::default()
+    };
     let executor = Executor::new("test", config).expect("starts");
     let error = executor
         .register(Endpoint::blocking("legacy_query", |_, ()| {}))
@@ -379,11 +476,31 @@ async fn blocking_detector_fires_for_thread_sleep_and_not_for_tokio_sleep() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }))
         .expect("registered");
-    blocks.dispatch((), DispatchOptions::default()).await.expect("ok");
-    yields.dispatch((), DispatchOptions::default()).await.expect("ok");
+    blocks
+        .dispatch((), DispatchOptions::default())
+        .await
+        .expect("ok");
+    yields
+        .dispatch((), DispatchOptions::default())
+        .await
+        .expect("ok");
     let snapshot = executor.snapshot();
-    assert_eq!(snapshot.endpoint("blocks").expect("registered").counts.slow_polls, 1);
-    assert_eq!(snapshot.endpoint("yields").expect("registered").counts.slow_polls, 0);
+    assert_eq!(
+        snapshot
+            .endpoint("blocks")
+            .expect("registered")
+            .counts
+            .slow_polls,
+        1
+    );
+    assert_eq!(
+        snapshot
+            .endpoint("yields")
+            .expect("registered")
+            .counts
+            .slow_polls,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,15 +511,37 @@ async fn blocking_body_offloaded_in_async_phase_is_counted() {
             Ok::<_, ()>(std::thread::current().name().map(str::to_string))
         }))
         .expect("non-strict async offloads blocking bodies");
-    let thread = legacy.dispatch((), DispatchOptions::default()).await.expect("dispatched").expect("ok");
-    assert_ne!(thread.as_deref(), Some("tokio-runtime-worker"), "ran off the async workers");
-    assert_eq!(executor.snapshot().endpoint("legacy").expect("registered").counts.offloaded, 1);
+    let thread = legacy
+        .dispatch((), DispatchOptions::default())
+        .await
+        .expect("dispatched")
+        .expect("ok");
+    assert_ne!(
+        thread.as_deref(),
+        Some("tokio-runtime-worker"),
+        "ran off the async workers"
+    );
+    assert_eq!(
+        executor
+            .snapshot()
+            .endpoint("legacy")
+            .expect("registered")
+            .counts
+            .offloaded,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_work_is_reported_once() {
     for phase in Phase::ALL {
-        let config = ExecutorConfig { phase, pool_size: 2, max_in_flight: 2, hung_threshold_ms: 30, ..ExecutorConfig::default() };
+        let config = ExecutorConfig {
+            phase,
+            pool_size: 2,
+            max_in_flight: 2,
+            hung_threshold_ms: 30,
+            ..ExecutorConfig::default()
+        };
         let executor = Executor::new("test", config).expect("starts");
         let (endpoint, mut started) = gated(&executor);
         let (gate, wait) = oneshot::channel();
@@ -410,10 +549,15 @@ async fn hung_work_is_reported_once() {
             let endpoint = endpoint.clone();
             tokio::spawn(async move { endpoint.dispatch(wait, DispatchOptions::default()).await })
         };
-        tokio::time::timeout(BOUND, started.recv()).await.expect("started");
+        tokio::time::timeout(BOUND, started.recv())
+            .await
+            .expect("started");
         let deadline = Instant::now() + BOUND;
         while executor.snapshot().totals.hung == 0 {
-            assert!(Instant::now() < deadline, "{phase}: hung work never reported");
+            assert!(
+                Instant::now() < deadline,
+                "{phase}: hung work never reported"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // Several watchdog periods later it has still been reported only once.

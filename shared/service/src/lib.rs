@@ -1,1 +1,260 @@
+//! The skeleton every Switchyard binary shares, so that each service's
+//! `main` is a few lines: parse the flags, load and check the configuration,
+//! start telemetry and the executor, serve metrics, run the service until
+//! SIGTERM or SIGINT, then drain.
+//!
+//! Exit statuses: 0 after a clean run or check, 2 for any configuration
+//! problem (including an endpoint the configured phase cannot run), 1 for a
+//! failure at run time.
+#![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
 
+mod metrics;
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use switchyard_config::{ConfigFlags, Loaded, Loader, Settings};
+use switchyard_executor::{EndpointSpec, Executor, ExecutorConfig};
+use switchyard_telemetry::{Identity, TelemetryConfig};
+use tokio_util::sync::CancellationToken;
+
+pub use metrics::serve_metrics;
+
+/// Exit status for configuration problems (the usage status).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// The `[metrics]` section: where the Prometheus text endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` for `GET /metrics`; empty disables the endpoint.
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    /// Range checks, relative to the section.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        if self.listen.is_empty() || self.listen.parse::<std::net::SocketAddr>().is_ok() {
+            return Vec::new();
+        }
+        vec![(
+            "listen",
+            format!(
+                "`{}` is not a socket address; accepted: empty (disabled) or host:port such as 127.0.0.1:9464",
+                self.listen
+            ),
+        )]
+    }
+}
+
+/// What every service's configuration has, beside its own sections.
+pub trait ServiceSettings: Settings {
+    /// `[executor]`.
+    fn executor(&self) -> &ExecutorConfig;
+    /// `[telemetry]`.
+    fn telemetry(&self) -> &TelemetryConfig;
+    /// `[metrics]`.
+    fn metrics(&self) -> &MetricsConfig;
+}
+
+/// The range problems of the shared sections, with full dotted keys; a
+/// service's [`Settings::problems`] starts from these.
+pub fn shared_problems(
+    executor: &ExecutorConfig,
+    telemetry: &TelemetryConfig,
+    metrics: &MetricsConfig,
+) -> Vec<(String, String)> {
+    let prefixed = |section: &str, problems: Vec<(&'static str, String)>| {
+        problems
+            .into_iter()
+            .map(move |(key, message)| (format!("{section}.{key}"), message))
+            .collect::<Vec<_>>()
+    };
+    let mut problems = prefixed("executor", executor.problems());
+    problems.extend(prefixed("telemetry", telemetry.problems()));
+    problems.extend(prefixed("metrics", metrics.problems()));
+    problems
+}
+
+/// Loads the configuration and acts on `--check-config` and `--print-config`.
+/// `Err` carries the exit status to return: the process is done.
+pub fn configure<C: ServiceSettings>(
+    service: &str,
+    flags: &ConfigFlags,
+    endpoints: &[EndpointSpec],
+) -> Result<Loaded<C>, ExitCode> {
+    let loaded = match Loader::new(service, flags.config.as_deref()).load::<C>() {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("{error}");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let mismatches = Executor::check(loaded.settings.executor(), endpoints);
+    if !mismatches.is_empty() {
+        let source = loaded.source_of("executor.phase");
+        eprintln!(
+            "invalid configuration for {service} ({} problem{}):",
+            mismatches.len(),
+            if mismatches.len() == 1 { "" } else { "s" }
+        );
+        for mismatch in mismatches {
+            eprintln!("  - executor.phase (from {source}): {mismatch}");
+        }
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    if flags.print_config {
+        match switchyard_config::redacted_toml(&loaded.settings) {
+            Ok(text) => {
+                print!("{text}");
+                return Err(ExitCode::SUCCESS);
+            }
+            Err(error) => {
+                eprintln!("cannot print the configuration: {error}");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
+    if flags.check_config {
+        println!(
+            "configuration OK for {service}: phase {}, {} endpoint{}{}",
+            loaded.settings.executor().phase,
+            endpoints.len(),
+            if endpoints.len() == 1 { "" } else { "s" },
+            loaded
+                .file
+                .as_ref()
+                .map(|f| format!(", file {}", f.display()))
+                .unwrap_or_default()
+        );
+        return Err(ExitCode::SUCCESS);
+    }
+    Ok(loaded)
+}
+
+/// What a running service is handed.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// The executor every endpoint registers with.
+    pub executor: Executor,
+    /// Who this process is (service, instance id, phase).
+    pub identity: Identity,
+    /// Cancelled on SIGTERM or SIGINT: stop taking work.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs a configured service: telemetry, executor, metrics, then `service`
+/// until it returns or a signal arrives; then drains the executor.
+pub fn run<C, F, Fut>(service: &str, settings: C, body: F) -> ExitCode
+where
+    C: ServiceSettings,
+    F: FnOnce(C, Running) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let phase = settings.executor().phase;
+    let identity = Identity::new(service, phase.as_str());
+    let telemetry = match switchyard_telemetry::init(&identity, settings.telemetry()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("{service}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(format!("{service}-io"))
+        .build()
+        .context("building the Tokio runtime")
+        .and_then(|runtime| runtime.block_on(serve(service, settings, identity, body)));
+    let code = match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{service} failed: {error:#}");
+            eprintln!(
+                "{service}: {}",
+                switchyard_config::redact_text(&format!("{error:#}"))
+            );
+            ExitCode::FAILURE
+        }
+    };
+    telemetry.shutdown();
+    code
+}
+
+async fn serve<C, F, Fut>(
+    service: &str,
+    settings: C,
+    identity: Identity,
+    body: F,
+) -> anyhow::Result<()>
+where
+    C: ServiceSettings,
+    F: FnOnce(C, Running) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let executor_config = settings.executor().clone();
+    let executor = Executor::new(service, executor_config.clone())
+        .with_context(|| format!("starting the {} executor", executor_config.phase))?;
+    let shutdown = CancellationToken::new();
+    if !settings.metrics().listen.is_empty() {
+        let address = settings
+            .metrics()
+            .listen
+            .parse()
+            .context("metrics.listen")?;
+        let bound = serve_metrics(address, executor.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("binding the metrics endpoint on {address}"))?;
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tracing::info!(
+        phase = %executor_config.phase,
+        instance = %identity.instance_id,
+        "{service} starting in phase {} ({})",
+        executor_config.phase.number(),
+        executor_config.phase
+    );
+    let running = Running {
+        executor: executor.clone(),
+        identity,
+        shutdown: shutdown.clone(),
+    };
+    let outcome = body(settings, running).await;
+    shutdown.cancel();
+    let report = executor.shutdown(executor_config.shutdown_grace()).await;
+    if report.is_clean() {
+        tracing::info!("{service} stopped; all in-flight work finished");
+    } else {
+        tracing::warn!(
+            abandoned = report.abandoned.len(),
+            "{service} stopped; {} request(s) abandoned after the grace period",
+            report.abandoned.len()
+        );
+    }
+    outcome
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => tracing::info!("SIGTERM received; draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; draining"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}

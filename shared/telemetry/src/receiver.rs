@@ -107,7 +107,10 @@ impl OtlpReceiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().map(|spans| spans.clone()).unwrap_or_default()
+        self.spans
+            .lock()
+            .map(|spans| spans.clone())
+            .unwrap_or_default()
     }
 
     /// Waits until `done` holds for the spans received, at most `timeout`.

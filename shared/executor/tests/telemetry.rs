@@ -1,0 +1,98 @@
+//! The dispatch span reaches an OTLP collector with its phase, as a child of
+//! the request's span. Its own test binary: it installs the global subscriber.
+
+use std::time::Duration;
+
+use switchyard_executor::{DispatchOptions, Endpoint, Executor, ExecutorConfig, Phase};
+use switchyard_telemetry::receiver::OtlpReceiver;
+use switchyard_telemetry::{Identity, TelemetryConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_span_carries_phase_and_parent_to_the_collector() {
+    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("receiver");
+    let config = TelemetryConfig {
+        otlp_endpoint: receiver.endpoint(),
+        export_delay_ms: 50,
+        log_filter: "info".into(),
+        ..TelemetryConfig::default()
+    };
+    let telemetry = switchyard_telemetry::init(&Identity::new("phase-test", "async"), &config)
+        .expect("telemetry");
+
+    let executor = Executor::new(
+        "phase-test",
+        ExecutorConfig {
+            phase: Phase::Async,
+            ..ExecutorConfig::default()
+        },
+    )
+    .expect("executor");
+    let stalls = executor
+        .register(Endpoint::from_async("stalls", |_, ()| async {
+            std::thread::sleep(Duration::from_millis(30));
+        }))
+        .expect("registered");
+    let request = tracing::info_span!("request");
+    stalls
+        .dispatch(
+            (),
+            DispatchOptions {
+                parent: Some(request.clone()),
+                ..DispatchOptions::default()
+            },
+        )
+        .await
+        .expect("ok");
+    drop(request);
+    telemetry.flush();
+
+    let spans = receiver
+        .wait_for(Duration::from_secs(10), |spans| {
+            spans.iter().any(|s| s.name == "dispatch stalls")
+                && spans.iter().any(|s| s.name == "request")
+        })
+        .await
+        .unwrap_or_else(|spans| panic!("spans never arrived; got {spans:#?}"));
+    let request = spans
+        .iter()
+        .find(|s| s.name == "request")
+        .expect("request span");
+    let dispatch = spans
+        .iter()
+        .find(|s| s.name == "dispatch stalls")
+        .expect("dispatch span");
+    assert_eq!(dispatch.trace_id, request.trace_id);
+    assert_eq!(
+        dispatch.parent_span_id, request.span_id,
+        "dispatch is a child of the request"
+    );
+    assert_eq!(dispatch.attribute("switchyard.phase"), Some("async"));
+    assert_eq!(dispatch.attribute("switchyard.endpoint"), Some("stalls"));
+    assert!(
+        dispatch.attributes.contains_key("switchyard.queue_wait_us"),
+        "{dispatch:#?}"
+    );
+    assert!(
+        dispatch.attributes.contains_key("thread.name"),
+        "{dispatch:#?}"
+    );
+    assert_eq!(
+        dispatch
+            .resource
+            .get("switchyard.phase")
+            .map(String::as_str),
+        Some("async")
+    );
+    assert_eq!(dispatch.service, "phase-test");
+    assert!(
+        dispatch
+            .events
+            .iter()
+            .any(|(name, _)| name.contains("slow poll")),
+        "the blocking detector marks the span: {:#?}",
+        dispatch.events
+    );
+    telemetry.shutdown();
+}

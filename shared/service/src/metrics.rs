@@ -1,0 +1,82 @@
+//! The Prometheus text endpoint: `GET /metrics` renders the executor's
+//! snapshot.
+//!
+//! Why Prometheus text rather than OpenTelemetry metrics over OTLP: the
+//! executor already keeps exact counters and histograms for its snapshot API,
+//! and rendering that same snapshot means one set of numbers with no second
+//! aggregation; it needs no collector (Jaeger, our trace backend, takes no
+//! metrics); and `curl` can read it during a migration. Any OpenTelemetry
+//! Collector can scrape it with its Prometheus receiver.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use switchyard_executor::Executor;
+use tokio_util::sync::CancellationToken;
+
+/// Serves `GET /metrics` on `address` until `shutdown`; returns the bound address.
+pub async fn serve_metrics(
+    address: SocketAddr,
+    executor: Executor,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        tracing::warn!("metrics endpoint: accept failed: {error}");
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            let executor = executor.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let executor = executor.clone();
+                    async move { Ok::<_, std::convert::Infallible>(respond(&request, &executor)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+fn respond<B>(request: &Request<B>, executor: &Executor) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method().as_str(), request.uri().path()) {
+        ("GET", "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            executor.snapshot().render_prometheus(),
+        ),
+        (_, "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}

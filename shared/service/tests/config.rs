@@ -1,0 +1,303 @@
+//! The configuration contract of every service binary, checked on the real
+//! `switchyard-echo` process: precedence, every error at once with key,
+//! source and accepted values, exit status 2, phase checks, metrics, drain.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ECHO: &str = env!("CARGO_BIN_EXE_switchyard-echo");
+
+/// A scratch directory per test, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("switchyard-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn echo(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(ECHO);
+    command.current_dir(&scratch.0).args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SWITCHYARD_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("echo runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn environment_overrides_file_which_overrides_defaults() {
+    let scratch = Scratch::new("precedence");
+    let file = scratch.file(
+        "echo.toml",
+        "[executor]\nphase = \"bridged\"\npool_size = 3\n",
+    );
+    let file = file.to_str().expect("utf-8 path");
+
+    let from_file = echo(&scratch, &["--config", file, "--print-config"], &[]);
+    assert_eq!(from_file.status.code(), Some(0), "{}", stderr(&from_file));
+    let printed = stdout(&from_file);
+    assert!(printed.contains("phase = \"bridged\""), "{printed}");
+    assert!(printed.contains("pool_size = 3"), "{printed}");
+    assert!(
+        printed.contains("max_in_flight = 1024"),
+        "defaults fill the rest: {printed}"
+    );
+
+    let overridden = echo(
+        &scratch,
+        &["--config", file, "--print-config"],
+        &[("SWITCHYARD_EXECUTOR__PHASE", "async")],
+    );
+    assert_eq!(overridden.status.code(), Some(0), "{}", stderr(&overridden));
+    let printed = stdout(&overridden);
+    assert!(printed.contains("phase = \"async\""), "{printed}");
+    assert!(printed.contains("pool_size = 3"), "{printed}");
+}
+
+#[test]
+fn default_config_file_is_deploy_config_service_toml() {
+    let scratch = Scratch::new("default-file");
+    std::fs::create_dir_all(scratch.0.join("deploy/config")).expect("dir");
+    scratch.file(
+        "deploy/config/echo.toml",
+        "[executor]\npool_size = 7\nphase = \"bridged\"\n",
+    );
+    let output = echo(&scratch, &["--print-config"], &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("pool_size = 7"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_key_source_and_accepted_values() {
+    let scratch = Scratch::new("problems");
+    let file = scratch.file(
+        "bad.toml",
+        "[executor]\nphase = \"turbo\"\n\n[executr]\npool_size = 3\n",
+    );
+    let file_name = file.to_str().expect("utf-8 path");
+    let output = echo(
+        &scratch,
+        &["--config", file_name, "--check-config"],
+        &[
+            ("SWITCHYARD_EXECUTOR__POOL_SIZE", "lots"),
+            ("SWITCHYARD_TELEMETRY__LOG_FORMAT", "xml"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(text.contains("(4 problems)"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "executor.phase (from file {file_name}): unknown value `turbo`; accepted: threaded, bridged, async"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("executr.pool_size (from file {file_name}): unknown key `executr`; accepted keys here: executor, telemetry, metrics")),
+        "{text}"
+    );
+    assert!(
+        text.contains("executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE): invalid type: found string \"lots\", expected usize"),
+        "{text}"
+    );
+    assert!(
+        text.contains("telemetry.log_format (from environment variable SWITCHYARD_TELEMETRY__LOG_FORMAT): unknown value `xml`; accepted: text, json"),
+        "{text}"
+    );
+}
+
+#[test]
+fn out_of_range_values_name_the_accepted_range() {
+    let scratch = Scratch::new("range");
+    let output = echo(
+        &scratch,
+        &["--check-config"],
+        &[
+            ("SWITCHYARD_EXECUTOR__PHASE", "bridged"),
+            ("SWITCHYARD_EXECUTOR__POOL_SIZE", "0"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains(
+            "executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE): 0 is out of range; accepted: 1 to 4096"
+        ),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_named_config_file_that_does_not_exist_is_an_error() {
+    let scratch = Scratch::new("missing");
+    let output = echo(
+        &scratch,
+        &["--config", "nowhere.toml", "--check-config"],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("file nowhere.toml: the configuration file does not exist"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn unrelated_environment_variables_are_ignored_but_unknown_switchyard_ones_are_not() {
+    let scratch = Scratch::new("unrelated");
+    let fine = echo(
+        &scratch,
+        &["--check-config"],
+        &[
+            ("SWITCHYARD_EXECUTOR__PHASE", "bridged"),
+            ("EXECUTOR__PHASE", "nonsense"),
+            ("OTEL_SERVICE_NAME", "x"),
+        ],
+    );
+    assert_eq!(fine.status.code(), Some(0), "{}", stderr(&fine));
+    assert!(stdout(&fine).contains("configuration OK for echo: phase bridged, 2 endpoints"));
+
+    let typo = echo(
+        &scratch,
+        &["--check-config"],
+        &[("SWITCHYARD_EXECUTOR__PHAZE", "async")],
+    );
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(
+        stderr(&typo).contains("executor.phaze (from environment variable SWITCHYARD_EXECUTOR__PHAZE): unknown key `phaze`"),
+        "{}",
+        stderr(&typo)
+    );
+}
+
+#[test]
+fn a_phase_that_cannot_run_an_endpoint_fails_the_check() {
+    let scratch = Scratch::new("phase-check");
+    let threaded = echo(
+        &scratch,
+        &["--check-config"],
+        &[("SWITCHYARD_EXECUTOR__PHASE", "threaded")],
+    );
+    assert_eq!(threaded.status.code(), Some(2));
+    assert!(
+        stderr(&threaded).contains(
+            "executor.phase (from environment variable SWITCHYARD_EXECUTOR__PHASE): endpoint `echo` is async and cannot run in phase `threaded`; phases that can run it: bridged, async"
+        ),
+        "{}",
+        stderr(&threaded)
+    );
+
+    let strict = echo(
+        &scratch,
+        &["--check-config"],
+        &[
+            ("SWITCHYARD_EXECUTOR__PHASE", "async"),
+            ("SWITCHYARD_EXECUTOR__STRICT", "true"),
+        ],
+    );
+    assert_eq!(strict.status.code(), Some(2));
+    assert!(stderr(&strict).contains("endpoint `echo_blocking` is blocking and cannot run in phase `async` with executor.strict = true"));
+
+    let offloading = echo(
+        &scratch,
+        &["--check-config"],
+        &[("SWITCHYARD_EXECUTOR__PHASE", "async")],
+    );
+    assert_eq!(offloading.status.code(), Some(0), "{}", stderr(&offloading));
+}
+
+#[test]
+fn running_service_serves_metrics_and_drains_on_sigterm() {
+    let scratch = Scratch::new("run");
+    let mut child = Command::new(ECHO)
+        .current_dir(&scratch.0)
+        .env("SWITCHYARD_EXECUTOR__PHASE", "bridged")
+        .env("SWITCHYARD_EXECUTOR__POOL_SIZE", "2")
+        .env("SWITCHYARD_METRICS__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("echo starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let start = line.find("metrics on http://")? + "metrics on http://".len();
+            let end = line[start..].find('/')? + start;
+            Some(line[start..end].to_string())
+        })
+        .expect("echo announces its metrics address");
+
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("switchyard_executor_info{service=\"echo\",phase=\"bridged\"} 1"),
+        "{response}"
+    );
+    assert!(
+        response.contains("switchyard_executor_capacity{service=\"echo\",phase=\"bridged\"} 2"),
+        "{response}"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "echo did not exit within 15 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(0));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("SIGTERM received; draining")),
+        "{rest:?}"
+    );
+}
