@@ -145,14 +145,17 @@ fn main() {
                         }
                     })
                     .await;
-                    let overhead_us = (callers.min(executor.config().capacity()) as f64 / rate
-                        - callers.min(executor.config().capacity()) as f64 / raw_rate)
-                        * 1e6;
+                    // Per-dispatch overhead is only meaningful one at a time.
+                    let overhead_us = (1.0 / rate - 1.0 / raw_rate) * 1e6;
                     println!(
                         "| {phase} | {kind} | {} | {callers} | {rate:.0} | {raw_rate:.0} | {:.2} | {} |",
                         work.label(),
                         rate / raw_rate,
-                        if work == Work::Noop { format!("{overhead_us:.1}") } else { "–".into() }
+                        if work == Work::Noop && callers == 1 {
+                            format!("{overhead_us:.1}")
+                        } else {
+                            "–".into()
+                        }
                     );
                     executor.shutdown(Duration::from_secs(5)).await;
                 }

@@ -1,0 +1,268 @@
+//! gRPC on the executor.
+//!
+//! A gRPC method is an endpoint like any AMQP one: the tonic handler calls
+//! [`unary`], which extracts the caller's trace context, turns `grpc-timeout`
+//! into the executor deadline and dispatches the body in the service's phase.
+//! [`serve`] runs a server with `grpc.health.v1` following [`Readiness`],
+//! server reflection, and graceful shutdown; [`TraceInterceptor`] injects the
+//! caller's trace context into outgoing requests.
+#![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+mod readiness;
+mod status;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use switchyard_executor::{BoundEndpoint, DispatchOptions};
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, field};
+
+pub use readiness::Readiness;
+pub use status::{from_dispatch, invalid_argument, not_found};
+
+/// The `[grpc]` section of a service that serves gRPC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// Largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// How long a call waits for executor capacity before RESOURCE_EXHAUSTED.
+    pub overload_wait_ms: u64,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".to_string(),
+            max_message_bytes: 4 * 1024 * 1024,
+            overload_wait_ms: 1000,
+        }
+    }
+}
+
+impl GrpcConfig {
+    /// Range checks, relative to the section.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            problems.push((
+                "listen",
+                format!(
+                    "`{}` is not a socket address; accepted: host:port such as 127.0.0.1:50051",
+                    self.listen
+                ),
+            ));
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.max_message_bytes) {
+            problems.push((
+                "max_message_bytes",
+                format!(
+                    "{} is out of range; accepted: 1024 to 268435456",
+                    self.max_message_bytes
+                ),
+            ));
+        }
+        problems
+    }
+
+    /// `overload_wait_ms` as a duration.
+    pub fn overload_wait(&self) -> Duration {
+        Duration::from_millis(self.overload_wait_ms)
+    }
+}
+
+/// What a gRPC endpoint body returns.
+pub type GrpcOutcome<T> = Result<T, Status>;
+
+/// Runs one unary call through the executor: parents a server span on the
+/// caller's trace context, applies `grpc-timeout` as the deadline, dispatches
+/// in the service's phase and maps every failure to a gRPC status.
+pub async fn unary<Req, Resp>(
+    endpoint: &BoundEndpoint<Req, GrpcOutcome<Resp>>,
+    request: Request<Req>,
+    overload_wait: Duration,
+) -> Result<Response<Resp>, Status>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    let received = Instant::now();
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.name = endpoint.name(),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = endpoint.name(),
+        rpc.grpc.status_code = field::Empty,
+    );
+    // Before the span is first entered: tracing-opentelemetry refuses later.
+    switchyard_telemetry::propagation::set_parent_from_metadata(&span, request.metadata());
+    let deadline =
+        grpc_timeout(request.metadata()).map(|timeout| received + answer_within(timeout));
+    let options = DispatchOptions {
+        deadline,
+        wait_budget: Some(overload_wait),
+        parent: Some(span.clone()),
+    };
+    let result = endpoint
+        .dispatch(request.into_inner(), options)
+        .instrument(span.clone())
+        .await;
+    let result = match result {
+        Ok(Ok(response)) => Ok(Response::new(response)),
+        Ok(Err(status)) => Err(status),
+        Err(error) => Err(from_dispatch(&error)),
+    };
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    span.record("rpc.grpc.status_code", code as i64);
+    result
+}
+
+/// The part of the caller's timeout the server may use: the reply must still
+/// reach a caller that is listening, so the server answers DEADLINE_EXCEEDED a
+/// little before the caller gives up (a tenth of the timeout, at most 20 ms).
+fn answer_within(timeout: Duration) -> Duration {
+    timeout.saturating_sub((timeout / 10).min(Duration::from_millis(20)))
+}
+
+/// The `grpc-timeout` header, per the gRPC over HTTP/2 spec (at most 8 digits
+/// and one unit letter). `None` when absent or malformed.
+pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if text.len() < 2 || text.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+/// Adds the current span's trace context to every outgoing request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceInterceptor;
+
+impl tonic::service::Interceptor for TraceInterceptor {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        switchyard_telemetry::propagation::inject_metadata(
+            &tracing::Span::current(),
+            request.metadata_mut(),
+        );
+        Ok(request)
+    }
+}
+
+/// The services every Switchyard gRPC server carries besides its own:
+/// `grpc.health.v1.Health` (following `readiness`) and server reflection
+/// over `descriptors` (an encoded `FileDescriptorSet`).
+/// Pass the routes [`Readiness::new`] returned.
+pub fn base_routes(
+    health: tonic::service::Routes,
+    descriptors: &[u8],
+) -> Result<tonic::service::Routes, GrpcError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(descriptors)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| GrpcError::Reflection(error.to_string()))?;
+    Ok(health.add_service(reflection))
+}
+
+/// A gRPC server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    /// The listen address could not be bound.
+    #[error("cannot listen for gRPC on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The reflection service could not be built from the descriptors.
+    #[error("cannot build server reflection: {0}")]
+    Reflection(String),
+    /// The server failed while serving.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Binds `address` (port 0 picks a free port).
+pub async fn bind(address: &str) -> Result<tokio::net::TcpListener, GrpcError> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| GrpcError::Bind {
+            address: address.to_string(),
+            source,
+        })
+}
+
+/// Serves `routes` on `listener` until `shutdown` is cancelled; then reports
+/// NOT_SERVING, stops accepting calls and lets the calls in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), GrpcError> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.cancelled().await;
+            readiness.stop().await;
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_is_parsed_per_spec() {
+        let mut metadata = MetadataMap::new();
+        for (text, expected) in [
+            ("100m", Some(Duration::from_millis(100))),
+            ("2S", Some(Duration::from_secs(2))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("5u", Some(Duration::from_micros(5))),
+            ("123456789m", None),
+            ("m", None),
+            ("10x", None),
+        ] {
+            metadata.insert("grpc-timeout", text.parse().expect("ascii"));
+            assert_eq!(grpc_timeout(&metadata), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn server_answers_before_the_caller_gives_up() {
+        assert_eq!(
+            answer_within(Duration::from_millis(100)),
+            Duration::from_millis(90)
+        );
+        assert_eq!(
+            answer_within(Duration::from_secs(10)),
+            Duration::from_millis(9980)
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! gRPC servers on the executor: every phase serves, health follows
+//! readiness, reflection lists the services, errors map to the right codes,
+//! shutdown drains.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use switchyard_executor::Phase;
+use switchyard_proto::echo::v1::SayRequest;
+use switchyard_proto::echo::v1::echo_client::EchoClient;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const BOUND: Duration = Duration::from_secs(10);
+
+fn say(text: &str, wait_ms: u32) -> SayRequest {
+    SayRequest {
+        text: text.to_string(),
+        wait_ms,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_runs_where_each_phase_says() {
+    for phase in Phase::ALL {
+        let server = support::start(phase, 4, Duration::from_secs(1)).await;
+        let mut client = EchoClient::connect(server.url()).await.expect("connect");
+        let reply = client
+            .say(say("hello", 0))
+            .await
+            .expect("reply")
+            .into_inner();
+        assert_eq!(reply.text, "hello");
+        assert_eq!(reply.phase, phase.as_str());
+        match phase {
+            Phase::Threaded | Phase::Bridged => {
+                assert!(
+                    reply.thread.starts_with("echo-worker-"),
+                    "{phase}: ran on {}",
+                    reply.thread
+                )
+            }
+            Phase::Async => assert!(
+                !reply.thread.contains("-worker-"),
+                "{phase}: ran on {}",
+                reply.thread
+            ),
+        }
+        assert_eq!(server.executor.snapshot().totals.completed, 1);
+        server.shutdown.cancel();
+    }
+}
+
+async fn health(url: String, service: &str) -> i32 {
+    let channel = tonic::transport::Endpoint::from_shared(url).expect("url").connect().await.expect("connect");
+    let mut client = HealthClient::new(channel);
+    client
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_readiness() {
+    let server = support::start(Phase::Async, 4, Duration::from_secs(1)).await;
+    assert_eq!(
+        health(server.url(), support::ECHO_SERVICE).await,
+        ServingStatus::Serving as i32
+    );
+    server.readiness.set("amqp", false).await;
+    assert_eq!(
+        health(server.url(), support::ECHO_SERVICE).await,
+        ServingStatus::NotServing as i32
+    );
+    assert_eq!(
+        health(server.url(), "").await,
+        ServingStatus::NotServing as i32
+    );
+    assert_eq!(server.readiness.failing(), vec!["amqp".to_string()]);
+    server.readiness.set("amqp", true).await;
+    assert_eq!(
+        health(server.url(), support::ECHO_SERVICE).await,
+        ServingStatus::Serving as i32
+    );
+    server.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = support::start(Phase::Bridged, 2, Duration::from_secs(1)).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("stream")
+        .expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        support::ECHO_SERVICE,
+        "grpc.health.v1.Health",
+        "switchyard.metering.v1.Metering",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    server.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_map_to_distinct_codes() {
+    for phase in Phase::ALL {
+        let server = support::start(phase, 1, Duration::from_millis(50)).await;
+        let mut client = EchoClient::connect(server.url()).await.expect("connect");
+
+        let invalid = client.say(say("", 0)).await.expect_err("empty text");
+        assert_eq!(invalid.code(), Code::InvalidArgument, "{phase}");
+        assert!(
+            invalid.message().contains("field `text`"),
+            "{phase}: {}",
+            invalid.message()
+        );
+
+        let missing = client.say(say("missing", 0)).await.expect_err("not found");
+        assert_eq!(missing.code(), Code::NotFound, "{phase}");
+
+        let huge = client
+            .say(say(&"x".repeat(100_000), 0))
+            .await
+            .expect_err("too large");
+        assert_eq!(huge.code(), Code::OutOfRange, "{phase}: {huge:?}");
+
+        // One slot, held by a slow call: the next waits 50 ms, then is told.
+        let mut busy = client.clone();
+        let slow = tokio::spawn(async move { busy.say(say("slow", 1500)).await });
+        let started = Instant::now();
+        while server.executor.snapshot().totals.in_flight == 0 {
+            assert!(
+                started.elapsed() < BOUND,
+                "{phase}: slow call never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        let overloaded = client.say(say("next", 0)).await.expect_err("overloaded");
+        assert_eq!(
+            overloaded.code(),
+            Code::ResourceExhausted,
+            "{phase}: {overloaded:?}"
+        );
+        slow.await.expect("join").expect("slow call still succeeds");
+
+        server.shutdown.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_becomes_the_executor_deadline() {
+    for phase in [Phase::Bridged, Phase::Async] {
+        let server = support::start(phase, 2, Duration::from_secs(1)).await;
+        let mut client = EchoClient::connect(server.url()).await.expect("connect");
+        let mut request = tonic::Request::new(say("late", 5000));
+        request.set_timeout(Duration::from_millis(300));
+        let started = Instant::now();
+        let late = client.say(request).await.expect_err("deadline");
+        assert_eq!(late.code(), Code::DeadlineExceeded, "{phase}: {late:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(server.executor.snapshot().totals.expired, 1, "{phase}");
+        server.shutdown.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_the_call_in_flight_finish() {
+    let server = support::start(Phase::Async, 2, Duration::from_secs(1)).await;
+    let mut client = EchoClient::connect(server.url()).await.expect("connect");
+    let call = tokio::spawn(async move { client.say(say("drain me", 300)).await });
+    let started = Instant::now();
+    while server.executor.snapshot().totals.in_flight == 0 {
+        assert!(started.elapsed() < BOUND, "call never started");
+        tokio::task::yield_now().await;
+    }
+    server.shutdown.cancel();
+    let reply = tokio::time::timeout(BOUND, call)
+        .await
+        .expect("in time")
+        .expect("join")
+        .expect("finished");
+    assert_eq!(reply.into_inner().text, "drain me");
+    tokio::time::timeout(BOUND, server.served)
+        .await
+        .expect("server stopped")
+        .expect("join")
+        .expect("clean stop");
+}
