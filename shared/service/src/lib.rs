@@ -81,10 +81,12 @@ pub fn shared_problems(
 
 /// Loads the configuration and acts on `--check-config` and `--print-config`.
 /// `Err` carries the exit status to return: the process is done.
+/// `endpoints` lists the service's endpoints for the loaded settings (a
+/// service mid-migration may pick a body by phase).
 pub fn configure<C: ServiceSettings>(
     service: &str,
     flags: &ConfigFlags,
-    endpoints: &[EndpointSpec],
+    endpoints: impl FnOnce(&C) -> Vec<EndpointSpec>,
 ) -> Result<Loaded<C>, ExitCode> {
     let loaded = match Loader::new(service, flags.config.as_deref()).load::<C>() {
         Ok(loaded) => loaded,
@@ -93,7 +95,8 @@ pub fn configure<C: ServiceSettings>(
             return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let mismatches = Executor::check(loaded.settings.executor(), endpoints);
+    let endpoints = endpoints(&loaded.settings);
+    let mismatches = Executor::check(loaded.settings.executor(), &endpoints);
     if !mismatches.is_empty() {
         let source = loaded.source_of("executor.phase");
         eprintln!(

@@ -55,7 +55,11 @@ async fn handler_runs_where_each_phase_says() {
 }
 
 async fn health(url: String, service: &str) -> i32 {
-    let channel = tonic::transport::Endpoint::from_shared(url).expect("url").connect().await.expect("connect");
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
     let mut client = HealthClient::new(channel);
     client
         .check(HealthCheckRequest {
@@ -71,12 +75,12 @@ async fn health(url: String, service: &str) -> i32 {
 async fn health_follows_readiness() {
     let server = support::start(Phase::Async, 4, Duration::from_secs(1)).await;
     assert_eq!(
-        health(server.url(), support::ECHO_SERVICE).await,
+        health(server.url(), switchyard_echo::GRPC_SERVICE).await,
         ServingStatus::Serving as i32
     );
     server.readiness.set("amqp", false).await;
     assert_eq!(
-        health(server.url(), support::ECHO_SERVICE).await,
+        health(server.url(), switchyard_echo::GRPC_SERVICE).await,
         ServingStatus::NotServing as i32
     );
     assert_eq!(
@@ -86,7 +90,7 @@ async fn health_follows_readiness() {
     assert_eq!(server.readiness.failing(), vec!["amqp".to_string()]);
     server.readiness.set("amqp", true).await;
     assert_eq!(
-        health(server.url(), support::ECHO_SERVICE).await,
+        health(server.url(), switchyard_echo::GRPC_SERVICE).await,
         ServingStatus::Serving as i32
     );
     server.shutdown.cancel();
@@ -125,7 +129,7 @@ async fn reflection_lists_the_services() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for expected in [
-        support::ECHO_SERVICE,
+        switchyard_echo::GRPC_SERVICE,
         "grpc.health.v1.Health",
         "switchyard.metering.v1.Metering",
     ] {

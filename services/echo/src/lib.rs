@@ -1,0 +1,164 @@
+//! Echo: the smallest Switchyard service, and the one tests and benchmarks
+//! run in every phase.
+//!
+//! | endpoint | kind | notes |
+//! |---|---|---|
+//! | `Echo/Say` (gRPC) | blocking in `threaded`, async in `bridged` and `async` | replies with the text, the phase and the thread that ran it |
+//! | `echo_blocking` | blocking | legacy code not yet ported: offloaded in `async`, refused when strict |
+//!
+//! So echo runs in all three phases, but not in `async` with `strict = true`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchyard_config::Settings;
+use switchyard_executor::{
+    BoundEndpoint, Endpoint, EndpointSpec, Executor, ExecutorConfig, Phase, PhaseMismatch,
+};
+use switchyard_grpc::{GrpcConfig, GrpcOutcome, invalid_argument, not_found};
+use switchyard_proto::echo::v1::echo_server::{Echo, EchoServer};
+use switchyard_proto::echo::v1::{SayReply, SayRequest};
+use switchyard_service::{MetricsConfig, ServiceSettings};
+use switchyard_telemetry::TelemetryConfig;
+use tonic::{Request, Response, Status};
+
+/// The service name: config file `deploy/config/echo.toml`, metrics label, spans.
+pub const SERVICE: &str = "echo";
+
+/// The gRPC service name, for health and reflection.
+pub const GRPC_SERVICE: &str = "switchyard.echo.v1.Echo";
+
+/// Longest text `Say` accepts, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+
+/// Echo's configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EchoSettings {
+    /// `[executor]`.
+    pub executor: ExecutorConfig,
+    /// `[telemetry]`.
+    pub telemetry: TelemetryConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
+    /// `[grpc]`.
+    pub grpc: GrpcConfig,
+}
+
+impl Settings for EchoSettings {
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut problems =
+            switchyard_service::shared_problems(&self.executor, &self.telemetry, &self.metrics);
+        problems.extend(
+            self.grpc
+                .problems()
+                .into_iter()
+                .map(|(key, message)| (format!("grpc.{key}"), message)),
+        );
+        problems
+    }
+}
+
+impl ServiceSettings for EchoSettings {
+    fn executor(&self) -> &ExecutorConfig {
+        &self.executor
+    }
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+    fn metrics(&self) -> &MetricsConfig {
+        &self.metrics
+    }
+}
+
+/// What `--check-config` checks the phase against.
+pub fn endpoints(phase: Phase) -> Vec<EndpointSpec> {
+    vec![say_endpoint(phase).spec(), echo_blocking_endpoint().spec()]
+}
+
+fn validate(request: &SayRequest) -> Result<(), Status> {
+    if request.text.is_empty() {
+        return Err(invalid_argument("text", "must not be empty"));
+    }
+    if request.text.len() > MAX_TEXT_BYTES {
+        return Err(invalid_argument(
+            "text",
+            format!("longer than {MAX_TEXT_BYTES} bytes"),
+        ));
+    }
+    if request.text == "missing" {
+        return Err(not_found("greeting", &request.text));
+    }
+    Ok(())
+}
+
+fn reply(phase: Phase, text: String) -> SayReply {
+    SayReply {
+        text,
+        phase: phase.to_string(),
+        thread: std::thread::current()
+            .name()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// `Say` as the phase can run it: the legacy blocking body in `threaded`, the
+/// ported async body from `bridged` on.
+fn say_endpoint(phase: Phase) -> Endpoint<SayRequest, GrpcOutcome<SayReply>> {
+    match phase {
+        Phase::Threaded => Endpoint::blocking("Echo/Say", |cx, request: SayRequest| {
+            validate(&request)?;
+            std::thread::sleep(Duration::from_millis(request.wait_ms.into()));
+            Ok(reply(cx.phase(), request.text))
+        }),
+        _ => Endpoint::from_async("Echo/Say", |cx, request: SayRequest| async move {
+            validate(&request)?;
+            tokio::time::sleep(Duration::from_millis(request.wait_ms.into())).await;
+            Ok(reply(cx.phase(), request.text))
+        }),
+    }
+}
+
+/// `echo_blocking`: legacy code not yet ported, written as a blocking body.
+fn echo_blocking_endpoint() -> Endpoint<String, Result<String, Status>> {
+    Endpoint::blocking("echo_blocking", |_, text: String| Ok(text))
+}
+
+/// Echo's endpoints, registered.
+#[derive(Debug)]
+pub struct EchoService {
+    say: BoundEndpoint<SayRequest, GrpcOutcome<SayReply>>,
+    echo_blocking: BoundEndpoint<String, Result<String, Status>>,
+    overload_wait: Duration,
+}
+
+impl EchoService {
+    /// Registers echo's endpoints with `executor`.
+    pub fn register(executor: &Executor, grpc: &GrpcConfig) -> Result<Self, PhaseMismatch> {
+        Ok(Self {
+            say: executor.register(say_endpoint(executor.phase()))?,
+            echo_blocking: executor.register(echo_blocking_endpoint())?,
+            overload_wait: grpc.overload_wait(),
+        })
+    }
+
+    /// The legacy blocking endpoint (offloaded in the async phase).
+    pub fn echo_blocking(&self) -> &BoundEndpoint<String, Result<String, Status>> {
+        &self.echo_blocking
+    }
+
+    /// The tonic server, with message size limits applied.
+    pub fn into_server(self, max_message_bytes: usize) -> EchoServer<Self> {
+        EchoServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+}
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn say(&self, request: Request<SayRequest>) -> Result<Response<SayReply>, Status> {
+        switchyard_grpc::unary(&self.say, request, self.overload_wait).await
+    }
+}

@@ -1,0 +1,38 @@
+//! `switchyard-echo`: serves `switchyard.echo.v1.Echo` in its configured phase.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use switchyard_config::ConfigFlags;
+use switchyard_echo::{EchoService, EchoSettings, GRPC_SERVICE, SERVICE};
+use switchyard_grpc::Readiness;
+
+/// Echo: answers every request with its own text, the phase and the thread.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-echo", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigFlags,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match switchyard_service::configure::<EchoSettings>(SERVICE, &cli.config, |s| {
+        switchyard_echo::endpoints(s.executor.phase)
+    }) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    switchyard_service::run(SERVICE, loaded.settings, |settings, running| async move {
+        let echo = EchoService::register(&running.executor, &settings.grpc)?;
+        let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;
+        let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)?
+            .add_service(echo.into_server(settings.grpc.max_message_bytes));
+        let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
+        let address = listener.local_addr().context("reading the gRPC address")?;
+        tracing::info!("gRPC on {address}");
+        switchyard_grpc::serve(listener, routes, readiness, running.shutdown).await?;
+        Ok(())
+    })
+}

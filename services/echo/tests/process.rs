@@ -1,0 +1,149 @@
+//! The real `switchyard-echo` process: serves gRPC and metrics, and on SIGTERM
+//! lets the call in flight finish before exiting 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use switchyard_proto::echo::v1::SayRequest;
+use switchyard_proto::echo::v1::echo_client::EchoClient;
+
+const ECHO: &str = env!("CARGO_BIN_EXE_switchyard-echo");
+const BOUND: Duration = Duration::from_secs(15);
+
+/// The address that follows `marker` in a log line.
+fn address_after(line: &str, marker: &str) -> Option<String> {
+    let start = line.find(marker)? + marker.len();
+    let address: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    (!address.is_empty()).then_some(address)
+}
+
+fn get_metrics(address: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response
+}
+
+struct Echo {
+    child: Child,
+    grpc: String,
+    metrics: String,
+    log: mpsc::Receiver<String>,
+}
+
+fn start_echo(phase: &str) -> Echo {
+    let mut child = Command::new(ECHO)
+        .current_dir(std::env::temp_dir())
+        .env("SWITCHYARD_EXECUTOR__PHASE", phase)
+        .env("SWITCHYARD_EXECUTOR__POOL_SIZE", "2")
+        .env("SWITCHYARD_METRICS__LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_GRPC__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("echo starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (mut grpc, mut metrics) = (None, None);
+    while grpc.is_none() || metrics.is_none() {
+        let line = log
+            .recv_timeout(BOUND)
+            .expect("echo announces its addresses");
+        grpc = grpc.or_else(|| address_after(&line, "gRPC on "));
+        metrics = metrics.or_else(|| address_after(&line, "metrics on http://"));
+    }
+    Echo {
+        child,
+        grpc: grpc.expect("grpc"),
+        metrics: metrics.expect("metrics"),
+        log,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_call_in_flight_and_exits_zero() {
+    let mut echo = start_echo("bridged");
+    let metrics = get_metrics(&echo.metrics);
+    assert!(
+        metrics.contains("switchyard_executor_info{service=\"echo\",phase=\"bridged\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_executor_capacity{service=\"echo\",phase=\"bridged\"} 2"),
+        "{metrics}"
+    );
+
+    let mut client = EchoClient::connect(format!("http://{}", echo.grpc))
+        .await
+        .expect("connect");
+    let call = tokio::spawn(async move {
+        client
+            .say(SayRequest {
+                text: "drain me".into(),
+                wait_ms: 700,
+            })
+            .await
+    });
+    let in_flight =
+        "switchyard_endpoint_in_flight{service=\"echo\",phase=\"bridged\",endpoint=\"Echo/Say\"} 1";
+    let started = Instant::now();
+    while !get_metrics(&echo.metrics).contains(in_flight) {
+        assert!(
+            started.elapsed() < BOUND,
+            "the call never showed up in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &echo.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let reply = tokio::time::timeout(BOUND, call)
+        .await
+        .expect("in time")
+        .expect("join")
+        .expect("the call finished");
+    assert_eq!(reply.into_inner().text, "drain me");
+
+    let deadline = Instant::now() + BOUND;
+    let status = loop {
+        if let Some(status) = echo.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "echo did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let log: Vec<String> = echo.log.try_iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("SIGTERM received; draining")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("all in-flight work finished")),
+        "{log:?}"
+    );
+}

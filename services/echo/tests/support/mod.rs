@@ -1,0 +1,63 @@
+//! Starts echo's gRPC server in-process on 127.0.0.1:0, in a given phase.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchyard_echo::{EchoService, GRPC_SERVICE};
+use switchyard_executor::{Executor, ExecutorConfig, Phase};
+use switchyard_grpc::{GrpcConfig, Readiness};
+use tokio_util::sync::CancellationToken;
+
+pub struct EchoServerHandle {
+    pub address: SocketAddr,
+    pub readiness: Readiness,
+    pub executor: Executor,
+    pub shutdown: CancellationToken,
+    pub served: tokio::task::JoinHandle<Result<(), switchyard_grpc::GrpcError>>,
+}
+
+impl EchoServerHandle {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+pub async fn start(phase: Phase, capacity: usize, overload_wait: Duration) -> EchoServerHandle {
+    let executor = Executor::new(
+        "echo",
+        ExecutorConfig {
+            phase,
+            pool_size: capacity,
+            max_in_flight: capacity,
+            ..ExecutorConfig::default()
+        },
+    )
+    .expect("executor");
+    let grpc = GrpcConfig {
+        overload_wait_ms: overload_wait.as_millis() as u64,
+        ..GrpcConfig::default()
+    };
+    let echo = EchoService::register(&executor, &grpc).expect("phase runs echo");
+    let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;
+    let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)
+        .expect("reflection")
+        .add_service(echo.into_server(64 * 1024));
+    let listener = switchyard_grpc::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let shutdown = CancellationToken::new();
+    let served = tokio::spawn(switchyard_grpc::serve(
+        listener,
+        routes,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    EchoServerHandle {
+        address,
+        readiness,
+        executor,
+        shutdown,
+        served,
+    }
+}

@@ -1,0 +1,76 @@
+//! Trace context crosses a gRPC call: the server's spans join the client's
+//! trace. Its own test binary: it installs the global subscriber.
+
+mod support;
+
+use std::time::Duration;
+
+use switchyard_executor::Phase;
+use switchyard_grpc::TraceInterceptor;
+use switchyard_proto::echo::v1::SayRequest;
+use switchyard_proto::echo::v1::echo_client::EchoClient;
+use switchyard_telemetry::receiver::OtlpReceiver;
+use switchyard_telemetry::{Identity, TelemetryConfig};
+use tracing::Instrument;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_spans_join_the_callers_trace() {
+    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("receiver");
+    let config = TelemetryConfig {
+        otlp_endpoint: receiver.endpoint(),
+        export_delay_ms: 50,
+        ..TelemetryConfig::default()
+    };
+    let telemetry = switchyard_telemetry::init(&Identity::new("grpc-trace", "bridged"), &config)
+        .expect("telemetry");
+
+    let server = support::start(Phase::Bridged, 2, Duration::from_secs(1)).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = EchoClient::with_interceptor(channel, TraceInterceptor);
+    let caller = tracing::info_span!("caller");
+    client
+        .say(SayRequest {
+            text: "traced".into(),
+            wait_ms: 0,
+        })
+        .instrument(caller.clone())
+        .await
+        .expect("reply");
+    drop(caller);
+    telemetry.flush();
+
+    let spans = receiver
+        .wait_for(Duration::from_secs(10), |spans| {
+            ["caller", "Echo/Say", "dispatch Echo/Say"]
+                .iter()
+                .all(|name| spans.iter().any(|s| s.name == *name))
+        })
+        .await
+        .unwrap_or_else(|spans| panic!("spans never arrived: {spans:#?}"));
+    let caller = spans.iter().find(|s| s.name == "caller").expect("caller");
+    let server_span = spans
+        .iter()
+        .find(|s| s.name == "Echo/Say")
+        .expect("server span");
+    let dispatch = spans
+        .iter()
+        .find(|s| s.name == "dispatch Echo/Say")
+        .expect("dispatch");
+    assert_eq!(
+        server_span.trace_id, caller.trace_id,
+        "the server joined the caller's trace"
+    );
+    assert_eq!(server_span.parent_span_id, caller.span_id);
+    assert_eq!(dispatch.trace_id, caller.trace_id);
+    assert_eq!(dispatch.parent_span_id, server_span.span_id);
+    assert_eq!(dispatch.attribute("switchyard.phase"), Some("bridged"));
+    assert_eq!(server_span.attribute("rpc.grpc.status_code"), Some("0"));
+    server.shutdown.cancel();
+    telemetry.shutdown();
+}
