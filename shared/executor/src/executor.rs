@@ -540,18 +540,19 @@ where
         if failed {
             counters.failed.fetch_add(1, Relaxed);
         }
-        if let (Ok(_), Some(deadline)) = (&result, deadline) {
-            if Instant::now() > deadline && matches!(self.body, Body::Blocking(_)) {
-                counters.overdue.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    parent: span,
-                    switchyard.endpoint = %self.name,
-                    "blocking endpoint `{}` finished {:.1} ms after its deadline",
-                    self.name,
-                    Instant::now().duration_since(deadline).as_secs_f64() * 1e3
-                );
-                span.record("switchyard.overdue", true);
-            }
+        if let (Ok(_), Some(deadline)) = (&result, deadline)
+            && Instant::now() > deadline
+            && matches!(self.body, Body::Blocking(_))
+        {
+            counters.overdue.fetch_add(1, Relaxed);
+            tracing::warn!(
+                parent: span,
+                switchyard.endpoint = %self.name,
+                "blocking endpoint `{}` finished {:.1} ms after its deadline",
+                self.name,
+                Instant::now().duration_since(deadline).as_secs_f64() * 1e3
+            );
+            span.record("switchyard.overdue", true);
         }
         result
     }

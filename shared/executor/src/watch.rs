@@ -166,7 +166,7 @@ impl Running {
                 running_for: entry.started.elapsed(),
             })
             .collect();
-        list.sort_by(|a, b| b.running_for.cmp(&a.running_for));
+        list.sort_by_key(|work| std::cmp::Reverse(work.running_for));
         list
     }
 

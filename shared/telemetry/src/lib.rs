@@ -87,9 +87,10 @@ impl TelemetryConfig {
             ));
         }
         let endpoint = &self.otlp_endpoint;
-        if !endpoint.is_empty()
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
+        let usable = endpoint.is_empty()
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://");
+        if !usable {
             problems.push((
                 "otlp_endpoint",
                 format!("`{endpoint}` is not a URL; accepted: empty, or http(s)://host:port"),
