@@ -1,0 +1,289 @@
+//! What every consumer shares: publishing with confirms, the consume loop
+//! that survives connection loss, the process span, and settling a delivery
+//! (ack, retry with a delivery count, dead-letter with a reason, or return
+//! to the queue).
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Span;
+
+use crate::MessagingError;
+use crate::wire;
+
+/// Publishes and waits for the broker's confirm. A publish that fails
+/// because the connection is down waits for recovery and is tried once more.
+pub(crate) async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<(), MessagingError> {
+    let destination = || format!("exchange `{exchange}` key `{routing_key}`");
+    let options = BasicPublishOptions {
+        mandatory,
+        ..BasicPublishOptions::default()
+    };
+    let mut attempt = 0;
+    let confirmation = loop {
+        attempt += 1;
+        let sent = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                payload,
+                properties.clone(),
+            )
+            .await;
+        let result = match sent {
+            Ok(confirm) => confirm.await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(confirmation) => break confirmation,
+            Err(error) if attempt == 1 => {
+                tracing::warn!(
+                    "publish to {} failed ({error}); waiting for recovery",
+                    destination()
+                );
+                channel
+                    .wait_for_recovery(error)
+                    .await
+                    .map_err(MessagingError::broker(format!(
+                        "publishing to {}",
+                        destination()
+                    )))?;
+            }
+            Err(error) => {
+                return Err(MessagingError::Broker {
+                    operation: format!("publishing to {}", destination()),
+                    source: error,
+                });
+            }
+        }
+    };
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_returned)) => Err(MessagingError::Unroutable {
+            destination: destination(),
+        }),
+        Confirmation::Nack(_) => Err(MessagingError::Refused {
+            destination: destination(),
+        }),
+    }
+}
+
+/// Consumes `queue` until `shutdown`, handing each delivery to `handle` on a
+/// task tracked by `handlers`. Connection loss is waited out (lapin replays
+/// the consumer after recovery).
+pub(crate) async fn consume<H, Fut>(
+    channel: Channel,
+    queue: String,
+    shutdown: CancellationToken,
+    handlers: TaskTracker,
+    handle: H,
+) -> Result<tokio::task::JoinHandle<()>, MessagingError>
+where
+    H: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            ShortString::from(format!("{queue}.{}", wire::new_id())),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(MessagingError::broker(format!("consuming `{queue}`")))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = channel
+                        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                        .await;
+                    return;
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        handlers.spawn(handle(delivery));
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!("consumer of `{queue}` lost its connection: {error}; waiting for recovery");
+                        if let Err(error) = channel.wait_for_recovery(error).await {
+                            tracing::error!("consumer of `{queue}` could not recover: {error}");
+                            return;
+                        }
+                        tracing::info!("consumer of `{queue}` recovered");
+                    }
+                    None => return,
+                }
+            }
+        }
+    }))
+}
+
+/// The consumer-side span of one delivery, parented on the producer's
+/// context from the message headers (before it is first entered).
+pub(crate) fn process_span(queue: &str, delivery: &Delivery) -> Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("{queue} process"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = %delivery.exchange,
+        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+        messaging.message.id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str())
+            .unwrap_or(""),
+        messaging.message.body.size = delivery.data.len() as u64,
+        switchyard.queue = queue,
+    );
+    let headers = wire::string_headers(&delivery.properties);
+    switchyard_telemetry::propagation::set_parent_from(
+        &span,
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    span
+}
+
+/// The producer-side span of one publish.
+pub(crate) fn publish_span(exchange: &str, routing_key: &str, message_id: &str) -> Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("{exchange} publish"),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "publish",
+        messaging.destination.name = exchange,
+        messaging.rabbitmq.destination.routing_key = routing_key,
+        messaging.message.id = message_id,
+    )
+}
+
+/// What happens to a delivery once handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Done.
+    Ack,
+    /// Deliver again later, counting; dead-letter past the limit.
+    Retry(String),
+    /// Never deliver again: park it in the dead-letter queue with the reason.
+    DeadLetter(String),
+    /// Give it back untouched (shutting down): another consumer takes it.
+    ReturnToQueue,
+}
+
+/// Settles deliveries of one queue.
+#[derive(Clone)]
+pub(crate) struct Settler {
+    pub channel: Channel,
+    pub queue: String,
+    pub max_deliveries: u32,
+    pub retry_delay: Duration,
+}
+
+impl Settler {
+    pub async fn settle(&self, delivery: &Delivery, settle: Settle) {
+        let outcome = match settle {
+            Settle::Ack => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+            Settle::ReturnToQueue => delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .map(|_| ()),
+            Settle::Retry(reason) => {
+                let count =
+                    wire::header_u32(&delivery.properties, wire::DELIVERY_COUNT).unwrap_or(1);
+                if count >= self.max_deliveries {
+                    let reason = format!("{reason} (gave up after {count} deliveries)");
+                    return Box::pin(self.settle(delivery, Settle::DeadLetter(reason))).await;
+                }
+                let delay = self.retry_delay * 2u32.saturating_pow(count.saturating_sub(1)).min(32);
+                tracing::warn!(
+                    queue = %self.queue,
+                    delivery = count,
+                    "delivery {count} of a message on `{}` failed: {reason}; retrying in {delay:?}",
+                    self.queue
+                );
+                tokio::time::sleep(delay).await;
+                let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+                headers.insert(wire::DELIVERY_COUNT.into(), AMQPValue::LongUInt(count + 1));
+                let properties = delivery.properties.clone().with_headers(headers);
+                self.republish(delivery, "", &self.queue, properties).await
+            }
+            Settle::DeadLetter(reason) => {
+                let dlq = wire::dead_letter_queue(&self.queue);
+                tracing::warn!(queue = %self.queue, "dead-lettering a message from `{}` to `{dlq}`: {reason}", self.queue);
+                let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+                wire::set_str(&mut headers, wire::DEAD_LETTER_REASON, &reason);
+                wire::set_str(&mut headers, wire::ORIGINAL_QUEUE, &self.queue);
+                let properties = delivery
+                    .properties
+                    .clone()
+                    .with_headers(headers)
+                    .with_delivery_mode(2);
+                self.republish(delivery, "", &dlq, properties).await
+            }
+        };
+        if let Err(error) = outcome {
+            // The broker will redeliver an unacknowledged message once the
+            // channel recovers: at least once, never lost.
+            tracing::warn!("could not settle a delivery from `{}`: {error}", self.queue);
+        }
+    }
+
+    /// Publishes a copy, then acks the original; if the copy cannot be
+    /// confirmed, the original goes back to its queue instead.
+    async fn republish(
+        &self,
+        delivery: &Delivery,
+        exchange: &str,
+        routing_key: &str,
+        properties: BasicProperties,
+    ) -> Result<(), lapin::Error> {
+        match publish(
+            &self.channel,
+            exchange,
+            routing_key,
+            false,
+            &delivery.data,
+            properties,
+        )
+        .await
+        {
+            Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+            Err(error) => {
+                tracing::warn!(
+                    "could not republish to `{routing_key}`: {error}; returning the message to its queue"
+                );
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+}

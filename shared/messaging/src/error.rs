@@ -1,0 +1,99 @@
+//! Errors at the messaging boundary: what a caller can tell apart.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// The transport failed: connecting, declaring, publishing or consuming.
+#[derive(Debug, Error)]
+pub enum MessagingError {
+    /// Could not reach the broker (the URL's password is never included).
+    #[error("cannot connect to RabbitMQ at {url}: {reason}")]
+    Connect {
+        /// The URL with its password redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A broker operation failed.
+    #[error("{operation} failed: {source}")]
+    Broker {
+        /// What was being done.
+        operation: String,
+        /// lapin's error.
+        source: lapin::Error,
+    },
+    /// The broker refused a publish (nack).
+    #[error("the broker refused the message published to {destination}")]
+    Refused {
+        /// Exchange and routing key.
+        destination: String,
+    },
+    /// The message could not be routed to any queue.
+    #[error("no queue is bound for {destination}")]
+    Unroutable {
+        /// Exchange and routing key.
+        destination: String,
+    },
+}
+
+impl MessagingError {
+    pub(crate) fn broker(operation: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
+        let operation = operation.into();
+        move |source| MessagingError::Broker { operation, source }
+    }
+}
+
+/// Why an RPC call (or cast) failed, as the caller sees it.
+#[derive(Debug, Error)]
+pub enum CallError {
+    /// The server has no endpoint by that name.
+    #[error("no such method `{0}`")]
+    NoSuchMethod(String),
+    /// The server refused the request as malformed or invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The endpoint failed.
+    #[error("remote error {code}: {message}")]
+    Remote {
+        /// A short machine-readable code (`not_found`, `overloaded`, …).
+        code: String,
+        /// What happened.
+        message: String,
+    },
+    /// No reply within the timeout.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// Nobody consumes the target: the call failed without waiting.
+    #[error("no consumers for {target}")]
+    NoConsumers {
+        /// The target.
+        target: String,
+    },
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] MessagingError),
+}
+
+/// What an endpoint body returns on failure.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum EndpointError {
+    /// The request is invalid; retrying cannot help. Calls get
+    /// `InvalidArgument`; casts and notifications are dead-lettered.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A permanent failure with a code. Calls get `Remote`; casts and
+    /// notifications are dead-lettered.
+    #[error("{code}: {message}")]
+    Remote {
+        /// A short machine-readable code.
+        code: String,
+        /// What happened.
+        message: String,
+    },
+    /// A failure that may pass (database down). Casts and notifications are
+    /// delivered again, with backoff, up to `amqp.max_deliveries`; calls get
+    /// `Remote` with code `transient`.
+    #[error("transient: {0}")]
+    Transient(String),
+}

@@ -1,0 +1,105 @@
+//! AMQP messaging on the executor, in the shape of oslo.messaging and better
+//! where it is weak: RPC calls, casts and fanout with replies over direct
+//! reply-to (no reply queue can leak) and a fast `NoConsumers`; notifications
+//! with listener pools; publisher confirms on every publish; manual acks after
+//! the endpoint finished; retries counted per message and dead-lettering with
+//! the reason; trace context in message headers.
+//!
+//! Every endpoint runs through the service's executor, so the phase decides
+//! where it runs. The wire format is in `docs/wire-format.md`.
+#![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+mod consume;
+mod error;
+mod notify;
+mod rpc;
+mod transport;
+pub mod wire;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{CallError, EndpointError, MessagingError};
+pub use notify::{
+    Handled, Notification, NotificationListener, NotificationListenerBuilder, Notifier, Priority,
+};
+pub use rpc::{RpcClient, RpcServer, RpcServerBuilder, Target};
+pub use transport::Transport;
+
+/// Classic or quorum queues for the durable queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// RabbitMQ's classic queues.
+    #[default]
+    Classic,
+    /// Replicated quorum queues.
+    Quorum,
+}
+
+/// The `[amqp]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://user:password@host:port/vhost` or `amqps://…` (TLS via rustls).
+    pub url: String,
+    /// Heartbeat interval in seconds (added to the URL unless it sets one).
+    pub heartbeat_s: u16,
+    /// How long the first connection may take.
+    pub connect_timeout_ms: u64,
+    /// The RPC topic exchange; notifications use `<exchange>.notifications`.
+    pub exchange: String,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_deliveries: u32,
+    /// Larger bodies are dead-lettered (or refused, for calls) unread.
+    pub max_body_bytes: usize,
+    /// First retry delay; doubles per delivery, at most 32×.
+    pub retry_delay_ms: u64,
+    /// `classic` or `quorum` for durable queues.
+    pub queue_type: QueueType,
+    /// Durable queues unused this long are deleted by the broker
+    /// (`x-expires`); 0 keeps them forever.
+    pub queue_expires_ms: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_string(),
+            heartbeat_s: 30,
+            connect_timeout_ms: 10_000,
+            exchange: "switchyard".to_string(),
+            max_deliveries: 5,
+            max_body_bytes: 1024 * 1024,
+            retry_delay_ms: 200,
+            queue_type: QueueType::Classic,
+            queue_expires_ms: 0,
+        }
+    }
+}
+
+impl AmqpConfig {
+    /// Range checks, relative to the section.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
+            problems.push((
+                "url",
+                format!(
+                    "`{}` is not an AMQP URL; accepted: amqp://… or amqps://…",
+                    self.url
+                ),
+            ));
+        }
+        if self.max_deliveries == 0 {
+            problems.push((
+                "max_deliveries",
+                "0 is out of range; accepted: 1 or more".to_string(),
+            ));
+        }
+        if self.exchange.is_empty() {
+            problems.push(("exchange", "must not be empty".to_string()));
+        }
+        problems
+    }
+}

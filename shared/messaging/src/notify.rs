@@ -1,0 +1,330 @@
+//! Notifications: events published to a topic exchange with the routing key
+//! `notifications.<priority>.<event_type>`, consumed by listener pools. Every
+//! pool gets every matching message; members of one pool share them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::BasicQosOptions;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, ExchangeKind};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use switchyard_executor::{BoundEndpoint, DispatchError, DispatchOptions};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::consume::{self, Settle, Settler};
+use crate::rpc::{bind, declare_durable_queue, declare_exchange};
+use crate::{EndpointError, MessagingError, Transport, wire};
+
+/// Notification priorities, as in oslo.messaging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Audit trail.
+    Audit,
+    /// Debugging detail.
+    Debug,
+    /// Normal events.
+    Info,
+    /// Something to look at.
+    Warn,
+    /// Something failed.
+    Error,
+    /// Something failed badly.
+    Critical,
+    /// Metering samples.
+    Sample,
+}
+
+impl Priority {
+    /// The word used in routing keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Audit => "audit",
+            Priority::Debug => "debug",
+            Priority::Info => "info",
+            Priority::Warn => "warn",
+            Priority::Error => "error",
+            Priority::Critical => "critical",
+            Priority::Sample => "sample",
+        }
+    }
+
+    fn parse(word: &str) -> Option<Self> {
+        [
+            Priority::Audit,
+            Priority::Debug,
+            Priority::Info,
+            Priority::Warn,
+            Priority::Error,
+            Priority::Critical,
+            Priority::Sample,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == word)
+    }
+}
+
+/// Publishes notifications, each confirmed by the broker and persistent.
+#[derive(Clone)]
+pub struct Notifier {
+    channel: Channel,
+    exchange: String,
+    publisher_id: String,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("exchange", &self.exchange)
+            .field("publisher_id", &self.publisher_id)
+            .finish()
+    }
+}
+
+impl Notifier {
+    /// A notifier on `exchange` signing its messages `publisher_id`.
+    pub async fn new(
+        transport: &Transport,
+        exchange: &str,
+        publisher_id: &str,
+    ) -> Result<Self, MessagingError> {
+        let channel = transport.channel().await?;
+        let exchange = wire::notification_exchange(exchange);
+        declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
+        Ok(Self {
+            channel,
+            exchange,
+            publisher_id: publisher_id.to_string(),
+        })
+    }
+
+    /// Publishes `payload` as `event_type` at `priority`; returns once the
+    /// broker confirmed it. A notification no pool listens for is dropped by
+    /// the broker, as publish/subscribe does.
+    pub async fn notify<P: Message>(
+        &self,
+        priority: Priority,
+        event_type: &str,
+        payload: &P,
+    ) -> Result<(), MessagingError> {
+        let key = wire::notification_key(priority.as_str(), event_type);
+        let message_id = wire::new_id();
+        let span = consume::publish_span(&self.exchange, &key, &message_id);
+        let mut headers = FieldTable::default();
+        wire::set_str(&mut headers, wire::KIND, "notification");
+        wire::set_str(&mut headers, wire::EVENT_TYPE, event_type);
+        wire::set_str(&mut headers, wire::PRIORITY, priority.as_str());
+        wire::set_str(&mut headers, wire::PUBLISHER, &self.publisher_id);
+        wire::inject_trace(&mut headers, &span);
+        let properties = BasicProperties::default()
+            .with_content_type(wire::CONTENT_TYPE.into())
+            .with_message_id(message_id.into())
+            .with_timestamp(wire::now_timestamp())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        consume::publish(
+            &self.channel,
+            &self.exchange,
+            &key,
+            false,
+            &payload.encode_to_vec(),
+            properties,
+        )
+        .instrument(span)
+        .await
+    }
+}
+
+/// One received notification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification<P> {
+    /// e.g. `sample.recorded`.
+    pub event_type: String,
+    /// Its priority.
+    pub priority: Priority,
+    /// Who published it.
+    pub publisher_id: String,
+    /// The decoded body.
+    pub payload: P,
+}
+
+/// What a notification endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Done: acknowledge it.
+    Handled,
+    /// Not now: deliver it again later (counted; dead-lettered past the limit).
+    Requeue,
+}
+
+/// Builds a [`NotificationListener`].
+#[derive(Debug, Clone)]
+pub struct NotificationListenerBuilder {
+    exchange: String,
+    pool: String,
+    bindings: Vec<String>,
+}
+
+impl NotificationListenerBuilder {
+    /// Listens for `event_type` at the given priorities (every priority when empty).
+    pub fn subscribe(mut self, event_type: &str, priorities: &[Priority]) -> Self {
+        if priorities.is_empty() {
+            self.bindings.push(wire::notification_key("*", event_type));
+        }
+        for priority in priorities {
+            self.bindings
+                .push(wire::notification_key(priority.as_str(), event_type));
+        }
+        self
+    }
+
+    /// Declares the pool's queue and its bindings and starts consuming;
+    /// every notification is decoded as `P` and dispatched to `endpoint`.
+    pub async fn start<P>(
+        self,
+        transport: &Transport,
+        endpoint: BoundEndpoint<Notification<P>, Result<Handled, EndpointError>>,
+        shutdown: CancellationToken,
+    ) -> Result<NotificationListener, MessagingError>
+    where
+        P: Message + Default + Send + 'static,
+    {
+        let config = transport.config().clone();
+        let channel = transport.channel().await?;
+        let capacity = endpoint.executor().config().capacity();
+        channel
+            .basic_qos(
+                capacity.clamp(1, u16::MAX as usize) as u16,
+                BasicQosOptions::default(),
+            )
+            .await
+            .map_err(MessagingError::broker("setting prefetch"))?;
+        let exchange = wire::notification_exchange(&self.exchange);
+        declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
+        let queue = wire::pool_queue(&self.exchange, &self.pool);
+        declare_durable_queue(&channel, &config, &queue).await?;
+        declare_durable_queue(&channel, &config, &wire::dead_letter_queue(&queue)).await?;
+        for key in &self.bindings {
+            bind(&channel, &queue, &exchange, key).await?;
+        }
+        let settler = Settler {
+            channel: channel.clone(),
+            queue: queue.clone(),
+            max_deliveries: config.max_deliveries,
+            retry_delay: Duration::from_millis(config.retry_delay_ms),
+        };
+        let handlers = TaskTracker::new();
+        let endpoint = Arc::new(endpoint);
+        let max_body = config.max_body_bytes;
+        let consumer = consume::consume(
+            channel.clone(),
+            queue,
+            shutdown,
+            handlers.clone(),
+            move |delivery| {
+                let settler = settler.clone();
+                let endpoint = Arc::clone(&endpoint);
+                async move {
+                    let span = consume::process_span(&settler.queue, &delivery);
+                    let settle = async {
+                        let notification = match decode::<P>(&delivery, max_body) {
+                            Ok(notification) => notification,
+                            Err(reason) => return Settle::DeadLetter(reason),
+                        };
+                        let options = DispatchOptions {
+                            parent: Some(tracing::Span::current()),
+                            ..DispatchOptions::default()
+                        };
+                        match endpoint.dispatch(notification, options).await {
+                            Ok(Ok(Handled::Handled)) => Settle::Ack,
+                            Ok(Ok(Handled::Requeue)) => {
+                                Settle::Retry("the endpoint asked to requeue".into())
+                            }
+                            Ok(Err(EndpointError::Transient(reason))) => Settle::Retry(reason),
+                            Ok(Err(error)) => Settle::DeadLetter(error.to_string()),
+                            Err(DispatchError::ShuttingDown) => Settle::ReturnToQueue,
+                            Err(error) => Settle::Retry(error.to_string()),
+                        }
+                    }
+                    .instrument(span.clone())
+                    .await;
+                    settler.settle(&delivery, settle).instrument(span).await;
+                }
+            },
+        )
+        .await?;
+        Ok(NotificationListener {
+            consumer,
+            handlers,
+            channel,
+        })
+    }
+}
+
+/// A running listener.
+#[derive(Debug)]
+pub struct NotificationListener {
+    consumer: tokio::task::JoinHandle<()>,
+    handlers: TaskTracker,
+    channel: Channel,
+}
+
+impl NotificationListener {
+    /// A listener in `pool` on `exchange`'s notifications.
+    pub fn builder(exchange: &str, pool: &str) -> NotificationListenerBuilder {
+        NotificationListenerBuilder {
+            exchange: exchange.to_string(),
+            pool: pool.to_string(),
+            bindings: Vec::new(),
+        }
+    }
+
+    /// Waits until the consumer stopped and every delivery taken was settled.
+    pub async fn stopped(self) {
+        let _ = self.consumer.await;
+        self.handlers.close();
+        self.handlers.wait().await;
+        let _ = self.channel.close(200, "listener stopped".into()).await;
+    }
+}
+
+fn decode<P: Message + Default>(
+    delivery: &lapin::message::Delivery,
+    max_body: usize,
+) -> Result<Notification<P>, String> {
+    if delivery.data.len() > max_body {
+        return Err(format!(
+            "body of {} bytes exceeds amqp.max_body_bytes ({max_body})",
+            delivery.data.len()
+        ));
+    }
+    let properties = &delivery.properties;
+    if let Some(content_type) = properties.content_type().as_ref()
+        && content_type.as_str() != wire::CONTENT_TYPE
+    {
+        return Err(format!(
+            "content type `{}` is not {}",
+            content_type.as_str(),
+            wire::CONTENT_TYPE
+        ));
+    }
+    let event_type = wire::header_str(properties, wire::EVENT_TYPE)
+        .ok_or_else(|| format!("missing header {}", wire::EVENT_TYPE))?;
+    let priority = wire::header_str(properties, wire::PRIORITY)
+        .and_then(Priority::parse)
+        .ok_or_else(|| format!("missing or unknown header {}", wire::PRIORITY))?;
+    let payload =
+        P::decode(delivery.data.as_slice()).map_err(|e| format!("undecodable body: {e}"))?;
+    Ok(Notification {
+        event_type: event_type.to_string(),
+        priority,
+        publisher_id: wire::header_str(properties, wire::PUBLISHER)
+            .unwrap_or("")
+            .to_string(),
+        payload,
+    })
+}

@@ -1,0 +1,149 @@
+//! The connection to RabbitMQ: one per process, recovered automatically.
+//!
+//! lapin's auto-recovery reconnects and replays declared topology and
+//! consumers. What this adds: jittered exponential backoff (so a fleet does
+//! not reconnect in lockstep), a connection name made of service and
+//! instance, publisher confirms on every channel, and `is_connected` for
+//! readiness. Publishers retry once after recovery (see `publish`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+
+use crate::{AmqpConfig, MessagingError};
+
+/// A recovering connection to the broker. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    connection: Arc<Connection>,
+    config: AmqpConfig,
+    name: String,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("name", &self.name)
+            .field("url", &redact(&self.config.url))
+            .finish()
+    }
+}
+
+impl Transport {
+    /// Connects as `<service>@<instance>`.
+    pub async fn connect(
+        config: &AmqpConfig,
+        service: &str,
+        instance: &str,
+    ) -> Result<Self, MessagingError> {
+        let name = format!("{service}@{instance}");
+        let properties = ConnectionProperties::default()
+            .with_connection_name(name.clone().into())
+            .enable_auto_recover()
+            .configure_backoff(|backoff| {
+                backoff
+                    .with_jitter()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(usize::MAX)
+            });
+        let url = with_heartbeat(&config.url, config.heartbeat_s);
+        let connection = tokio::time::timeout(
+            Duration::from_millis(config.connect_timeout_ms),
+            Connection::connect(&url, properties),
+        )
+        .await
+        .map_err(|_elapsed| MessagingError::Connect {
+            url: redact(&config.url),
+            reason: format!("no answer within {} ms", config.connect_timeout_ms),
+        })?
+        .map_err(|error| MessagingError::Connect {
+            url: redact(&config.url),
+            reason: error.to_string(),
+        })?;
+        Ok(Self {
+            connection: Arc::new(connection),
+            config: config.clone(),
+            name,
+        })
+    }
+
+    /// A new channel with publisher confirms enabled.
+    pub async fn channel(&self) -> Result<Channel, MessagingError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(MessagingError::broker("opening a channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(MessagingError::broker("enabling publisher confirms"))?;
+        Ok(channel)
+    }
+
+    /// `false` while the connection is down (readiness).
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &AmqpConfig {
+        &self.config
+    }
+
+    /// `<service>@<instance>`: the connection name RabbitMQ shows.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        let _ = self.connection.close(200, "shutting down".into()).await;
+    }
+}
+
+/// The URL with `heartbeat=<n>` added unless it already sets one.
+fn with_heartbeat(url: &str, heartbeat_s: u16) -> String {
+    if url.contains("heartbeat=") {
+        return url.to_string();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}heartbeat={heartbeat_s}")
+}
+
+fn redact(url: &str) -> String {
+    switchyard_config::redact_text(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_is_added_once() {
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f", 30),
+            "amqp://h/%2f?heartbeat=30"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?x=1", 5),
+            "amqp://h/%2f?x=1&heartbeat=5"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/?heartbeat=9", 5),
+            "amqp://h/?heartbeat=9"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

@@ -1,0 +1,203 @@
+//! The wire format: exchange and queue names, headers, and how a protobuf
+//! payload travels. `docs/wire-format.md` describes the same for clients in
+//! other languages; keep the two in step.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+/// `content-type` of every Switchyard message body.
+pub const CONTENT_TYPE: &str = "application/x-protobuf";
+
+/// Header: the RPC method to run.
+pub const METHOD: &str = "x-switchyard-method";
+/// Header: `call`, `cast` or `notification`.
+pub const KIND: &str = "x-switchyard-kind";
+/// Header: how many times this message has been delivered and retried.
+pub const DELIVERY_COUNT: &str = "x-switchyard-delivery-count";
+/// Header on replies: `ok` or `error` (body is then an `RpcError`).
+pub const STATUS: &str = "x-switchyard-status";
+/// Header on dead-lettered messages: why.
+pub const DEAD_LETTER_REASON: &str = "x-switchyard-dead-letter-reason";
+/// Header on dead-lettered messages: the queue it came from.
+pub const ORIGINAL_QUEUE: &str = "x-switchyard-original-queue";
+/// Header on notifications: the event type (`sample.recorded`).
+pub const EVENT_TYPE: &str = "x-switchyard-event-type";
+/// Header on notifications: the priority.
+pub const PRIORITY: &str = "x-switchyard-priority";
+/// Header on notifications: who published it.
+pub const PUBLISHER: &str = "x-switchyard-publisher";
+
+/// RabbitMQ's direct reply-to pseudo queue.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// The RPC topic exchange.
+pub fn rpc_exchange(exchange: &str) -> String {
+    exchange.to_string()
+}
+
+/// The queue every instance of a topic competes on (durable).
+pub fn topic_queue(exchange: &str, topic: &str) -> String {
+    format!("{exchange}.{topic}")
+}
+
+/// The queue of one instance (exclusive, auto-delete).
+pub fn server_queue(exchange: &str, topic: &str, server: &str) -> String {
+    format!("{exchange}.{topic}.{server}")
+}
+
+/// The routing key of a topic or of one server of it.
+pub fn routing_key(topic: &str, server: Option<&str>) -> String {
+    match server {
+        Some(server) => format!("{topic}.{server}"),
+        None => topic.to_string(),
+    }
+}
+
+/// The fanout exchange of a topic.
+pub fn fanout_exchange(exchange: &str, topic: &str) -> String {
+    format!("{exchange}.{topic}.fanout")
+}
+
+/// One instance's queue on the fanout exchange (exclusive, auto-delete).
+pub fn fanout_queue(exchange: &str, topic: &str, server: &str) -> String {
+    format!("{exchange}.{topic}.fanout.{server}")
+}
+
+/// The notifications topic exchange.
+pub fn notification_exchange(exchange: &str) -> String {
+    format!("{exchange}.notifications")
+}
+
+/// The queue a listener pool shares (durable).
+pub fn pool_queue(exchange: &str, pool: &str) -> String {
+    format!("{exchange}.notifications.{pool}")
+}
+
+/// Routing key of a notification: `notifications.<priority>.<event_type>`.
+pub fn notification_key(priority: &str, event_type: &str) -> String {
+    format!("notifications.{priority}.{event_type}")
+}
+
+/// Where a queue's rejected messages go.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
+
+/// A process-unique id: 64 random bits and a counter, hex.
+pub fn new_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| RandomState::new().hash_one(std::process::id()));
+    format!("{seed:016x}{:08x}", COUNTER.fetch_add(1, Relaxed))
+}
+
+/// A string header, if present and a string.
+pub fn header_str<'a>(properties: &'a BasicProperties, key: &str) -> Option<&'a str> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(key)? {
+        AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+        AMQPValue::ShortString(value) => Some(value.as_str()),
+        _ => None,
+    }
+}
+
+/// An integer header, if present and an integer.
+pub fn header_u32(properties: &BasicProperties, key: &str) -> Option<u32> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(key)? {
+        AMQPValue::LongUInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
+        AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::ShortShortUInt(n) => Some(u32::from(*n)),
+        _ => None,
+    }
+}
+
+/// Every string header, for trace-context extraction.
+pub fn string_headers(properties: &BasicProperties) -> Vec<(String, String)> {
+    let Some(headers) = properties.headers().as_ref() else {
+        return Vec::new();
+    };
+    headers
+        .inner()
+        .iter()
+        .filter_map(|(key, value)| match value {
+            AMQPValue::LongString(v) => Some((
+                key.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )),
+            AMQPValue::ShortString(v) => Some((key.as_str().to_string(), v.as_str().to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Adds a string header.
+pub fn set_str(headers: &mut FieldTable, key: &str, value: &str) {
+    headers.insert(
+        ShortString::from(key),
+        AMQPValue::LongString(value.to_string().into()),
+    );
+}
+
+/// Adds the trace context of `span` to `headers`.
+pub fn inject_trace(headers: &mut FieldTable, span: &tracing::Span) {
+    for (key, value) in switchyard_telemetry::propagation::inject(span) {
+        set_str(headers, &key, &value);
+    }
+}
+
+/// Seconds since the Unix epoch, for the `timestamp` property.
+pub fn now_timestamp() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_scheme() {
+        assert_eq!(
+            topic_queue("switchyard", "collector"),
+            "switchyard.collector"
+        );
+        assert_eq!(
+            server_queue("switchyard", "collector", "host-1"),
+            "switchyard.collector.host-1"
+        );
+        assert_eq!(routing_key("collector", Some("host-1")), "collector.host-1");
+        assert_eq!(
+            fanout_exchange("switchyard", "collector"),
+            "switchyard.collector.fanout"
+        );
+        assert_eq!(
+            notification_key("info", "sample.recorded"),
+            "notifications.info.sample.recorded"
+        );
+        assert_eq!(
+            dead_letter_queue("switchyard.collector"),
+            "switchyard.collector.dlq"
+        );
+        assert_ne!(new_id(), new_id());
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let mut headers = FieldTable::default();
+        set_str(&mut headers, METHOD, "record_samples");
+        headers.insert(DELIVERY_COUNT.into(), AMQPValue::LongUInt(3));
+        let properties = BasicProperties::default().with_headers(headers);
+        assert_eq!(header_str(&properties, METHOD), Some("record_samples"));
+        assert_eq!(header_u32(&properties, DELIVERY_COUNT), Some(3));
+        assert_eq!(header_u32(&properties, "missing"), None);
+    }
+}

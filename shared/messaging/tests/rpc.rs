@@ -1,0 +1,207 @@
+//! RPC over the real RabbitMQ: call, cast and fanout in every phase, many
+//! concurrent calls matched to their replies, and each error a caller can tell apart.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{BOUND, Rig, executor, recv, say, text};
+use switchyard_executor::Phase;
+use switchyard_messaging::{CallError, RpcClient, RpcServer, Target};
+use switchyard_proto::echo::v1::{SayReply, SayRequest};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_cast_and_fanout_in_every_phase() {
+    for phase in Phase::ALL {
+        let rig = Rig::new().await;
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let mut servers = Vec::new();
+        for server in ["s1", "s2"] {
+            let executor = executor(phase, 4);
+            let endpoint = executor
+                .register(say(phase, seen_tx.clone()))
+                .expect("phase runs say");
+            servers.push(
+                RpcServer::builder(rig.exchange(), "echo", server)
+                    .method(endpoint)
+                    .start(&rig.transport, 4, stop.clone())
+                    .await
+                    .expect("server starts"),
+            );
+        }
+        let client = RpcClient::new(&rig.transport).await.expect("client");
+        let target = Target::topic(rig.exchange(), "echo");
+
+        let reply: SayReply = client
+            .call(&target, "say", &text("hello"), BOUND)
+            .await
+            .expect("call");
+        assert_eq!(
+            (reply.text.as_str(), reply.phase.as_str()),
+            ("hello", phase.as_str())
+        );
+        assert_eq!(recv(&mut seen).await, "hello");
+
+        let only_s2 = Target::server(rig.exchange(), "echo", "s2");
+        let reply: SayReply = client
+            .call(&only_s2, "say", &text("to s2"), BOUND)
+            .await
+            .expect("server call");
+        assert_eq!(reply.text, "to s2");
+        assert_eq!(recv(&mut seen).await, "to s2");
+
+        client
+            .cast(&target, "say", &text("cast"))
+            .await
+            .expect("cast");
+        assert_eq!(recv(&mut seen).await, "cast");
+
+        client
+            .fanout(&target, "say", &text("everyone"))
+            .await
+            .expect("fanout");
+        assert_eq!(
+            (recv(&mut seen).await, recv(&mut seen).await),
+            ("everyone".into(), "everyone".into())
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), seen.recv())
+                .await
+                .is_err(),
+            "{phase}: nothing runs twice"
+        );
+
+        stop.cancel();
+        for server in servers {
+            server.stopped().await;
+        }
+        rig.cleanup(&["echo"], &[]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_each_get_their_own_reply() {
+    let rig = Rig::new().await;
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let executor = executor(Phase::Async, 64);
+    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
+        .method(
+            executor
+                .register(say(Phase::Async, seen_tx))
+                .expect("registered"),
+        )
+        .start(&rig.transport, 64, stop.clone())
+        .await
+        .expect("server");
+    let client = RpcClient::new(&rig.transport).await.expect("client");
+    let target = Target::topic(rig.exchange(), "echo");
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..200u32 {
+        let (client, target) = (client.clone(), target.clone());
+        calls.spawn(async move {
+            let request = SayRequest {
+                text: format!("call {i}"),
+                wait_ms: i % 7,
+            };
+            let reply: SayReply = client
+                .call(&target, "say", &request, BOUND)
+                .await
+                .expect("reply");
+            assert_eq!(reply.text, format!("call {i}"), "reply matched to its call");
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done.expect("call task");
+    }
+    assert_eq!(executor.snapshot().totals.completed, 200);
+    stop.cancel();
+    server.stopped().await;
+    rig.cleanup(&["echo"], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failure_is_a_distinct_error() {
+    let rig = Rig::new().await;
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let executor = executor(Phase::Bridged, 4);
+    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
+        .method(
+            executor
+                .register(say(Phase::Bridged, seen_tx))
+                .expect("registered"),
+        )
+        .start(&rig.transport, 4, stop.clone())
+        .await
+        .expect("server");
+    let client = RpcClient::new(&rig.transport).await.expect("client");
+    let target = Target::topic(rig.exchange(), "echo");
+
+    let missing = client
+        .call::<_, SayReply>(&target, "shout", &text("x"), BOUND)
+        .await;
+    assert!(
+        matches!(missing, Err(CallError::NoSuchMethod(ref m)) if m.contains("shout")),
+        "{missing:?}"
+    );
+
+    let invalid = client
+        .call::<_, SayReply>(&target, "say", &text("invalid"), BOUND)
+        .await;
+    assert!(
+        matches!(invalid, Err(CallError::InvalidArgument(ref m)) if m.contains("field `text`")),
+        "{invalid:?}"
+    );
+
+    let slow = SayRequest {
+        text: "slow".into(),
+        wait_ms: 2000,
+    };
+    let started = Instant::now();
+    let timeout = client
+        .call::<_, SayReply>(&target, "say", &slow, Duration::from_millis(300))
+        .await;
+    assert!(matches!(timeout, Err(CallError::Timeout(_))), "{timeout:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    stop.cancel();
+    server.stopped().await;
+
+    // The topic queue still exists, but nobody consumes it: fail fast.
+    let started = Instant::now();
+    let nobody = client
+        .call::<_, SayReply>(&target, "say", &text("anyone?"), Duration::from_secs(30))
+        .await;
+    assert!(
+        matches!(nobody, Err(CallError::NoConsumers { .. })),
+        "{nobody:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // A topic nobody ever declared: the broker returns the mandatory message.
+    let never = Target::topic(rig.exchange(), "never-declared");
+    let started = Instant::now();
+    let unroutable = client
+        .call::<_, SayReply>(&never, "say", &text("hello?"), Duration::from_secs(30))
+        .await;
+    assert!(
+        matches!(unroutable, Err(CallError::NoConsumers { .. })),
+        "{unroutable:?}"
+    );
+    let cast = client.cast(&never, "say", &text("lost?")).await;
+    assert!(
+        matches!(cast, Err(CallError::NoConsumers { .. })),
+        "a cast nobody can take is refused: {cast:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    rig.cleanup(&["echo"], &[]).await;
+}

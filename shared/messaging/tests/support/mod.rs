@@ -1,0 +1,161 @@
+//! A test rig on the real RabbitMQ: a unique exchange per test, an echo
+//! endpoint per phase, and cleanup of everything the test declared.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
+use switchyard_messaging::{AmqpConfig, EndpointError, Transport, wire};
+use switchyard_proto::echo::v1::{SayReply, SayRequest};
+use tokio::sync::mpsc;
+
+pub const BOUND: Duration = Duration::from_secs(20);
+
+pub struct Rig {
+    pub config: AmqpConfig,
+    pub transport: Transport,
+    pub id: String,
+}
+
+impl Rig {
+    pub async fn new() -> Self {
+        let id = wire::new_id();
+        let config = AmqpConfig {
+            exchange: format!("test-{id}"),
+            retry_delay_ms: 5,
+            max_deliveries: 3,
+            queue_expires_ms: 120_000,
+            ..AmqpConfig::default()
+        };
+        let transport = Transport::connect(&config, "test", &id)
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672");
+        Self {
+            config,
+            transport,
+            id,
+        }
+    }
+
+    pub fn exchange(&self) -> &str {
+        &self.config.exchange
+    }
+
+    /// Deletes the queues and exchanges of `topics` and `pools`.
+    pub async fn cleanup(&self, topics: &[&str], pools: &[&str]) {
+        let channel = self.transport.channel().await.expect("channel");
+        let exchange = self.exchange();
+        let mut queues = Vec::new();
+        for topic in topics {
+            let queue = wire::topic_queue(exchange, topic);
+            queues.push(wire::dead_letter_queue(&queue));
+            queues.push(queue);
+        }
+        for pool in pools {
+            let queue = wire::pool_queue(exchange, pool);
+            queues.push(wire::dead_letter_queue(&queue));
+            queues.push(queue);
+        }
+        for queue in queues {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let mut exchanges = vec![exchange.to_string(), wire::notification_exchange(exchange)];
+        exchanges.extend(topics.iter().map(|t| wire::fanout_exchange(exchange, t)));
+        for name in exchanges {
+            let _ = channel
+                .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        self.transport.close().await;
+    }
+
+    /// Waits for `count` messages in `queue`, taking them off it.
+    pub async fn drain(&self, queue: &str, count: usize) -> Vec<lapin::message::BasicGetMessage> {
+        let channel = self.transport.channel().await.expect("channel");
+        let mut taken = Vec::new();
+        let started = Instant::now();
+        while taken.len() < count {
+            assert!(
+                started.elapsed() < BOUND,
+                "only {} of {count} messages reached `{queue}`",
+                taken.len()
+            );
+            match channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get")
+            {
+                Some(message) => taken.push(message),
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        taken
+    }
+}
+
+pub fn executor(phase: Phase, capacity: usize) -> Executor {
+    Executor::new(
+        "test",
+        ExecutorConfig {
+            phase,
+            pool_size: capacity,
+            max_in_flight: capacity,
+            ..ExecutorConfig::default()
+        },
+    )
+    .expect("executor")
+}
+
+/// `say` as the phase runs it; every request's text is also sent to `seen`.
+pub fn say(
+    phase: Phase,
+    seen: mpsc::UnboundedSender<String>,
+) -> Endpoint<SayRequest, Result<SayReply, EndpointError>> {
+    let answer = move |phase: Phase, request: SayRequest, seen: &mpsc::UnboundedSender<String>| {
+        let _ = seen.send(request.text.clone());
+        if request.text == "invalid" {
+            return Err(EndpointError::InvalidArgument(
+                "field `text`: invalid".into(),
+            ));
+        }
+        if request.text == "flaky" {
+            return Err(EndpointError::Transient("database unavailable".into()));
+        }
+        Ok(SayReply {
+            text: request.text,
+            phase: phase.to_string(),
+            thread: String::new(),
+        })
+    };
+    match phase {
+        Phase::Threaded => Endpoint::blocking("say", move |cx, request: SayRequest| {
+            std::thread::sleep(Duration::from_millis(request.wait_ms.into()));
+            answer(cx.phase(), request, &seen)
+        }),
+        _ => Endpoint::from_async("say", move |cx, request: SayRequest| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(request.wait_ms.into())).await;
+                answer(cx.phase(), request, &seen)
+            }
+        }),
+    }
+}
+
+pub fn text(text: &str) -> SayRequest {
+    SayRequest {
+        text: text.to_string(),
+        wait_ms: 0,
+    }
+}
+
+pub async fn recv(seen: &mut mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(BOUND, seen.recv())
+        .await
+        .expect("endpoint ran in time")
+        .expect("sender alive")
+}
