@@ -196,6 +196,9 @@ pub(crate) enum Settle {
 pub(crate) struct Settler {
     pub channel: Channel,
     pub queue: String,
+    /// Where dead letters go: the topic's or the pool's `.dlq`, durable, so
+    /// that instance queues (exclusive, auto-delete) leave nothing behind.
+    pub dead_letters: String,
     pub max_deliveries: u32,
     pub retry_delay: Duration,
 }
@@ -232,7 +235,7 @@ impl Settler {
                 self.republish(delivery, "", &self.queue, properties).await
             }
             Settle::DeadLetter(reason) => {
-                let dlq = wire::dead_letter_queue(&self.queue);
+                let dlq = &self.dead_letters;
                 tracing::warn!(queue = %self.queue, "dead-lettering a message from `{}` to `{dlq}`: {reason}", self.queue);
                 let mut headers = delivery.properties.headers().clone().unwrap_or_default();
                 wire::set_str(&mut headers, wire::DEAD_LETTER_REASON, &reason);
@@ -242,7 +245,7 @@ impl Settler {
                     .clone()
                     .with_headers(headers)
                     .with_delivery_mode(2);
-                self.republish(delivery, "", &dlq, properties).await
+                self.republish(delivery, "", dlq, properties).await
             }
         };
         if let Err(error) = outcome {

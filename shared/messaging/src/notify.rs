@@ -213,6 +213,7 @@ impl NotificationListenerBuilder {
         }
         let settler = Settler {
             channel: channel.clone(),
+            dead_letters: wire::dead_letter_queue(&queue),
             queue: queue.clone(),
             max_deliveries: config.max_deliveries,
             retry_delay: Duration::from_millis(config.retry_delay_ms),

@@ -159,17 +159,18 @@ impl RpcServerBuilder {
             (&fanout_queue, &fanout, String::new()),
         ] {
             declare_instance_queue(&channel, queue).await?;
-            declare_durable_queue(&channel, &config, &wire::dead_letter_queue(queue)).await?;
             bind(&channel, queue, source, &key).await?;
         }
 
         let methods = Arc::new(self.methods);
         let handlers = TaskTracker::new();
         let mut consumers = Vec::new();
+        let dead_letters = wire::dead_letter_queue(&topic_queue);
         for queue in [topic_queue, server_queue, fanout_queue] {
             let settler = Settler {
                 channel: channel.clone(),
                 queue: queue.clone(),
+                dead_letters: dead_letters.clone(),
                 max_deliveries: config.max_deliveries,
                 retry_delay: Duration::from_millis(config.retry_delay_ms),
             };

@@ -1,0 +1,202 @@
+//! At-least-once delivery on the real RabbitMQ: transient failures are
+//! retried with a count and then dead-lettered; bad messages are
+//! dead-lettered at once with their reason; the service keeps going.
+
+mod support;
+
+use lapin::BasicProperties;
+use lapin::options::BasicPublishOptions;
+use lapin::types::FieldTable;
+use prost::Message;
+use support::{Rig, executor, recv, say, text};
+use switchyard_executor::Phase;
+use switchyard_messaging::{RpcClient, RpcServer, Target, wire};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn reason(message: &lapin::message::BasicGetMessage) -> String {
+    wire::header_str(&message.delivery.properties, wire::DEAD_LETTER_REASON)
+        .unwrap_or("<no reason>")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_then_dead_lettered() {
+    let rig = Rig::new().await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let executor = executor(Phase::Async, 4);
+    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
+        .method(
+            executor
+                .register(say(Phase::Async, seen_tx))
+                .expect("registered"),
+        )
+        .start(&rig.transport, 4, stop.clone())
+        .await
+        .expect("server");
+    let client = RpcClient::new(&rig.transport).await.expect("client");
+    let target = Target::topic(rig.exchange(), "echo");
+
+    client
+        .cast(&target, "say", &text("flaky"))
+        .await
+        .expect("cast");
+    for delivery in 1..=3 {
+        assert_eq!(recv(&mut seen).await, "flaky", "delivery {delivery}");
+    }
+    let dead = rig
+        .drain(
+            &wire::dead_letter_queue(&wire::topic_queue(rig.exchange(), "echo")),
+            1,
+        )
+        .await;
+    let why = reason(&dead[0]);
+    assert!(
+        why.contains("database unavailable") && why.contains("gave up after 3 deliveries"),
+        "{why}"
+    );
+    assert_eq!(
+        wire::header_str(&dead[0].delivery.properties, wire::ORIGINAL_QUEUE),
+        Some(wire::topic_queue(rig.exchange(), "echo").as_str())
+    );
+
+    client
+        .cast(&target, "say", &text("fine"))
+        .await
+        .expect("cast");
+    assert_eq!(recv(&mut seen).await, "fine", "the service keeps going");
+    assert!(
+        seen.try_recv().is_err(),
+        "the dead letter was not delivered a fourth time"
+    );
+
+    stop.cancel();
+    server.stopped().await;
+    rig.cleanup(&["echo"], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_are_dead_lettered_with_their_reason() {
+    let mut rig = Rig::new().await;
+    rig.config.max_body_bytes = 1024;
+    let transport = switchyard_messaging::Transport::connect(&rig.config, "test", &rig.id)
+        .await
+        .expect("transport");
+    rig.transport = transport;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let executor = executor(Phase::Threaded, 2);
+    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
+        .method(
+            executor
+                .register(say(Phase::Threaded, seen_tx))
+                .expect("registered"),
+        )
+        .start(&rig.transport, 2, stop.clone())
+        .await
+        .expect("server");
+
+    let raw = rig.transport.channel().await.expect("channel");
+    let publish = |method: Option<&str>, content_type: &str, body: Vec<u8>| {
+        let raw = raw.clone();
+        let exchange = rig.exchange().to_string();
+        let method = method.map(str::to_string);
+        let content_type = content_type.to_string();
+        async move {
+            let mut headers = FieldTable::default();
+            if let Some(method) = method {
+                wire::set_str(&mut headers, wire::METHOD, &method);
+            }
+            let properties = BasicProperties::default()
+                .with_content_type(content_type.as_str().into())
+                .with_headers(headers);
+            raw.basic_publish(
+                exchange.as_str().into(),
+                "echo".into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        }
+    };
+    publish(
+        Some("say"),
+        wire::CONTENT_TYPE,
+        vec![0xff, 0xff, 0xff, 0x01],
+    )
+    .await;
+    let truncated = text("a message cut short").encode_to_vec();
+    publish(
+        Some("say"),
+        wire::CONTENT_TYPE,
+        truncated[..truncated.len() - 3].to_vec(),
+    )
+    .await;
+    publish(Some("shout"), wire::CONTENT_TYPE, text("x").encode_to_vec()).await;
+    publish(None, wire::CONTENT_TYPE, text("x").encode_to_vec()).await;
+    publish(
+        Some("say"),
+        "application/json",
+        b"{\"text\":\"x\"}".to_vec(),
+    )
+    .await;
+    publish(
+        Some("say"),
+        wire::CONTENT_TYPE,
+        text(&"x".repeat(2000)).encode_to_vec(),
+    )
+    .await;
+    publish(
+        Some("say"),
+        wire::CONTENT_TYPE,
+        text("after").encode_to_vec(),
+    )
+    .await;
+
+    assert_eq!(
+        recv(&mut seen).await,
+        "after",
+        "the next good message is processed"
+    );
+    let dead = rig
+        .drain(
+            &wire::dead_letter_queue(&wire::topic_queue(rig.exchange(), "echo")),
+            6,
+        )
+        .await;
+    let mut reasons: Vec<String> = dead.iter().map(reason).collect();
+    reasons.sort();
+    for expected in [
+        "undecodable body",
+        "no such method `shout`",
+        "missing header x-switchyard-method",
+        "content type `application/json` is not application/x-protobuf",
+        "exceeds amqp.max_body_bytes (1024)",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "no reason containing {expected:?} in {reasons:#?}"
+        );
+    }
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("undecodable body"))
+            .count(),
+        2,
+        "{reasons:#?}"
+    );
+    assert!(
+        seen.try_recv().is_err(),
+        "no bad message reached the endpoint"
+    );
+
+    stop.cancel();
+    server.stopped().await;
+    rig.cleanup(&["echo"], &[]).await;
+}

@@ -1,0 +1,205 @@
+//! Notifications on the real RabbitMQ: every pool gets every message, the
+//! members of one pool share them, requeue is counted.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{BOUND, Rig, executor};
+use switchyard_executor::{Endpoint, Phase};
+use switchyard_messaging::{
+    EndpointError, Handled, Notification, NotificationListener, Notifier, Priority, wire,
+};
+use switchyard_proto::messaging::v1::SampleRecorded;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+type Seen = mpsc::UnboundedSender<(String, u32)>;
+
+fn listener_endpoint(
+    member: &str,
+    seen: Seen,
+    answer: Handled,
+) -> Endpoint<Notification<SampleRecorded>, Result<Handled, EndpointError>> {
+    let member = member.to_string();
+    Endpoint::from_async(
+        "sample.recorded",
+        move |_, notification: Notification<SampleRecorded>| {
+            let (member, seen) = (member.clone(), seen.clone());
+            async move {
+                assert_eq!(notification.event_type, "sample.recorded");
+                assert_eq!(notification.priority, Priority::Info);
+                assert_eq!(notification.publisher_id, "collector@test");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let _ = seen.send((member, notification.payload.stored));
+                Ok(answer)
+            }
+        },
+    )
+}
+
+async fn start(
+    rig: &Rig,
+    pool: &str,
+    member: &str,
+    seen: Seen,
+    stop: &CancellationToken,
+) -> NotificationListener {
+    let executor = executor(Phase::Async, 1);
+    let endpoint = executor
+        .register(listener_endpoint(member, seen, Handled::Handled))
+        .expect("registered");
+    NotificationListener::builder(rig.exchange(), pool)
+        .subscribe("sample.recorded", &[Priority::Info])
+        .start(&rig.transport, endpoint, stop.clone())
+        .await
+        .expect("listener")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_each_get_everything_and_members_share() {
+    let rig = Rig::new().await;
+    let stop = CancellationToken::new();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let listeners = vec![
+        start(&rig, "evaluator", "evaluator-1", seen_tx.clone(), &stop).await,
+        start(&rig, "evaluator", "evaluator-2", seen_tx.clone(), &stop).await,
+        start(&rig, "archive", "archive-1", seen_tx.clone(), &stop).await,
+    ];
+    let notifier = Notifier::new(&rig.transport, rig.exchange(), "collector@test")
+        .await
+        .expect("notifier");
+    const N: u32 = 40;
+    for stored in 0..N {
+        notifier
+            .notify(
+                Priority::Info,
+                "sample.recorded",
+                &SampleRecorded {
+                    stored,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("confirmed");
+    }
+    // Another priority and another event type: nobody subscribed.
+    notifier
+        .notify(
+            Priority::Debug,
+            "sample.recorded",
+            &SampleRecorded::default(),
+        )
+        .await
+        .expect("confirmed");
+    notifier
+        .notify(
+            Priority::Info,
+            "alarm.state_changed",
+            &SampleRecorded::default(),
+        )
+        .await
+        .expect("confirmed");
+
+    let mut received = Vec::new();
+    while received.len() < 2 * N as usize {
+        received.push(
+            tokio::time::timeout(BOUND, seen.recv())
+                .await
+                .expect("in time")
+                .expect("open"),
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), seen.recv())
+            .await
+            .is_err(),
+        "nothing extra arrived"
+    );
+    let by = |member: &str| {
+        received
+            .iter()
+            .filter(|(m, _)| m == member)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+    };
+    let mut archive = by("archive-1");
+    archive.sort_unstable();
+    assert_eq!(
+        archive,
+        (0..N).collect::<Vec<_>>(),
+        "the archive pool got every message once"
+    );
+    let (one, two) = (by("evaluator-1"), by("evaluator-2"));
+    let mut evaluator: Vec<u32> = one.iter().chain(&two).copied().collect();
+    evaluator.sort_unstable();
+    assert_eq!(
+        evaluator,
+        (0..N).collect::<Vec<_>>(),
+        "the evaluator pool got every message once"
+    );
+    assert!(
+        !one.is_empty() && !two.is_empty(),
+        "both members shared the work: {} / {}",
+        one.len(),
+        two.len()
+    );
+
+    stop.cancel();
+    for listener in listeners {
+        listener.stopped().await;
+    }
+    rig.cleanup(&[], &["evaluator", "archive"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeued_notifications_are_counted_then_dead_lettered() {
+    let rig = Rig::new().await;
+    let stop = CancellationToken::new();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let executor = executor(Phase::Bridged, 1);
+    let endpoint = executor
+        .register(listener_endpoint("picky", seen_tx, Handled::Requeue))
+        .expect("registered");
+    let listener = NotificationListener::builder(rig.exchange(), "picky")
+        .subscribe("sample.recorded", &[])
+        .start(&rig.transport, endpoint, stop.clone())
+        .await
+        .expect("listener");
+    let notifier = Notifier::new(&rig.transport, rig.exchange(), "collector@test")
+        .await
+        .expect("notifier");
+    notifier
+        .notify(
+            Priority::Info,
+            "sample.recorded",
+            &SampleRecorded {
+                stored: 7,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("sent");
+    for _ in 0..3 {
+        let (_, stored) = tokio::time::timeout(BOUND, seen.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        assert_eq!(stored, 7);
+    }
+    let dead = rig
+        .drain(
+            &wire::dead_letter_queue(&wire::pool_queue(rig.exchange(), "picky")),
+            1,
+        )
+        .await;
+    let reason = wire::header_str(&dead[0].delivery.properties, wire::DEAD_LETTER_REASON)
+        .unwrap_or_default();
+    assert!(
+        reason.contains("asked to requeue") && reason.contains("after 3 deliveries"),
+        "{reason}"
+    );
+    stop.cancel();
+    listener.stopped().await;
+    rig.cleanup(&[], &["picky"]).await;
+}
