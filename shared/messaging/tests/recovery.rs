@@ -1,0 +1,124 @@
+//! The broker closes the connections of a publisher and a consumer in the
+//! middle of a stream: both recover without a restart and every message is
+//! delivered at least once.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Rig, executor, say, text};
+use switchyard_executor::Phase;
+use switchyard_messaging::{RpcClient, RpcServer, Target, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Closes, through rabbitmqctl, every connection whose name is `name`.
+fn close_connection(name: &str) -> usize {
+    let output = Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_connections",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut closed = 0;
+    for line in listed.lines().filter(|line| line.contains(name)) {
+        let pid = line.split_whitespace().next().expect("pid column");
+        let closing = Command::new("rabbitmqctl")
+            .args(["-q", "close_connection", pid, "switchyard recovery test"])
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(
+            closing.status.success(),
+            "closing {pid}: {}",
+            String::from_utf8_lossy(&closing.stderr)
+        );
+        closed += 1;
+    }
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_and_consumer_recover_and_nothing_is_lost() {
+    let rig = Rig::new().await;
+    let consumer_transport = Transport::connect(&rig.config, "consumer", &rig.id)
+        .await
+        .expect("consumer connects");
+    let publisher_transport = Transport::connect(&rig.config, "publisher", &rig.id)
+        .await
+        .expect("publisher connects");
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let executor = executor(Phase::Async, 16);
+    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
+        .method(
+            executor
+                .register(say(Phase::Async, seen_tx))
+                .expect("registered"),
+        )
+        .start(&consumer_transport, 16, stop.clone())
+        .await
+        .expect("server");
+    let client = RpcClient::new(&publisher_transport).await.expect("client");
+    let target = Target::topic(rig.exchange(), "echo");
+
+    const N: usize = 300;
+    let publisher = tokio::spawn(async move {
+        let mut retried = 0;
+        for i in 0..N {
+            let started = Instant::now();
+            // The caller retries what was not confirmed: at least once.
+            while let Err(error) = client.cast(&target, "say", &text(&format!("m{i}"))).await {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "m{i} never confirmed: {error}"
+                );
+                retried += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        retried
+    });
+
+    let mut received = BTreeSet::new();
+    let mut deliveries = 0;
+    let mut closed = false;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while received.len() < N {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let text = tokio::time::timeout(remaining, seen.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {N} messages arrived", received.len()))
+            .expect("open");
+        deliveries += 1;
+        received.insert(text);
+        if !closed && received.len() == N / 3 {
+            let consumer_name = format!("consumer@{}", rig.id);
+            let publisher_name = format!("publisher@{}", rig.id);
+            let closed_now = tokio::task::spawn_blocking(move || {
+                close_connection(&consumer_name) + close_connection(&publisher_name)
+            })
+            .await
+            .expect("join");
+            assert_eq!(closed_now, 2, "both connections were found and closed");
+            closed = true;
+        }
+    }
+    let retried = publisher.await.expect("publisher finished");
+    assert!(closed);
+    assert_eq!(received.len(), N, "every message arrived at least once");
+    eprintln!("{N} messages, {deliveries} deliveries, {retried} publishes retried by the caller");
+
+    stop.cancel();
+    server.stopped().await;
+    consumer_transport.close().await;
+    publisher_transport.close().await;
+    rig.cleanup(&["echo"], &[]).await;
+}

@@ -1,0 +1,114 @@
+//! Trace context crosses an RPC call: publish, process and dispatch spans
+//! share the caller's trace. Its own test binary: it installs the global subscriber.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{BOUND, Rig, executor, say, text};
+use switchyard_executor::Phase;
+use switchyard_messaging::{RpcClient, RpcServer, Target};
+use switchyard_proto::echo::v1::SayReply;
+use switchyard_telemetry::receiver::OtlpReceiver;
+use switchyard_telemetry::{Identity, TelemetryConfig};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_spans_carry_the_callers_trace() {
+    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("receiver");
+    let config = TelemetryConfig {
+        otlp_endpoint: receiver.endpoint(),
+        export_delay_ms: 50,
+        ..TelemetryConfig::default()
+    };
+    let telemetry = switchyard_telemetry::init(&Identity::new("amqp-trace", "bridged"), &config)
+        .expect("telemetry");
+
+    let rig = Rig::new().await;
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let executor = executor(Phase::Bridged, 2);
+    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
+        .method(
+            executor
+                .register(say(Phase::Bridged, seen_tx))
+                .expect("registered"),
+        )
+        .start(&rig.transport, 2, stop.clone())
+        .await
+        .expect("server");
+    let client = RpcClient::new(&rig.transport).await.expect("client");
+    let caller = tracing::info_span!("caller");
+    let _: SayReply = client
+        .call(
+            &Target::topic(rig.exchange(), "echo"),
+            "say",
+            &text("traced"),
+            BOUND,
+        )
+        .instrument(caller.clone())
+        .await
+        .expect("reply");
+    drop(caller);
+    stop.cancel();
+    server.stopped().await;
+    telemetry.flush();
+
+    let queue = format!("{}.echo process", rig.exchange());
+    let spans = receiver
+        .wait_for(Duration::from_secs(10), |spans| {
+            ["caller", "dispatch say", queue.as_str()]
+                .iter()
+                .all(|name| spans.iter().any(|s| s.name == *name))
+        })
+        .await
+        .unwrap_or_else(|spans| panic!("spans never arrived: {spans:#?}"));
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no span {name}"))
+    };
+    let caller = find("caller");
+    let publish = spans
+        .iter()
+        .find(|s| s.name == format!("{} publish", rig.exchange()))
+        .expect("publish span");
+    let process = find(&queue);
+    let dispatch = find("dispatch say");
+    assert_eq!(publish.parent_span_id, caller.span_id);
+    assert_eq!(
+        process.trace_id, caller.trace_id,
+        "the consumer joined the caller's trace"
+    );
+    assert_eq!(
+        process.parent_span_id, publish.span_id,
+        "process is a child of publish"
+    );
+    assert_eq!(
+        dispatch.parent_span_id, process.span_id,
+        "dispatch is a child of process"
+    );
+    assert_eq!(dispatch.attribute("switchyard.phase"), Some("bridged"));
+    assert_eq!(process.attribute("messaging.system"), Some("rabbitmq"));
+    assert_eq!(
+        process.attribute("messaging.operation.type"),
+        Some("process")
+    );
+    assert_eq!(
+        publish.attribute("messaging.rabbitmq.destination.routing_key"),
+        Some("echo")
+    );
+    assert!(
+        !publish
+            .attribute("messaging.message.id")
+            .unwrap_or_default()
+            .is_empty()
+    );
+    rig.cleanup(&["echo"], &[]).await;
+    telemetry.shutdown();
+}
