@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lapin::message::Delivery;
 use lapin::options::BasicQosOptions;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, ExchangeKind};
@@ -193,37 +194,14 @@ impl NotificationListenerBuilder {
     where
         P: Message + Default + Send + 'static,
     {
-        let config = transport.config().clone();
-        let channel = transport.channel().await?;
         let capacity = endpoint.executor().config().capacity();
-        channel
-            .basic_qos(
-                capacity.clamp(1, u16::MAX as usize) as u16,
-                BasicQosOptions::default(),
-            )
-            .await
-            .map_err(MessagingError::broker("setting prefetch"))?;
-        let exchange = wire::notification_exchange(&self.exchange);
-        declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
-        let queue = wire::pool_queue(&self.exchange, &self.pool);
-        declare_durable_queue(&channel, &config, &queue).await?;
-        declare_durable_queue(&channel, &config, &wire::dead_letter_queue(&queue)).await?;
-        for key in &self.bindings {
-            bind(&channel, &queue, &exchange, key).await?;
-        }
-        let settler = Settler {
-            channel: channel.clone(),
-            dead_letters: wire::dead_letter_queue(&queue),
-            queue: queue.clone(),
-            max_deliveries: config.max_deliveries,
-            retry_delay: Duration::from_millis(config.retry_delay_ms),
-        };
+        let (channel, settler) = self.declare(transport, capacity).await?;
+        let max_body = transport.config().max_body_bytes;
         let handlers = TaskTracker::new();
         let endpoint = Arc::new(endpoint);
-        let max_body = config.max_body_bytes;
         let consumer = consume::consume(
             channel.clone(),
-            queue,
+            settler.queue.clone(),
             shutdown,
             handlers.clone(),
             move |delivery| {
@@ -263,6 +241,137 @@ impl NotificationListenerBuilder {
             handlers,
             channel,
         })
+    }
+}
+
+impl NotificationListenerBuilder {
+    /// Like [`NotificationListenerBuilder::start`], but hands the endpoint
+    /// batches: up to `size` notifications, or fewer once `timeout` has
+    /// passed since the first of them arrived. The endpoint's answer applies
+    /// to the whole batch; a message that cannot be decoded is dead-lettered
+    /// alone and never reaches it.
+    pub async fn start_batched<P>(
+        self,
+        transport: &Transport,
+        endpoint: BoundEndpoint<Vec<Notification<P>>, Result<Handled, EndpointError>>,
+        size: usize,
+        timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<NotificationListener, MessagingError>
+    where
+        P: Message + Default + Send + 'static,
+    {
+        let size = size.max(1);
+        let capacity = endpoint.executor().config().capacity();
+        let (channel, settler) = self.declare(transport, capacity.max(size)).await?;
+        let max_body = transport.config().max_body_bytes;
+        let (deliveries, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
+        let handlers = TaskTracker::new();
+        // The batcher is tracked with the handlers: it ends once the
+        // consumer, which feeds it, is gone and the last batch is settled.
+        {
+            let settler = settler.clone();
+            handlers.spawn(async move {
+                while let Some(first) = incoming.recv().await {
+                    let mut batch = vec![first];
+                    let closes = tokio::time::Instant::now() + timeout;
+                    while batch.len() < size {
+                        match tokio::time::timeout_at(closes, incoming.recv()).await {
+                            Ok(Some(delivery)) => batch.push(delivery),
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                    let mut good = Vec::new();
+                    let mut notifications = Vec::new();
+                    for delivery in batch {
+                        match decode::<P>(&delivery, max_body) {
+                            Ok(notification) => {
+                                notifications.push(notification);
+                                good.push(delivery);
+                            }
+                            Err(reason) => {
+                                settler.settle(&delivery, Settle::DeadLetter(reason)).await
+                            }
+                        }
+                    }
+                    if good.is_empty() {
+                        continue;
+                    }
+                    let settle = outcome(
+                        endpoint
+                            .dispatch(notifications, DispatchOptions::default())
+                            .await,
+                    );
+                    for delivery in &good {
+                        settler.settle(delivery, settle.clone()).await;
+                    }
+                }
+            });
+        }
+        let consumer = consume::consume(
+            channel.clone(),
+            settler.queue.clone(),
+            shutdown,
+            handlers.clone(),
+            move |delivery| {
+                let deliveries = deliveries.clone();
+                async move {
+                    let _ = deliveries.send(delivery);
+                }
+            },
+        )
+        .await?;
+        Ok(NotificationListener {
+            consumer,
+            handlers,
+            channel,
+        })
+    }
+
+    /// Declares the pool queue, its dead-letter queue and bindings on a new
+    /// channel with the given prefetch.
+    async fn declare(
+        &self,
+        transport: &Transport,
+        prefetch: usize,
+    ) -> Result<(Channel, Settler), MessagingError> {
+        let config = transport.config();
+        let channel = transport.channel().await?;
+        channel
+            .basic_qos(
+                prefetch.clamp(1, u16::MAX as usize) as u16,
+                BasicQosOptions::default(),
+            )
+            .await
+            .map_err(MessagingError::broker("setting prefetch"))?;
+        let exchange = wire::notification_exchange(&self.exchange);
+        declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
+        let queue = wire::pool_queue(&self.exchange, &self.pool);
+        declare_durable_queue(&channel, config, &queue).await?;
+        declare_durable_queue(&channel, config, &wire::dead_letter_queue(&queue)).await?;
+        for key in &self.bindings {
+            bind(&channel, &queue, &exchange, key).await?;
+        }
+        let settler = Settler {
+            channel: channel.clone(),
+            dead_letters: wire::dead_letter_queue(&queue),
+            queue,
+            max_deliveries: config.max_deliveries,
+            retry_delay: Duration::from_millis(config.retry_delay_ms),
+        };
+        Ok((channel, settler))
+    }
+}
+
+/// How an endpoint's answer settles the notification(s) it was given.
+fn outcome(result: Result<Result<Handled, EndpointError>, DispatchError>) -> Settle {
+    match result {
+        Ok(Ok(Handled::Handled)) => Settle::Ack,
+        Ok(Ok(Handled::Requeue)) => Settle::Retry("the endpoint asked to requeue".into()),
+        Ok(Err(EndpointError::Transient(reason))) => Settle::Retry(reason),
+        Ok(Err(error)) => Settle::DeadLetter(error.to_string()),
+        Err(DispatchError::ShuttingDown) => Settle::ReturnToQueue,
+        Err(error) => Settle::Retry(error.to_string()),
     }
 }
 

@@ -203,3 +203,67 @@ async fn requeued_notifications_are_counted_then_dead_lettered() {
     listener.stopped().await;
     rig.cleanup(&[], &["picky"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_mode_hands_over_full_batches_and_a_late_remainder() {
+    let rig = Rig::new().await;
+    let stop = CancellationToken::new();
+    let (batches_tx, mut batches) = mpsc::unbounded_channel::<Vec<u32>>();
+    let executor = executor(Phase::Async, 1);
+    let endpoint = executor
+        .register(Endpoint::from_async(
+            "sample.recorded",
+            move |_, batch: Vec<Notification<SampleRecorded>>| {
+                let batches_tx = batches_tx.clone();
+                async move {
+                    let _ = batches_tx.send(batch.into_iter().map(|n| n.payload.stored).collect());
+                    Ok::<_, EndpointError>(Handled::Handled)
+                }
+            },
+        ))
+        .expect("registered");
+    let listener = NotificationListener::builder(rig.exchange(), "batcher")
+        .subscribe("sample.recorded", &[Priority::Info])
+        .start_batched(
+            &rig.transport,
+            endpoint,
+            5,
+            Duration::from_millis(300),
+            stop.clone(),
+        )
+        .await
+        .expect("listener");
+    let notifier = Notifier::new(&rig.transport, rig.exchange(), "collector@test")
+        .await
+        .expect("notifier");
+    for stored in 0..12 {
+        notifier
+            .notify(
+                Priority::Info,
+                "sample.recorded",
+                &SampleRecorded {
+                    stored,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("sent");
+    }
+    let mut all = Vec::new();
+    let mut sizes = Vec::new();
+    while all.len() < 12 {
+        let batch = tokio::time::timeout(BOUND, batches.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        sizes.push(batch.len());
+        all.extend(batch);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..12).collect::<Vec<_>>(), "each notification once");
+    assert!(sizes.iter().all(|&n| n <= 5), "{sizes:?}");
+    assert!(sizes.contains(&5), "full batches were formed: {sizes:?}");
+    stop.cancel();
+    listener.stopped().await;
+    rig.cleanup(&[], &["batcher"]).await;
+}
