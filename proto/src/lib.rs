@@ -36,3 +36,5 @@ pub mod echo {
         tonic::include_proto!("switchyard.echo.v1");
     }
 }
+
+pub mod validate;

@@ -29,6 +29,10 @@ pub use redact::{redact_text, redacted_toml};
 /// The environment variable prefix of every setting.
 pub const ENV_PREFIX: &str = "SWITCHYARD_";
 
+/// `SWITCHYARD_` variables that belong to the `switchyard` command line, not
+/// to a service's configuration; the loader leaves them alone.
+pub const CLI_VARIABLES: [&str; 2] = ["SWITCHYARD_API", "SWITCHYARD_TOKEN"];
+
 /// The flags every service binary accepts, for `#[command(flatten)]`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigFlags {
@@ -153,7 +157,7 @@ impl Loader {
             file_was_named,
             env: env
                 .into_iter()
-                .filter(|(key, _)| key.starts_with(ENV_PREFIX))
+                .filter(|(key, _)| key.starts_with(ENV_PREFIX) && !CLI_VARIABLES.contains(&key.as_str()))
                 .collect(),
         }
     }

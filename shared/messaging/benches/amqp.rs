@@ -249,17 +249,17 @@ async fn raw_calls(transport: &Transport, queue: &str, callers: usize) -> (f64, 
 async fn pump<P, Fut>(publish: P, done: Arc<Notify>, seen: Arc<AtomicUsize>) -> f64
 where
     P: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let started = Instant::now();
-    let mut sent = 0;
-    while sent < MESSAGES {
-        let window: Vec<_> = (sent..(sent + 64).min(MESSAGES)).map(&publish).collect();
-        sent += window.len();
-        for publish in window {
-            publish.await;
+    let mut in_flight = tokio::task::JoinSet::new();
+    for index in 0..MESSAGES {
+        if in_flight.len() >= 64 {
+            in_flight.join_next().await;
         }
+        in_flight.spawn(publish(index));
     }
+    while in_flight.join_next().await.is_some() {}
     while seen.load(SeqCst) < MESSAGES {
         if tokio::time::timeout(Duration::from_secs(30), done.notified())
             .await

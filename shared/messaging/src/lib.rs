@@ -12,6 +12,7 @@
 
 mod consume;
 mod error;
+pub mod heartbeat;
 mod notify;
 mod rpc;
 mod transport;

@@ -517,6 +517,9 @@ pub struct RpcClient {
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>,
     /// Topics seen with consumers, and when: checked again after a second.
     seen_consumers: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Exchanges this client has declared. Publishing to a missing exchange
+    /// would make the broker close the channel; declaring first is idempotent.
+    declared: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for RpcClient {
@@ -573,6 +576,7 @@ impl RpcClient {
             transport: transport.clone(),
             pending,
             seen_consumers: Arc::default(),
+            declared: Arc::default(),
         })
     }
 
@@ -657,6 +661,8 @@ impl RpcClient {
     ) -> Result<(), CallError> {
         let properties = self.properties(method, "cast", &wire::new_id());
         let exchange = wire::fanout_exchange(&target.exchange, &target.topic);
+        self.ensure_exchange(&exchange, ExchangeKind::Fanout)
+            .await?;
         self.publish_traced(&exchange, "", properties, request)
             .await
             .map_err(|error| match error {
@@ -683,6 +689,22 @@ impl RpcClient {
             .with_headers(headers)
     }
 
+    /// Declares `name` once per client.
+    async fn ensure_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), MessagingError> {
+        let known = self
+            .declared
+            .lock()
+            .map(|d| d.contains(name))
+            .unwrap_or(false);
+        if !known {
+            declare_exchange(&self.channel, name, kind).await?;
+            if let Ok(mut declared) = self.declared.lock() {
+                declared.insert(name.to_string());
+            }
+        }
+        Ok(())
+    }
+
     /// Publishes to `target`, mandatory: a message no queue takes is an
     /// error the caller sees, never a silent drop by the broker.
     async fn send<Req: Message>(
@@ -691,6 +713,8 @@ impl RpcClient {
         properties: BasicProperties,
         request: &Req,
     ) -> Result<(), CallError> {
+        self.ensure_exchange(&target.exchange, ExchangeKind::Topic)
+            .await?;
         self.publish_traced(&target.exchange, &target.routing_key(), properties, request)
             .await
             .map_err(|error| match error {

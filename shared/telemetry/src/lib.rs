@@ -55,7 +55,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             log_format: LogFormat::Text,
-            log_filter: "info".to_string(),
+            log_filter: "info,lapin=warn,lapin::returned_messages=error".to_string(),
             otlp_endpoint: String::new(),
             export_delay_ms: 1000,
         }

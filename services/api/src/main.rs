@@ -1,0 +1,146 @@
+//! `switchyard-api`: the public gRPC API of the metering pipeline.
+//!
+//! | endpoint | transport | kind |
+//! |---|---|---|
+//! | `Metering/*` (9 methods) | gRPC | async |
+//! | `heartbeat` | AMQP fanout on topic `rollout` | async |
+//!
+//! Fully ported: runs in `bridged` and `async` (not `threaded`). Pinned to
+//! `async` in `deploy/config/api.toml`.
+
+mod metering;
+mod rollout;
+mod settings;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use settings::ApiSettings;
+use switchyard_config::ConfigFlags;
+use switchyard_executor::{EndpointKind, EndpointSpec};
+use switchyard_grpc::Readiness;
+use switchyard_messaging::{RpcClient, RpcServer, Transport, heartbeat};
+use switchyard_proto::metering::v1::metering_server::MeteringServer;
+use switchyard_service::Running;
+use tonic::{Request, Status};
+
+const SERVICE: &str = "api";
+const GRPC_SERVICE: &str = "switchyard.metering.v1.Metering";
+
+/// The public metering API.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-api", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigFlags,
+}
+
+fn endpoints() -> Vec<EndpointSpec> {
+    let mut specs = metering::endpoints();
+    specs.push(EndpointSpec::new(heartbeat::METHOD, EndpointKind::Async));
+    specs
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded =
+        match switchyard_service::configure::<ApiSettings>(SERVICE, &cli.config, |_| endpoints()) {
+            Ok(loaded) => loaded,
+            Err(code) => return code,
+        };
+    switchyard_service::run(SERVICE, loaded.settings, serve)
+}
+
+/// Refuses calls without one of the configured bearer tokens.
+fn authenticate(
+    tokens: Vec<String>,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        if tokens.is_empty() {
+            return Ok(request);
+        }
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match presented {
+            Some(token) if tokens.iter().any(|t| t == token) => Ok(request),
+            Some(_) => Err(Status::unauthenticated("the bearer token is not accepted")),
+            None => Err(Status::unauthenticated(
+                "a bearer token is required (authorization: Bearer …)",
+            )),
+        }
+    }
+}
+
+async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
+    let Running {
+        executor,
+        identity,
+        shutdown,
+    } = running;
+    let transport = Transport::connect(&settings.amqp, SERVICE, &identity.instance_id).await?;
+    let exchange = settings.amqp.exchange.clone();
+    let interval = Duration::from_millis(settings.rollout.heartbeat_interval_ms);
+
+    let rollout = rollout::Rollout::default();
+    let heartbeats = RpcServer::builder(&exchange, heartbeat::TOPIC, &identity.instance_id)
+        .method(executor.register(rollout.endpoint())?)
+        .start(&transport, executor.config().capacity(), shutdown.clone())
+        .await?;
+    let rpc = RpcClient::new(&transport).await?;
+    let backends = metering::Backends {
+        rpc: rpc.clone(),
+        exchange: exchange.clone(),
+        collector: metering::collector_client(&settings.api.collector_url)
+            .context("api.collector_url")?,
+        alarm_timeout: Duration::from_millis(settings.api.alarm_call_timeout_ms),
+        rollout,
+        heartbeat_interval: interval,
+    };
+    let api = metering::MeteringApi::register(&executor, &backends, settings.grpc.overload_wait())?;
+    let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;
+    let server = MeteringServer::new(api)
+        .max_decoding_message_size(settings.grpc.max_message_bytes)
+        .max_encoding_message_size(settings.grpc.max_message_bytes);
+    let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)?
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            server,
+            authenticate(settings.api.auth_tokens.clone()),
+        ));
+    let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
+    tracing::info!(
+        "gRPC on {}",
+        listener.local_addr().context("reading the gRPC address")?
+    );
+
+    heartbeat::spawn(
+        rpc,
+        exchange,
+        SERVICE.to_string(),
+        identity.instance_id.clone(),
+        executor.clone(),
+        interval,
+        shutdown.clone(),
+    );
+    tokio::spawn({
+        let (readiness, transport, shutdown) =
+            (readiness.clone(), transport.clone(), shutdown.clone());
+        async move {
+            loop {
+                readiness.set("amqp", transport.is_connected()).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    });
+    switchyard_grpc::serve(listener, routes, readiness, shutdown).await?;
+    heartbeats.stopped().await;
+    transport.close().await;
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! The public API (`switchyard.metering.v1.Metering`). Every method is an
+//! async endpoint: samples go to the collector by AMQP cast, queries to the
+//! collector by gRPC, alarm management to the notifier by AMQP RPC call.
+
+use std::future::Future;
+use std::time::Duration;
+
+use prost::Message;
+use switchyard_executor::{
+    BoundEndpoint, Endpoint, EndpointKind, EndpointSpec, Executor, PhaseMismatch,
+};
+use switchyard_grpc::{GrpcOutcome, TraceInterceptor, invalid_argument};
+use switchyard_messaging::{CallError, RpcClient, Target, wire};
+use switchyard_proto::collector::v1::sample_query_client::SampleQueryClient;
+use switchyard_proto::messaging::v1::RecordSamples;
+use switchyard_proto::metering::v1::metering_server::Metering;
+use switchyard_proto::metering::v1::*;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::rollout::Rollout;
+
+type QueryClient = SampleQueryClient<InterceptedService<Channel, TraceInterceptor>>;
+
+/// The method names, as endpoints (what `--check-config` checks).
+pub const METHODS: [&str; 9] = [
+    "Metering/PostSamples",
+    "Metering/ListMeters",
+    "Metering/GetStatistics",
+    "Metering/CreateAlarm",
+    "Metering/GetAlarm",
+    "Metering/ListAlarms",
+    "Metering/DeleteAlarm",
+    "Metering/GetAlarmHistory",
+    "Metering/GetRollout",
+];
+
+/// How each endpoint is written: all ported to async.
+pub fn endpoints() -> Vec<EndpointSpec> {
+    METHODS
+        .iter()
+        .map(|m| EndpointSpec::new(*m, EndpointKind::Async))
+        .collect()
+}
+
+/// What the handlers need.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub rpc: RpcClient,
+    pub exchange: String,
+    pub collector: QueryClient,
+    pub alarm_timeout: Duration,
+    pub rollout: Rollout,
+    pub heartbeat_interval: Duration,
+}
+
+/// Connects (lazily) to the collector's query API.
+pub fn collector_client(url: &str) -> Result<QueryClient, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    Ok(SampleQueryClient::with_interceptor(
+        channel,
+        TraceInterceptor,
+    ))
+}
+
+fn call_status(error: CallError) -> Status {
+    match error {
+        CallError::InvalidArgument(message) => Status::invalid_argument(message),
+        CallError::Remote { code, message } if code == "not_found" => Status::not_found(message),
+        CallError::Remote { code, message } if code == "transient" => Status::unavailable(message),
+        CallError::Remote { code, message } => Status::internal(format!("{code}: {message}")),
+        CallError::NoSuchMethod(method) => {
+            Status::unimplemented(format!("the notifier has no method `{method}`"))
+        }
+        CallError::Timeout(after) => {
+            Status::deadline_exceeded(format!("the notifier did not answer within {after:?}"))
+        }
+        CallError::NoConsumers { target } => {
+            Status::unavailable(format!("no notifier is running ({target})"))
+        }
+        CallError::Transport(error) => Status::unavailable(error.to_string()),
+    }
+}
+
+async fn alarm_call<Req: Message, Resp: Message + Default>(
+    backends: &Backends,
+    method: &str,
+    request: Req,
+) -> Result<Resp, Status> {
+    let target = Target::topic(&backends.exchange, "alarms");
+    backends
+        .rpc
+        .call(&target, method, &request, backends.alarm_timeout)
+        .await
+        .map_err(call_status)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn post_samples(
+    backends: Backends,
+    mut request: PostSamplesRequest,
+) -> GrpcOutcome<PostSamplesResponse> {
+    switchyard_proto::validate::samples(&request.samples, unix_now())
+        .map_err(|problem| invalid_argument(&problem.field, &problem.problem))?;
+    for sample in &mut request.samples {
+        if sample.id.is_empty() {
+            sample.id = format!("s-{}", wire::new_id());
+        }
+    }
+    let ids = request.samples.iter().map(|s| s.id.clone()).collect();
+    // Returns once the broker confirmed the persistent message: success is
+    // never reported for samples that are not durably queued.
+    backends
+        .rpc
+        .cast(
+            &Target::topic(&backends.exchange, "collector"),
+            "record_samples",
+            &RecordSamples {
+                samples: request.samples,
+            },
+        )
+        .await
+        .map_err(|error| Status::unavailable(format!("samples not queued: {error}")))?;
+    Ok(PostSamplesResponse { ids })
+}
+
+/// The Metering service with its endpoints bound to the executor.
+#[derive(Debug)]
+pub struct MeteringApi {
+    post_samples: BoundEndpoint<PostSamplesRequest, GrpcOutcome<PostSamplesResponse>>,
+    list_meters: BoundEndpoint<ListMetersRequest, GrpcOutcome<ListMetersResponse>>,
+    statistics: BoundEndpoint<GetStatisticsRequest, GrpcOutcome<GetStatisticsResponse>>,
+    create_alarm: BoundEndpoint<CreateAlarmRequest, GrpcOutcome<Alarm>>,
+    get_alarm: BoundEndpoint<GetAlarmRequest, GrpcOutcome<Alarm>>,
+    list_alarms: BoundEndpoint<ListAlarmsRequest, GrpcOutcome<ListAlarmsResponse>>,
+    delete_alarm: BoundEndpoint<DeleteAlarmRequest, GrpcOutcome<DeleteAlarmResponse>>,
+    alarm_history: BoundEndpoint<GetAlarmHistoryRequest, GrpcOutcome<GetAlarmHistoryResponse>>,
+    rollout: BoundEndpoint<GetRolloutRequest, GrpcOutcome<GetRolloutResponse>>,
+    overload_wait: Duration,
+}
+
+fn bind<Req, Resp, F, Fut>(
+    executor: &Executor,
+    index: usize,
+    backends: &Backends,
+    body: F,
+) -> Result<BoundEndpoint<Req, GrpcOutcome<Resp>>, PhaseMismatch>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(Backends, Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = GrpcOutcome<Resp>> + Send + 'static,
+{
+    let backends = backends.clone();
+    executor.register(Endpoint::from_async(METHODS[index], move |_, request| {
+        body(backends.clone(), request)
+    }))
+}
+
+impl MeteringApi {
+    /// Registers every method with `executor`.
+    pub fn register(
+        executor: &Executor,
+        backends: &Backends,
+        overload_wait: Duration,
+    ) -> Result<Self, PhaseMismatch> {
+        Ok(Self {
+            post_samples: bind(executor, 0, backends, post_samples)?,
+            list_meters: bind(executor, 1, backends, |b, r| async move {
+                Ok(b.collector.clone().list_meters(r).await?.into_inner())
+            })?,
+            statistics: bind(
+                executor,
+                2,
+                backends,
+                |b, r: GetStatisticsRequest| async move {
+                    if r.meter.is_empty() {
+                        return Err(invalid_argument("meter", "is required"));
+                    }
+                    Ok(b.collector.clone().get_statistics(r).await?.into_inner())
+                },
+            )?,
+            create_alarm: bind(executor, 3, backends, |b, r| async move {
+                alarm_call(&b, "create_alarm", r).await
+            })?,
+            get_alarm: bind(executor, 4, backends, |b, r| async move {
+                alarm_call(&b, "get_alarm", r).await
+            })?,
+            list_alarms: bind(executor, 5, backends, |b, r| async move {
+                alarm_call(&b, "list_alarms", r).await
+            })?,
+            delete_alarm: bind(executor, 6, backends, |b, r| async move {
+                alarm_call(&b, "delete_alarm", r).await
+            })?,
+            alarm_history: bind(executor, 7, backends, |b, r| async move {
+                alarm_call(&b, "get_alarm_history", r).await
+            })?,
+            rollout: bind(
+                executor,
+                8,
+                backends,
+                |b, _: GetRolloutRequest| async move { Ok(b.rollout.table(b.heartbeat_interval)) },
+            )?,
+            overload_wait,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Metering for MeteringApi {
+    async fn post_samples(
+        &self,
+        request: Request<PostSamplesRequest>,
+    ) -> Result<Response<PostSamplesResponse>, Status> {
+        switchyard_grpc::unary(&self.post_samples, request, self.overload_wait).await
+    }
+    async fn list_meters(
+        &self,
+        request: Request<ListMetersRequest>,
+    ) -> Result<Response<ListMetersResponse>, Status> {
+        switchyard_grpc::unary(&self.list_meters, request, self.overload_wait).await
+    }
+    async fn get_statistics(
+        &self,
+        request: Request<GetStatisticsRequest>,
+    ) -> Result<Response<GetStatisticsResponse>, Status> {
+        switchyard_grpc::unary(&self.statistics, request, self.overload_wait).await
+    }
+    async fn create_alarm(
+        &self,
+        request: Request<CreateAlarmRequest>,
+    ) -> Result<Response<Alarm>, Status> {
+        switchyard_grpc::unary(&self.create_alarm, request, self.overload_wait).await
+    }
+    async fn get_alarm(
+        &self,
+        request: Request<GetAlarmRequest>,
+    ) -> Result<Response<Alarm>, Status> {
+        switchyard_grpc::unary(&self.get_alarm, request, self.overload_wait).await
+    }
+    async fn list_alarms(
+        &self,
+        request: Request<ListAlarmsRequest>,
+    ) -> Result<Response<ListAlarmsResponse>, Status> {
+        switchyard_grpc::unary(&self.list_alarms, request, self.overload_wait).await
+    }
+    async fn delete_alarm(
+        &self,
+        request: Request<DeleteAlarmRequest>,
+    ) -> Result<Response<DeleteAlarmResponse>, Status> {
+        switchyard_grpc::unary(&self.delete_alarm, request, self.overload_wait).await
+    }
+    async fn get_alarm_history(
+        &self,
+        request: Request<GetAlarmHistoryRequest>,
+    ) -> Result<Response<GetAlarmHistoryResponse>, Status> {
+        switchyard_grpc::unary(&self.alarm_history, request, self.overload_wait).await
+    }
+    async fn get_rollout(
+        &self,
+        request: Request<GetRolloutRequest>,
+    ) -> Result<Response<GetRolloutResponse>, Status> {
+        switchyard_grpc::unary(&self.rollout, request, self.overload_wait).await
+    }
+}

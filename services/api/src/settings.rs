@@ -1,0 +1,110 @@
+//! The api's configuration.
+
+use serde::{Deserialize, Serialize};
+use switchyard_config::Settings;
+use switchyard_executor::{ExecutorConfig, Phase};
+use switchyard_grpc::GrpcConfig;
+use switchyard_messaging::AmqpConfig;
+use switchyard_messaging::heartbeat::RolloutConfig;
+use switchyard_service::{MetricsConfig, ServiceSettings};
+use switchyard_telemetry::TelemetryConfig;
+
+/// `[api]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The collector's query API.
+    pub collector_url: String,
+    /// How long an alarm call to the notifier may take.
+    pub alarm_call_timeout_ms: u64,
+    /// Bearer tokens accepted on the public API; empty accepts every caller.
+    pub auth_tokens: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            collector_url: "http://127.0.0.1:50052".into(),
+            alarm_call_timeout_ms: 5000,
+            auth_tokens: Vec::new(),
+        }
+    }
+}
+
+/// Everything the api reads from defaults, its TOML file and the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    pub executor: ExecutorConfig,
+    pub telemetry: TelemetryConfig,
+    pub metrics: MetricsConfig,
+    pub amqp: AmqpConfig,
+    pub grpc: GrpcConfig,
+    pub rollout: RolloutConfig,
+    pub api: ApiConfig,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            executor: ExecutorConfig {
+                phase: Phase::Async,
+                ..ExecutorConfig::default()
+            },
+            telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::default(),
+            amqp: AmqpConfig::default(),
+            grpc: GrpcConfig::default(),
+            rollout: RolloutConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+impl Settings for ApiSettings {
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut problems =
+            switchyard_service::shared_problems(&self.executor, &self.telemetry, &self.metrics);
+        let sections: [(&str, Vec<(&'static str, String)>); 2] = [
+            ("amqp", self.amqp.problems()),
+            ("grpc", self.grpc.problems()),
+        ];
+        for (section, found) in sections {
+            problems.extend(
+                found
+                    .into_iter()
+                    .map(|(key, message)| (format!("{section}.{key}"), message)),
+            );
+        }
+        if !self.api.collector_url.starts_with("http://")
+            && !self.api.collector_url.starts_with("https://")
+        {
+            problems.push((
+                "api.collector_url".into(),
+                format!(
+                    "`{}` is not a URL; accepted: http(s)://host:port",
+                    self.api.collector_url
+                ),
+            ));
+        }
+        if self.api.auth_tokens.iter().any(|t| t.len() < 16) {
+            problems.push((
+                "api.auth_tokens".into(),
+                "every token must be at least 16 characters".into(),
+            ));
+        }
+        problems
+    }
+}
+
+impl ServiceSettings for ApiSettings {
+    fn executor(&self) -> &ExecutorConfig {
+        &self.executor
+    }
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+    fn metrics(&self) -> &MetricsConfig {
+        &self.metrics
+    }
+}

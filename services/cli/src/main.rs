@@ -1,0 +1,491 @@
+//! `switchyard`: the command line of the metering pipeline — post samples,
+//! query meters and statistics, manage alarms, show the rollout, and print
+//! traces as waterfalls without Jaeger.
+
+mod traces;
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard_grpc::TraceInterceptor;
+use switchyard_proto::metering::v1::metering_client::MeteringClient;
+use switchyard_proto::metering::v1::*;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Talk to a Switchyard metering pipeline.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version)]
+struct Cli {
+    /// The api's gRPC address.
+    #[arg(
+        long,
+        env = "SWITCHYARD_API",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    api: String,
+    /// Bearer token for the api (when it requires one).
+    #[arg(long, env = "SWITCHYARD_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Samples.
+    Samples {
+        #[command(subcommand)]
+        command: SamplesCommand,
+    },
+    /// The meters seen.
+    Meters {
+        #[arg(long, default_value = "")]
+        project: String,
+    },
+    /// Statistics of one meter per period.
+    Stats {
+        #[arg(long)]
+        meter: String,
+        #[arg(long, default_value = "")]
+        resource: String,
+        #[arg(long, default_value = "")]
+        project: String,
+        /// Bucket length in seconds; 0 for one bucket.
+        #[arg(long, default_value_t = 60)]
+        period: u32,
+        /// How far back to look, in minutes.
+        #[arg(long, default_value_t = 60)]
+        since_minutes: i64,
+    },
+    /// Threshold alarms.
+    Alarms {
+        #[command(subcommand)]
+        command: AlarmsCommand,
+    },
+    /// Every instance, its phase and health, from heartbeats.
+    Rollout,
+    /// Receive OTLP traces and print each as a waterfall.
+    Traces {
+        /// Where to listen for OTLP/gRPC.
+        #[arg(long, default_value = "127.0.0.1:4317")]
+        listen: String,
+        /// Exit after printing this many traces.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Only print traces with spans from at least this many services.
+        #[arg(long, default_value_t = 1)]
+        min_services: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SamplesCommand {
+    /// Post samples, from arguments or a CSV file
+    /// (`meter,unit,volume,resource_id,project_id[,id]` per line).
+    Post {
+        #[arg(long, required_unless_present = "file")]
+        meter: Option<String>,
+        #[arg(long, default_value = "%")]
+        unit: String,
+        #[arg(long, default_value_t = 0.0)]
+        volume: f64,
+        #[arg(long, default_value = "vm-1")]
+        resource: String,
+        #[arg(long, default_value = "demo")]
+        project: String,
+        /// Post this many samples (volumes `volume`, `volume+1`, …).
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Samples per request.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StatisticArg {
+    Avg,
+    Min,
+    Max,
+    Sum,
+    Count,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ComparisonArg {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+}
+
+#[derive(Debug, Subcommand)]
+enum AlarmsCommand {
+    /// Create a threshold alarm.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        meter: String,
+        #[arg(long, default_value = "")]
+        resource: String,
+        #[arg(long, default_value = "demo")]
+        project: String,
+        #[arg(long, value_enum, default_value = "avg")]
+        statistic: StatisticArg,
+        #[arg(long, value_enum, default_value = "gt")]
+        comparison: ComparisonArg,
+        #[arg(long)]
+        threshold: f64,
+        #[arg(long, default_value_t = 60)]
+        period: u32,
+        #[arg(long, default_value_t = 1)]
+        evaluation_periods: u32,
+        #[arg(long, default_value = "")]
+        webhook: String,
+    },
+    /// List alarms.
+    List {
+        #[arg(long, default_value = "")]
+        project: String,
+    },
+    /// The state transitions of one alarm.
+    History { id: String },
+}
+
+type Client = MeteringClient<InterceptedService<Channel, Auth>>;
+
+/// Adds the bearer token and the trace context to every call.
+#[derive(Debug, Clone)]
+struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        TraceInterceptor.call(request)
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let channel = tonic::transport::Endpoint::from_shared(cli.api.clone())
+        .with_context(|| format!("--api {}", cli.api))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the api at {}; is switchyard-api running?",
+                cli.api
+            )
+        })?;
+    let token = match &cli.token {
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .context("the token is not valid ASCII")?,
+        ),
+        None => None,
+    };
+    Ok(MeteringClient::with_interceptor(channel, Auth(token)))
+}
+
+fn now() -> prost_types::Timestamp {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match AlarmState::try_from(state) {
+        Ok(AlarmState::Ok) => "ok",
+        Ok(AlarmState::Alarm) => "ALARM",
+        Ok(AlarmState::InsufficientData) => "insufficient data",
+        _ => "?",
+    }
+}
+
+fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<Sample>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut samples = Vec::new();
+    for (number, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.len() < 5 {
+            bail!(
+                "{}:{}: expected meter,unit,volume,resource_id,project_id[,id]",
+                path.display(),
+                number + 1
+            );
+        }
+        samples.push(Sample {
+            id: fields.get(5).unwrap_or(&"").to_string(),
+            meter: fields[0].into(),
+            unit: fields[1].into(),
+            volume: fields[2].parse().with_context(|| {
+                format!("{}:{}: volume `{}`", path.display(), number + 1, fields[2])
+            })?,
+            timestamp: Some(now()),
+            resource_id: fields[3].into(),
+            project_id: fields[4].into(),
+            metadata: Default::default(),
+        });
+    }
+    Ok(samples)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Traces {
+            listen,
+            count,
+            min_services,
+        } => traces::run(listen, *count, *min_services).await,
+        Command::Samples {
+            command:
+                SamplesCommand::Post {
+                    meter,
+                    unit,
+                    volume,
+                    resource,
+                    project,
+                    count,
+                    batch,
+                    file,
+                },
+        } => {
+            let samples = match (file, meter) {
+                (Some(file), _) => read_csv(file)?,
+                (None, Some(meter)) => (0..*count)
+                    .map(|i| Sample {
+                        meter: meter.clone(),
+                        unit: unit.clone(),
+                        volume: volume + i as f64,
+                        timestamp: Some(now()),
+                        resource_id: resource.clone(),
+                        project_id: project.clone(),
+                        ..Sample::default()
+                    })
+                    .collect(),
+                (None, None) => bail!("give --meter or --file"),
+            };
+            let mut client = connect(&cli).await?;
+            let mut posted = 0;
+            for chunk in samples.chunks((*batch).max(1)) {
+                let reply = client
+                    .post_samples(PostSamplesRequest {
+                        samples: chunk.to_vec(),
+                    })
+                    .await
+                    .context("posting samples")?;
+                posted += reply.into_inner().ids.len();
+            }
+            println!("posted {posted} samples");
+            Ok(())
+        }
+        Command::Meters { project } => {
+            let meters = connect(&cli)
+                .await?
+                .list_meters(ListMetersRequest {
+                    project_id: project.clone(),
+                })
+                .await?
+                .into_inner()
+                .meters;
+            println!("{:<24} {:<8} {:>8}", "METER", "UNIT", "SAMPLES");
+            for meter in meters {
+                println!("{:<24} {:<8} {:>8}", meter.name, meter.unit, meter.samples);
+            }
+            Ok(())
+        }
+        Command::Stats {
+            meter,
+            resource,
+            project,
+            period,
+            since_minutes,
+        } => {
+            let end = now();
+            let start = prost_types::Timestamp {
+                seconds: end.seconds - since_minutes * 60,
+                nanos: 0,
+            };
+            let buckets = connect(&cli)
+                .await?
+                .get_statistics(GetStatisticsRequest {
+                    meter: meter.clone(),
+                    resource_id: resource.clone(),
+                    project_id: project.clone(),
+                    start: Some(start),
+                    end: Some(prost_types::Timestamp {
+                        seconds: end.seconds + 60,
+                        nanos: 0,
+                    }),
+                    period_seconds: *period,
+                })
+                .await?
+                .into_inner()
+                .buckets;
+            println!(
+                "{:<22} {:>7} {:>10} {:>10} {:>10} {:>12}",
+                "PERIOD START (unix)", "COUNT", "MIN", "MAX", "AVG", "SUM"
+            );
+            for b in buckets {
+                let start = b.period_start.map(|t| t.seconds).unwrap_or_default();
+                println!(
+                    "{start:<22} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.2}",
+                    b.count, b.min, b.max, b.avg, b.sum
+                );
+            }
+            Ok(())
+        }
+        Command::Alarms { command } => {
+            let mut client = connect(&cli).await?;
+            match command {
+                AlarmsCommand::Create {
+                    name,
+                    meter,
+                    resource,
+                    project,
+                    statistic,
+                    comparison,
+                    threshold,
+                    period,
+                    evaluation_periods,
+                    webhook,
+                } => {
+                    let statistic = match statistic {
+                        StatisticArg::Avg => Statistic::Avg,
+                        StatisticArg::Min => Statistic::Min,
+                        StatisticArg::Max => Statistic::Max,
+                        StatisticArg::Sum => Statistic::Sum,
+                        StatisticArg::Count => Statistic::Count,
+                    };
+                    let comparison = match comparison {
+                        ComparisonArg::Gt => Comparison::Gt,
+                        ComparisonArg::Ge => Comparison::Ge,
+                        ComparisonArg::Lt => Comparison::Lt,
+                        ComparisonArg::Le => Comparison::Le,
+                        ComparisonArg::Eq => Comparison::Eq,
+                    };
+                    let alarm = client
+                        .create_alarm(CreateAlarmRequest {
+                            alarm: Some(Alarm {
+                                name: name.clone(),
+                                meter: meter.clone(),
+                                resource_id: resource.clone(),
+                                project_id: project.clone(),
+                                statistic: statistic as i32,
+                                comparison: comparison as i32,
+                                threshold: *threshold,
+                                period_seconds: *period,
+                                evaluation_periods: *evaluation_periods,
+                                webhook_url: webhook.clone(),
+                                ..Alarm::default()
+                            }),
+                        })
+                        .await?
+                        .into_inner();
+                    println!("{}", alarm.id);
+                }
+                AlarmsCommand::List { project } => {
+                    let alarms = client
+                        .list_alarms(ListAlarmsRequest {
+                            project_id: project.clone(),
+                        })
+                        .await?
+                        .into_inner()
+                        .alarms;
+                    println!(
+                        "{:<32} {:<20} {:<16} {:<18}",
+                        "ID", "NAME", "METER", "STATE"
+                    );
+                    for alarm in alarms {
+                        println!(
+                            "{:<32} {:<20} {:<16} {:<18}",
+                            alarm.id,
+                            alarm.name,
+                            alarm.meter,
+                            state_name(alarm.state)
+                        );
+                    }
+                }
+                AlarmsCommand::History { id } => {
+                    let transitions = client
+                        .get_alarm_history(GetAlarmHistoryRequest { id: id.clone() })
+                        .await?
+                        .into_inner()
+                        .transitions;
+                    for t in transitions {
+                        println!(
+                            "{}  {} -> {}  {}",
+                            t.at.map(|a| a.seconds).unwrap_or_default(),
+                            state_name(t.from),
+                            state_name(t.to),
+                            t.reason
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Rollout => {
+            let instances = connect(&cli)
+                .await?
+                .get_rollout(GetRolloutRequest {})
+                .await?
+                .into_inner()
+                .instances;
+            println!(
+                "{:<10} {:<22} {:<9} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}",
+                "SERVICE",
+                "INSTANCE",
+                "PHASE",
+                "HEALTH",
+                "IN FLIGHT",
+                "HANDLED",
+                "FAILED",
+                "SLOW POLLS",
+                "OFFLOADED"
+            );
+            for i in instances {
+                println!(
+                    "{:<10} {:<22} {:<9} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}",
+                    i.service,
+                    i.instance_id,
+                    i.phase,
+                    if i.up { "up" } else { "DOWN" },
+                    i.in_flight,
+                    i.handled,
+                    i.failed,
+                    i.slow_polls,
+                    i.offloaded
+                );
+            }
+            Ok(())
+        }
+    }
+}

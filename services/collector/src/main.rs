@@ -1,0 +1,130 @@
+//! `switchyard-collector`: stores metering samples.
+//!
+//! | endpoint | transport | kind |
+//! |---|---|---|
+//! | `record_samples` | AMQP cast on topic `collector` | blocking |
+//! | `SampleQuery/ListMeters` | gRPC | blocking |
+//! | `SampleQuery/GetStatistics` | gRPC | blocking |
+//!
+//! Runs in every phase (blocking bodies are offloaded in `async`, refused
+//! with `strict`). Pinned to `threaded` in `deploy/config/collector.toml`.
+
+mod query;
+mod samples;
+mod settings;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use settings::CollectorSettings;
+use switchyard_config::ConfigFlags;
+use switchyard_grpc::Readiness;
+use switchyard_messaging::{Notifier, RpcClient, RpcServer, Transport, heartbeat};
+use switchyard_proto::collector::v1::sample_query_server::SampleQueryServer;
+use switchyard_service::Running;
+use switchyard_storage::Database;
+
+const SERVICE: &str = "collector";
+const GRPC_SERVICE: &str = "switchyard.collector.v1.SampleQuery";
+
+/// Stores metering samples and answers statistics queries.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-collector", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigFlags,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded =
+        match switchyard_service::configure::<CollectorSettings>(SERVICE, &cli.config, |_| {
+            samples::endpoints()
+        }) {
+            Ok(loaded) => loaded,
+            Err(code) => return code,
+        };
+    switchyard_service::run(SERVICE, loaded.settings, serve)
+}
+
+async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<()> {
+    let Running {
+        executor,
+        identity,
+        shutdown,
+    } = running;
+    let database = Database::open(&settings.storage, samples::MIGRATIONS)
+        .await
+        .context("opening the sample store")?;
+    let transport = Transport::connect(&settings.amqp, SERVICE, &identity.instance_id).await?;
+    let exchange = settings.amqp.exchange.clone();
+    let notifier = Notifier::new(
+        &transport,
+        &exchange,
+        &format!("{SERVICE}@{}", identity.instance_id),
+    )
+    .await?;
+
+    let record = executor.register(samples::record_samples(
+        database.clone(),
+        notifier,
+        tokio::runtime::Handle::current(),
+    ))?;
+    let rpc = RpcServer::builder(&exchange, SERVICE, &identity.instance_id)
+        .method(record)
+        .start(&transport, executor.config().capacity(), shutdown.clone())
+        .await?;
+
+    let query = query::Query::register(&executor, &database, settings.grpc.overload_wait())?;
+    let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;
+    let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)?
+        .add_service(
+            SampleQueryServer::new(query)
+                .max_decoding_message_size(settings.grpc.max_message_bytes)
+                .max_encoding_message_size(settings.grpc.max_message_bytes),
+        );
+    let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
+    tracing::info!(
+        "gRPC on {}",
+        listener.local_addr().context("reading the gRPC address")?
+    );
+
+    heartbeat::spawn(
+        RpcClient::new(&transport).await?,
+        exchange,
+        SERVICE.to_string(),
+        identity.instance_id.clone(),
+        executor.clone(),
+        Duration::from_millis(settings.rollout.heartbeat_interval_ms),
+        shutdown.clone(),
+    );
+    tokio::spawn(watch_readiness(
+        readiness.clone(),
+        transport.clone(),
+        database,
+        shutdown.clone(),
+    ));
+    switchyard_grpc::serve(listener, routes, readiness, shutdown).await?;
+    rpc.stopped().await;
+    transport.close().await;
+    Ok(())
+}
+
+/// Keeps readiness in step with the broker connection and the database.
+async fn watch_readiness(
+    readiness: Readiness,
+    transport: Transport,
+    database: Database,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        readiness.set("amqp", transport.is_connected()).await;
+        readiness.set("storage", database.ping().await).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

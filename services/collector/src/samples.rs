@@ -1,0 +1,222 @@
+//! Samples: storing them (idempotent on the sample id) and computing
+//! statistics in SQL.
+//!
+//! The collector is the legacy part of the fleet: its endpoints are still
+//! blocking functions that wait on the database. They run on pool threads in
+//! `threaded` and `bridged`, and are offloaded in `async`.
+
+use std::collections::BTreeSet;
+
+use switchyard_executor::{Endpoint, EndpointKind, EndpointSpec};
+use switchyard_messaging::{EndpointError, Notifier, Priority};
+use switchyard_proto::messaging::v1::{RecordSamples, SampleRecorded};
+use switchyard_proto::metering::v1::{
+    GetStatisticsRequest, GetStatisticsResponse, ListMetersRequest, ListMetersResponse, Meter,
+    Sample, Statistics,
+};
+use switchyard_storage::sqlx::{self, Row};
+use switchyard_storage::{Database, StorageError};
+use tokio::runtime::Handle;
+
+/// The collector's schema, applied at startup.
+pub const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE IF NOT EXISTS samples (
+        id TEXT PRIMARY KEY,
+        meter TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        volume DOUBLE PRECISION NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        resource_id TEXT NOT NULL,
+        project_id TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS samples_meter_ts ON samples (meter, ts_ms)",
+)];
+
+/// The method name of the cast the api sends.
+pub const RECORD_SAMPLES: &str = "record_samples";
+/// The notification published per stored batch.
+pub const SAMPLE_RECORDED: &str = "sample.recorded";
+
+/// How each endpoint is written (what `--check-config` checks).
+pub fn endpoints() -> Vec<EndpointSpec> {
+    [
+        RECORD_SAMPLES,
+        "SampleQuery/ListMeters",
+        "SampleQuery/GetStatistics",
+    ]
+    .into_iter()
+    .map(|name| EndpointSpec::new(name, EndpointKind::Blocking))
+    .collect()
+}
+
+fn millis(sample: &Sample) -> i64 {
+    sample
+        .timestamp
+        .as_ref()
+        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        .unwrap_or(0)
+}
+
+/// Stores a batch; returns how many samples were new.
+pub async fn store(database: &Database, samples: &[Sample]) -> Result<u64, StorageError> {
+    let mut transaction = database
+        .pool()
+        .begin()
+        .await
+        .map_err(StorageError::query("starting a transaction"))?;
+    let mut stored = 0;
+    for sample in samples {
+        let done = sqlx::query(
+            "INSERT INTO samples (id, meter, unit, volume, ts_ms, resource_id, project_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(sample.id.clone())
+        .bind(sample.meter.clone())
+        .bind(sample.unit.clone())
+        .bind(sample.volume)
+        .bind(millis(sample))
+        .bind(sample.resource_id.clone())
+        .bind(sample.project_id.clone())
+        .execute(&mut *transaction)
+        .await
+        .map_err(StorageError::query("storing a sample"))?;
+        stored += done.rows_affected();
+    }
+    transaction
+        .commit()
+        .await
+        .map_err(StorageError::query("committing samples"))?;
+    Ok(stored)
+}
+
+/// `record_samples`: validate, store, then announce the batch.
+pub fn record_samples(
+    database: Database,
+    notifier: Notifier,
+    runtime: Handle,
+) -> Endpoint<RecordSamples, Result<SampleRecorded, EndpointError>> {
+    Endpoint::blocking(RECORD_SAMPLES, move |_, batch: RecordSamples| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        switchyard_proto::validate::samples(&batch.samples, now)
+            .map_err(|problem| EndpointError::InvalidArgument(problem.to_string()))?;
+        if let Some(index) = batch.samples.iter().position(|s| s.id.is_empty()) {
+            return Err(EndpointError::InvalidArgument(format!(
+                "field `samples[{index}].id`: the api assigns ids; a message without one cannot be stored idempotently"
+            )));
+        }
+        // Blocking on purpose: this is the legacy code path the phases migrate.
+        let stored = runtime
+            .block_on(store(&database, &batch.samples))
+            .map_err(|error| EndpointError::Transient(error.to_string()))?;
+        let recorded = SampleRecorded {
+            meters: batch
+                .samples
+                .iter()
+                .map(|s| s.meter.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            resource_ids: batch
+                .samples
+                .iter()
+                .map(|s| s.resource_id.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            stored: stored as u32,
+        };
+        runtime
+            .block_on(notifier.notify(Priority::Info, SAMPLE_RECORDED, &recorded))
+            .map_err(|error| EndpointError::Transient(format!("announcing the batch: {error}")))?;
+        Ok(recorded)
+    })
+}
+
+/// The meters seen, with their units and sample counts.
+pub async fn list_meters(
+    database: &Database,
+    request: &ListMetersRequest,
+) -> Result<ListMetersResponse, StorageError> {
+    let rows = sqlx::query(
+        "SELECT meter, unit, COUNT(*) AS samples FROM samples
+         WHERE ($1 = '' OR project_id = $1) GROUP BY meter, unit ORDER BY meter, unit",
+    )
+    .bind(request.project_id.clone())
+    .fetch_all(database.pool())
+    .await
+    .map_err(StorageError::query("listing meters"))?;
+    let meters = rows
+        .iter()
+        .map(|row| {
+            Ok(Meter {
+                name: row.try_get(0)?,
+                unit: row.try_get(1)?,
+                samples: row.try_get::<i64, _>(2)?.max(0) as u64,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(StorageError::query("reading meters"))?;
+    Ok(ListMetersResponse { meters })
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// Count, min, max, avg and sum per period, as Ceilometer's statistics API.
+pub async fn statistics(
+    database: &Database,
+    request: &GetStatisticsRequest,
+) -> Result<GetStatisticsResponse, StorageError> {
+    let to_ms = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+    };
+    let start = to_ms(&request.start).unwrap_or(0);
+    let end = to_ms(&request.end).unwrap_or(i64::MAX / 2);
+    let period_ms = match request.period_seconds {
+        0 => (end - start).max(1),
+        seconds => i64::from(seconds) * 1000,
+    };
+    let rows = sqlx::query(
+        "SELECT (ts_ms - $2) / $4 AS bucket, COUNT(*) AS n, MIN(volume), MAX(volume), AVG(volume), SUM(volume)
+         FROM samples
+         WHERE meter = $1 AND ts_ms >= $2 AND ts_ms < $3
+           AND ($5 = '' OR resource_id = $5) AND ($6 = '' OR project_id = $6)
+         GROUP BY bucket ORDER BY bucket",
+    )
+    .bind(request.meter.clone())
+    .bind(start)
+    .bind(end)
+    .bind(period_ms)
+    .bind(request.resource_id.clone())
+    .bind(request.project_id.clone())
+    .fetch_all(database.pool())
+    .await
+    .map_err(StorageError::query("computing statistics"))?;
+    let buckets = rows
+        .iter()
+        .map(|row| {
+            let bucket: i64 = row.try_get(0)?;
+            let period_start = start + bucket * period_ms;
+            Ok(Statistics {
+                period_start: Some(timestamp(period_start)),
+                period_end: Some(timestamp(period_start + period_ms)),
+                count: row.try_get::<i64, _>(1)?.max(0) as u64,
+                min: row.try_get(2)?,
+                max: row.try_get(3)?,
+                avg: row.try_get(4)?,
+                sum: row.try_get(5)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(StorageError::query("reading statistics"))?;
+    Ok(GetStatisticsResponse { buckets })
+}

@@ -1,0 +1,74 @@
+//! The collector's configuration.
+
+use serde::{Deserialize, Serialize};
+use switchyard_config::Settings;
+use switchyard_executor::ExecutorConfig;
+use switchyard_grpc::GrpcConfig;
+use switchyard_messaging::AmqpConfig;
+use switchyard_messaging::heartbeat::RolloutConfig;
+use switchyard_service::{MetricsConfig, ServiceSettings};
+use switchyard_storage::StorageConfig;
+use switchyard_telemetry::TelemetryConfig;
+
+/// Everything the collector reads from defaults, its TOML file and the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorSettings {
+    pub executor: ExecutorConfig,
+    pub telemetry: TelemetryConfig,
+    pub metrics: MetricsConfig,
+    pub amqp: AmqpConfig,
+    /// The internal query API; loopback (or the compose network) only.
+    pub grpc: GrpcConfig,
+    pub storage: StorageConfig,
+    pub rollout: RolloutConfig,
+}
+
+impl Default for CollectorSettings {
+    fn default() -> Self {
+        Self {
+            executor: ExecutorConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::default(),
+            amqp: AmqpConfig::default(),
+            grpc: GrpcConfig {
+                listen: "127.0.0.1:50052".into(),
+                ..GrpcConfig::default()
+            },
+            storage: StorageConfig::sqlite_for("collector"),
+            rollout: RolloutConfig::default(),
+        }
+    }
+}
+
+impl Settings for CollectorSettings {
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut problems =
+            switchyard_service::shared_problems(&self.executor, &self.telemetry, &self.metrics);
+        let sections: [(&str, Vec<(&'static str, String)>); 3] = [
+            ("amqp", self.amqp.problems()),
+            ("grpc", self.grpc.problems()),
+            ("storage", self.storage.problems()),
+        ];
+        for (section, found) in sections {
+            problems.extend(
+                found
+                    .into_iter()
+                    .map(|(key, message)| (format!("{section}.{key}"), message)),
+            );
+        }
+        problems
+    }
+}
+
+impl ServiceSettings for CollectorSettings {
+    fn executor(&self) -> &ExecutorConfig {
+        &self.executor
+    }
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+    fn metrics(&self) -> &MetricsConfig {
+        &self.metrics
+    }
+}

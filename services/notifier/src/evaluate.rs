@@ -1,0 +1,215 @@
+//! Alarm evaluation: on every `sample.recorded`, the alarms watching the
+//! batch's meters are evaluated with statistics fetched from the collector.
+//! This endpoint has been ported: it is async (a tonic client, async SQL).
+
+use std::time::Duration;
+
+use switchyard_executor::Endpoint;
+use switchyard_grpc::TraceInterceptor;
+use switchyard_messaging::{EndpointError, Handled, Notification, Notifier, Priority};
+use switchyard_proto::collector::v1::sample_query_client::SampleQueryClient;
+use switchyard_proto::messaging::v1::{AlarmStateChanged, SampleRecorded};
+use switchyard_proto::metering::v1::{
+    Alarm, AlarmState, Comparison, GetStatisticsRequest, Statistic, Statistics,
+};
+use switchyard_storage::Database;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::alarms;
+
+/// The notification this endpoint publishes on a transition.
+pub const ALARM_STATE_CHANGED: &str = "alarm.state_changed";
+
+/// A query client that carries the trace context.
+pub type QueryClient = SampleQueryClient<InterceptedService<Channel, TraceInterceptor>>;
+
+/// Connects (lazily) to the collector's query API.
+pub fn query_client(url: &str) -> Result<QueryClient, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    Ok(SampleQueryClient::with_interceptor(
+        channel,
+        TraceInterceptor,
+    ))
+}
+
+fn value(statistic: i32, bucket: &Statistics) -> f64 {
+    match Statistic::try_from(statistic) {
+        Ok(Statistic::Min) => bucket.min,
+        Ok(Statistic::Max) => bucket.max,
+        Ok(Statistic::Sum) => bucket.sum,
+        Ok(Statistic::Count) => bucket.count as f64,
+        _ => bucket.avg,
+    }
+}
+
+fn breaches(comparison: i32, value: f64, threshold: f64) -> bool {
+    match Comparison::try_from(comparison) {
+        Ok(Comparison::Gt) => value > threshold,
+        Ok(Comparison::Ge) => value >= threshold,
+        Ok(Comparison::Lt) => value < threshold,
+        Ok(Comparison::Le) => value <= threshold,
+        Ok(Comparison::Eq) => value == threshold,
+        _ => false,
+    }
+}
+
+/// The state the last `evaluation_periods` buckets call for: insufficient
+/// data without samples, alarm when every bucket breaches, ok otherwise.
+pub fn judge(alarm: &Alarm, buckets: &[Statistics]) -> (AlarmState, String) {
+    let recent: Vec<&Statistics> = buckets
+        .iter()
+        .rev()
+        .take(alarm.evaluation_periods as usize)
+        .collect();
+    if recent.is_empty() {
+        return (
+            AlarmState::InsufficientData,
+            "no samples in the evaluation window".into(),
+        );
+    }
+    let values: Vec<f64> = recent.iter().map(|b| value(alarm.statistic, b)).collect();
+    if values
+        .iter()
+        .all(|v| breaches(alarm.comparison, *v, alarm.threshold))
+    {
+        (
+            AlarmState::Alarm,
+            format!(
+                "{} period(s) breached the threshold {}: {values:?}",
+                values.len(),
+                alarm.threshold
+            ),
+        )
+    } else {
+        (
+            AlarmState::Ok,
+            format!("within the threshold {}: {values:?}", alarm.threshold),
+        )
+    }
+}
+
+async fn evaluate(
+    alarm: Alarm,
+    database: &Database,
+    client: &QueryClient,
+    notifier: &Notifier,
+) -> Result<(), EndpointError> {
+    let now = alarms::now_ms();
+    let window_ms = i64::from(alarm.period_seconds) * i64::from(alarm.evaluation_periods) * 1000;
+    let request = GetStatisticsRequest {
+        meter: alarm.meter.clone(),
+        resource_id: alarm.resource_id.clone(),
+        project_id: alarm.project_id.clone(),
+        start: Some(alarms::timestamp(now - window_ms)),
+        // Samples stamped a little ahead of this clock still count.
+        end: Some(alarms::timestamp(now + 60_000)),
+        period_seconds: alarm.period_seconds,
+    };
+    let buckets = client
+        .clone()
+        .get_statistics(request)
+        .await
+        .map_err(|status| {
+            EndpointError::Transient(format!(
+                "statistics from the collector: {}",
+                status.message()
+            ))
+        })?
+        .into_inner()
+        .buckets;
+    let (state, reason) = judge(&alarm, &buckets);
+    if state as i32 == alarm.state {
+        return Ok(());
+    }
+    let Some(transition) = alarms::transition(database, &alarm, state, &reason)
+        .await
+        .map_err(|error| EndpointError::Transient(error.to_string()))?
+    else {
+        return Ok(()); // another evaluation recorded it first
+    };
+    tracing::info!(alarm = %alarm.id, from = alarm.state, to = state as i32, "alarm `{}` is now {state:?}: {reason}", alarm.name);
+    let changed = AlarmStateChanged {
+        alarm: Some(Alarm {
+            state: state as i32,
+            state_changed_at: transition.at,
+            ..alarm
+        }),
+        transition: Some(transition),
+    };
+    notifier
+        .notify(Priority::Info, ALARM_STATE_CHANGED, &changed)
+        .await
+        .map_err(|error| EndpointError::Transient(format!("announcing a transition: {error}")))
+}
+
+/// The `sample.recorded` endpoint.
+pub fn endpoint(
+    database: Database,
+    client: QueryClient,
+    notifier: Notifier,
+) -> Endpoint<Notification<SampleRecorded>, Result<Handled, EndpointError>> {
+    Endpoint::from_async(
+        "evaluate_alarms",
+        move |_, recorded: Notification<SampleRecorded>| {
+            let (database, client, notifier) = (database.clone(), client.clone(), notifier.clone());
+            async move {
+                for meter in &recorded.payload.meters {
+                    let watching = alarms::watching(&database, meter)
+                        .await
+                        .map_err(|error| EndpointError::Transient(error.to_string()))?;
+                    for alarm in watching {
+                        if !alarm.resource_id.is_empty()
+                            && !recorded.payload.resource_ids.contains(&alarm.resource_id)
+                        {
+                            continue;
+                        }
+                        evaluate(alarm, &database, &client, &notifier).await?;
+                    }
+                }
+                Ok(Handled::Handled)
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(avg: f64) -> Statistics {
+        Statistics {
+            avg,
+            count: 1,
+            ..Statistics::default()
+        }
+    }
+
+    #[test]
+    fn every_recent_period_must_breach() {
+        let alarm = Alarm {
+            statistic: Statistic::Avg as i32,
+            comparison: Comparison::Gt as i32,
+            threshold: 80.0,
+            evaluation_periods: 2,
+            ..Alarm::default()
+        };
+        assert_eq!(judge(&alarm, &[]).0, AlarmState::InsufficientData);
+        assert_eq!(
+            judge(&alarm, &[bucket(10.0), bucket(90.0), bucket(95.0)]).0,
+            AlarmState::Alarm
+        );
+        assert_eq!(
+            judge(&alarm, &[bucket(90.0), bucket(70.0)]).0,
+            AlarmState::Ok
+        );
+        assert_eq!(
+            judge(&alarm, &[bucket(90.0)]).0,
+            AlarmState::Alarm,
+            "fewer buckets than periods: judge those"
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! `switchyard-notifier`: evaluates threshold alarms and sends webhooks.
+//!
+//! | endpoint | transport | kind |
+//! |---|---|---|
+//! | `evaluate_alarms` | notification `sample.recorded`, pool `alarm-evaluator` | async |
+//! | `deliver_webhook` | notification `alarm.state_changed`, pool `webhook-sender` | blocking |
+//! | `create_alarm`, `get_alarm`, `list_alarms`, `delete_alarm`, `get_alarm_history` | AMQP RPC, topic `alarms` | blocking |
+//!
+//! Mid-migration: runs in `bridged` and in non-strict `async`, not in
+//! `threaded` (evaluation is async). Pinned to `bridged` in `deploy/config/notifier.toml`.
+
+mod alarms;
+mod evaluate;
+mod settings;
+mod webhook;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use settings::NotifierSettings;
+use switchyard_config::ConfigFlags;
+use switchyard_executor::{EndpointKind, EndpointSpec};
+use switchyard_messaging::{
+    NotificationListener, Notifier, Priority, RpcClient, RpcServer, Transport, heartbeat,
+};
+use switchyard_service::Running;
+use switchyard_storage::Database;
+
+const SERVICE: &str = "notifier";
+/// The RPC topic of alarm management.
+const ALARMS_TOPIC: &str = "alarms";
+
+/// Evaluates alarms and delivers their webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-notifier", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigFlags,
+}
+
+fn endpoints() -> Vec<EndpointSpec> {
+    let mut specs = vec![
+        EndpointSpec::new("evaluate_alarms", EndpointKind::Async),
+        EndpointSpec::new("deliver_webhook", EndpointKind::Blocking),
+    ];
+    specs.extend(
+        alarms::METHODS
+            .iter()
+            .map(|m| EndpointSpec::new(*m, EndpointKind::Blocking)),
+    );
+    specs
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded =
+        match switchyard_service::configure::<NotifierSettings>(SERVICE, &cli.config, |_| {
+            endpoints()
+        }) {
+            Ok(loaded) => loaded,
+            Err(code) => return code,
+        };
+    switchyard_service::run(SERVICE, loaded.settings, serve)
+}
+
+async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<()> {
+    let Running {
+        executor,
+        identity,
+        shutdown,
+    } = running;
+    let database = Database::open(&settings.storage, alarms::MIGRATIONS)
+        .await
+        .context("opening the alarm store")?;
+    let transport = Transport::connect(&settings.amqp, SERVICE, &identity.instance_id).await?;
+    let exchange = settings.amqp.exchange.clone();
+    let notifier = Notifier::new(
+        &transport,
+        &exchange,
+        &format!("{SERVICE}@{}", identity.instance_id),
+    )
+    .await?;
+    let runtime = tokio::runtime::Handle::current();
+
+    let methods = alarms::Methods::new(&database, &runtime);
+    let rpc = RpcServer::builder(&exchange, ALARMS_TOPIC, &identity.instance_id)
+        .method(executor.register(methods.create)?)
+        .method(executor.register(methods.get)?)
+        .method(executor.register(methods.list)?)
+        .method(executor.register(methods.delete)?)
+        .method(executor.register(methods.history)?)
+        .start(&transport, executor.config().capacity(), shutdown.clone())
+        .await?;
+
+    let client = evaluate::query_client(&settings.notifier.collector_url)
+        .context("notifier.collector_url")?;
+    let evaluator = NotificationListener::builder(&exchange, "alarm-evaluator")
+        .subscribe("sample.recorded", &[Priority::Info])
+        .start(
+            &transport,
+            executor.register(evaluate::endpoint(database.clone(), client, notifier))?,
+            shutdown.clone(),
+        )
+        .await?;
+    let webhooks = NotificationListener::builder(&exchange, "webhook-sender")
+        .subscribe(evaluate::ALARM_STATE_CHANGED, &[])
+        .start(
+            &transport,
+            executor.register(webhook::endpoint(&settings.notifier))?,
+            shutdown.clone(),
+        )
+        .await?;
+
+    heartbeat::spawn(
+        RpcClient::new(&transport).await?,
+        exchange,
+        SERVICE.to_string(),
+        identity.instance_id.clone(),
+        executor.clone(),
+        Duration::from_millis(settings.rollout.heartbeat_interval_ms),
+        shutdown.clone(),
+    );
+    tracing::info!("notifier ready");
+    shutdown.cancelled().await;
+    rpc.stopped().await;
+    evaluator.stopped().await;
+    webhooks.stopped().await;
+    transport.close().await;
+    Ok(())
+}

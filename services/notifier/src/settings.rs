@@ -1,0 +1,113 @@
+//! The notifier's configuration.
+
+use serde::{Deserialize, Serialize};
+use switchyard_config::Settings;
+use switchyard_executor::ExecutorConfig;
+use switchyard_messaging::AmqpConfig;
+use switchyard_messaging::heartbeat::RolloutConfig;
+use switchyard_service::{MetricsConfig, ServiceSettings};
+use switchyard_storage::StorageConfig;
+use switchyard_telemetry::TelemetryConfig;
+
+/// `[notifier]`: where statistics come from and how webhooks are sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifierConfig {
+    /// The collector's query API.
+    pub collector_url: String,
+    /// POST attempts per delivery before the message is requeued (with backoff).
+    pub webhook_attempts: u32,
+    /// Delay before the second attempt; doubles each time.
+    pub webhook_backoff_ms: u64,
+    /// Timeout of one POST.
+    pub webhook_timeout_ms: u64,
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        Self {
+            collector_url: "http://127.0.0.1:50052".into(),
+            webhook_attempts: 3,
+            webhook_backoff_ms: 200,
+            webhook_timeout_ms: 2000,
+        }
+    }
+}
+
+/// Everything the notifier reads from defaults, its TOML file and the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifierSettings {
+    pub executor: ExecutorConfig,
+    pub telemetry: TelemetryConfig,
+    pub metrics: MetricsConfig,
+    pub amqp: AmqpConfig,
+    pub storage: StorageConfig,
+    pub rollout: RolloutConfig,
+    pub notifier: NotifierConfig,
+}
+
+impl Default for NotifierSettings {
+    fn default() -> Self {
+        Self {
+            executor: ExecutorConfig {
+                phase: switchyard_executor::Phase::Bridged,
+                ..ExecutorConfig::default()
+            },
+            telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::default(),
+            amqp: AmqpConfig::default(),
+            storage: StorageConfig::sqlite_for("notifier"),
+            rollout: RolloutConfig::default(),
+            notifier: NotifierConfig::default(),
+        }
+    }
+}
+
+impl Settings for NotifierSettings {
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut problems =
+            switchyard_service::shared_problems(&self.executor, &self.telemetry, &self.metrics);
+        let sections: [(&str, Vec<(&'static str, String)>); 2] = [
+            ("amqp", self.amqp.problems()),
+            ("storage", self.storage.problems()),
+        ];
+        for (section, found) in sections {
+            problems.extend(
+                found
+                    .into_iter()
+                    .map(|(key, message)| (format!("{section}.{key}"), message)),
+            );
+        }
+        if !self.notifier.collector_url.starts_with("http://")
+            && !self.notifier.collector_url.starts_with("https://")
+        {
+            problems.push((
+                "notifier.collector_url".into(),
+                format!(
+                    "`{}` is not a URL; accepted: http(s)://host:port",
+                    self.notifier.collector_url
+                ),
+            ));
+        }
+        if self.notifier.webhook_attempts == 0 {
+            problems.push((
+                "notifier.webhook_attempts".into(),
+                "0 is out of range; accepted: 1 or more".into(),
+            ));
+        }
+        problems
+    }
+}
+
+impl ServiceSettings for NotifierSettings {
+    fn executor(&self) -> &ExecutorConfig {
+        &self.executor
+    }
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+    fn metrics(&self) -> &MetricsConfig {
+        &self.metrics
+    }
+}

@@ -1,0 +1,87 @@
+//! Webhook delivery: every `alarm.state_changed` is POSTed to its alarm's
+//! webhook URL. Legacy code still: a blocking HTTP client on a pool thread.
+//! A delivery is retried in place with backoff, then requeued (counted,
+//! dead-lettered past `amqp.max_deliveries`); it is acknowledged only after
+//! a 2xx, so each transition is delivered once the receiver is back.
+
+use std::time::Duration;
+
+use switchyard_executor::Endpoint;
+use switchyard_messaging::{EndpointError, Handled, Notification};
+use switchyard_proto::messaging::v1::AlarmStateChanged;
+use switchyard_proto::metering::v1::AlarmState;
+
+use crate::settings::NotifierConfig;
+
+fn state_name(state: i32) -> &'static str {
+    match AlarmState::try_from(state) {
+        Ok(AlarmState::Ok) => "ok",
+        Ok(AlarmState::Alarm) => "alarm",
+        Ok(AlarmState::InsufficientData) => "insufficient_data",
+        _ => "unknown",
+    }
+}
+
+/// The JSON body a webhook receives.
+pub fn body(changed: &AlarmStateChanged) -> String {
+    let alarm = changed.alarm.clone().unwrap_or_default();
+    let transition = changed.transition.clone().unwrap_or_default();
+    serde_json::json!({
+        "alarm_id": alarm.id,
+        "name": alarm.name,
+        "meter": alarm.meter,
+        "threshold": alarm.threshold,
+        "previous": state_name(transition.from),
+        "current": state_name(transition.to),
+        "reason": transition.reason,
+        "at_unix": transition.at.map(|t| t.seconds).unwrap_or_default(),
+    })
+    .to_string()
+}
+
+/// The `alarm.state_changed` endpoint.
+pub fn endpoint(
+    config: &NotifierConfig,
+) -> Endpoint<Notification<AlarmStateChanged>, Result<Handled, EndpointError>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_millis(config.webhook_timeout_ms)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let attempts = config.webhook_attempts.max(1);
+    let backoff = Duration::from_millis(config.webhook_backoff_ms);
+    Endpoint::blocking(
+        "deliver_webhook",
+        move |_, changed: Notification<AlarmStateChanged>| {
+            let url = changed
+                .payload
+                .alarm
+                .as_ref()
+                .map(|a| a.webhook_url.clone())
+                .unwrap_or_default();
+            if url.is_empty() {
+                return Ok(Handled::Handled);
+            }
+            let body = body(&changed.payload);
+            let mut last = String::new();
+            for attempt in 1..=attempts {
+                match agent
+                    .post(&url)
+                    .header("Content-Type", "application/json")
+                    .send(body.as_str())
+                {
+                    Ok(response) if response.status().is_success() => return Ok(Handled::Handled),
+                    Ok(response) => last = format!("HTTP {}", response.status()),
+                    Err(error) => last = error.to_string(),
+                }
+                if attempt < attempts {
+                    std::thread::sleep(backoff * 2u32.saturating_pow(attempt - 1));
+                }
+            }
+            Err(EndpointError::Transient(format!(
+                "webhook {}: {last} after {attempts} attempts",
+                switchyard_config::redact_text(&url)
+            )))
+        },
+    )
+}

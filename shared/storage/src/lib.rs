@@ -1,0 +1,175 @@
+//! SQL storage for the services: embedded SQLite by default so nothing needs
+//! setting up, PostgreSQL when `storage.url` is `postgres://…`. One code path
+//! through sqlx's `Any` driver; queries use `$1…` placeholders, which both
+//! databases accept. Migrations are plain SQL compiled into the binary and
+//! applied in order at startup, each once.
+#![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use thiserror::Error;
+
+pub use sqlx;
+
+/// The `[storage]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sqlite://path?mode=rwc` or `postgres://user:password@host/db`.
+    pub url: String,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// How long to wait for a connection.
+    pub acquire_timeout_ms: u64,
+}
+
+impl StorageConfig {
+    /// A default for `service`: a SQLite file in the working directory.
+    pub fn sqlite_for(service: &str) -> Self {
+        Self {
+            url: format!("sqlite://{service}.db?mode=rwc"),
+            max_connections: 8,
+            acquire_timeout_ms: 5000,
+        }
+    }
+
+    /// Range checks, relative to the section.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let accepted = ["sqlite:", "postgres://", "postgresql://"];
+        if accepted.iter().any(|prefix| self.url.starts_with(prefix)) {
+            Vec::new()
+        } else {
+            vec![(
+                "url",
+                format!(
+                    "`{}` is not a supported database URL; accepted: sqlite://PATH?mode=rwc or postgres://…",
+                    switchyard_config::redact_text(&self.url)
+                ),
+            )]
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self::sqlite_for("switchyard")
+    }
+}
+
+/// A storage failure. Messages never contain the URL's password.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// Could not open the database.
+    #[error("cannot open the database at {url}: {reason}")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A query failed.
+    #[error("{operation}: {reason}")]
+    Query {
+        /// What was being done.
+        operation: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl StorageError {
+    /// A mapper for `map_err` naming the operation.
+    pub fn query(operation: &str) -> impl FnOnce(sqlx::Error) -> Self + '_ {
+        move |error| StorageError::Query {
+            operation: operation.to_string(),
+            reason: switchyard_config::redact_text(&error.to_string()),
+        }
+    }
+}
+
+/// A connection pool with the schema migrated.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+}
+
+impl Database {
+    /// Opens the database and applies `migrations` (`(version, sql)`, in
+    /// order; each statement separated by `;`) that were not applied yet.
+    pub async fn open(
+        config: &StorageConfig,
+        migrations: &[(i64, &'static str)],
+    ) -> Result<Self, StorageError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .connect(&config.url)
+            .await
+            .map_err(|error| StorageError::Connect {
+                url: switchyard_config::redact_text(&config.url),
+                reason: switchyard_config::redact_text(&error.to_string()),
+            })?;
+        let database = Self { pool };
+        database.migrate(migrations).await?;
+        Ok(database)
+    }
+
+    async fn migrate(&self, migrations: &[(i64, &'static str)]) -> Result<(), StorageError> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS switchyard_migrations (version BIGINT PRIMARY KEY)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(StorageError::query("creating the migrations table"))?;
+        for (version, sql) in migrations {
+            let applied: Option<(i64,)> =
+                sqlx::query_as("SELECT version FROM switchyard_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StorageError::query("reading applied migrations"))?;
+            if applied.is_some() {
+                continue;
+            }
+            let mut transaction = self
+                .pool
+                .begin()
+                .await
+                .map_err(StorageError::query("starting a migration"))?;
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(statement)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StorageError::query(&format!(
+                        "applying migration {version}"
+                    )))?;
+            }
+            sqlx::query("INSERT INTO switchyard_migrations (version) VALUES ($1)")
+                .bind(*version)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StorageError::query("recording a migration"))?;
+            transaction
+                .commit()
+                .await
+                .map_err(StorageError::query("committing a migration"))?;
+            tracing::info!(version, "applied migration {version}");
+        }
+        Ok(())
+    }
+
+    /// The pool, for queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// `true` when the database answers (readiness).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
