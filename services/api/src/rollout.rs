@@ -10,10 +10,14 @@ use switchyard_messaging::EndpointError;
 use switchyard_proto::messaging::v1::Heartbeat;
 use switchyard_proto::metering::v1::{GetRolloutResponse, InstanceStatus};
 
+/// The latest heartbeat of one instance, and when it arrived (monotonic for
+/// liveness, wall clock for display).
+type Seen = (InstanceStatus, Instant, SystemTime);
+
 /// Heartbeats received, by (service, instance).
 #[derive(Debug, Clone, Default)]
 pub struct Rollout {
-    seen: Arc<Mutex<BTreeMap<(String, String), (InstanceStatus, Instant, SystemTime)>>>,
+    seen: Arc<Mutex<BTreeMap<(String, String), Seen>>>,
 }
 
 impl Rollout {

@@ -55,7 +55,7 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         identity,
         shutdown,
     } = running;
-    let database = Database::open(&settings.storage, samples::MIGRATIONS)
+    let database = Database::open(&settings.storage, SERVICE, samples::MIGRATIONS)
         .await
         .context("opening the sample store")?;
     let transport = Transport::connect(&settings.amqp, SERVICE, &identity.instance_id).await?;

@@ -112,6 +112,12 @@ pub fn record_samples(
         let stored = runtime
             .block_on(store(&database, &batch.samples))
             .map_err(|error| EndpointError::Transient(error.to_string()))?;
+        tracing::debug!(
+            stored,
+            of = batch.samples.len(),
+            "stored {stored} new samples of {}",
+            batch.samples.len()
+        );
         let recorded = SampleRecorded {
             meters: batch
                 .samples

@@ -71,7 +71,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         identity,
         shutdown,
     } = running;
-    let database = Database::open(&settings.storage, alarms::MIGRATIONS)
+    let database = Database::open(&settings.storage, SERVICE, alarms::MIGRATIONS)
         .await
         .context("opening the alarm store")?;
     let transport = Transport::connect(&settings.amqp, SERVICE, &identity.instance_id).await?;

@@ -157,7 +157,9 @@ impl Loader {
             file_was_named,
             env: env
                 .into_iter()
-                .filter(|(key, _)| key.starts_with(ENV_PREFIX) && !CLI_VARIABLES.contains(&key.as_str()))
+                .filter(|(key, _)| {
+                    key.starts_with(ENV_PREFIX) && !CLI_VARIABLES.contains(&key.as_str())
+                })
                 .collect(),
         }
     }

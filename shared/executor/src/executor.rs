@@ -20,10 +20,19 @@ use crate::stats::{EndpointCounters, ExecutorSnapshot};
 use crate::watch::{Running, Watched, panic_message, start_watchdog};
 use crate::{EndpointSpec, ExecutorConfig, Phase};
 
-/// The executor could not start its threads.
+/// The executor could not start.
 #[derive(Debug, Error)]
-#[error("could not start the executor's worker threads: {0}")]
-pub struct StartError(#[from] std::io::Error);
+pub enum StartError {
+    /// Its worker threads could not be spawned.
+    #[error("could not start the executor's worker threads: {0}")]
+    Threads(#[from] std::io::Error),
+    /// The `bridged` phase drives async bodies with the service's Tokio
+    /// runtime, so the executor must be created inside one.
+    #[error(
+        "the bridged phase needs a Tokio runtime: create the executor from within the service's runtime"
+    )]
+    NoRuntime,
+}
 
 /// Runs one service's endpoints in its configured phase.
 ///
@@ -127,8 +136,16 @@ impl Executor {
     /// metrics) with `config`.
     pub fn new(name: &str, config: ExecutorConfig) -> Result<Self, StartError> {
         let pool = match config.phase {
-            Phase::Threaded | Phase::Bridged => {
-                Some(Pool::start(name, config.phase, config.pool_size)?)
+            Phase::Threaded => Some(Pool::start(name, config.phase, config.pool_size, None)?),
+            Phase::Bridged => {
+                let runtime =
+                    tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+                Some(Pool::start(
+                    name,
+                    config.phase,
+                    config.pool_size,
+                    Some(runtime),
+                )?)
             }
             Phase::Async => None,
         };
@@ -608,7 +625,7 @@ where
                 runtime.block_on(with_deadline(&this.name, deadline, watched))
             }
             // Registration refuses async bodies in the threaded phase, the
-            // only pool without runtimes.
+            // only pool without a runtime handle.
             (Body::Async(_), None) => unreachable!("async endpoint on a thread without a runtime"),
         };
         this.finish(started, deadline, &admitted.span, result)

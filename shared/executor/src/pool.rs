@@ -15,9 +15,15 @@ use crate::Phase;
 
 /// What a worker thread offers the job it runs.
 pub(crate) struct Worker {
-    /// In the `bridged` phase, the thread's own current-thread runtime that
-    /// drives async endpoint bodies to completion.
-    pub runtime: Option<tokio::runtime::Runtime>,
+    /// In the `bridged` phase, the service runtime whose drivers the worker
+    /// uses while it drives an async body to completion on its own thread
+    /// (`Handle::block_on`). A runtime per worker thread would bind every
+    /// socket an endpoint opens (a pooled database connection, say) to that
+    /// thread's reactor, which nobody drives while the thread waits for work:
+    /// the next endpoint to borrow the connection from another thread would
+    /// hang. Borrowing the service runtime's drivers keeps one reactor for
+    /// every phase, and still one request per pool thread.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 pub(crate) type Job = Box<dyn FnOnce(&Worker) + Send + 'static>;
@@ -35,16 +41,17 @@ pub(crate) struct Pool {
 
 impl Pool {
     /// Starts `size` threads named `<name>-worker-<i>`; in the `bridged` phase
-    /// each builds its current-thread runtime before taking work.
-    pub fn start(name: &str, phase: Phase, size: usize) -> std::io::Result<Self> {
+    /// they drive async bodies with `runtime`'s drivers.
+    pub fn start(
+        name: &str,
+        phase: Phase,
+        size: usize,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> std::io::Result<Self> {
         let (sender, receiver) = crossbeam_channel::unbounded();
         for index in 0..size {
             let runtime = match phase {
-                Phase::Bridged => Some(
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?,
-                ),
+                Phase::Bridged => runtime.clone(),
                 _ => None,
             };
             let receiver: Receiver<Message> = receiver.clone();

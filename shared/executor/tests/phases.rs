@@ -567,3 +567,65 @@ async fn hung_work_is_reported_once() {
         job.await.expect("join").expect("ok");
     }
 }
+
+/// A socket an async body opens in the bridged phase (a pooled database
+/// connection, say) must stay usable by the next body, on any thread,
+/// blocking or async: every phase shares the service runtime's reactor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridged_resources_outlive_the_body_that_opened_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut buffer = [0u8; 4];
+        while socket.read_exact(&mut buffer).await.is_ok() {
+            let _ = socket.write_all(&buffer).await;
+        }
+    });
+    let executor = executor(Phase::Bridged, 2);
+    let shared: Arc<tokio::sync::Mutex<Option<tokio::net::TcpStream>>> = Arc::default();
+    let slot = Arc::clone(&shared);
+    let open = executor
+        .register(Endpoint::from_async("open", move |_, ()| {
+            let slot = Arc::clone(&slot);
+            async move {
+                let stream = tokio::net::TcpStream::connect(address)
+                    .await
+                    .expect("connect");
+                *slot.lock().await = Some(stream);
+            }
+        }))
+        .expect("registered");
+    let runtime = tokio::runtime::Handle::current();
+    let slot = Arc::clone(&shared);
+    let reuse = executor
+        .register(Endpoint::blocking("reuse", move |_, ()| {
+            runtime.block_on(async {
+                let exchange = async {
+                    let mut guard = slot.lock().await;
+                    let stream = guard.as_mut().expect("opened");
+                    stream.write_all(b"ping").await.expect("write");
+                    let mut buffer = [0u8; 4];
+                    stream.read_exact(&mut buffer).await.expect("read");
+                    buffer
+                };
+                tokio::time::timeout(Duration::from_secs(5), exchange)
+                    .await
+                    .map_err(|_| "the socket's reactor is not driven")
+            })
+        }))
+        .expect("registered");
+    open.dispatch((), DispatchOptions::default())
+        .await
+        .expect("opened");
+    for _ in 0..4 {
+        let echoed = reuse
+            .dispatch((), DispatchOptions::default())
+            .await
+            .expect("dispatched");
+        assert_eq!(echoed, Ok(*b"ping"));
+    }
+}

@@ -98,10 +98,12 @@ pub struct Database {
 }
 
 impl Database {
-    /// Opens the database and applies `migrations` (`(version, sql)`, in
-    /// order; each statement separated by `;`) that were not applied yet.
+    /// Opens the database and applies the `migrations` of `component` (the
+    /// service: services may share one database) that were not applied yet:
+    /// `(version, sql)` in order, statements separated by `;`.
     pub async fn open(
         config: &StorageConfig,
+        component: &str,
         migrations: &[(i64, &'static str)],
     ) -> Result<Self, StorageError> {
         sqlx::any::install_default_drivers();
@@ -115,24 +117,31 @@ impl Database {
                 reason: switchyard_config::redact_text(&error.to_string()),
             })?;
         let database = Self { pool };
-        database.migrate(migrations).await?;
+        database.migrate(component, migrations).await?;
         Ok(database)
     }
 
-    async fn migrate(&self, migrations: &[(i64, &'static str)]) -> Result<(), StorageError> {
+    async fn migrate(
+        &self,
+        component: &str,
+        migrations: &[(i64, &'static str)],
+    ) -> Result<(), StorageError> {
         sqlx::query(
-            "CREATE TABLE IF NOT EXISTS switchyard_migrations (version BIGINT PRIMARY KEY)",
+            "CREATE TABLE IF NOT EXISTS switchyard_migrations (
+                component TEXT NOT NULL, version BIGINT NOT NULL, PRIMARY KEY (component, version))",
         )
         .execute(&self.pool)
         .await
         .map_err(StorageError::query("creating the migrations table"))?;
         for (version, sql) in migrations {
-            let applied: Option<(i64,)> =
-                sqlx::query_as("SELECT version FROM switchyard_migrations WHERE version = $1")
-                    .bind(*version)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(StorageError::query("reading applied migrations"))?;
+            let applied: Option<(i64,)> = sqlx::query_as(
+                "SELECT version FROM switchyard_migrations WHERE component = $1 AND version = $2",
+            )
+            .bind(component.to_string())
+            .bind(*version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StorageError::query("reading applied migrations"))?;
             if applied.is_some() {
                 continue;
             }
@@ -149,7 +158,8 @@ impl Database {
                         "applying migration {version}"
                     )))?;
             }
-            sqlx::query("INSERT INTO switchyard_migrations (version) VALUES ($1)")
+            sqlx::query("INSERT INTO switchyard_migrations (component, version) VALUES ($1, $2)")
+                .bind(component.to_string())
                 .bind(*version)
                 .execute(&mut *transaction)
                 .await
@@ -158,7 +168,7 @@ impl Database {
                 .commit()
                 .await
                 .map_err(StorageError::query("committing a migration"))?;
-            tracing::info!(version, "applied migration {version}");
+            tracing::info!(version, "applied {component} migration {version}");
         }
         Ok(())
     }

@@ -1,0 +1,421 @@
+//! The metering pipeline end to end: three real binaries in three phases on
+//! the real RabbitMQ and PostgreSQL. Samples produce the right statistics, an
+//! alarm fires and its webhook is called once, one trace crosses all three
+//! services with each span saying its phase, and a service restarted into
+//! another phase under load loses and duplicates nothing.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::{Duration, Instant, SystemTime};
+
+use support::{BOUND, Service, Webhook};
+use switchyard_proto::metering::v1::metering_client::MeteringClient;
+use switchyard_proto::metering::v1::*;
+use switchyard_telemetry::receiver::OtlpReceiver;
+use tonic::transport::Channel;
+
+fn now() -> prost_types::Timestamp {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+fn sample(id: String, volume: f64) -> Sample {
+    Sample {
+        id,
+        meter: "cpu_util".into(),
+        unit: "%".into(),
+        volume,
+        timestamp: Some(now()),
+        resource_id: "vm-1".into(),
+        project_id: "e2e".into(),
+        ..Sample::default()
+    }
+}
+
+async fn statistics(client: &mut MeteringClient<Channel>) -> Statistics {
+    let request = GetStatisticsRequest {
+        meter: "cpu_util".into(),
+        project_id: "e2e".into(),
+        start: Some(prost_types::Timestamp {
+            seconds: now().seconds - 3600,
+            nanos: 0,
+        }),
+        end: Some(prost_types::Timestamp {
+            seconds: now().seconds + 3600,
+            nanos: 0,
+        }),
+        period_seconds: 0,
+        ..GetStatisticsRequest::default()
+    };
+    let buckets = client
+        .get_statistics(request)
+        .await
+        .expect("statistics")
+        .into_inner()
+        .buckets;
+    buckets.into_iter().next().unwrap_or_default()
+}
+
+/// Waits until the statistics count `expected` samples.
+async fn wait_for_count(client: &mut MeteringClient<Channel>, expected: u64) -> Statistics {
+    let started = Instant::now();
+    loop {
+        let stats = statistics(client).await;
+        if stats.count == expected {
+            return stats;
+        }
+        assert!(
+            stats.count < expected,
+            "more samples stored than posted: {} > {expected}",
+            stats.count
+        );
+        assert!(
+            started.elapsed() < BOUND,
+            "only {} of {expected} samples stored",
+            stats.count
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_services_in_three_phases() {
+    let id = switchyard_messaging::wire::new_id();
+    let exchange = format!("e2e-{id}");
+    let database = format!("e2e_{id}");
+    let storage = support::create_database(&database).await;
+    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("receiver");
+    let webhook = Webhook::start().await;
+    let dir = std::env::temp_dir().join(format!("switchyard-e2e-{id}"));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+
+    let common = |phase: &str| -> Vec<(String, String)> {
+        vec![
+            ("SWITCHYARD_EXECUTOR__PHASE".into(), phase.into()),
+            ("SWITCHYARD_EXECUTOR__POOL_SIZE".into(), "8".into()),
+            ("SWITCHYARD_AMQP__EXCHANGE".into(), exchange.clone()),
+            ("SWITCHYARD_AMQP__RETRY_DELAY_MS".into(), "20".into()),
+            (
+                "SWITCHYARD_ROLLOUT__HEARTBEAT_INTERVAL_MS".into(),
+                "300".into(),
+            ),
+            ("SWITCHYARD_TELEMETRY__EXPORT_DELAY_MS".into(), "100".into()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
+        ]
+    };
+    let collector_env = |phase: &str| {
+        let mut env = common(phase);
+        env.push(("SWITCHYARD_GRPC__LISTEN".into(), "127.0.0.1:0".into()));
+        env.push(("SWITCHYARD_STORAGE__URL".into(), storage.clone()));
+        env
+    };
+    let collector = Service::start("collector", &dir, &collector_env("threaded"));
+    let collector_url = collector.url();
+    let mut env = common("bridged");
+    env.push(("SWITCHYARD_STORAGE__URL".into(), storage.clone()));
+    env.push((
+        "SWITCHYARD_NOTIFIER__COLLECTOR_URL".into(),
+        collector_url.clone(),
+    ));
+    let notifier = Service::start("notifier", &dir, &env);
+    let mut env = common("async");
+    env.push(("SWITCHYARD_GRPC__LISTEN".into(), "127.0.0.1:0".into()));
+    env.push((
+        "SWITCHYARD_API__COLLECTOR_URL".into(),
+        collector_url.clone(),
+    ));
+    let api = Service::start("api", &dir, &env);
+    let mut client = MeteringClient::connect(api.url())
+        .await
+        .expect("api answers");
+
+    // An alarm that fires once the average passes 50.
+    let alarm = client
+        .create_alarm(CreateAlarmRequest {
+            alarm: Some(Alarm {
+                name: "hot".into(),
+                meter: "cpu_util".into(),
+                project_id: "e2e".into(),
+                statistic: Statistic::Avg as i32,
+                comparison: Comparison::Gt as i32,
+                threshold: 50.0,
+                period_seconds: 600,
+                evaluation_periods: 1,
+                webhook_url: webhook.url.clone(),
+                ..Alarm::default()
+            }),
+        })
+        .await
+        .expect("alarm created")
+        .into_inner();
+
+    // 200 samples in one batch, so the alarm is evaluated once; volumes
+    // 0..199: count 200, min 0, max 199, avg 99.5, sum 19900.
+    let samples: Vec<Sample> = (0..200)
+        .map(|n| sample(format!("{id}-{n}"), f64::from(n)))
+        .collect();
+    let ids = client
+        .post_samples(PostSamplesRequest { samples })
+        .await
+        .expect("posted")
+        .into_inner()
+        .ids;
+    let mut posted: BTreeSet<String> = ids.into_iter().collect();
+    assert_eq!(posted.len(), 200, "client-supplied ids are kept");
+    let stats = wait_for_count(&mut client, 200).await;
+    assert_eq!((stats.min, stats.max, stats.sum), (0.0, 199.0, 19900.0));
+    assert!((stats.avg - 99.5).abs() < 1e-9, "avg {}", stats.avg);
+
+    // The alarm fires, and its webhook is called once for that transition.
+    let started = Instant::now();
+    while webhook.received().is_empty() {
+        assert!(
+            started.elapsed() < BOUND,
+            "the webhook was never called; notifier log:\n{}",
+            notifier.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let history = client
+        .get_alarm_history(GetAlarmHistoryRequest {
+            id: alarm.id.clone(),
+        })
+        .await
+        .unwrap_or_else(|status| {
+            panic!(
+                "history: {status:?}\nnotifier log:\n{}\napi log:\n{}",
+                notifier.log_text(),
+                api.log_text()
+            )
+        })
+        .into_inner()
+        .transitions;
+    assert_eq!(
+        history.len(),
+        1,
+        "{history:?}\n{}",
+        collector
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("stored"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        history[0].to,
+        AlarmState::Alarm as i32,
+        "{history:?}\n{}",
+        collector
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("stored"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // More samples above the threshold keep it in alarm: no second call.
+    client
+        .post_samples(PostSamplesRequest {
+            samples: vec![sample(format!("{id}-extra"), 90.0)],
+        })
+        .await
+        .expect("posted");
+    posted.insert(format!("{id}-extra"));
+    wait_for_count(&mut client, 201).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = webhook.received();
+    assert_eq!(calls.len(), 1, "one call per transition: {calls:?}");
+    assert!(
+        calls[0].contains("\"current\":\"alarm\"") && calls[0].contains(&alarm.id),
+        "{}",
+        calls[0]
+    );
+
+    // One trace crosses all three services, each span with its phase.
+    let phases = [
+        ("api", "async"),
+        ("collector", "threaded"),
+        ("notifier", "bridged"),
+    ];
+    let spans = receiver
+        .wait_for(BOUND, |spans| {
+            spans.iter().any(|root| {
+                phases.iter().all(|(service, _)| {
+                    spans
+                        .iter()
+                        .any(|s| s.trace_id == root.trace_id && s.service == *service)
+                })
+            })
+        })
+        .await
+        .unwrap_or_else(|spans| {
+            panic!("no trace crossed all three services; {} spans", spans.len())
+        });
+    let trace = spans
+        .iter()
+        .find(|root| {
+            phases.iter().all(|(service, _)| {
+                spans
+                    .iter()
+                    .any(|s| s.trace_id == root.trace_id && s.service == *service)
+            })
+        })
+        .map(|s| s.trace_id.clone())
+        .expect("a crossing trace");
+    for span in spans.iter().filter(|s| s.trace_id == trace) {
+        let expected = phases
+            .iter()
+            .find(|(service, _)| *service == span.service)
+            .map(|(_, p)| *p);
+        assert_eq!(
+            span.resource.get("switchyard.phase").map(String::as_str),
+            expected,
+            "{span:?}"
+        );
+        if span.name.starts_with("dispatch ") {
+            assert_eq!(
+                span.attributes.get("switchyard.phase").map(String::as_str),
+                expected,
+                "{span:?}"
+            );
+        }
+    }
+
+    // Restart the collector into the async phase while samples keep coming.
+    let posting = Arc::new(AtomicBool::new(true));
+    let load = {
+        let (posting, mut client, id) = (Arc::clone(&posting), client.clone(), id.clone());
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut n = 0;
+            while posting.load(SeqCst) {
+                let sample_id = format!("{id}-load-{n}");
+                n += 1;
+                // Retrying an idempotent request: the id makes it safe.
+                let started = Instant::now();
+                while client
+                    .post_samples(PostSamplesRequest {
+                        samples: vec![sample(sample_id.clone(), 10.0)],
+                    })
+                    .await
+                    .is_err()
+                {
+                    assert!(started.elapsed() < BOUND, "{sample_id} never accepted");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                sent.push(sample_id);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        collector.stop(),
+        0,
+        "the collector drained and exited cleanly"
+    );
+    let collector = Service::start("collector", &dir, &collector_env("async"));
+    // The api and notifier still point at the old query address: the new
+    // instance binds a new port. Statistics are read through the new one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    posting.store(false, SeqCst);
+    let sent = load.await.expect("load finished");
+    assert!(!sent.is_empty());
+    posted.extend(sent);
+
+    let started = Instant::now();
+    loop {
+        let rollout = client
+            .get_rollout(GetRolloutRequest {})
+            .await
+            .expect("rollout")
+            .into_inner();
+        let new_collector = rollout
+            .instances
+            .iter()
+            .any(|i| i.service == "collector" && i.up && i.phase == "async");
+        if new_collector {
+            break;
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "the rollout never showed the collector in async: {rollout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let channel = tonic::transport::Endpoint::from_shared(collector.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("collector");
+    let mut query =
+        switchyard_proto::collector::v1::sample_query_client::SampleQueryClient::new(channel);
+    let started = Instant::now();
+    loop {
+        let request = GetStatisticsRequest {
+            meter: "cpu_util".into(),
+            project_id: "e2e".into(),
+            start: Some(prost_types::Timestamp {
+                seconds: now().seconds - 3600,
+                nanos: 0,
+            }),
+            end: Some(prost_types::Timestamp {
+                seconds: now().seconds + 3600,
+                nanos: 0,
+            }),
+            ..GetStatisticsRequest::default()
+        };
+        let count = query
+            .get_statistics(request)
+            .await
+            .expect("statistics")
+            .into_inner()
+            .buckets
+            .first()
+            .map(|b| b.count)
+            .unwrap_or(0);
+        assert!(
+            count <= posted.len() as u64,
+            "duplicates stored: {count} > {}",
+            posted.len()
+        );
+        if count == posted.len() as u64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "lost samples: {count} of {}",
+            posted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spans = receiver
+        .wait_for(BOUND, |spans| {
+            spans.iter().any(|s| {
+                s.service == "collector"
+                    && s.name == "dispatch record_samples"
+                    && s.attribute("switchyard.phase") == Some("async")
+            })
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no collector span in the async phase"));
+    assert!(spans.iter().any(|s| s.service == "collector"
+        && s.attributes.get("switchyard.offloaded").map(String::as_str) == Some("true")));
+
+    drop(api);
+    drop(notifier);
+    drop(collector);
+    support::delete_broker_objects(&exchange).await;
+    support::drop_database(&database).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
