@@ -98,6 +98,11 @@ async fn three_services_in_three_phases() {
     let webhook = Webhook::start().await;
     let dir = std::env::temp_dir().join(format!("switchyard-e2e-{id}"));
     std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _cleanup = support::Cleanup {
+        exchange: exchange.clone(),
+        database: database.clone(),
+        dir: dir.clone(),
+    };
 
     let common = |phase: &str| -> Vec<(String, String)> {
         vec![
@@ -415,7 +420,4 @@ async fn three_services_in_three_phases() {
     drop(api);
     drop(notifier);
     drop(collector);
-    support::delete_broker_objects(&exchange).await;
-    support::drop_database(&database).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

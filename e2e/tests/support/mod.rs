@@ -267,3 +267,33 @@ pub async fn delete_broker_objects(prefix: &str) {
     }
     let _ = connection.close(200, "cleanup".into()).await;
 }
+
+/// Removes what a test made — broker objects, database, scratch folder —
+/// when dropped, so a failing test leaves nothing behind either. Declare it
+/// before the services, so they are stopped first.
+pub struct Cleanup {
+    pub exchange: String,
+    pub database: String,
+    pub dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (exchange, database) = (self.exchange.clone(), self.database.clone());
+        // Drop runs inside the test's runtime, which cannot be blocked on:
+        // clean up from a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(async {
+                    delete_broker_objects(&exchange).await;
+                    drop_database(&database).await;
+                });
+            }
+        })
+        .join();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
