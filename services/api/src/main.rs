@@ -126,17 +126,11 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         interval,
         shutdown.clone(),
     );
-    tokio::spawn({
-        let (readiness, transport, shutdown) =
-            (readiness.clone(), transport.clone(), shutdown.clone());
-        async move {
-            loop {
-                readiness.set("amqp", transport.is_connected()).await;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
+    readiness.watch("amqp", Duration::from_secs(1), shutdown.clone(), {
+        let transport = transport.clone();
+        move || {
+            let connected = transport.is_connected();
+            async move { connected }
         }
     });
     switchyard_grpc::serve(listener, routes, readiness, shutdown).await?;

@@ -67,6 +67,15 @@ enum Command {
     },
     /// Every instance, its phase and health, from heartbeats.
     Rollout,
+    /// Ask a service's gRPC health; exit 0 when it is SERVING (container healthchecks).
+    Health {
+        /// The service's gRPC address.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// A service name; empty asks about the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Receive OTLP traces and print each as a waterfall.
     Traces {
         /// Where to listen for OTLP/gRPC.
@@ -259,6 +268,33 @@ fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<Sample>> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
+        Command::Health { addr, service } => {
+            use tonic_health::pb::{
+                HealthCheckRequest, health_check_response::ServingStatus,
+                health_client::HealthClient,
+            };
+            let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+                .with_context(|| format!("--addr {addr}"))?
+                .connect_timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(3))
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach {addr}"))?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: service.clone(),
+                })
+                .await
+                .context("health check")?
+                .into_inner()
+                .status;
+            if status == ServingStatus::Serving as i32 {
+                println!("SERVING");
+                Ok(())
+            } else {
+                bail!("{addr} is not serving (status {status})")
+            }
+        }
         Command::Traces {
             listen,
             count,

@@ -100,12 +100,7 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         Duration::from_millis(settings.rollout.heartbeat_interval_ms),
         shutdown.clone(),
     );
-    tokio::spawn(watch_readiness(
-        readiness.clone(),
-        transport.clone(),
-        database,
-        shutdown.clone(),
-    ));
+    watch_readiness(&readiness, &transport, &database, &shutdown);
     switchyard_grpc::serve(listener, routes, readiness, shutdown).await?;
     rpc.stopped().await;
     transport.close().await;
@@ -113,18 +108,21 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
 }
 
 /// Keeps readiness in step with the broker connection and the database.
-async fn watch_readiness(
-    readiness: Readiness,
-    transport: Transport,
-    database: Database,
-    shutdown: tokio_util::sync::CancellationToken,
+fn watch_readiness(
+    readiness: &Readiness,
+    transport: &Transport,
+    database: &Database,
+    shutdown: &tokio_util::sync::CancellationToken,
 ) {
-    loop {
-        readiness.set("amqp", transport.is_connected()).await;
-        readiness.set("storage", database.ping().await).await;
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+    let every = Duration::from_secs(1);
+    let transport = transport.clone();
+    readiness.watch("amqp", every, shutdown.clone(), move || {
+        let connected = transport.is_connected();
+        async move { connected }
+    });
+    let database = database.clone();
+    readiness.watch("storage", every, shutdown.clone(), move || {
+        let database = database.clone();
+        async move { database.ping().await }
+    });
 }

@@ -22,6 +22,7 @@ use clap::Parser;
 use settings::NotifierSettings;
 use switchyard_config::ConfigFlags;
 use switchyard_executor::{EndpointKind, EndpointSpec};
+use switchyard_grpc::Readiness;
 use switchyard_messaging::{
     NotificationListener, Notifier, Priority, RpcClient, RpcServer, Transport, heartbeat,
 };
@@ -122,11 +123,41 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         Duration::from_millis(settings.rollout.heartbeat_interval_ms),
         shutdown.clone(),
     );
+    // The notifier's API is AMQP; it serves gRPC for health (readiness:
+    // broker connected, database answering) and reflection.
+    let (readiness, health) = Readiness::new(&[]).await;
+    let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)?;
+    let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
+    tracing::info!(
+        "health on {}",
+        listener.local_addr().context("reading the gRPC address")?
+    );
+    watch_readiness(&readiness, &transport, &database, &shutdown);
     tracing::info!("notifier ready");
-    shutdown.cancelled().await;
+    switchyard_grpc::serve(listener, routes, readiness, shutdown).await?;
     rpc.stopped().await;
     evaluator.stopped().await;
     webhooks.stopped().await;
     transport.close().await;
     Ok(())
+}
+
+/// Keeps readiness in step with the broker connection and the database.
+fn watch_readiness(
+    readiness: &Readiness,
+    transport: &Transport,
+    database: &Database,
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    let every = Duration::from_secs(1);
+    let transport = transport.clone();
+    readiness.watch("amqp", every, shutdown.clone(), move || {
+        let connected = transport.is_connected();
+        async move { connected }
+    });
+    let database = database.clone();
+    readiness.watch("storage", every, shutdown.clone(), move || {
+        let database = database.clone();
+        async move { database.ping().await }
+    });
 }

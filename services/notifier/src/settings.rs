@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use switchyard_config::Settings;
 use switchyard_executor::ExecutorConfig;
+use switchyard_grpc::GrpcConfig;
 use switchyard_messaging::AmqpConfig;
 use switchyard_messaging::heartbeat::RolloutConfig;
 use switchyard_service::{MetricsConfig, ServiceSettings};
@@ -42,6 +43,8 @@ pub struct NotifierSettings {
     pub telemetry: TelemetryConfig,
     pub metrics: MetricsConfig,
     pub amqp: AmqpConfig,
+    /// Health and reflection only: the notifier's API is AMQP.
+    pub grpc: GrpcConfig,
     pub storage: StorageConfig,
     pub rollout: RolloutConfig,
     pub notifier: NotifierConfig,
@@ -57,6 +60,10 @@ impl Default for NotifierSettings {
             telemetry: TelemetryConfig::default(),
             metrics: MetricsConfig::default(),
             amqp: AmqpConfig::default(),
+            grpc: GrpcConfig {
+                listen: "127.0.0.1:50053".into(),
+                ..GrpcConfig::default()
+            },
             storage: StorageConfig::sqlite_for("notifier"),
             rollout: RolloutConfig::default(),
             notifier: NotifierConfig::default(),

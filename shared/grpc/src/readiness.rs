@@ -65,6 +65,31 @@ impl Readiness {
             .unwrap_or_default()
     }
 
+    /// Runs `probe` every `interval` until `shutdown`, recording its answer
+    /// as the check `check` (e.g. `amqp` connected, `storage` answering).
+    pub fn watch<F, Fut>(
+        &self,
+        check: &str,
+        interval: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+        probe: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
+        let (readiness, check) = (self.clone(), check.to_string());
+        tokio::spawn(async move {
+            loop {
+                readiness.set(&check, probe().await).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        })
+    }
+
     /// Reports NOT_SERVING for good: the server is draining.
     pub(crate) async fn stop(&self) {
         self.set("shutdown", false).await;

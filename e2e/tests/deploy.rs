@@ -1,0 +1,265 @@
+//! The compose deployment, checked without a Docker engine: the file is valid
+//! compose, every service's environment is accepted by its real config
+//! loader, every path it references exists, and the image builds and ships
+//! every binary the deployment runs. Also: switch-phase refuses a phase the
+//! service cannot run, changing nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod support;
+
+const SERVICES: [&str; 3] = ["api", "collector", "notifier"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn compose(args: &[&str]) -> std::process::Output {
+    let output = Command::new("docker-compose")
+        .current_dir(root().join("deploy"))
+        .args(["-f", "compose.yaml"])
+        .args(args)
+        // Defaults from the file, not from a developer's deploy/.env.
+        .env("COLLECTOR_PHASE", "threaded")
+        .env("NOTIFIER_PHASE", "bridged")
+        .env("API_PHASE", "async")
+        .output()
+        .expect("docker-compose runs (scripts/test installs Debian's docker-compose)");
+    output
+}
+
+/// The compose file as docker-compose normalises it (env files merged in).
+fn normalized() -> serde_yaml::Value {
+    let output = compose(&["config"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_yaml::from_slice(&output.stdout).expect("compose config is YAML")
+}
+
+fn raw() -> serde_yaml::Value {
+    let text = std::fs::read_to_string(root().join("deploy/compose.yaml")).expect("compose.yaml");
+    serde_yaml::from_str(&text).expect("compose.yaml is YAML")
+}
+
+fn strings(value: &serde_yaml::Value) -> Vec<String> {
+    match value {
+        serde_yaml::Value::Sequence(items) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        serde_yaml::Value::String(one) => vec![one.clone()],
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn compose_file_is_valid() {
+    let output = compose(&["config", "-q"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn every_service_environment_passes_its_config_check() {
+    let config = normalized();
+    for (service, phase) in SERVICES.iter().zip(["async", "threaded", "bridged"]) {
+        let definition = &config["services"][*service];
+        let environment: BTreeMap<String, String> = definition["environment"]
+            .as_mapping()
+            .expect("environment")
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    serde_yaml::Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other)
+                        .expect("scalar")
+                        .trim()
+                        .to_string(),
+                };
+                (k.as_str().expect("key").to_string(), value)
+            })
+            .collect();
+        assert_eq!(
+            environment
+                .get("SWITCHYARD_EXECUTOR__PHASE")
+                .map(String::as_str),
+            Some(phase),
+            "{service}"
+        );
+        let mut command = Command::new(support::binary(&format!("switchyard-{service}")));
+        command.current_dir(std::env::temp_dir()).args([
+            "--config",
+            root()
+                .join(format!("deploy/config/{service}.toml"))
+                .to_str()
+                .expect("utf-8"),
+            "--check-config",
+        ]);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SWITCHYARD_") {
+                command.env_remove(key);
+            }
+        }
+        command.envs(&environment);
+        let output = command.output().expect("binary runs");
+        assert!(
+            output.status.success(),
+            "{service} refuses its compose environment:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn every_path_the_deployment_references_exists() {
+    let deploy = root().join("deploy");
+    let raw = raw();
+    let config = normalized();
+    for (name, definition) in raw["services"].as_mapping().expect("services") {
+        let name = name.as_str().expect("name");
+        for env_file in strings(&definition["env_file"]) {
+            assert!(
+                deploy.join(&env_file).is_file(),
+                "{name}: env_file {env_file} is missing"
+            );
+        }
+    }
+    for service in SERVICES {
+        let definition = &config["services"][service];
+        let context = PathBuf::from(
+            definition["build"]["context"]
+                .as_str()
+                .expect("build context"),
+        );
+        assert!(
+            context.is_dir(),
+            "{service}: build context {}",
+            context.display()
+        );
+        let dockerfile = context.join(
+            definition["build"]["dockerfile"]
+                .as_str()
+                .expect("dockerfile"),
+        );
+        assert!(dockerfile.is_file(), "{service}: {}", dockerfile.display());
+        let command = strings(&definition["command"]);
+        let mounted: Vec<String> = strings(&definition["volumes"]);
+        let config_target = command
+            .iter()
+            .skip_while(|a| *a != "--config")
+            .nth(1)
+            .expect("--config in command");
+        let mount = mounted
+            .iter()
+            .find(|m| m.split(':').nth(1) == Some(config_target.as_str()))
+            .unwrap_or_else(|| panic!("{service}: nothing is mounted at {config_target}"));
+        let source = mount.split(':').next().expect("source");
+        assert!(
+            Path::new(source).is_file(),
+            "{service}: {source} is missing"
+        );
+    }
+}
+
+#[test]
+fn the_image_builds_and_ships_every_binary_the_deployment_runs() {
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("Dockerfile");
+    let built: Vec<String> = dockerfile
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|pair| pair[0] == "-p")
+        .map(|pair| pair[1].to_string())
+        .collect();
+    let shipped: Vec<String> = dockerfile
+        .lines()
+        .filter_map(|line| line.split("/target/release/").nth(1))
+        .map(|rest| rest.split_whitespace().next().expect("binary").to_string())
+        .collect();
+    let metadata = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .expect("cargo metadata");
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&metadata.stdout).expect("metadata json");
+    let mut binaries_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for package in metadata["packages"].as_array().expect("packages") {
+        let bins = package["targets"]
+            .as_array()
+            .expect("targets")
+            .iter()
+            .filter(|t| {
+                t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "bin"))
+            })
+            .map(|t| t["name"].as_str().expect("name").to_string())
+            .collect();
+        binaries_of.insert(package["name"].as_str().expect("name").to_string(), bins);
+    }
+    for package in &built {
+        assert!(
+            binaries_of.contains_key(package),
+            "the Dockerfile builds {package}, which is not a workspace package"
+        );
+    }
+    let built_binaries: Vec<&String> = built.iter().flat_map(|p| binaries_of[p].iter()).collect();
+    for binary in &shipped {
+        assert!(
+            built_binaries.contains(&binary),
+            "the image copies {binary}, which the build does not produce"
+        );
+    }
+    let config = normalized();
+    for service in SERVICES {
+        let definition = &config["services"][service];
+        let run = strings(&definition["command"])
+            .first()
+            .cloned()
+            .expect("command");
+        let probe = strings(&definition["healthcheck"]["test"])
+            .get(1)
+            .cloned()
+            .expect("healthcheck");
+        for needed in [run, probe] {
+            assert!(
+                shipped.contains(&needed),
+                "{service} runs {needed}, which the image does not ship"
+            );
+        }
+    }
+}
+
+#[test]
+fn switch_phase_refuses_a_phase_the_service_cannot_run() {
+    let env_file = root().join("deploy/.env");
+    let before = std::fs::read_to_string(&env_file).ok();
+    let output = Command::new(root().join("scripts/switch-phase"))
+        .args(["notifier", "threaded"])
+        .output()
+        .expect("switch-phase runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("endpoint `evaluate_alarms` is async and cannot run in phase `threaded`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&env_file).ok(),
+        before,
+        "deploy/.env untouched"
+    );
+}
