@@ -20,7 +20,7 @@ fn root() -> PathBuf {
 }
 
 fn compose(args: &[&str]) -> std::process::Output {
-    let output = Command::new("docker-compose")
+    Command::new("docker-compose")
         .current_dir(root().join("deploy"))
         .args(["-f", "compose.yaml"])
         .args(args)
@@ -29,8 +29,7 @@ fn compose(args: &[&str]) -> std::process::Output {
         .env("NOTIFIER_PHASE", "bridged")
         .env("API_PHASE", "async")
         .output()
-        .expect("docker-compose runs (scripts/test installs Debian's docker-compose)");
-    output
+        .expect("docker-compose runs (scripts/test installs Debian's docker-compose)")
 }
 
 /// The compose file as docker-compose normalises it (env files merged in).
