@@ -147,7 +147,12 @@ pub struct Webhook {
 
 impl Webhook {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on(0).await
+    }
+
+    /// A receiver on a given port (0: any).
+    pub async fn start_on(port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind");
         let url = format!("http://{}/hook", listener.local_addr().expect("address"));
@@ -296,4 +301,259 @@ impl Drop for Cleanup {
         .join();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A free loopback port (bound, then released for a service to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// How a fleet is started.
+#[derive(Clone, Default)]
+pub struct FleetOptions {
+    /// Phases of collector, notifier and api (default threaded, bridged, async).
+    pub phases: Option<[&'static str; 3]>,
+    /// OTLP endpoint for every service.
+    pub otlp: Option<String>,
+    /// Extra environment for every service.
+    pub extra: Vec<(String, String)>,
+    /// Extra environment for the notifier.
+    pub notifier_extra: Vec<(String, String)>,
+    /// Extra environment for the api.
+    pub api_extra: Vec<(String, String)>,
+}
+
+/// The three services on a fresh exchange and database. Dropping it stops
+/// the services, then removes the exchange's objects and the database.
+pub struct Fleet {
+    pub id: String,
+    pub exchange: String,
+    pub database_url: String,
+    pub dir: PathBuf,
+    pub collector_port: u16,
+    pub collector: Option<Service>,
+    pub notifier: Option<Service>,
+    pub api: Option<Service>,
+    options: FleetOptions,
+    _cleanup: Cleanup,
+}
+
+impl Fleet {
+    pub async fn start(options: FleetOptions) -> Self {
+        let id = switchyard_messaging::wire::new_id();
+        let exchange = format!("e2e-{id}");
+        let database = format!("e2e_{id}");
+        let database_url = create_database(&database).await;
+        let dir = std::env::temp_dir().join(format!("switchyard-e2e-{id}"));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let mut fleet = Self {
+            id,
+            exchange: exchange.clone(),
+            database_url,
+            dir: dir.clone(),
+            collector_port: free_port(),
+            collector: None,
+            notifier: None,
+            api: None,
+            options,
+            _cleanup: Cleanup {
+                exchange,
+                database,
+                dir,
+            },
+        };
+        let [collector, notifier, api] = fleet.phases();
+        fleet.start_collector(collector);
+        let mut env = fleet.common(notifier);
+        env.push(("SWITCHYARD_STORAGE__URL".into(), fleet.database_url.clone()));
+        env.push(("SWITCHYARD_GRPC__LISTEN".into(), "127.0.0.1:0".into()));
+        env.push((
+            "SWITCHYARD_NOTIFIER__COLLECTOR_URL".into(),
+            fleet.collector_url(),
+        ));
+        env.extend(fleet.options.notifier_extra.clone());
+        fleet.notifier = Some(Service::start("notifier", &fleet.dir, &env));
+        let mut env = fleet.common(api);
+        env.push(("SWITCHYARD_GRPC__LISTEN".into(), "127.0.0.1:0".into()));
+        env.push((
+            "SWITCHYARD_API__COLLECTOR_URL".into(),
+            fleet.collector_url(),
+        ));
+        env.extend(fleet.options.api_extra.clone());
+        fleet.api = Some(Service::start("api", &fleet.dir, &env));
+        fleet
+    }
+
+    fn phases(&self) -> [&'static str; 3] {
+        self.options
+            .phases
+            .unwrap_or(["threaded", "bridged", "async"])
+    }
+
+    fn common(&self, phase: &str) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("SWITCHYARD_EXECUTOR__PHASE".into(), phase.into()),
+            ("SWITCHYARD_EXECUTOR__POOL_SIZE".into(), "8".into()),
+            (
+                "SWITCHYARD_EXECUTOR__SHUTDOWN_GRACE_MS".into(),
+                "10000".into(),
+            ),
+            ("SWITCHYARD_AMQP__EXCHANGE".into(), self.exchange.clone()),
+            ("SWITCHYARD_AMQP__RETRY_DELAY_MS".into(), "20".into()),
+            ("SWITCHYARD_AMQP__QUEUE_EXPIRES_MS".into(), "600000".into()),
+            (
+                "SWITCHYARD_ROLLOUT__HEARTBEAT_INTERVAL_MS".into(),
+                "300".into(),
+            ),
+            ("SWITCHYARD_TELEMETRY__EXPORT_DELAY_MS".into(), "100".into()),
+        ];
+        if let Some(otlp) = &self.options.otlp {
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), otlp.clone()));
+        }
+        env.extend(self.options.extra.clone());
+        env
+    }
+
+    pub fn collector_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.collector_port)
+    }
+
+    pub fn collector_env(&self, phase: &str) -> Vec<(String, String)> {
+        let mut env = self.common(phase);
+        env.push((
+            "SWITCHYARD_GRPC__LISTEN".into(),
+            format!("127.0.0.1:{}", self.collector_port),
+        ));
+        env.push(("SWITCHYARD_STORAGE__URL".into(), self.database_url.clone()));
+        env
+    }
+
+    /// Starts the collector (on the fleet's fixed port).
+    pub fn start_collector(&mut self, phase: &str) {
+        let env = self.collector_env(phase);
+        self.collector = Some(Service::start("collector", &self.dir, &env));
+    }
+
+    /// A client of the api.
+    pub async fn client(
+        &self,
+    ) -> switchyard_proto::metering::v1::metering_client::MeteringClient<tonic::transport::Channel>
+    {
+        let url = self.api.as_ref().expect("api running").url();
+        switchyard_proto::metering::v1::metering_client::MeteringClient::connect(url)
+            .await
+            .expect("api answers")
+    }
+
+    /// `(rows, distinct ids)` in the samples table.
+    pub async fn stored(&self) -> (i64, i64) {
+        use switchyard_storage::sqlx::{self, Connection, Row};
+        let mut db = sqlx::postgres::PgConnection::connect(&self.database_url)
+            .await
+            .expect("database");
+        let row = sqlx::query("SELECT COUNT(*), COUNT(DISTINCT id) FROM samples")
+            .fetch_one(&mut db)
+            .await
+            .expect("count samples");
+        (row.get(0), row.get(1))
+    }
+
+    /// Waits until `expected` distinct samples are stored; fails on duplicates.
+    pub async fn wait_stored(&self, expected: usize) {
+        let started = Instant::now();
+        loop {
+            let (rows, distinct) = self.stored().await;
+            assert_eq!(rows, distinct, "a sample was stored twice");
+            assert!(
+                distinct as usize <= expected,
+                "more samples stored ({distinct}) than acknowledged ({expected})"
+            );
+            if distinct as usize == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "only {distinct} of {expected} acknowledged samples were stored"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // Services first (their Drop kills them), then the cleanup field.
+        self.api.take();
+        self.notifier.take();
+        self.collector.take();
+    }
+}
+
+/// A sample of `cpu_util` stamped now.
+pub fn sample(id: String, volume: f64) -> switchyard_proto::metering::v1::Sample {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    switchyard_proto::metering::v1::Sample {
+        id,
+        meter: "cpu_util".into(),
+        unit: "%".into(),
+        volume,
+        timestamp: Some(prost_types::Timestamp {
+            seconds: since.as_secs() as i64,
+            nanos: since.subsec_nanos() as i32,
+        }),
+        resource_id: "vm-1".into(),
+        project_id: "e2e".into(),
+        ..Default::default()
+    }
+}
+
+/// Posts `batches` batches of `size` samples, one batch every `pace`,
+/// retrying each batch until the api acknowledges it (the ids make retries
+/// idempotent) while `running` holds. Returns the acknowledged ids.
+pub async fn post_steadily(
+    mut client: switchyard_proto::metering::v1::metering_client::MeteringClient<
+        tonic::transport::Channel,
+    >,
+    prefix: String,
+    batches: usize,
+    size: usize,
+    pace: Duration,
+) -> (Vec<String>, usize) {
+    use switchyard_proto::metering::v1::PostSamplesRequest;
+    let mut acknowledged = Vec::new();
+    let mut retries = 0;
+    for batch in 0..batches {
+        let samples: Vec<_> = (0..size)
+            .map(|i| sample(format!("{prefix}-{batch}-{i}"), 10.0))
+            .collect();
+        let started = Instant::now();
+        loop {
+            match client
+                .post_samples(PostSamplesRequest {
+                    samples: samples.clone(),
+                })
+                .await
+            {
+                Ok(reply) => {
+                    acknowledged.extend(reply.into_inner().ids);
+                    break;
+                }
+                Err(status) => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "batch {batch} never acknowledged: {status:?}"
+                    );
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        tokio::time::sleep(pace).await;
+    }
+    (acknowledged, retries)
 }

@@ -70,7 +70,9 @@ fn call_status(error: CallError) -> Status {
     match error {
         CallError::InvalidArgument(message) => Status::invalid_argument(message),
         CallError::Remote { code, message } if code == "not_found" => Status::not_found(message),
-        CallError::Remote { code, message } if code == "transient" => Status::unavailable(message),
+        CallError::Remote { code, message } if code == "transient" || code == "unavailable" => {
+            Status::unavailable(message)
+        }
         CallError::Remote { code, message } => Status::internal(format!("{code}: {message}")),
         CallError::NoSuchMethod(method) => {
             Status::unimplemented(format!("the notifier has no method `{method}`"))

@@ -111,7 +111,7 @@ pub fn record_samples(
         // Blocking on purpose: this is the legacy code path the phases migrate.
         let stored = runtime
             .block_on(store(&database, &batch.samples))
-            .map_err(|error| EndpointError::Transient(error.to_string()))?;
+            .map_err(|error| EndpointError::Unavailable(error.to_string()))?;
         tracing::debug!(
             stored,
             of = batch.samples.len(),
@@ -137,7 +137,9 @@ pub fn record_samples(
         };
         runtime
             .block_on(notifier.notify(Priority::Info, SAMPLE_RECORDED, &recorded))
-            .map_err(|error| EndpointError::Transient(format!("announcing the batch: {error}")))?;
+            .map_err(|error| {
+                EndpointError::Unavailable(format!("announcing the batch: {error}"))
+            })?;
         Ok(recorded)
     })
 }

@@ -68,8 +68,8 @@ fn invalid(field: &str, problem: &str) -> EndpointError {
     EndpointError::InvalidArgument(format!("field `alarm.{field}`: {problem}"))
 }
 
-fn transient(error: StorageError) -> EndpointError {
-    EndpointError::Transient(error.to_string())
+fn unavailable(error: StorageError) -> EndpointError {
+    EndpointError::Unavailable(error.to_string())
 }
 
 fn not_found(id: &str) -> EndpointError {
@@ -303,12 +303,12 @@ impl Methods {
                 EndpointError::InvalidArgument("field `alarm`: is required".into())
             })?;
             validate(&alarm)?;
-            rt.block_on(self::create(&db, alarm)).map_err(transient)
+            rt.block_on(self::create(&db, alarm)).map_err(unavailable)
         });
         let (db, rt) = (database.clone(), runtime.clone());
         let get = Endpoint::blocking(METHODS[1], move |_, request: GetAlarmRequest| {
             rt.block_on(self::get(&db, &request.id))
-                .map_err(transient)?
+                .map_err(unavailable)?
                 .ok_or_else(|| not_found(&request.id))
         });
         let (db, rt) = (database.clone(), runtime.clone());
@@ -316,7 +316,7 @@ impl Methods {
             Ok(ListAlarmsResponse {
                 alarms: rt
                     .block_on(list(&db, &request.project_id))
-                    .map_err(transient)?,
+                    .map_err(unavailable)?,
             })
         });
         let (db, rt) = (database.clone(), runtime.clone());
@@ -329,7 +329,7 @@ impl Methods {
                         .await
                         .map_err(StorageError::query("deleting an alarm"))
                 })
-                .map_err(transient)?;
+                .map_err(unavailable)?;
             if deleted.rows_affected() == 0 {
                 return Err(not_found(&request.id));
             }
@@ -339,7 +339,7 @@ impl Methods {
         let history = Endpoint::blocking(METHODS[4], move |_, request: GetAlarmHistoryRequest| {
             if rt
                 .block_on(self::get(&db, &request.id))
-                .map_err(transient)?
+                .map_err(unavailable)?
                 .is_none()
             {
                 return Err(not_found(&request.id));
@@ -347,7 +347,7 @@ impl Methods {
             Ok(GetAlarmHistoryResponse {
                 transitions: rt
                     .block_on(self::history(&db, &request.id))
-                    .map_err(transient)?,
+                    .map_err(unavailable)?,
             })
         });
         Self {

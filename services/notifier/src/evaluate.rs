@@ -114,7 +114,7 @@ async fn evaluate(
         .get_statistics(request)
         .await
         .map_err(|status| {
-            EndpointError::Transient(format!(
+            EndpointError::Unavailable(format!(
                 "statistics from the collector: {}",
                 status.message()
             ))
@@ -127,7 +127,7 @@ async fn evaluate(
     }
     let Some(transition) = alarms::transition(database, &alarm, state, &reason)
         .await
-        .map_err(|error| EndpointError::Transient(error.to_string()))?
+        .map_err(|error| EndpointError::Unavailable(error.to_string()))?
     else {
         return Ok(()); // another evaluation recorded it first
     };
@@ -143,7 +143,7 @@ async fn evaluate(
     notifier
         .notify(Priority::Info, ALARM_STATE_CHANGED, &changed)
         .await
-        .map_err(|error| EndpointError::Transient(format!("announcing a transition: {error}")))
+        .map_err(|error| EndpointError::Unavailable(format!("announcing a transition: {error}")))
 }
 
 /// The `sample.recorded` endpoint.
@@ -160,7 +160,7 @@ pub fn endpoint(
                 for meter in &recorded.payload.meters {
                     let watching = alarms::watching(&database, meter)
                         .await
-                        .map_err(|error| EndpointError::Transient(error.to_string()))?;
+                        .map_err(|error| EndpointError::Unavailable(error.to_string()))?;
                     for alarm in watching {
                         if !alarm.resource_id.is_empty()
                             && !recorded.payload.resource_ids.contains(&alarm.resource_id)

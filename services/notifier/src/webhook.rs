@@ -1,8 +1,10 @@
 //! Webhook delivery: every `alarm.state_changed` is POSTed to its alarm's
 //! webhook URL. Legacy code still: a blocking HTTP client on a pool thread.
-//! A delivery is retried in place with backoff, then requeued (counted,
-//! dead-lettered past `amqp.max_deliveries`); it is acknowledged only after
-//! a 2xx, so each transition is delivered once the receiver is back.
+//! A delivery is retried in place with backoff, then requeued with capped
+//! backoff for as long as the receiver is down (a receiver being down is not
+//! the message's fault, so it is never dead-lettered for it); it is
+//! acknowledged only after a 2xx, so each transition is delivered once the
+//! receiver is back.
 
 use std::time::Duration;
 
@@ -78,7 +80,7 @@ pub fn endpoint(
                     std::thread::sleep(backoff * 2u32.saturating_pow(attempt - 1));
                 }
             }
-            Err(EndpointError::Transient(format!(
+            Err(EndpointError::Unavailable(format!(
                 "webhook {}: {last} after {attempts} attempts",
                 switchyard_config::redact_text(&url)
             )))

@@ -185,6 +185,9 @@ pub(crate) enum Settle {
     Ack,
     /// Deliver again later, counting; dead-letter past the limit.
     Retry(String),
+    /// A dependency is down: deliver again later with capped backoff, as
+    /// often as it takes; never dead-letter for it.
+    Wait(String),
     /// Never deliver again: park it in the dead-letter queue with the reason.
     DeadLetter(String),
     /// Give it back untouched (shutting down): another consumer takes it.
@@ -205,6 +208,8 @@ pub(crate) struct Settler {
 
 impl Settler {
     pub async fn settle(&self, delivery: &Delivery, settle: Settle) {
+        // A retry counts toward dead-lettering; waiting for a dependency does not.
+        let limited = matches!(settle, Settle::Retry(_));
         let outcome = match settle {
             Settle::Ack => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
             Settle::ReturnToQueue => delivery
@@ -214,14 +219,14 @@ impl Settler {
                 })
                 .await
                 .map(|_| ()),
-            Settle::Retry(reason) => {
+            Settle::Retry(reason) | Settle::Wait(reason) => {
                 let count =
                     wire::header_u32(&delivery.properties, wire::DELIVERY_COUNT).unwrap_or(1);
-                if count >= self.max_deliveries {
+                if limited && count >= self.max_deliveries {
                     let reason = format!("{reason} (gave up after {count} deliveries)");
                     return Box::pin(self.settle(delivery, Settle::DeadLetter(reason))).await;
                 }
-                let delay = self.retry_delay * 2u32.saturating_pow(count.saturating_sub(1)).min(32);
+                let delay = self.retry_delay * 2u32.saturating_pow(count.saturating_sub(1).min(5));
                 tracing::warn!(
                     queue = %self.queue,
                     delivery = count,

@@ -96,4 +96,10 @@ pub enum EndpointError {
     /// `Remote` with code `transient`.
     #[error("transient: {0}")]
     Transient(String),
+    /// Something the endpoint depends on is down (database, webhook
+    /// receiver). Unlike `Transient`, the message is not at fault: it is
+    /// delivered again with capped backoff for as long as it takes and never
+    /// dead-lettered for this. Calls get `Remote` with code `unavailable`.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }

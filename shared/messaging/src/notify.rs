@@ -218,16 +218,7 @@ impl NotificationListenerBuilder {
                             parent: Some(tracing::Span::current()),
                             ..DispatchOptions::default()
                         };
-                        match endpoint.dispatch(notification, options).await {
-                            Ok(Ok(Handled::Handled)) => Settle::Ack,
-                            Ok(Ok(Handled::Requeue)) => {
-                                Settle::Retry("the endpoint asked to requeue".into())
-                            }
-                            Ok(Err(EndpointError::Transient(reason))) => Settle::Retry(reason),
-                            Ok(Err(error)) => Settle::DeadLetter(error.to_string()),
-                            Err(DispatchError::ShuttingDown) => Settle::ReturnToQueue,
-                            Err(error) => Settle::Retry(error.to_string()),
-                        }
+                        outcome(endpoint.dispatch(notification, options).await)
                     }
                     .instrument(span.clone())
                     .await;
@@ -369,6 +360,7 @@ fn outcome(result: Result<Result<Handled, EndpointError>, DispatchError>) -> Set
         Ok(Ok(Handled::Handled)) => Settle::Ack,
         Ok(Ok(Handled::Requeue)) => Settle::Retry("the endpoint asked to requeue".into()),
         Ok(Err(EndpointError::Transient(reason))) => Settle::Retry(reason),
+        Ok(Err(EndpointError::Unavailable(reason))) => Settle::Wait(reason),
         Ok(Err(error)) => Settle::DeadLetter(error.to_string()),
         Err(DispatchError::ShuttingDown) => Settle::ReturnToQueue,
         Err(error) => Settle::Retry(error.to_string()),

@@ -333,6 +333,10 @@ async fn handle(
             Settle::DeadLetter(format!("{code}: {message}")),
             Err((rpc_error::Kind::Remote, code, message)),
         ),
+        Err(Failure::Endpoint(EndpointError::Unavailable(message))) => (
+            Settle::Wait(message.clone()),
+            Err((rpc_error::Kind::Remote, "unavailable".to_string(), message)),
+        ),
         Err(Failure::Endpoint(EndpointError::Transient(message))) => (
             Settle::Retry(message.clone()),
             Err((rpc_error::Kind::Remote, "transient".to_string(), message)),

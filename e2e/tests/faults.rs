@@ -1,0 +1,299 @@
+//! Faults against the real binaries, RabbitMQ and PostgreSQL: nothing the api
+//! acknowledged is lost or stored twice, whatever fails in between.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use support::{Fleet, FleetOptions, post_steadily};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
+    let mut fleet = Fleet::start(FleetOptions::default()).await;
+    let load = tokio::spawn(post_steadily(
+        fleet.client().await,
+        format!("{}-k", fleet.id),
+        100,
+        10,
+        Duration::from_millis(15),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut collector = fleet.collector.take().expect("collector");
+    collector.child.kill().expect("SIGKILL");
+    let _ = collector.child.wait();
+    drop(collector);
+    fleet.start_collector("threaded");
+    let (acknowledged, _) = load.await.expect("load");
+    assert_eq!(acknowledged.len(), 1000);
+    fleet.wait_stored(acknowledged.len()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_cleanly_and_returns_what_it_did_not_take() {
+    let mut fleet = Fleet::start(FleetOptions::default()).await;
+    let load = tokio::spawn(post_steadily(
+        fleet.client().await,
+        format!("{}-t", fleet.id),
+        60,
+        20,
+        Duration::from_millis(5),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let status = fleet.collector.take().expect("collector").stop();
+    assert_eq!(status, 0, "the collector drained and exited 0");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "within the grace period"
+    );
+    let (acknowledged, _) = load.await.expect("load");
+    // What the stopped collector had not taken waits in its queue for the next one.
+    fleet.start_collector("async");
+    fleet.wait_stored(acknowledged.len()).await;
+    for service in ["notifier", "api"] {
+        let stopped = match service {
+            "notifier" => fleet.notifier.take(),
+            _ => fleet.api.take(),
+        };
+        assert_eq!(
+            stopped.expect("running").stop(),
+            0,
+            "{service} exits 0 on SIGTERM"
+        );
+    }
+}
+
+/// A TCP proxy that can cut every connection and refuse new ones.
+struct Proxy {
+    port: u16,
+    open: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    async fn start(upstream: &'static str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let open = Arc::new(AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(generation);
+        let (is_open, cuts) = (Arc::clone(&open), Arc::clone(&generation));
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !is_open.load(SeqCst) {
+                    continue; // dropped: refused
+                }
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            open,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, SeqCst);
+    }
+}
+
+async fn collector_health(port: u16) -> i32 {
+    let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("url")
+        .connect()
+        .await
+    else {
+        return -1;
+    };
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_waits_with_backoff_then_stores_everything() {
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    // The fleet's own database, reached through the proxy by the collector.
+    let mut options = FleetOptions::default();
+    options.collector_storage = Some(String::new()); // set below, once the database exists
+    options.extra.push((
+        "SWITCHYARD_STORAGE__ACQUIRE_TIMEOUT_MS".into(),
+        "1000".into(),
+    ));
+    let mut fleet = Fleet::start(FleetOptions::default()).await;
+    let through_proxy = fleet
+        .database_url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    fleet.collector.take().expect("collector").stop();
+    let mut env = fleet.collector_env("threaded");
+    env.retain(|(k, _)| k != "SWITCHYARD_STORAGE__URL");
+    env.push(("SWITCHYARD_STORAGE__URL".into(), through_proxy));
+    env.push((
+        "SWITCHYARD_STORAGE__ACQUIRE_TIMEOUT_MS".into(),
+        "1000".into(),
+    ));
+    env.push(("SWITCHYARD_AMQP__RETRY_DELAY_MS".into(), "100".into()));
+    env.push((
+        "SWITCHYARD_METRICS__LISTEN".into(),
+        format!("127.0.0.1:{}", support::free_port()),
+    ));
+    let metrics = env
+        .iter()
+        .find(|(k, _)| k == "SWITCHYARD_METRICS__LISTEN")
+        .map(|(_, v)| v.clone())
+        .expect("metrics");
+    fleet.collector = Some(support::Service::start("collector", &fleet.dir, &env));
+    let mut client = fleet.client().await;
+
+    proxy.cut();
+    let started = Instant::now();
+    while collector_health(fleet.collector_port).await != ServingStatus::NotServing as i32 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "readiness never reported the database down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (acknowledged, _) = post_steadily(
+        client.clone(),
+        format!("{}-db", fleet.id),
+        5,
+        10,
+        Duration::from_millis(10),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        fleet.stored().await.0,
+        0,
+        "nothing could be stored while the database was down"
+    );
+    let attempts = failed_record_samples(&metrics).await;
+    assert!(attempts >= 5, "the batches were tried: {attempts}");
+    assert!(
+        attempts <= 60,
+        "backoff, not a spin: {attempts} attempts for 5 batches in ~3 s"
+    );
+
+    proxy.restore();
+    fleet.wait_stored(acknowledged.len()).await;
+    let started = Instant::now();
+    while collector_health(fleet.collector_port).await != ServingStatus::Serving as i32 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "readiness never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = client
+        .list_meters(switchyard_proto::metering::v1::ListMetersRequest::default())
+        .await;
+}
+
+async fn failed_record_samples(metrics: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(metrics)
+        .await
+        .expect("metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("response");
+    text.lines()
+        .find(|l| {
+            l.starts_with("switchyard_endpoint_failed_total")
+                && l.contains("endpoint=\"record_samples\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_down_then_up_is_delivered_once() {
+    use switchyard_proto::metering::v1::*;
+    let fleet = Fleet::start(FleetOptions {
+        notifier_extra: vec![
+            ("SWITCHYARD_NOTIFIER__WEBHOOK_ATTEMPTS".into(), "2".into()),
+            (
+                "SWITCHYARD_NOTIFIER__WEBHOOK_BACKOFF_MS".into(),
+                "50".into(),
+            ),
+            ("SWITCHYARD_AMQP__RETRY_DELAY_MS".into(), "100".into()),
+        ],
+        ..FleetOptions::default()
+    })
+    .await;
+    let port = support::free_port();
+    let mut client = fleet.client().await;
+    client
+        .create_alarm(CreateAlarmRequest {
+            alarm: Some(Alarm {
+                name: "hot".into(),
+                meter: "cpu_util".into(),
+                statistic: Statistic::Avg as i32,
+                comparison: Comparison::Gt as i32,
+                threshold: 5.0,
+                period_seconds: 600,
+                evaluation_periods: 1,
+                webhook_url: format!("http://127.0.0.1:{port}/hook"),
+                ..Alarm::default()
+            }),
+        })
+        .await
+        .expect("alarm");
+    post_steadily(
+        client.clone(),
+        format!("{}-w", fleet.id),
+        1,
+        5,
+        Duration::ZERO,
+    )
+    .await;
+    // The receiver is down for a while: the notifier keeps trying.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let webhook = support::Webhook::start_on(port).await;
+    let started = Instant::now();
+    while webhook.received().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the webhook was never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        webhook.received().len(),
+        1,
+        "delivered once: {:?}",
+        webhook.received()
+    );
+}
