@@ -229,3 +229,26 @@ fn a_phase_that_cannot_run_an_endpoint_fails_the_check() {
         stderr(&strict)
     );
 }
+
+#[test]
+fn range_problems_are_reported_with_the_other_problems() {
+    let scratch = Scratch::new("together");
+    let output = echo(
+        &scratch,
+        &["--check-config"],
+        &[
+            ("SWITCHYARD_EXECUTOR__POOL_SIZE", "0"),
+            ("SWITCHYARD_EXECUTOR__PHAZE", "async"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(text.contains("(2 problems)"), "{text}");
+    assert!(
+        text.contains(
+            "executor.phaze (from environment variable SWITCHYARD_EXECUTOR__PHAZE): unknown key"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE): 0 is out of range"), "{text}");
+}

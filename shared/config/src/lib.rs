@@ -112,13 +112,14 @@ pub struct Loaded<T> {
     pub settings: T,
     /// The file layer used, if any.
     pub file: Option<PathBuf>,
-    figment: Figment,
+    /// Every supplied key with where it came from, in precedence order.
+    sources: Vec<(String, String)>,
 }
 
 impl<T> Loaded<T> {
     /// Where the effective value of `key` came from.
     pub fn source_of(&self, key: &str) -> String {
-        source_of(&self.figment, key)
+        source_in(&self.sources, key)
     }
 }
 
@@ -184,11 +185,16 @@ impl Loader {
                 layers.push((source, Figment::from(Toml::file_exact(path))));
             }
         }
-        let env = self.env_provider();
-        layers.push(("environment".to_string(), Figment::from(env.clone())));
+        layers.push((
+            "environment".to_string(),
+            Figment::from(self.env_provider()),
+        ));
 
         // Check each supplied value alone on top of the defaults, so that
-        // every bad value is reported, not just the first serde meets.
+        // every bad value is reported, not just the first serde meets. The
+        // values that pass make up the configuration the range checks see,
+        // so those problems are reported in the same run.
+        let mut accepted: Vec<(String, Value, String)> = Vec::new();
         for (layer_source, layer) in &layers {
             let data = match layer.data() {
                 Ok(data) => data,
@@ -203,60 +209,59 @@ impl Loader {
             };
             for dict in data.values() {
                 for (path, value) in leaves(dict) {
+                    let source = if layer_source == "environment" {
+                        format!("environment variable {}", env_var_name(&path))
+                    } else {
+                        layer_source.clone()
+                    };
                     let single = defaults
                         .clone()
                         .merge(Serialized::default(&path, value.clone()));
-                    if let Err(error) = single.extract::<T>() {
-                        let source = if layer_source == "environment" {
-                            format!("environment variable {}", env_var_name(&path))
-                        } else {
-                            layer_source.clone()
-                        };
-                        problems.push(Problem {
-                            key: path.clone(),
-                            source,
+                    match single.extract::<T>() {
+                        Ok(_) => accepted.push((path, value, source)),
+                        Err(error) => problems.push(Problem {
                             message: redact_for_key(&path, &describe(&error)),
-                        });
+                            key: path,
+                            source,
+                        }),
                     }
                 }
             }
         }
-        if !problems.is_empty() {
-            return Err(self.error(problems));
-        }
 
         let mut figment = defaults;
-        if let Some(path) = &self.file {
-            figment = figment.merge(Toml::file_exact(path));
+        for (path, value, _) in &accepted {
+            figment = figment.merge(Serialized::default(path, value.clone()));
         }
-        figment = figment.merge(env);
-        let settings: T = figment.extract().map_err(|error| {
-            self.error(vec![Problem {
-                key: error.path.join("."),
-                source: error
-                    .metadata
-                    .as_ref()
-                    .map(|m| m.name.to_string())
-                    .unwrap_or_else(|| "configuration".to_string()),
-                message: redact_text(&describe(&error)),
-            }])
-        })?;
-        let problems: Vec<Problem> = settings
-            .problems()
+        let settings: T = match figment.extract() {
+            Ok(settings) => settings,
+            Err(error) => {
+                problems.push(Problem {
+                    key: error.path.join("."),
+                    source: "configuration".to_string(),
+                    message: redact_text(&describe(&error)),
+                });
+                return Err(self.error(problems));
+            }
+        };
+        let sources: Vec<(String, String)> = accepted
             .into_iter()
-            .map(|(key, message)| Problem {
-                source: source_of(&figment, &key),
+            .map(|(path, _, source)| (path, source))
+            .collect();
+        for (key, message) in settings.problems() {
+            problems.push(Problem {
+                source: source_in(&sources, &key),
                 message: redact_for_key(&key, &message),
                 key,
-            })
-            .collect();
+            });
+        }
         if !problems.is_empty() {
             return Err(self.error(problems));
         }
         Ok(Loaded {
             settings,
             file: self.file.clone(),
-            figment,
+            sources,
         })
     }
 
@@ -318,20 +323,15 @@ pub fn env_var_name(path: &str) -> String {
     )
 }
 
-fn source_of(figment: &Figment, key: &str) -> String {
-    match figment.find_metadata(key) {
-        Some(metadata) => match &metadata.source {
-            Some(figment::Source::File(path)) => format!("file {}", path.display()),
-            _ if metadata.name.contains("environment") => {
-                format!("environment variable {}", env_var_name(key))
-            }
-            _ if metadata.name.contains("Serialized") || metadata.name.contains("Default") => {
-                "default".to_string()
-            }
-            _ => metadata.name.to_string(),
-        },
-        None => "default".to_string(),
-    }
+/// Where the effective value of `key` (or of a key under it) came from: the
+/// last layer that supplied it, else the defaults.
+fn source_in(sources: &[(String, String)], key: &str) -> String {
+    sources
+        .iter()
+        .rev()
+        .find(|(path, _)| path == key || path.starts_with(&format!("{key}.")))
+        .map(|(_, source)| source.clone())
+        .unwrap_or_else(|| "default".to_string())
 }
 
 /// Sets `path` (one key per level) to `value` inside `dict`.
