@@ -95,7 +95,7 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
     let backends = metering::Backends {
         rpc: rpc.clone(),
         exchange: exchange.clone(),
-        collector: metering::collector_client(&settings.api.collector_url)
+        collector: metering::collector_client(&settings.grpc, &settings.api.collector_url)
             .context("api.collector_url")?,
         alarm_timeout: Duration::from_millis(settings.api.alarm_call_timeout_ms),
         rollout,
@@ -133,7 +133,14 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
             async move { connected }
         }
     });
-    switchyard_grpc::serve(listener, routes, readiness, shutdown).await?;
+    switchyard_grpc::serve(
+        listener,
+        routes,
+        settings.grpc.server_tls()?,
+        readiness,
+        shutdown,
+    )
+    .await?;
     heartbeats.stopped().await;
     transport.close().await;
     Ok(())

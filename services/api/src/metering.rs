@@ -55,11 +55,12 @@ pub struct Backends {
     pub heartbeat_interval: Duration,
 }
 
-/// Connects (lazily) to the collector's query API.
-pub fn collector_client(url: &str) -> Result<QueryClient, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
+/// Connects (lazily) to the collector's query API (TLS for `https://`).
+pub fn collector_client(
+    grpc: &switchyard_grpc::GrpcConfig,
+    url: &str,
+) -> Result<QueryClient, switchyard_grpc::GrpcError> {
+    let channel = grpc.client_endpoint(url)?.connect_lazy();
     Ok(SampleQueryClient::with_interceptor(
         channel,
         TraceInterceptor,

@@ -101,7 +101,14 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         shutdown.clone(),
     );
     watch_readiness(&readiness, &transport, &database, &shutdown);
-    switchyard_grpc::serve(listener, routes, readiness, shutdown).await?;
+    switchyard_grpc::serve(
+        listener,
+        routes,
+        settings.grpc.server_tls()?,
+        readiness,
+        shutdown,
+    )
+    .await?;
     rpc.stopped().await;
     transport.close().await;
     Ok(())

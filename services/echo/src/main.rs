@@ -32,7 +32,14 @@ fn main() -> ExitCode {
         let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
         let address = listener.local_addr().context("reading the gRPC address")?;
         tracing::info!("gRPC on {address}");
-        switchyard_grpc::serve(listener, routes, readiness, running.shutdown).await?;
+        switchyard_grpc::serve(
+            listener,
+            routes,
+            settings.grpc.server_tls()?,
+            readiness,
+            running.shutdown,
+        )
+        .await?;
         Ok(())
     })
 }

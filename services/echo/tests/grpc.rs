@@ -226,3 +226,87 @@ async fn shutdown_lets_the_call_in_flight_finish() {
         .expect("join")
         .expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let dir = std::env::temp_dir().join(format!("switchyard-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write");
+    let grpc = switchyard_grpc::GrpcConfig {
+        tls_cert_file: cert.display().to_string(),
+        tls_key_file: key.display().to_string(),
+        // The certificate is its own CA.
+        tls_ca_file: cert.display().to_string(),
+        ..switchyard_grpc::GrpcConfig::default()
+    };
+    let server = support::start_with(
+        Phase::Async,
+        2,
+        Duration::from_secs(1),
+        grpc.server_tls().expect("tls"),
+    )
+    .await;
+    let url = format!("https://localhost:{}", server.address.port());
+
+    let channel = grpc
+        .client_endpoint(&url)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("TLS handshake");
+    let reply = EchoClient::new(channel)
+        .say(say("over tls", 0))
+        .await
+        .expect("reply");
+    assert_eq!(reply.into_inner().text, "over tls");
+
+    // A client that does not trust the certificate cannot connect.
+    let untrusting = switchyard_grpc::GrpcConfig {
+        tls_ca_file: {
+            let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+                .expect("certificate");
+            let path = dir.join("other.pem");
+            std::fs::write(&path, other.cert.pem()).expect("write");
+            path.display().to_string()
+        },
+        ..switchyard_grpc::GrpcConfig::default()
+    };
+    let refused = match untrusting
+        .client_endpoint(&url)
+        .expect("endpoint")
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(channel) => EchoClient::new(channel).say(say("x", 0)).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a client that does not trust the certificate was served"
+    );
+    // Plain text against the TLS port fails too.
+    let plain = tonic::transport::Endpoint::from_shared(format!(
+        "http://127.0.0.1:{}",
+        server.address.port()
+    ))
+    .expect("url")
+    .connect()
+    .await;
+    if let Ok(channel) = plain {
+        assert!(
+            EchoClient::new(channel).say(say("x", 0)).await.is_err(),
+            "plain text was served on the TLS port"
+        );
+    }
+    // An https URL without a CA is a configuration error, named.
+    let error = switchyard_grpc::GrpcConfig::default()
+        .client_endpoint(&url)
+        .expect_err("no CA");
+    assert!(error.to_string().contains("grpc.tls_ca_file"), "{error}");
+    server.shutdown.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}

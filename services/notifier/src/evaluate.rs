@@ -24,10 +24,13 @@ pub const ALARM_STATE_CHANGED: &str = "alarm.state_changed";
 /// A query client that carries the trace context.
 pub type QueryClient = SampleQueryClient<InterceptedService<Channel, TraceInterceptor>>;
 
-/// Connects (lazily) to the collector's query API.
-pub fn query_client(url: &str) -> Result<QueryClient, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(5))
+/// Connects (lazily) to the collector's query API (TLS for `https://`).
+pub fn query_client(
+    grpc: &switchyard_grpc::GrpcConfig,
+    url: &str,
+) -> Result<QueryClient, switchyard_grpc::GrpcError> {
+    let channel = grpc
+        .client_endpoint(url)?
         .timeout(Duration::from_secs(10))
         .connect_lazy();
     Ok(SampleQueryClient::with_interceptor(

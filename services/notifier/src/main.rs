@@ -95,7 +95,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         .start(&transport, executor.config().capacity(), shutdown.clone())
         .await?;
 
-    let client = evaluate::query_client(&settings.notifier.collector_url)
+    let client = evaluate::query_client(&settings.grpc, &settings.notifier.collector_url)
         .context("notifier.collector_url")?;
     let evaluator = NotificationListener::builder(&exchange, "alarm-evaluator")
         .subscribe("sample.recorded", &[Priority::Info])
@@ -134,7 +134,14 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
     );
     watch_readiness(&readiness, &transport, &database, &shutdown);
     tracing::info!("notifier ready");
-    switchyard_grpc::serve(listener, routes, readiness, shutdown).await?;
+    switchyard_grpc::serve(
+        listener,
+        routes,
+        settings.grpc.server_tls()?,
+        readiness,
+        shutdown,
+    )
+    .await?;
     rpc.stopped().await;
     evaluator.stopped().await;
     webhooks.stopped().await;

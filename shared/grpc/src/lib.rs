@@ -35,6 +35,12 @@ pub struct GrpcConfig {
     pub max_message_bytes: usize,
     /// How long a call waits for executor capacity before RESOURCE_EXHAUSTED.
     pub overload_wait_ms: u64,
+    /// PEM certificate chain: serve TLS when set (with `tls_key_file`).
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// PEM CA certificate(s) trusted for outgoing `https://` gRPC calls.
+    pub tls_ca_file: String,
 }
 
 impl Default for GrpcConfig {
@@ -43,6 +49,9 @@ impl Default for GrpcConfig {
             listen: "127.0.0.1:50051".to_string(),
             max_message_bytes: 4 * 1024 * 1024,
             overload_wait_ms: 1000,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_ca_file: String::new(),
         }
     }
 }
@@ -75,6 +84,48 @@ impl GrpcConfig {
     /// `overload_wait_ms` as a duration.
     pub fn overload_wait(&self) -> Duration {
         Duration::from_millis(self.overload_wait_ms)
+    }
+
+    /// The server's TLS settings, when `tls_cert_file` is set.
+    pub fn server_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, GrpcError> {
+        if self.tls_cert_file.is_empty() && self.tls_key_file.is_empty() {
+            return Ok(None);
+        }
+        let read = |key: &str, path: &str| {
+            std::fs::read(path)
+                .map_err(|error| GrpcError::Tls(format!("grpc.{key} `{path}`: {error}")))
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            read("tls_cert_file", &self.tls_cert_file)?,
+            read("tls_key_file", &self.tls_key_file)?,
+        );
+        Ok(Some(
+            tonic::transport::ServerTlsConfig::new().identity(identity),
+        ))
+    }
+
+    /// An endpoint for calling `url`; `https://` URLs trust `tls_ca_file`.
+    pub fn client_endpoint(&self, url: &str) -> Result<tonic::transport::Endpoint, GrpcError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|error| GrpcError::Tls(format!("`{url}`: {error}")))?
+            .connect_timeout(Duration::from_secs(5));
+        if !url.starts_with("https://") {
+            return Ok(endpoint);
+        }
+        if self.tls_ca_file.is_empty() {
+            return Err(GrpcError::Tls(format!(
+                "`{url}` is https but grpc.tls_ca_file is empty; accepted: the path of a PEM CA certificate"
+            )));
+        }
+        let ca = std::fs::read(&self.tls_ca_file).map_err(|error| {
+            GrpcError::Tls(format!("grpc.tls_ca_file `{}`: {error}", self.tls_ca_file))
+        })?;
+        endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )
+            .map_err(|error| GrpcError::Tls(format!("`{url}`: {error}")))
     }
 }
 
@@ -202,6 +253,9 @@ pub enum GrpcError {
     /// The server failed while serving.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// TLS settings could not be used.
+    #[error("gRPC TLS: {0}")]
+    Tls(String),
 }
 
 /// Binds `address` (port 0 picks a free port).
@@ -214,16 +268,22 @@ pub async fn bind(address: &str) -> Result<tokio::net::TcpListener, GrpcError> {
         })
 }
 
-/// Serves `routes` on `listener` until `shutdown` is cancelled; then reports
+/// Serves `routes` on `listener` (over TLS when `tls` is set) until
+/// `shutdown` is cancelled; then reports
 /// NOT_SERVING, stops accepting calls and lets the calls in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: tonic::service::Routes,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.cancelled().await;

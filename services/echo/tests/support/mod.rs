@@ -25,6 +25,16 @@ impl EchoServerHandle {
 }
 
 pub async fn start(phase: Phase, capacity: usize, overload_wait: Duration) -> EchoServerHandle {
+    start_with(phase, capacity, overload_wait, None).await
+}
+
+/// Like [`start`], serving TLS when `tls` is set.
+pub async fn start_with(
+    phase: Phase,
+    capacity: usize,
+    overload_wait: Duration,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> EchoServerHandle {
     let executor = Executor::new(
         "echo",
         ExecutorConfig {
@@ -50,6 +60,7 @@ pub async fn start(phase: Phase, capacity: usize, overload_wait: Duration) -> Ec
     let served = tokio::spawn(switchyard_grpc::serve(
         listener,
         routes,
+        tls,
         readiness.clone(),
         shutdown.clone(),
     ));
