@@ -61,6 +61,8 @@ pub struct AmqpConfig {
     /// Durable queues unused this long are deleted by the broker
     /// (`x-expires`); 0 keeps them forever.
     pub queue_expires_ms: u64,
+    /// PEM CA certificate(s) trusted for an `amqps://` URL (required for it).
+    pub tls_ca_file: String,
 }
 
 impl Default for AmqpConfig {
@@ -75,6 +77,7 @@ impl Default for AmqpConfig {
             retry_delay_ms: 200,
             queue_type: QueueType::Classic,
             queue_expires_ms: 0,
+            tls_ca_file: String::new(),
         }
     }
 }
@@ -90,6 +93,13 @@ impl AmqpConfig {
                     "`{}` is not an AMQP URL; accepted: amqp://… or amqps://…",
                     self.url
                 ),
+            ));
+        }
+        if self.url.starts_with("amqps://") && self.tls_ca_file.is_empty() {
+            problems.push((
+                "tls_ca_file",
+                "an amqps:// URL needs the broker's CA; accepted: the path of a PEM CA certificate"
+                    .to_string(),
             ));
         }
         if self.max_deliveries == 0 {

@@ -50,19 +50,36 @@ impl Transport {
                     .with_max_times(usize::MAX)
             });
         let url = with_heartbeat(&config.url, config.heartbeat_s);
-        let connection = tokio::time::timeout(
-            Duration::from_millis(config.connect_timeout_ms),
-            Connection::connect(&url, properties),
-        )
-        .await
-        .map_err(|_elapsed| MessagingError::Connect {
-            url: redact(&config.url),
-            reason: format!("no answer within {} ms", config.connect_timeout_ms),
-        })?
-        .map_err(|error| MessagingError::Connect {
-            url: redact(&config.url),
-            reason: error.to_string(),
-        })?;
+        let connecting = async {
+            if config.tls_ca_file.is_empty() {
+                return Connection::connect(&url, properties).await;
+            }
+            let ca = std::fs::read_to_string(&config.tls_ca_file).map_err(|error| {
+                lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(error)))
+            })?;
+            let tls = lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(ca),
+            };
+            Connection::connect_with_config(
+                &url,
+                properties,
+                tls,
+                lapin::runtime::default_runtime()?,
+            )
+            .await
+        };
+        let connection =
+            tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms), connecting)
+                .await
+                .map_err(|_elapsed| MessagingError::Connect {
+                    url: redact(&config.url),
+                    reason: format!("no answer within {} ms", config.connect_timeout_ms),
+                })?
+                .map_err(|error| MessagingError::Connect {
+                    url: redact(&config.url),
+                    reason: error.to_string(),
+                })?;
         Ok(Self {
             connection: Arc::new(connection),
             config: config.clone(),
