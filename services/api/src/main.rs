@@ -126,13 +126,12 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         interval,
         shutdown.clone(),
     );
-    readiness.watch("amqp", Duration::from_secs(1), shutdown.clone(), {
-        let transport = transport.clone();
-        move || {
-            let connected = transport.is_connected();
-            async move { connected }
-        }
-    });
+    readiness.watch(
+        "amqp",
+        Duration::from_secs(1),
+        shutdown.clone(),
+        transport.readiness_probe(),
+    );
     switchyard_grpc::serve(
         listener,
         routes,

@@ -65,17 +65,8 @@ impl Settings for ApiSettings {
     fn problems(&self) -> Vec<(String, String)> {
         let mut problems =
             switchyard_service::shared_problems(&self.executor, &self.telemetry, &self.metrics);
-        let sections: [(&str, Vec<(&'static str, String)>); 2] = [
-            ("amqp", self.amqp.problems()),
-            ("grpc", self.grpc.problems()),
-        ];
-        for (section, found) in sections {
-            problems.extend(
-                found
-                    .into_iter()
-                    .map(|(key, message)| (format!("{section}.{key}"), message)),
-            );
-        }
+        problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
+        problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
         if !self.api.collector_url.starts_with("http://")
             && !self.api.collector_url.starts_with("https://")
         {

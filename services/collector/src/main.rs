@@ -100,7 +100,14 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         Duration::from_millis(settings.rollout.heartbeat_interval_ms),
         shutdown.clone(),
     );
-    watch_readiness(&readiness, &transport, &database, &shutdown);
+    let every = Duration::from_secs(1);
+    readiness.watch("amqp", every, shutdown.clone(), transport.readiness_probe());
+    readiness.watch(
+        "storage",
+        every,
+        shutdown.clone(),
+        database.readiness_probe(),
+    );
     switchyard_grpc::serve(
         listener,
         routes,
@@ -112,24 +119,4 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
     rpc.stopped().await;
     transport.close().await;
     Ok(())
-}
-
-/// Keeps readiness in step with the broker connection and the database.
-fn watch_readiness(
-    readiness: &Readiness,
-    transport: &Transport,
-    database: &Database,
-    shutdown: &tokio_util::sync::CancellationToken,
-) {
-    let every = Duration::from_secs(1);
-    let transport = transport.clone();
-    readiness.watch("amqp", every, shutdown.clone(), move || {
-        let connected = transport.is_connected();
-        async move { connected }
-    });
-    let database = database.clone();
-    readiness.watch("storage", every, shutdown.clone(), move || {
-        let database = database.clone();
-        async move { database.ping().await }
-    });
 }

@@ -45,18 +45,12 @@ impl Settings for CollectorSettings {
     fn problems(&self) -> Vec<(String, String)> {
         let mut problems =
             switchyard_service::shared_problems(&self.executor, &self.telemetry, &self.metrics);
-        let sections: [(&str, Vec<(&'static str, String)>); 3] = [
-            ("amqp", self.amqp.problems()),
-            ("grpc", self.grpc.problems()),
-            ("storage", self.storage.problems()),
-        ];
-        for (section, found) in sections {
-            problems.extend(
-                found
-                    .into_iter()
-                    .map(|(key, message)| (format!("{section}.{key}"), message)),
-            );
-        }
+        problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
+        problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
+        problems.extend(switchyard_service::in_section(
+            "storage",
+            self.storage.problems(),
+        ));
         problems
     }
 }

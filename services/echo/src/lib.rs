@@ -49,12 +49,7 @@ impl Settings for EchoSettings {
     fn problems(&self) -> Vec<(String, String)> {
         let mut problems =
             switchyard_service::shared_problems(&self.executor, &self.telemetry, &self.metrics);
-        problems.extend(
-            self.grpc
-                .problems()
-                .into_iter()
-                .map(|(key, message)| (format!("grpc.{key}"), message)),
-        );
+        problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
         problems
     }
 }

@@ -132,7 +132,14 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         "health on {}",
         listener.local_addr().context("reading the gRPC address")?
     );
-    watch_readiness(&readiness, &transport, &database, &shutdown);
+    let every = Duration::from_secs(1);
+    readiness.watch("amqp", every, shutdown.clone(), transport.readiness_probe());
+    readiness.watch(
+        "storage",
+        every,
+        shutdown.clone(),
+        database.readiness_probe(),
+    );
     tracing::info!("notifier ready");
     switchyard_grpc::serve(
         listener,
@@ -147,24 +154,4 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
     webhooks.stopped().await;
     transport.close().await;
     Ok(())
-}
-
-/// Keeps readiness in step with the broker connection and the database.
-fn watch_readiness(
-    readiness: &Readiness,
-    transport: &Transport,
-    database: &Database,
-    shutdown: &tokio_util::sync::CancellationToken,
-) {
-    let every = Duration::from_secs(1);
-    let transport = transport.clone();
-    readiness.watch("amqp", every, shutdown.clone(), move || {
-        let connected = transport.is_connected();
-        async move { connected }
-    });
-    let database = database.clone();
-    readiness.watch("storage", every, shutdown.clone(), move || {
-        let database = database.clone();
-        async move { database.ping().await }
-    });
 }

@@ -106,6 +106,12 @@ impl Transport {
         self.connection.status().connected()
     }
 
+    /// [`Transport::is_connected`] as a readiness probe.
+    pub fn readiness_probe(&self) -> impl Fn() -> std::future::Ready<bool> + Send + 'static {
+        let transport = self.clone();
+        move || std::future::ready(transport.is_connected())
+    }
+
     /// The settings it was made with.
     pub fn config(&self) -> &AmqpConfig {
         &self.config

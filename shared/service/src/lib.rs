@@ -60,6 +60,14 @@ pub trait ServiceSettings: Settings {
     fn metrics(&self) -> &MetricsConfig;
 }
 
+/// A section's range problems with full dotted keys (`grpc.listen`).
+pub fn in_section(section: &str, problems: Vec<(&'static str, String)>) -> Vec<(String, String)> {
+    problems
+        .into_iter()
+        .map(|(key, message)| (format!("{section}.{key}"), message))
+        .collect()
+}
+
 /// The range problems of the shared sections, with full dotted keys; a
 /// service's [`Settings::problems`] starts from these.
 pub fn shared_problems(
@@ -67,15 +75,9 @@ pub fn shared_problems(
     telemetry: &TelemetryConfig,
     metrics: &MetricsConfig,
 ) -> Vec<(String, String)> {
-    let prefixed = |section: &str, problems: Vec<(&'static str, String)>| {
-        problems
-            .into_iter()
-            .map(move |(key, message)| (format!("{section}.{key}"), message))
-            .collect::<Vec<_>>()
-    };
-    let mut problems = prefixed("executor", executor.problems());
-    problems.extend(prefixed("telemetry", telemetry.problems()));
-    problems.extend(prefixed("metrics", metrics.problems()));
+    let mut problems = in_section("executor", executor.problems());
+    problems.extend(in_section("telemetry", telemetry.problems()));
+    problems.extend(in_section("metrics", metrics.problems()));
     problems
 }
 

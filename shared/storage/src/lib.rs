@@ -182,4 +182,16 @@ impl Database {
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
+
+    /// [`Database::ping`] as a readiness probe.
+    pub fn readiness_probe(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static
+    {
+        let database = self.clone();
+        move || {
+            let database = database.clone();
+            Box::pin(async move { database.ping().await })
+        }
+    }
 }
