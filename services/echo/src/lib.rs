@@ -104,12 +104,18 @@ fn say_endpoint(phase: Phase) -> Endpoint<SayRequest, GrpcOutcome<SayReply>> {
     match phase {
         Phase::Threaded => Endpoint::blocking("Echo/Say", |cx, request: SayRequest| {
             validate(&request)?;
-            std::thread::sleep(Duration::from_millis(request.wait_ms.into()));
+            if request.wait_ms > 0 {
+                std::thread::sleep(Duration::from_millis(request.wait_ms.into()));
+            }
             Ok(reply(cx.phase(), request.text))
         }),
+        // No timer for wait_ms = 0: a zero-length Tokio sleep still waits
+        // for the next timer tick (about 1 ms).
         _ => Endpoint::from_async("Echo/Say", |cx, request: SayRequest| async move {
             validate(&request)?;
-            tokio::time::sleep(Duration::from_millis(request.wait_ms.into())).await;
+            if request.wait_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(request.wait_ms.into())).await;
+            }
             Ok(reply(cx.phase(), request.text))
         }),
     }
