@@ -40,6 +40,9 @@ struct Args {
     /// Internal: measure memory for one contender and print KiB.
     #[arg(long, hide = true)]
     memory_probe: Option<String>,
+    /// Run only `async` RPC echo with this many callers for 5 s (for a profiler).
+    #[arg(long, value_name = "CALLERS")]
+    profile_echo: Option<usize>,
 }
 
 const CONTENDERS: [Option<Phase>; 4] = [
@@ -107,6 +110,18 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     if let Some(contender) = &args.memory_probe {
         println!("{}", runtime.block_on(memory::probe(contender))?);
+        return Ok(());
+    }
+    if let Some(callers) = args.profile_echo {
+        let result = runtime.block_on(async {
+            let broker = amqp::Broker::connect().await?;
+            let result =
+                amqp::switchyard_calls(&broker, Phase::Async, callers, 0, Duration::from_secs(5))
+                    .await;
+            broker.clean_up().await;
+            result
+        })?;
+        println!("{result:?}");
         return Ok(());
     }
     let (cell, echo_callers, io_callers, sizes) = if args.quick {

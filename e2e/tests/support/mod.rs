@@ -533,12 +533,11 @@ pub async fn post_steadily(
             .collect();
         let started = Instant::now();
         loop {
-            match client
-                .post_samples(PostSamplesRequest {
-                    samples: samples.clone(),
-                })
-                .await
-            {
+            let mut request = tonic::Request::new(PostSamplesRequest {
+                samples: samples.clone(),
+            });
+            request.set_timeout(Duration::from_secs(10));
+            match client.post_samples(request).await {
                 Ok(reply) => {
                     acknowledged.extend(reply.into_inner().ids);
                     break;

@@ -20,6 +20,9 @@ use tracing::Span;
 use crate::MessagingError;
 use crate::wire;
 
+/// How long a publish waits for a lost connection to come back.
+const RECOVERY_WAIT: Duration = Duration::from_secs(20);
+
 /// Publishes and waits for the broker's confirm. A publish that fails
 /// because the connection is down waits for recovery and is tried once more.
 pub(crate) async fn publish(
@@ -58,13 +61,20 @@ pub(crate) async fn publish(
                     "publish to {} failed ({error}); waiting for recovery",
                     destination()
                 );
-                channel
-                    .wait_for_recovery(error)
-                    .await
-                    .map_err(MessagingError::broker(format!(
+                // Bounded: a caller waiting on this publish (an api request)
+                // must get an answer even if the connection never comes back.
+                match tokio::time::timeout(RECOVERY_WAIT, channel.wait_for_recovery(error)).await {
+                    Ok(recovered) => recovered.map_err(MessagingError::broker(format!(
                         "publishing to {}",
                         destination()
-                    )))?;
+                    )))?,
+                    Err(_) => {
+                        return Err(MessagingError::Unavailable {
+                            destination: destination(),
+                            waited: RECOVERY_WAIT,
+                        });
+                    }
+                }
             }
             Err(error) => {
                 return Err(MessagingError::Broker {
@@ -124,7 +134,11 @@ where
                     Some(Err(error)) => {
                         tracing::warn!("consumer of `{queue}` lost its connection: {error}; waiting for recovery");
                         if let Err(error) = channel.wait_for_recovery(error).await {
-                            tracing::error!("consumer of `{queue}` could not recover: {error}");
+                            // Running on without this consumer would look
+                            // healthy while taking no work: stop the service
+                            // instead, so that its supervisor starts it again.
+                            tracing::error!("consumer of `{queue}` could not recover: {error}; stopping the service");
+                            shutdown.cancel();
                             return;
                         }
                         tracing::info!("consumer of `{queue}` recovered");

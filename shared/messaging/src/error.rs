@@ -29,6 +29,14 @@ pub enum MessagingError {
         /// Exchange and routing key.
         destination: String,
     },
+    /// The connection was lost and did not come back in time.
+    #[error("the broker connection is down; gave up publishing to {destination} after {waited:?}")]
+    Unavailable {
+        /// Exchange and routing key.
+        destination: String,
+        /// How long the publish waited for recovery.
+        waited: Duration,
+    },
     /// The message could not be routed to any queue.
     #[error("no queue is bound for {destination}")]
     Unroutable {
