@@ -92,8 +92,10 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum SamplesCommand {
-    /// Post samples, from arguments or a CSV file
-    /// (`meter,unit,volume,resource_id,project_id[,id]` per line).
+    /// Post samples, from arguments or a file: CSV
+    /// (`meter,unit,volume,resource_id,project_id[,id]` per line) or, for a
+    /// `.json` file, an array of `{"meter", "unit", "volume", "resource_id",
+    /// "project_id", "id"?, "timestamp"? (Unix seconds)}`.
     Post {
         #[arg(long, required_unless_present = "file")]
         meter: Option<String>,
@@ -231,6 +233,44 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// One sample as a JSON file gives it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SampleInput {
+    meter: String,
+    unit: String,
+    volume: f64,
+    resource_id: String,
+    project_id: String,
+    #[serde(default)]
+    id: String,
+    /// Unix seconds; now when absent.
+    timestamp: Option<i64>,
+}
+
+fn read_json(path: &std::path::Path) -> anyhow::Result<Vec<Sample>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let inputs: Vec<SampleInput> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a JSON array of samples", path.display()))?;
+    Ok(inputs
+        .into_iter()
+        .map(|input| Sample {
+            id: input.id,
+            meter: input.meter,
+            unit: input.unit,
+            volume: input.volume,
+            timestamp: Some(match input.timestamp {
+                Some(seconds) => prost_types::Timestamp { seconds, nanos: 0 },
+                None => now(),
+            }),
+            resource_id: input.resource_id,
+            project_id: input.project_id,
+            metadata: Default::default(),
+        })
+        .collect())
+}
+
 fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<Sample>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -314,6 +354,9 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let samples = match (file, meter) {
+                (Some(file), _) if file.extension().is_some_and(|e| e == "json") => {
+                    read_json(file)?
+                }
                 (Some(file), _) => read_csv(file)?,
                 (None, Some(meter)) => (0..*count)
                     .map(|i| Sample {

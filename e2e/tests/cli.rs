@@ -1,0 +1,143 @@
+//! The `switchyard` command line against a running fleet: samples from JSON
+//! and CSV files, meters, statistics, alarms, the rollout table.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::{Fleet, FleetOptions};
+
+fn switchyard(api: &str, args: &[&str]) -> Output {
+    Command::new(support::binary("switchyard"))
+        .args(["--api", api])
+        .args(args)
+        .output()
+        .expect("switchyard runs")
+}
+
+fn text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_posts_files_and_reads_the_pipeline_back() {
+    let fleet = Fleet::start(FleetOptions::default()).await;
+    let api = fleet.api.as_ref().expect("api").url();
+    let json = fleet.dir.join("samples.json");
+    std::fs::write(
+        &json,
+        r#"[{"meter": "disk_io", "unit": "B", "volume": 10, "resource_id": "vm-1", "project_id": "cli"},
+            {"meter": "disk_io", "unit": "B", "volume": 30, "resource_id": "vm-1", "project_id": "cli", "id": "fixed-1"}]"#,
+    )
+    .expect("write");
+    let csv = fleet.dir.join("samples.csv");
+    std::fs::write(
+        &csv,
+        "disk_io,B,20,vm-2,cli\ndisk_io,B,40,vm-2,cli,fixed-2\n",
+    )
+    .expect("write");
+
+    for file in [&json, &csv] {
+        let posted = switchyard(
+            &api,
+            &["samples", "post", "--file", file.to_str().expect("utf-8")],
+        );
+        assert!(posted.status.success(), "{}", text(&posted));
+        assert!(
+            text(&posted).contains("posted 2 samples"),
+            "{}",
+            text(&posted)
+        );
+    }
+    // Posting the file with fixed ids again stores nothing new for those.
+    let again = switchyard(
+        &api,
+        &["samples", "post", "--file", csv.to_str().expect("utf-8")],
+    );
+    assert!(again.status.success());
+    fleet.wait_stored(5).await;
+
+    let meters = switchyard(&api, &["meters", "--project", "cli"]);
+    assert!(
+        text(&meters)
+            .lines()
+            .any(|l| l.starts_with("disk_io") && l.trim_end().ends_with(" 5")),
+        "{}",
+        text(&meters)
+    );
+    let stats = switchyard(
+        &api,
+        &[
+            "stats",
+            "--meter",
+            "disk_io",
+            "--project",
+            "cli",
+            "--period",
+            "0",
+        ],
+    );
+    assert!(stats.status.success(), "{}", text(&stats));
+    assert!(
+        text(&stats).contains(" 5 "),
+        "five samples in one bucket: {}",
+        text(&stats)
+    );
+
+    let alarm = switchyard(
+        &api,
+        &[
+            "alarms",
+            "create",
+            "--name",
+            "busy-disk",
+            "--meter",
+            "disk_io",
+            "--project",
+            "cli",
+            "--threshold",
+            "1",
+        ],
+    );
+    assert!(alarm.status.success(), "{}", text(&alarm));
+    let listed = switchyard(&api, &["alarms", "list", "--project", "cli"]);
+    assert!(text(&listed).contains("busy-disk"), "{}", text(&listed));
+
+    // Heartbeats arrive every 300 ms; wait (bounded) until all three are in.
+    let started = std::time::Instant::now();
+    loop {
+        let rollout = text(&switchyard(&api, &["rollout"]));
+        let all = [
+            ("api", "async"),
+            ("collector", "threaded"),
+            ("notifier", "bridged"),
+        ]
+        .iter()
+        .all(|(service, phase)| {
+            rollout
+                .lines()
+                .any(|l| l.starts_with(service) && l.contains(phase) && l.contains(" up "))
+        });
+        if all {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "not every service in its phase:\n{rollout}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    let broken = fleet.dir.join("broken.json");
+    std::fs::write(&broken, r#"[{"meter": "x"}]"#).expect("write");
+    let refused = switchyard(
+        &api,
+        &["samples", "post", "--file", broken.to_str().expect("utf-8")],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("expected a JSON array of samples"),
+        "{}",
+        text(&refused)
+    );
+}
