@@ -8,7 +8,7 @@
 //! | phase | where bodies run | blocking endpoint | async endpoint |
 //! |---|---|---|---|
 //! | [`Phase::Threaded`] | a bounded pool of OS threads | on a pool thread | refused at startup |
-//! | [`Phase::Bridged`] | the same pool, one current-thread runtime per thread | on a pool thread | on its thread's runtime |
+//! | [`Phase::Bridged`] | the same pool; each thread drives one async body to completion | on a pool thread | on its pool thread |
 //! | [`Phase::Async`] | tasks on the service's runtime | offloaded with `spawn_blocking` (refused when strict) | a task |
 //!
 //! Every phase gives back-pressure, panic isolation, deadlines, graceful

@@ -16,8 +16,9 @@ pub enum Phase {
     /// Phase 0, the legacy model: blocking endpoints on a bounded pool of OS threads.
     #[default]
     Threaded,
-    /// Phase 1: the same pool; each worker thread drives async endpoints to
-    /// completion on its own current-thread Tokio runtime.
+    /// Phase 1: the same pool; each worker thread drives an async endpoint to
+    /// completion itself (with the service runtime's I/O and timer drivers),
+    /// one request per thread as before.
     Bridged,
     /// Phase 2: async endpoints are Tokio tasks; blocking endpoints are offloaded
     /// explicitly with `spawn_blocking`.
