@@ -2,10 +2,10 @@
 //! exactly once, and the services recover without being restarted. Its own
 //! test binary: it stops the shared broker, so nothing may run beside it.
 //!
-//! Ignored in `scripts/test`, run by `scripts/faults`: in about half the runs
-//! lapin's automatic recovery does not bring a consumer (or a connection)
-//! back after `stop_app`/`start_app` — see docs/reliability.md. It stays a
-//! test so that the fix can be proven by it.
+//! lapin's own recovery does not always bring a consumer or a connection
+//! back after `stop_app`/`start_app`; the services then rebuild their
+//! messaging (`amqp.recovery_timeout_ms`, `switchyard_service::Restart`).
+//! This test is what showed it and what proves the rebuild.
 
 mod support;
 
@@ -28,7 +28,6 @@ fn rabbitmqctl(args: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "lapin's recovery after a broker restart is unreliable; run with scripts/faults"]
 async fn broker_restart_loses_nothing_acknowledged() {
     let mut fleet = Fleet::start(FleetOptions::default()).await;
     // 10,000 samples: 500 batches of 20, one batch every 20 ms.

@@ -377,7 +377,11 @@ impl Fleet {
         env.extend(fleet.options.notifier_extra.clone());
         fleet.notifier = Some(Service::start("notifier", &fleet.dir, &env));
         let mut env = fleet.common(api);
-        env.push(("SWITCHYARD_GRPC__LISTEN".into(), "127.0.0.1:0".into()));
+        // A fixed port: a service that rebuilds its connections binds it again.
+        env.push((
+            "SWITCHYARD_GRPC__LISTEN".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ));
         env.push((
             "SWITCHYARD_API__COLLECTOR_URL".into(),
             fleet.collector_url(),

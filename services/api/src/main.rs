@@ -83,13 +83,16 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         shutdown,
     } = running;
     let transport = Transport::connect(&settings.amqp, SERVICE, &identity.instance_id).await?;
+    // One run of this service's messaging: ends on shutdown, or when the
+    // connection is lost for good and everything is rebuilt.
+    let attempt = transport.attempt(&shutdown);
     let exchange = settings.amqp.exchange.clone();
     let interval = Duration::from_millis(settings.rollout.heartbeat_interval_ms);
 
     let rollout = rollout::Rollout::default();
     let heartbeats = RpcServer::builder(&exchange, heartbeat::TOPIC, &identity.instance_id)
         .method(executor.register(rollout.endpoint())?)
-        .start(&transport, executor.config().capacity(), shutdown.clone())
+        .start(&transport, executor.config().capacity(), attempt.clone())
         .await?;
     let rpc = RpcClient::new(&transport).await?;
     let backends = metering::Backends {
@@ -124,12 +127,12 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         identity.instance_id.clone(),
         executor.clone(),
         interval,
-        shutdown.clone(),
+        attempt.clone(),
     );
     readiness.watch(
         "amqp",
         Duration::from_secs(1),
-        shutdown.clone(),
+        attempt.clone(),
         transport.readiness_probe(),
     );
     switchyard_grpc::serve(
@@ -137,10 +140,14 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         routes,
         settings.grpc.server_tls()?,
         readiness,
-        shutdown,
+        attempt.clone(),
     )
     .await?;
     heartbeats.stopped().await;
+    let lost = transport.lost().is_cancelled();
     transport.close().await;
+    if lost && !shutdown.is_cancelled() {
+        return Err(switchyard_service::Restart("the broker connection was lost".into()).into());
+    }
     Ok(())
 }

@@ -59,6 +59,9 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         .await
         .context("opening the sample store")?;
     let transport = Transport::connect(&settings.amqp, SERVICE, &identity.instance_id).await?;
+    // One run of this service's messaging: ends on shutdown, or when the
+    // connection is lost for good and everything is rebuilt.
+    let attempt = transport.attempt(&shutdown);
     let exchange = settings.amqp.exchange.clone();
     let notifier = Notifier::new(
         &transport,
@@ -74,7 +77,7 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
     ))?;
     let rpc = RpcServer::builder(&exchange, SERVICE, &identity.instance_id)
         .method(record)
-        .start(&transport, executor.config().capacity(), shutdown.clone())
+        .start(&transport, executor.config().capacity(), attempt.clone())
         .await?;
 
     let query = query::Query::register(&executor, &database, settings.grpc.overload_wait())?;
@@ -98,14 +101,14 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         identity.instance_id.clone(),
         executor.clone(),
         Duration::from_millis(settings.rollout.heartbeat_interval_ms),
-        shutdown.clone(),
+        attempt.clone(),
     );
     let every = Duration::from_secs(1);
-    readiness.watch("amqp", every, shutdown.clone(), transport.readiness_probe());
+    readiness.watch("amqp", every, attempt.clone(), transport.readiness_probe());
     readiness.watch(
         "storage",
         every,
-        shutdown.clone(),
+        attempt.clone(),
         database.readiness_probe(),
     );
     switchyard_grpc::serve(
@@ -113,10 +116,14 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         routes,
         settings.grpc.server_tls()?,
         readiness,
-        shutdown,
+        attempt.clone(),
     )
     .await?;
     rpc.stopped().await;
+    let lost = transport.lost().is_cancelled();
     transport.close().await;
+    if lost && !shutdown.is_cancelled() {
+        return Err(switchyard_service::Restart("the broker connection was lost".into()).into());
+    }
     Ok(())
 }

@@ -76,6 +76,9 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         .await
         .context("opening the alarm store")?;
     let transport = Transport::connect(&settings.amqp, SERVICE, &identity.instance_id).await?;
+    // One run of this service's messaging: ends on shutdown, or when the
+    // connection is lost for good and everything is rebuilt.
+    let attempt = transport.attempt(&shutdown);
     let exchange = settings.amqp.exchange.clone();
     let notifier = Notifier::new(
         &transport,
@@ -92,7 +95,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         .method(executor.register(methods.list)?)
         .method(executor.register(methods.delete)?)
         .method(executor.register(methods.history)?)
-        .start(&transport, executor.config().capacity(), shutdown.clone())
+        .start(&transport, executor.config().capacity(), attempt.clone())
         .await?;
 
     let client = evaluate::query_client(&settings.grpc, &settings.notifier.collector_url)
@@ -102,7 +105,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         .start(
             &transport,
             executor.register(evaluate::endpoint(database.clone(), client, notifier))?,
-            shutdown.clone(),
+            attempt.clone(),
         )
         .await?;
     let webhooks = NotificationListener::builder(&exchange, "webhook-sender")
@@ -110,7 +113,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         .start(
             &transport,
             executor.register(webhook::endpoint(&settings.notifier))?,
-            shutdown.clone(),
+            attempt.clone(),
         )
         .await?;
 
@@ -121,7 +124,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         identity.instance_id.clone(),
         executor.clone(),
         Duration::from_millis(settings.rollout.heartbeat_interval_ms),
-        shutdown.clone(),
+        attempt.clone(),
     );
     // The notifier's API is AMQP; it serves gRPC for health (readiness:
     // broker connected, database answering) and reflection.
@@ -133,11 +136,11 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         listener.local_addr().context("reading the gRPC address")?
     );
     let every = Duration::from_secs(1);
-    readiness.watch("amqp", every, shutdown.clone(), transport.readiness_probe());
+    readiness.watch("amqp", every, attempt.clone(), transport.readiness_probe());
     readiness.watch(
         "storage",
         every,
-        shutdown.clone(),
+        attempt.clone(),
         database.readiness_probe(),
     );
     tracing::info!("notifier ready");
@@ -146,12 +149,16 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         routes,
         settings.grpc.server_tls()?,
         readiness,
-        shutdown,
+        attempt.clone(),
     )
     .await?;
     rpc.stopped().await;
     evaluator.stopped().await;
     webhooks.stopped().await;
+    let lost = transport.lost().is_cancelled();
     transport.close().await;
+    if lost && !shutdown.is_cancelled() {
+        return Err(switchyard_service::Restart("the broker connection was lost".into()).into());
+    }
     Ok(())
 }

@@ -102,6 +102,7 @@ pub(crate) async fn consume<H, Fut>(
     channel: Channel,
     queue: String,
     shutdown: CancellationToken,
+    lost: CancellationToken,
     handlers: TaskTracker,
     handle: H,
 ) -> Result<tokio::task::JoinHandle<()>, MessagingError>
@@ -135,10 +136,10 @@ where
                         tracing::warn!("consumer of `{queue}` lost its connection: {error}; waiting for recovery");
                         if let Err(error) = channel.wait_for_recovery(error).await {
                             // Running on without this consumer would look
-                            // healthy while taking no work: stop the service
-                            // instead, so that its supervisor starts it again.
-                            tracing::error!("consumer of `{queue}` could not recover: {error}; stopping the service");
-                            shutdown.cancel();
+                            // healthy while taking no work: declare the
+                            // connection lost, so the service rebuilds it.
+                            tracing::error!("consumer of `{queue}` could not recover: {error}; rebuilding messaging");
+                            lost.cancel();
                             return;
                         }
                         tracing::info!("consumer of `{queue}` recovered");

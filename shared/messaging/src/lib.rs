@@ -63,6 +63,9 @@ pub struct AmqpConfig {
     pub queue_expires_ms: u64,
     /// PEM CA certificate(s) trusted for an `amqps://` URL (required for it).
     pub tls_ca_file: String,
+    /// How long the connection may stay down before the service rebuilds
+    /// its messaging from scratch (lapin's recovery does not always succeed).
+    pub recovery_timeout_ms: u64,
 }
 
 impl Default for AmqpConfig {
@@ -78,6 +81,7 @@ impl Default for AmqpConfig {
             queue_type: QueueType::Classic,
             queue_expires_ms: 0,
             tls_ca_file: String::new(),
+            recovery_timeout_ms: 15_000,
         }
     }
 }

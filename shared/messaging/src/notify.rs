@@ -203,6 +203,7 @@ impl NotificationListenerBuilder {
             channel.clone(),
             settler.queue.clone(),
             shutdown,
+            transport.lost(),
             handlers.clone(),
             move |delivery| {
                 let settler = settler.clone();
@@ -303,6 +304,7 @@ impl NotificationListenerBuilder {
             channel.clone(),
             settler.queue.clone(),
             shutdown,
+            transport.lost(),
             handlers.clone(),
             move |delivery| {
                 let deliveries = deliveries.clone();

@@ -181,6 +181,7 @@ impl RpcServerBuilder {
                     channel.clone(),
                     queue.clone(),
                     shutdown.clone(),
+                    transport.lost(),
                     handlers.clone(),
                     move |delivery| {
                         let settler = settler.clone();

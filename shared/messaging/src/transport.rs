@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
 
 use crate::{AmqpConfig, MessagingError};
 
@@ -20,6 +21,11 @@ pub struct Transport {
     connection: Arc<Connection>,
     config: AmqpConfig,
     name: String,
+    /// Cancelled when the connection, or a consumer on it, cannot come back:
+    /// the service then rebuilds its messaging from scratch.
+    lost: CancellationToken,
+    /// Cancelled by [`Transport::close`]: a closed connection is not lost.
+    closed: CancellationToken,
 }
 
 impl std::fmt::Debug for Transport {
@@ -80,11 +86,68 @@ impl Transport {
                     url: redact(&config.url),
                     reason: error.to_string(),
                 })?;
-        Ok(Self {
+        let transport = Self {
             connection: Arc::new(connection),
             config: config.clone(),
             name,
-        })
+            lost: CancellationToken::new(),
+            closed: CancellationToken::new(),
+        };
+        transport.watch_recovery(Duration::from_millis(config.recovery_timeout_ms));
+        Ok(transport)
+    }
+
+    /// Declares the connection lost when it stays down longer than `limit`
+    /// (lapin's own recovery sometimes gives up, e.g. after a broker restart).
+    fn watch_recovery(&self, limit: Duration) {
+        let (connection, lost, closed) = (
+            Arc::clone(&self.connection),
+            self.lost.clone(),
+            self.closed.clone(),
+        );
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            let mut down_since: Option<std::time::Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = closed.cancelled() => return,
+                    _ = lost.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                if connection.status().connected() {
+                    down_since = None;
+                    continue;
+                }
+                let since = *down_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= limit {
+                    tracing::error!(
+                        "the broker connection `{name}` did not come back within {limit:?}; rebuilding messaging"
+                    );
+                    lost.cancel();
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Cancelled when the connection (or a consumer on it) cannot come back.
+    pub fn lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
+    /// A token for one run of a service's messaging: cancelled on `shutdown`
+    /// and when this connection is lost.
+    pub fn attempt(&self, shutdown: &CancellationToken) -> CancellationToken {
+        let attempt = shutdown.child_token();
+        let (lost, closed, linked) = (self.lost.clone(), self.closed.clone(), attempt.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = lost.cancelled() => linked.cancel(),
+                _ = closed.cancelled() => {}
+                _ = linked.cancelled() => {}
+            }
+        });
+        attempt
     }
 
     /// A new channel with publisher confirms enabled.
@@ -124,6 +187,7 @@ impl Transport {
 
     /// Closes the connection.
     pub async fn close(&self) {
+        self.closed.cancel();
         let _ = self.connection.close(200, "shutting down".into()).await;
     }
 }

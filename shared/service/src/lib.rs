@@ -13,6 +13,7 @@ mod metrics;
 
 use std::future::Future;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -151,12 +152,21 @@ pub struct Running {
     pub shutdown: CancellationToken,
 }
 
-/// Runs a configured service: telemetry, executor, metrics, then `service`
-/// until it returns or a signal arrives; then drains the executor.
+/// What a service body returns to be run again, in the same process, with
+/// the same executor: its connections were lost for good and it rebuilt
+/// nothing yet (the messages it had not acknowledged went back to their
+/// queues).
+#[derive(Debug, thiserror::Error)]
+#[error("restarting the service's connections: {0}")]
+pub struct Restart(pub String);
+
+/// Runs a configured service: telemetry, executor, metrics, then `body`
+/// until it returns or a signal arrives; then drains the executor. A body
+/// that returns [`Restart`] is run again after a second.
 pub fn run<C, F, Fut>(service: &str, settings: C, body: F) -> ExitCode
 where
-    C: ServiceSettings,
-    F: FnOnce(C, Running) -> Fut,
+    C: ServiceSettings + Clone,
+    F: Fn(C, Running) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let phase = settings.executor().phase;
@@ -196,8 +206,8 @@ async fn serve<C, F, Fut>(
     body: F,
 ) -> anyhow::Result<()>
 where
-    C: ServiceSettings,
-    F: FnOnce(C, Running) -> Fut,
+    C: ServiceSettings + Clone,
+    F: Fn(C, Running) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let executor_config = settings.executor().clone();
@@ -228,7 +238,15 @@ where
         identity,
         shutdown: shutdown.clone(),
     };
-    let outcome = body(settings, running).await;
+    let outcome = loop {
+        match body(settings.clone(), running.clone()).await {
+            Err(error) if error.is::<Restart>() && !shutdown.is_cancelled() => {
+                tracing::warn!("{error:#}; again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => break other,
+        }
+    };
     shutdown.cancel();
     let report = executor.shutdown(executor_config.shutdown_grace()).await;
     if report.is_clean() {
