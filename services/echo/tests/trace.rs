@@ -9,21 +9,12 @@ use switchyard_executor::Phase;
 use switchyard_grpc::TraceInterceptor;
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
-use switchyard_telemetry::receiver::OtlpReceiver;
-use switchyard_telemetry::{Identity, TelemetryConfig};
 use tracing::Instrument;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_spans_join_the_callers_trace() {
-    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+    let (receiver, telemetry) = switchyard_telemetry::receiver::capture("grpc-trace", "bridged")
         .await
-        .expect("receiver");
-    let config = TelemetryConfig {
-        otlp_endpoint: receiver.endpoint(),
-        export_delay_ms: 50,
-        ..TelemetryConfig::default()
-    };
-    let telemetry = switchyard_telemetry::init(&Identity::new("grpc-trace", "bridged"), &config)
         .expect("telemetry");
 
     let server = support::start(Phase::Bridged, 2, Duration::from_secs(1)).await;

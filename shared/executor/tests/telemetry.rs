@@ -4,21 +4,11 @@
 use std::time::Duration;
 
 use switchyard_executor::{DispatchOptions, Endpoint, Executor, ExecutorConfig, Phase};
-use switchyard_telemetry::receiver::OtlpReceiver;
-use switchyard_telemetry::{Identity, TelemetryConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_span_carries_phase_and_parent_to_the_collector() {
-    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+    let (receiver, telemetry) = switchyard_telemetry::receiver::capture("phase-test", "async")
         .await
-        .expect("receiver");
-    let config = TelemetryConfig {
-        otlp_endpoint: receiver.endpoint(),
-        export_delay_ms: 50,
-        log_filter: "info".into(),
-        ..TelemetryConfig::default()
-    };
-    let telemetry = switchyard_telemetry::init(&Identity::new("phase-test", "async"), &config)
         .expect("telemetry");
 
     let executor = Executor::new(

@@ -9,23 +9,14 @@ use support::{BOUND, Rig, executor, say, text};
 use switchyard_executor::Phase;
 use switchyard_messaging::{RpcClient, RpcServer, Target};
 use switchyard_proto::echo::v1::SayReply;
-use switchyard_telemetry::receiver::OtlpReceiver;
-use switchyard_telemetry::{Identity, TelemetryConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_servers_spans_carry_the_callers_trace() {
-    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+    let (receiver, telemetry) = switchyard_telemetry::receiver::capture("amqp-trace", "bridged")
         .await
-        .expect("receiver");
-    let config = TelemetryConfig {
-        otlp_endpoint: receiver.endpoint(),
-        export_delay_ms: 50,
-        ..TelemetryConfig::default()
-    };
-    let telemetry = switchyard_telemetry::init(&Identity::new("amqp-trace", "bridged"), &config)
         .expect("telemetry");
 
     let rig = Rig::new().await;

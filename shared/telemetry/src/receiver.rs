@@ -144,6 +144,23 @@ impl OtlpReceiver {
     }
 }
 
+/// Starts a receiver on a free loopback port and installs this process's
+/// telemetry (as `service`, in `phase`) exporting to it every 50 ms: how a
+/// test sees the spans its code produced. Call once per process.
+pub async fn capture(
+    service: &str,
+    phase: &str,
+) -> Result<(OtlpReceiver, crate::Telemetry), Box<dyn std::error::Error + Send + Sync>> {
+    let receiver = OtlpReceiver::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let config = crate::TelemetryConfig {
+        otlp_endpoint: receiver.endpoint(),
+        export_delay_ms: 50,
+        ..crate::TelemetryConfig::default()
+    };
+    let telemetry = crate::init(&crate::Identity::new(service, phase), &config)?;
+    Ok((receiver, telemetry))
+}
+
 struct Collect {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     count: watch::Sender<usize>,
