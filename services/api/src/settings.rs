@@ -38,6 +38,8 @@ pub struct ApiSettings {
     pub executor: ExecutorConfig,
     pub telemetry: TelemetryConfig,
     pub metrics: MetricsConfig,
+    /// `[launcher]`: worker processes under one supervisor.
+    pub launcher: switchyard_service::LauncherConfig,
     pub amqp: AmqpConfig,
     pub grpc: GrpcConfig,
     pub rollout: RolloutConfig,
@@ -53,6 +55,7 @@ impl Default for ApiSettings {
             },
             telemetry: TelemetryConfig::default(),
             metrics: MetricsConfig::default(),
+            launcher: switchyard_service::LauncherConfig::default(),
             amqp: AmqpConfig::default(),
             grpc: GrpcConfig::default(),
             rollout: RolloutConfig::default(),
@@ -63,8 +66,7 @@ impl Default for ApiSettings {
 
 impl Settings for ApiSettings {
     fn problems(&self) -> Vec<(String, String)> {
-        let mut problems =
-            switchyard_service::shared_problems(&self.executor, &self.telemetry, &self.metrics);
+        let mut problems = switchyard_service::shared_problems(self);
         problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
         problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
         if !self.api.collector_url.starts_with("http://")
@@ -97,5 +99,8 @@ impl ServiceSettings for ApiSettings {
     }
     fn metrics(&self) -> &MetricsConfig {
         &self.metrics
+    }
+    fn launcher(&self) -> &switchyard_service::LauncherConfig {
+        &self.launcher
     }
 }

@@ -17,6 +17,8 @@ pub struct CollectorSettings {
     pub executor: ExecutorConfig,
     pub telemetry: TelemetryConfig,
     pub metrics: MetricsConfig,
+    /// `[launcher]`: worker processes under one supervisor.
+    pub launcher: switchyard_service::LauncherConfig,
     pub amqp: AmqpConfig,
     /// The internal query API; loopback (or the compose network) only.
     pub grpc: GrpcConfig,
@@ -30,6 +32,7 @@ impl Default for CollectorSettings {
             executor: ExecutorConfig::default(),
             telemetry: TelemetryConfig::default(),
             metrics: MetricsConfig::default(),
+            launcher: switchyard_service::LauncherConfig::default(),
             amqp: AmqpConfig::default(),
             grpc: GrpcConfig {
                 listen: "127.0.0.1:50052".into(),
@@ -43,8 +46,7 @@ impl Default for CollectorSettings {
 
 impl Settings for CollectorSettings {
     fn problems(&self) -> Vec<(String, String)> {
-        let mut problems =
-            switchyard_service::shared_problems(&self.executor, &self.telemetry, &self.metrics);
+        let mut problems = switchyard_service::shared_problems(self);
         problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
         problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
         problems.extend(switchyard_service::in_section(
@@ -64,5 +66,8 @@ impl ServiceSettings for CollectorSettings {
     }
     fn metrics(&self) -> &MetricsConfig {
         &self.metrics
+    }
+    fn launcher(&self) -> &switchyard_service::LauncherConfig {
+        &self.launcher
     }
 }

@@ -41,14 +41,15 @@ pub struct EchoSettings {
     pub telemetry: TelemetryConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[launcher]`: worker processes under one supervisor.
+    pub launcher: switchyard_service::LauncherConfig,
     /// `[grpc]`.
     pub grpc: GrpcConfig,
 }
 
 impl Settings for EchoSettings {
     fn problems(&self) -> Vec<(String, String)> {
-        let mut problems =
-            switchyard_service::shared_problems(&self.executor, &self.telemetry, &self.metrics);
+        let mut problems = switchyard_service::shared_problems(self);
         problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
         problems
     }
@@ -63,6 +64,9 @@ impl ServiceSettings for EchoSettings {
     }
     fn metrics(&self) -> &MetricsConfig {
         &self.metrics
+    }
+    fn launcher(&self) -> &switchyard_service::LauncherConfig {
+        &self.launcher
     }
 }
 

@@ -147,3 +147,120 @@ async fn sigterm_drains_the_call_in_flight_and_exits_zero() {
         "{log:?}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Reads log lines until one matches, returning what `pick` took from it.
+fn wait_for_line<T>(log: &mpsc::Receiver<String>, mut pick: impl FnMut(&str) -> Option<T>) -> T {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = log
+            .recv_timeout(left)
+            .expect("the expected log line in time");
+        if let Some(found) = pick(&line) {
+            return found;
+        }
+    }
+}
+
+fn started_pid(line: &str, worker: usize) -> Option<u32> {
+    let marker = format!("worker {worker} started (pid ");
+    let start = line.find(&marker)? + marker.len();
+    line[start..].split(')').next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launcher_restarts_a_dead_worker_and_drains_all_on_sigterm() {
+    let port = free_port();
+    let mut supervisor = Command::new(ECHO)
+        .current_dir(std::env::temp_dir())
+        .env("SWITCHYARD_EXECUTOR__PHASE", "bridged")
+        .env("SWITCHYARD_LAUNCHER__WORKERS", "2")
+        .env("SWITCHYARD_LAUNCHER__RESTART_BACKOFF_MS", "100")
+        .env("SWITCHYARD_GRPC__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("echo starts");
+    let stderr = supervisor.stderr.take().expect("stderr");
+    let (lines, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first = wait_for_line(&log, |l| started_pid(l, 0));
+    let second = wait_for_line(&log, |l| started_pid(l, 1));
+    assert_ne!(first, second);
+    // Both workers bind the same port.
+    let mut serving = 0;
+    while serving < 2 {
+        wait_for_line(&log, |l| {
+            l.contains(&format!("gRPC on 127.0.0.1:{port}"))
+                .then_some(())
+        });
+        serving += 1;
+    }
+    let say = |text: &str| SayRequest {
+        text: text.into(),
+        wait_ms: 0,
+    };
+    let mut client = EchoClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    client.say(say("before")).await.expect("served");
+
+    // A worker killed outright is started again.
+    let kill = Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let replacement = wait_for_line(&log, |l| started_pid(l, 0));
+    assert_ne!(replacement, first, "a new process for worker 0");
+    wait_for_line(&log, |l| {
+        l.contains(&format!("gRPC on 127.0.0.1:{port}"))
+            .then_some(())
+    });
+    let mut client = EchoClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    client.say(say("after")).await.expect("still served");
+
+    // SIGTERM drains every worker; the supervisor exits 0.
+    let term = Command::new("kill")
+        .args(["-TERM", &supervisor.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let deadline = Instant::now() + BOUND;
+    let status = loop {
+        if let Some(status) = supervisor.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the supervisor did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rest: Vec<String> = log.try_iter().collect();
+    assert_eq!(status.code(), Some(0), "{rest:#?}");
+    for pid in [replacement, second] {
+        let alive = Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .status()
+            .expect("kill -0");
+        assert!(!alive.success(), "worker pid {pid} is gone");
+    }
+}

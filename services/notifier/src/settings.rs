@@ -42,6 +42,8 @@ pub struct NotifierSettings {
     pub executor: ExecutorConfig,
     pub telemetry: TelemetryConfig,
     pub metrics: MetricsConfig,
+    /// `[launcher]`: worker processes under one supervisor.
+    pub launcher: switchyard_service::LauncherConfig,
     pub amqp: AmqpConfig,
     /// Health and reflection only: the notifier's API is AMQP.
     pub grpc: GrpcConfig,
@@ -59,6 +61,7 @@ impl Default for NotifierSettings {
             },
             telemetry: TelemetryConfig::default(),
             metrics: MetricsConfig::default(),
+            launcher: switchyard_service::LauncherConfig::default(),
             amqp: AmqpConfig::default(),
             grpc: GrpcConfig {
                 listen: "127.0.0.1:50053".into(),
@@ -73,8 +76,7 @@ impl Default for NotifierSettings {
 
 impl Settings for NotifierSettings {
     fn problems(&self) -> Vec<(String, String)> {
-        let mut problems =
-            switchyard_service::shared_problems(&self.executor, &self.telemetry, &self.metrics);
+        let mut problems = switchyard_service::shared_problems(self);
         problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
         problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
         problems.extend(switchyard_service::in_section(
@@ -111,5 +113,8 @@ impl ServiceSettings for NotifierSettings {
     }
     fn metrics(&self) -> &MetricsConfig {
         &self.metrics
+    }
+    fn launcher(&self) -> &switchyard_service::LauncherConfig {
+        &self.launcher
     }
 }

@@ -29,9 +29,9 @@ pub use redact::{redact_text, redacted_toml};
 /// The environment variable prefix of every setting.
 pub const ENV_PREFIX: &str = "SWITCHYARD_";
 
-/// `SWITCHYARD_` variables that belong to the `switchyard` command line, not
-/// to a service's configuration; the loader leaves them alone.
-pub const CLI_VARIABLES: [&str; 2] = ["SWITCHYARD_API", "SWITCHYARD_TOKEN"];
+/// `SWITCHYARD_` variables that are not settings: the `switchyard` command
+/// line's, and the worker index the service launcher gives its workers.
+pub const CLI_VARIABLES: [&str; 3] = ["SWITCHYARD_API", "SWITCHYARD_TOKEN", "SWITCHYARD_WORKER"];
 
 /// The flags every service binary accepts, for `#[command(flatten)]`.
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -258,14 +258,36 @@ pub enum GrpcError {
     Tls(String),
 }
 
-/// Binds `address` (port 0 picks a free port).
+/// Binds `address` (port 0 picks a free port). In a worker started by the
+/// service launcher (`SWITCHYARD_WORKER` set) the port is shared with the
+/// other workers (`SO_REUSEPORT`).
 pub async fn bind(address: &str) -> Result<tokio::net::TcpListener, GrpcError> {
-    tokio::net::TcpListener::bind(address)
+    let failed = |source: std::io::Error| GrpcError::Bind {
+        address: address.to_string(),
+        source,
+    };
+    let resolved = tokio::net::lookup_host(address)
         .await
-        .map_err(|source| GrpcError::Bind {
-            address: address.to_string(),
-            source,
-        })
+        .map_err(failed)?
+        .next()
+        .ok_or_else(|| {
+            failed(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no address",
+            ))
+        })?;
+    let socket = if resolved.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(failed)?;
+    socket.set_reuseaddr(true).map_err(failed)?;
+    if std::env::var_os("SWITCHYARD_WORKER").is_some() {
+        socket.set_reuseport(true).map_err(failed)?;
+    }
+    socket.bind(resolved).map_err(failed)?;
+    socket.listen(1024).map_err(failed)
 }
 
 /// Serves `routes` on `listener` (over TLS when `tls` is set) until

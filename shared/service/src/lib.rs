@@ -9,6 +9,7 @@
 #![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+mod launcher;
 mod metrics;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use switchyard_executor::{EndpointSpec, Executor, ExecutorConfig};
 use switchyard_telemetry::{Identity, TelemetryConfig};
 use tokio_util::sync::CancellationToken;
 
+pub use launcher::{LauncherConfig, WORKER_VARIABLE, is_worker};
 pub use metrics::serve_metrics;
 
 /// Exit status for configuration problems (the usage status).
@@ -59,6 +61,8 @@ pub trait ServiceSettings: Settings {
     fn telemetry(&self) -> &TelemetryConfig;
     /// `[metrics]`.
     fn metrics(&self) -> &MetricsConfig;
+    /// `[launcher]`.
+    fn launcher(&self) -> &LauncherConfig;
 }
 
 /// A section's range problems with full dotted keys (`grpc.listen`).
@@ -71,14 +75,11 @@ pub fn in_section(section: &str, problems: Vec<(&'static str, String)>) -> Vec<(
 
 /// The range problems of the shared sections, with full dotted keys; a
 /// service's [`Settings::problems`] starts from these.
-pub fn shared_problems(
-    executor: &ExecutorConfig,
-    telemetry: &TelemetryConfig,
-    metrics: &MetricsConfig,
-) -> Vec<(String, String)> {
-    let mut problems = in_section("executor", executor.problems());
-    problems.extend(in_section("telemetry", telemetry.problems()));
-    problems.extend(in_section("metrics", metrics.problems()));
+pub fn shared_problems<C: ServiceSettings>(settings: &C) -> Vec<(String, String)> {
+    let mut problems = in_section("executor", settings.executor().problems());
+    problems.extend(in_section("telemetry", settings.telemetry().problems()));
+    problems.extend(in_section("metrics", settings.metrics().problems()));
+    problems.extend(in_section("launcher", settings.launcher().problems()));
     problems
 }
 
@@ -171,6 +172,23 @@ where
 {
     let phase = settings.executor().phase;
     let identity = Identity::new(service, phase.as_str());
+    if settings.launcher().workers > 1 && !is_worker() {
+        // The supervisor logs; its workers do the work (and the tracing).
+        let logs_only = TelemetryConfig {
+            otlp_endpoint: String::new(),
+            ..settings.telemetry().clone()
+        };
+        let telemetry = switchyard_telemetry::init(&identity, &logs_only).ok();
+        let code = launcher::supervise(
+            service,
+            settings.launcher(),
+            settings.executor().shutdown_grace(),
+        );
+        if let Some(telemetry) = telemetry {
+            telemetry.shutdown();
+        }
+        return code;
+    }
     let telemetry = match switchyard_telemetry::init(&identity, settings.telemetry()) {
         Ok(telemetry) => telemetry,
         Err(error) => {

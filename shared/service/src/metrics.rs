@@ -24,7 +24,18 @@ pub async fn serve_metrics(
     executor: Executor,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    // Workers of one launcher share the port.
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if crate::is_worker() {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(address)?;
+    let listener = socket.listen(1024)?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
