@@ -6,7 +6,7 @@ use switchyard_executor::{ExecutorConfig, Phase};
 use switchyard_grpc::GrpcConfig;
 use switchyard_messaging::AmqpConfig;
 use switchyard_messaging::heartbeat::RolloutConfig;
-use switchyard_service::{MetricsConfig, ServiceSettings};
+use switchyard_service::MetricsConfig;
 use switchyard_telemetry::TelemetryConfig;
 
 /// `[api]`.
@@ -90,17 +90,4 @@ impl Settings for ApiSettings {
     }
 }
 
-impl ServiceSettings for ApiSettings {
-    fn executor(&self) -> &ExecutorConfig {
-        &self.executor
-    }
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-    fn metrics(&self) -> &MetricsConfig {
-        &self.metrics
-    }
-    fn launcher(&self) -> &switchyard_service::LauncherConfig {
-        &self.launcher
-    }
-}
+switchyard_service::service_settings!(ApiSettings);

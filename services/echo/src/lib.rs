@@ -18,7 +18,7 @@ use switchyard_executor::{
 use switchyard_grpc::{GrpcConfig, GrpcOutcome, invalid_argument, not_found};
 use switchyard_proto::echo::v1::echo_server::{Echo, EchoServer};
 use switchyard_proto::echo::v1::{SayReply, SayRequest};
-use switchyard_service::{MetricsConfig, ServiceSettings};
+use switchyard_service::MetricsConfig;
 use switchyard_telemetry::TelemetryConfig;
 use tonic::{Request, Response, Status};
 
@@ -55,20 +55,7 @@ impl Settings for EchoSettings {
     }
 }
 
-impl ServiceSettings for EchoSettings {
-    fn executor(&self) -> &ExecutorConfig {
-        &self.executor
-    }
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-    fn metrics(&self) -> &MetricsConfig {
-        &self.metrics
-    }
-    fn launcher(&self) -> &switchyard_service::LauncherConfig {
-        &self.launcher
-    }
-}
+switchyard_service::service_settings!(EchoSettings);
 
 /// What `--check-config` checks the phase against.
 pub fn endpoints(phase: Phase) -> Vec<EndpointSpec> {

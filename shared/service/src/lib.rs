@@ -19,12 +19,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use switchyard_config::{ConfigFlags, Loaded, Loader, Settings};
-use switchyard_executor::{EndpointSpec, Executor, ExecutorConfig};
-use switchyard_telemetry::{Identity, TelemetryConfig};
+use switchyard_executor::{EndpointSpec, Executor};
+use switchyard_telemetry::Identity;
 use tokio_util::sync::CancellationToken;
 
 pub use launcher::{LauncherConfig, WORKER_VARIABLE, is_worker};
 pub use metrics::serve_metrics;
+pub use switchyard_executor::ExecutorConfig;
+pub use switchyard_telemetry::TelemetryConfig;
 
 /// Exit status for configuration problems (the usage status).
 pub const EXIT_CONFIG: u8 = 2;
@@ -71,6 +73,28 @@ pub fn in_section(section: &str, problems: Vec<(&'static str, String)>) -> Vec<(
         .into_iter()
         .map(|(key, message)| (format!("{section}.{key}"), message))
         .collect()
+}
+
+/// Implements [`ServiceSettings`] for a settings struct with fields named
+/// `executor`, `telemetry`, `metrics` and `launcher`.
+#[macro_export]
+macro_rules! service_settings {
+    ($settings:ty) => {
+        impl $crate::ServiceSettings for $settings {
+            fn executor(&self) -> &$crate::ExecutorConfig {
+                &self.executor
+            }
+            fn telemetry(&self) -> &$crate::TelemetryConfig {
+                &self.telemetry
+            }
+            fn metrics(&self) -> &$crate::MetricsConfig {
+                &self.metrics
+            }
+            fn launcher(&self) -> &$crate::LauncherConfig {
+                &self.launcher
+            }
+        }
+    };
 }
 
 /// The range problems of the shared sections, with full dotted keys; a
