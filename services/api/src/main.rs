@@ -144,10 +144,9 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
     )
     .await?;
     heartbeats.stopped().await;
-    let lost = transport.lost().is_cancelled();
-    transport.close().await;
-    if lost && !shutdown.is_cancelled() {
-        return Err(switchyard_service::Restart("the broker connection was lost".into()).into());
-    }
+    transport
+        .finish(&shutdown)
+        .await
+        .map_err(|lost| switchyard_service::Restart(lost.to_string()))?;
     Ok(())
 }

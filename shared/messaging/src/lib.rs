@@ -25,7 +25,7 @@ pub use notify::{
     Handled, Notification, NotificationListener, NotificationListenerBuilder, Notifier, Priority,
 };
 pub use rpc::{RpcClient, RpcServer, RpcServerBuilder, Target};
-pub use transport::Transport;
+pub use transport::{Lost, Transport};
 
 /// Classic or quorum queues for the durable queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

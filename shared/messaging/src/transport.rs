@@ -15,6 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{AmqpConfig, MessagingError};
 
+/// The broker connection of `<service>@<instance>` was lost for good.
+#[derive(Debug, thiserror::Error)]
+#[error("the broker connection `{0}` was lost")]
+pub struct Lost(pub String);
+
 /// A recovering connection to the broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
@@ -183,6 +188,18 @@ impl Transport {
     /// `<service>@<instance>`: the connection name RabbitMQ shows.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Closes the connection at the end of one run of a service's messaging.
+    /// `Err` when the connection had been lost for good (and the run did not
+    /// end for `shutdown`): the service should rebuild its messaging.
+    pub async fn finish(&self, shutdown: &CancellationToken) -> Result<(), Lost> {
+        let lost = self.lost.is_cancelled();
+        self.close().await;
+        if lost && !shutdown.is_cancelled() {
+            return Err(Lost(self.name.clone()));
+        }
+        Ok(())
     }
 
     /// Closes the connection.
