@@ -11,45 +11,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant, SystemTime};
 
-use support::{BOUND, Service, Webhook};
+use support::{BOUND, Fleet, FleetOptions, Webhook, sample};
 use switchyard_proto::metering::v1::metering_client::MeteringClient;
 use switchyard_proto::metering::v1::*;
 use switchyard_telemetry::receiver::OtlpReceiver;
 use tonic::transport::Channel;
 
-fn now() -> prost_types::Timestamp {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
-
-fn sample(id: String, volume: f64) -> Sample {
-    Sample {
-        id,
-        meter: "cpu_util".into(),
-        unit: "%".into(),
-        volume,
-        timestamp: Some(now()),
-        resource_id: "vm-1".into(),
-        project_id: "e2e".into(),
-        ..Sample::default()
-    }
-}
-
 async fn statistics(client: &mut MeteringClient<Channel>) -> Statistics {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
     let request = GetStatisticsRequest {
         meter: "cpu_util".into(),
         project_id: "e2e".into(),
         start: Some(prost_types::Timestamp {
-            seconds: now().seconds - 3600,
+            seconds: now - 3600,
             nanos: 0,
         }),
         end: Some(prost_types::Timestamp {
-            seconds: now().seconds + 3600,
+            seconds: now + 3600,
             nanos: 0,
         }),
         period_seconds: 0,
@@ -88,61 +69,20 @@ async fn wait_for_count(client: &mut MeteringClient<Channel>, expected: u64) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_services_in_three_phases() {
-    let id = switchyard_messaging::wire::new_id();
-    let exchange = format!("e2e-{id}");
-    let database = format!("e2e_{id}");
-    let storage = support::create_database(&database).await;
     let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
         .await
         .expect("receiver");
     let webhook = Webhook::start().await;
-    let dir = std::env::temp_dir().join(format!("switchyard-e2e-{id}"));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let _cleanup = support::Cleanup {
-        exchange: exchange.clone(),
-        database: database.clone(),
-        dir: dir.clone(),
+    let mut fleet = Fleet::start(FleetOptions {
+        otlp: Some(receiver.endpoint()),
+        ..FleetOptions::default()
+    })
+    .await;
+    let id = fleet.id.clone();
+    let log = |service: &Option<support::Service>| {
+        service.as_ref().map(|s| s.log_text()).unwrap_or_default()
     };
-
-    let common = |phase: &str| -> Vec<(String, String)> {
-        vec![
-            ("SWITCHYARD_EXECUTOR__PHASE".into(), phase.into()),
-            ("SWITCHYARD_EXECUTOR__POOL_SIZE".into(), "8".into()),
-            ("SWITCHYARD_AMQP__EXCHANGE".into(), exchange.clone()),
-            ("SWITCHYARD_AMQP__RETRY_DELAY_MS".into(), "20".into()),
-            (
-                "SWITCHYARD_ROLLOUT__HEARTBEAT_INTERVAL_MS".into(),
-                "300".into(),
-            ),
-            ("SWITCHYARD_TELEMETRY__EXPORT_DELAY_MS".into(), "100".into()),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
-        ]
-    };
-    let collector_env = |phase: &str| {
-        let mut env = common(phase);
-        env.push(("SWITCHYARD_GRPC__LISTEN".into(), "127.0.0.1:0".into()));
-        env.push(("SWITCHYARD_STORAGE__URL".into(), storage.clone()));
-        env
-    };
-    let collector = Service::start("collector", &dir, &collector_env("threaded"));
-    let collector_url = collector.url();
-    let mut env = common("bridged");
-    env.push(("SWITCHYARD_STORAGE__URL".into(), storage.clone()));
-    env.push((
-        "SWITCHYARD_NOTIFIER__COLLECTOR_URL".into(),
-        collector_url.clone(),
-    ));
-    let notifier = Service::start("notifier", &dir, &env);
-    let mut env = common("async");
-    env.push(("SWITCHYARD_GRPC__LISTEN".into(), "127.0.0.1:0".into()));
-    env.push((
-        "SWITCHYARD_API__COLLECTOR_URL".into(),
-        collector_url.clone(),
-    ));
-    let api = Service::start("api", &dir, &env);
-    let mut client = MeteringClient::connect(api.url())
-        .await
-        .expect("api answers");
+    let mut client = fleet.client().await;
 
     // An alarm that fires once the average passes 50.
     let alarm = client
@@ -187,7 +127,7 @@ async fn three_services_in_three_phases() {
         assert!(
             started.elapsed() < BOUND,
             "the webhook was never called; notifier log:\n{}",
-            notifier.log_text()
+            log(&fleet.notifier)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -199,34 +139,14 @@ async fn three_services_in_three_phases() {
         .unwrap_or_else(|status| {
             panic!(
                 "history: {status:?}\nnotifier log:\n{}\napi log:\n{}",
-                notifier.log_text(),
-                api.log_text()
+                log(&fleet.notifier),
+                log(&fleet.api)
             )
         })
         .into_inner()
         .transitions;
-    assert_eq!(
-        history.len(),
-        1,
-        "{history:?}\n{}",
-        collector
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("stored"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert_eq!(
-        history[0].to,
-        AlarmState::Alarm as i32,
-        "{history:?}\n{}",
-        collector
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("stored"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].to, AlarmState::Alarm as i32, "{history:?}");
     // More samples above the threshold keep it in alarm: no second call.
     client
         .post_samples(PostSamplesRequest {
@@ -324,14 +244,10 @@ async fn three_services_in_three_phases() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        collector.stop(),
-        0,
-        "the collector drained and exited cleanly"
-    );
-    let collector = Service::start("collector", &dir, &collector_env("async"));
-    // The api and notifier still point at the old query address: the new
-    // instance binds a new port. Statistics are read through the new one.
+    let stopped = fleet.collector.take().expect("collector").stop();
+    assert_eq!(stopped, 0, "the collector drained and exited cleanly");
+    // Same port: the api and the notifier reach the new instance unchanged.
+    fleet.start_collector("async");
     tokio::time::sleep(Duration::from_millis(500)).await;
     posting.store(false, SeqCst);
     let sent = load.await.expect("load finished");
@@ -358,52 +274,8 @@ async fn three_services_in_three_phases() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let channel = tonic::transport::Endpoint::from_shared(collector.url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("collector");
-    let mut query =
-        switchyard_proto::collector::v1::sample_query_client::SampleQueryClient::new(channel);
-    let started = Instant::now();
-    loop {
-        let request = GetStatisticsRequest {
-            meter: "cpu_util".into(),
-            project_id: "e2e".into(),
-            start: Some(prost_types::Timestamp {
-                seconds: now().seconds - 3600,
-                nanos: 0,
-            }),
-            end: Some(prost_types::Timestamp {
-                seconds: now().seconds + 3600,
-                nanos: 0,
-            }),
-            ..GetStatisticsRequest::default()
-        };
-        let count = query
-            .get_statistics(request)
-            .await
-            .expect("statistics")
-            .into_inner()
-            .buckets
-            .first()
-            .map(|b| b.count)
-            .unwrap_or(0);
-        assert!(
-            count <= posted.len() as u64,
-            "duplicates stored: {count} > {}",
-            posted.len()
-        );
-        if count == posted.len() as u64 {
-            break;
-        }
-        assert!(
-            started.elapsed() < BOUND,
-            "lost samples: {count} of {}",
-            posted.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Every acknowledged sample stored, none twice (rows against distinct ids).
+    fleet.wait_stored(posted.len()).await;
     let spans = receiver
         .wait_for(BOUND, |spans| {
             spans.iter().any(|s| {
@@ -416,8 +288,4 @@ async fn three_services_in_three_phases() {
         .unwrap_or_else(|_| panic!("no collector span in the async phase"));
     assert!(spans.iter().any(|s| s.service == "collector"
         && s.attributes.get("switchyard.offloaded").map(String::as_str) == Some("true")));
-
-    drop(api);
-    drop(notifier);
-    drop(collector);
 }
