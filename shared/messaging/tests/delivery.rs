@@ -8,11 +8,9 @@ use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
 use prost::Message;
-use support::{Rig, executor, recv, say, text};
+use support::{EchoServer, Rig, recv, text};
 use switchyard_executor::Phase;
-use switchyard_messaging::{RpcClient, RpcServer, Target, wire};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use switchyard_messaging::{RpcClient, Target, wire};
 
 fn reason(message: &lapin::message::BasicGetMessage) -> String {
     wire::header_str(&message.delivery.properties, wire::DEAD_LETTER_REASON)
@@ -23,18 +21,7 @@ fn reason(message: &lapin::message::BasicGetMessage) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_then_dead_lettered() {
     let rig = Rig::new().await;
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let executor = executor(Phase::Async, 4);
-    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
-        .method(
-            executor
-                .register(say(Phase::Async, seen_tx))
-                .expect("registered"),
-        )
-        .start(&rig.transport, 4, stop.clone())
-        .await
-        .expect("server");
+    let mut echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 4).await;
     let client = RpcClient::new(&rig.transport).await.expect("client");
     let target = Target::topic(rig.exchange(), "echo");
 
@@ -43,7 +30,7 @@ async fn transient_failures_are_retried_then_dead_lettered() {
         .await
         .expect("cast");
     for delivery in 1..=3 {
-        assert_eq!(recv(&mut seen).await, "flaky", "delivery {delivery}");
+        assert_eq!(recv(&mut echo.seen).await, "flaky", "delivery {delivery}");
     }
     let dead = rig
         .drain(
@@ -65,14 +52,17 @@ async fn transient_failures_are_retried_then_dead_lettered() {
         .cast(&target, "say", &text("fine"))
         .await
         .expect("cast");
-    assert_eq!(recv(&mut seen).await, "fine", "the service keeps going");
+    assert_eq!(
+        recv(&mut echo.seen).await,
+        "fine",
+        "the service keeps going"
+    );
     assert!(
-        seen.try_recv().is_err(),
+        echo.seen.try_recv().is_err(),
         "the dead letter was not delivered a fourth time"
     );
 
-    stop.cancel();
-    server.stopped().await;
+    echo.stop().await;
     rig.cleanup(&["echo"], &[]).await;
 }
 
@@ -84,18 +74,7 @@ async fn bad_messages_are_dead_lettered_with_their_reason() {
         .await
         .expect("transport");
     rig.transport = transport;
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let executor = executor(Phase::Threaded, 2);
-    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
-        .method(
-            executor
-                .register(say(Phase::Threaded, seen_tx))
-                .expect("registered"),
-        )
-        .start(&rig.transport, 2, stop.clone())
-        .await
-        .expect("server");
+    let mut echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Threaded, 2).await;
 
     let raw = rig.transport.channel().await.expect("channel");
     let publish = |method: Option<&str>, content_type: &str, body: Vec<u8>| {
@@ -159,7 +138,7 @@ async fn bad_messages_are_dead_lettered_with_their_reason() {
     .await;
 
     assert_eq!(
-        recv(&mut seen).await,
+        recv(&mut echo.seen).await,
         "after",
         "the next good message is processed"
     );
@@ -192,11 +171,10 @@ async fn bad_messages_are_dead_lettered_with_their_reason() {
         "{reasons:#?}"
     );
     assert!(
-        seen.try_recv().is_err(),
+        echo.seen.try_recv().is_err(),
         "no bad message reached the endpoint"
     );
 
-    stop.cancel();
-    server.stopped().await;
+    echo.stop().await;
     rig.cleanup(&["echo"], &[]).await;
 }

@@ -8,11 +8,9 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Rig, executor, say, text};
+use support::{EchoServer, Rig, text};
 use switchyard_executor::Phase;
-use switchyard_messaging::{RpcClient, RpcServer, Target, Transport};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use switchyard_messaging::{RpcClient, Target, Transport};
 
 /// Closes, through rabbitmqctl, every connection whose name is `name`.
 fn close_connection(name: &str) -> usize {
@@ -53,18 +51,7 @@ async fn publisher_and_consumer_recover_and_nothing_is_lost() {
     let publisher_transport = Transport::connect(&rig.config, "publisher", &rig.id)
         .await
         .expect("publisher connects");
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let executor = executor(Phase::Async, 16);
-    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
-        .method(
-            executor
-                .register(say(Phase::Async, seen_tx))
-                .expect("registered"),
-        )
-        .start(&consumer_transport, 16, stop.clone())
-        .await
-        .expect("server");
+    let mut echo = EchoServer::start(&consumer_transport, rig.exchange(), Phase::Async, 16).await;
     let client = RpcClient::new(&publisher_transport).await.expect("client");
     let target = Target::topic(rig.exchange(), "echo");
 
@@ -93,7 +80,7 @@ async fn publisher_and_consumer_recover_and_nothing_is_lost() {
     let deadline = Instant::now() + Duration::from_secs(90);
     while received.len() < N {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let text = tokio::time::timeout(remaining, seen.recv())
+        let text = tokio::time::timeout(remaining, echo.seen.recv())
             .await
             .unwrap_or_else(|_| panic!("only {} of {N} messages arrived", received.len()))
             .expect("open");
@@ -116,8 +103,7 @@ async fn publisher_and_consumer_recover_and_nothing_is_lost() {
     assert_eq!(received.len(), N, "every message arrived at least once");
     eprintln!("{N} messages, {deliveries} deliveries, {retried} publishes retried by the caller");
 
-    stop.cancel();
-    server.stopped().await;
+    echo.stop().await;
     consumer_transport.close().await;
     publisher_transport.close().await;
     rig.cleanup(&["echo"], &[]).await;

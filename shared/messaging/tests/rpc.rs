@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{BOUND, Rig, executor, recv, say, text};
+use support::{BOUND, EchoServer, Rig, executor, recv, say, text};
 use switchyard_executor::Phase;
 use switchyard_messaging::{CallError, RpcClient, RpcServer, Target};
 use switchyard_proto::echo::v1::{SayReply, SayRequest};
@@ -85,18 +85,7 @@ async fn call_cast_and_fanout_in_every_phase() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_each_get_their_own_reply() {
     let rig = Rig::new().await;
-    let (seen_tx, _seen) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let executor = executor(Phase::Async, 64);
-    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
-        .method(
-            executor
-                .register(say(Phase::Async, seen_tx))
-                .expect("registered"),
-        )
-        .start(&rig.transport, 64, stop.clone())
-        .await
-        .expect("server");
+    let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 64).await;
     let client = RpcClient::new(&rig.transport).await.expect("client");
     let target = Target::topic(rig.exchange(), "echo");
     let mut calls = tokio::task::JoinSet::new();
@@ -117,27 +106,15 @@ async fn concurrent_calls_each_get_their_own_reply() {
     while let Some(done) = calls.join_next().await {
         done.expect("call task");
     }
-    assert_eq!(executor.snapshot().totals.completed, 200);
-    stop.cancel();
-    server.stopped().await;
+    assert_eq!(echo.executor.snapshot().totals.completed, 200);
+    echo.stop().await;
     rig.cleanup(&["echo"], &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failure_is_a_distinct_error() {
     let rig = Rig::new().await;
-    let (seen_tx, _seen) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let executor = executor(Phase::Bridged, 4);
-    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
-        .method(
-            executor
-                .register(say(Phase::Bridged, seen_tx))
-                .expect("registered"),
-        )
-        .start(&rig.transport, 4, stop.clone())
-        .await
-        .expect("server");
+    let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Bridged, 4).await;
     let client = RpcClient::new(&rig.transport).await.expect("client");
     let target = Target::topic(rig.exchange(), "echo");
 
@@ -168,8 +145,7 @@ async fn each_failure_is_a_distinct_error() {
     assert!(matches!(timeout, Err(CallError::Timeout(_))), "{timeout:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
 
-    stop.cancel();
-    server.stopped().await;
+    echo.stop().await;
 
     // The topic queue still exists, but nobody consumes it: fail fast.
     let started = Instant::now();

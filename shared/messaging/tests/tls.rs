@@ -6,13 +6,11 @@ mod support;
 
 use std::sync::Arc;
 
-use support::{BOUND, executor, say, text};
+use support::{BOUND, EchoServer, text};
 use switchyard_executor::Phase;
-use switchyard_messaging::{AmqpConfig, RpcClient, RpcServer, Target, Transport, wire};
+use switchyard_messaging::{AmqpConfig, RpcClient, Target, Transport, wire};
 use switchyard_proto::echo::v1::SayReply;
-use tokio::sync::mpsc;
 use tokio_rustls::rustls;
-use tokio_util::sync::CancellationToken;
 
 /// Accepts TLS on a free port and forwards the plain stream to RabbitMQ.
 async fn tls_proxy(certified: &rcgen::CertifiedKey<rcgen::KeyPair>) -> u16 {
@@ -64,18 +62,7 @@ async fn amqps_with_a_trusted_certificate_carries_rpc() {
     let transport = Transport::connect(&config, "tls", &id)
         .await
         .expect("TLS connection");
-    let (seen_tx, _seen) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let executor = executor(Phase::Async, 4);
-    let server = RpcServer::builder(&config.exchange, "echo", "s1")
-        .method(
-            executor
-                .register(say(Phase::Async, seen_tx))
-                .expect("registered"),
-        )
-        .start(&transport, 4, stop.clone())
-        .await
-        .expect("server");
+    let echo = EchoServer::start(&transport, &config.exchange, Phase::Async, 4).await;
     let client = RpcClient::new(&transport).await.expect("client");
     let reply: SayReply = client
         .call(
@@ -87,8 +74,7 @@ async fn amqps_with_a_trusted_certificate_carries_rpc() {
         .await
         .expect("reply");
     assert_eq!(reply.text, "over amqps");
-    stop.cancel();
-    server.stopped().await;
+    echo.stop().await;
 
     // Without trusting the certificate, there is no connection.
     let stranger =

@@ -5,12 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{BOUND, Rig, executor, say, text};
+use support::{BOUND, EchoServer, Rig, text};
 use switchyard_executor::Phase;
-use switchyard_messaging::{RpcClient, RpcServer, Target};
+use switchyard_messaging::{RpcClient, Target};
 use switchyard_proto::echo::v1::SayReply;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,18 +18,7 @@ async fn the_servers_spans_carry_the_callers_trace() {
         .expect("telemetry");
 
     let rig = Rig::new().await;
-    let (seen_tx, _seen) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let executor = executor(Phase::Bridged, 2);
-    let server = RpcServer::builder(rig.exchange(), "echo", "s1")
-        .method(
-            executor
-                .register(say(Phase::Bridged, seen_tx))
-                .expect("registered"),
-        )
-        .start(&rig.transport, 2, stop.clone())
-        .await
-        .expect("server");
+    let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Bridged, 2).await;
     let client = RpcClient::new(&rig.transport).await.expect("client");
     let caller = tracing::info_span!("caller");
     let _: SayReply = client
@@ -45,8 +32,7 @@ async fn the_servers_spans_carry_the_callers_trace() {
         .await
         .expect("reply");
     drop(caller);
-    stop.cancel();
-    server.stopped().await;
+    echo.stop().await;
     telemetry.flush();
 
     let queue = format!("{}.echo process", rig.exchange());

@@ -159,3 +159,47 @@ pub async fn recv(seen: &mut mpsc::UnboundedReceiver<String>) -> String {
         .expect("endpoint ran in time")
         .expect("sender alive")
 }
+
+/// An echo server (`say`) on a topic `echo` of `exchange`.
+pub struct EchoServer {
+    pub executor: Executor,
+    /// Every request's text, as the endpoint saw it.
+    pub seen: mpsc::UnboundedReceiver<String>,
+    server: switchyard_messaging::RpcServer,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl EchoServer {
+    /// Starts serving as instance `s1`, in `phase`, `capacity` requests at once.
+    pub async fn start(
+        transport: &Transport,
+        exchange: &str,
+        phase: Phase,
+        capacity: usize,
+    ) -> Self {
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let executor = executor(phase, capacity);
+        let server = switchyard_messaging::RpcServer::builder(exchange, "echo", "s1")
+            .method(
+                executor
+                    .register(say(phase, seen_tx))
+                    .expect("phase runs say"),
+            )
+            .start(transport, capacity, stop.clone())
+            .await
+            .expect("server starts");
+        Self {
+            executor,
+            seen,
+            server,
+            stop,
+        }
+    }
+
+    /// Stops consuming and waits until every delivery taken was settled.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.server.stopped().await;
+    }
+}
