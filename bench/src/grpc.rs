@@ -45,7 +45,8 @@ pub async fn echo(
     let routes = match phase {
         Some(phase) => {
             let executor = crate::amqp::executor(phase)?;
-            let service = EchoService::register(&executor, &GrpcConfig::default())?;
+            let service =
+                EchoService::register(&executor, &GrpcConfig::default(), &Default::default())?;
             health.add_service(service.into_server(4 * 1024 * 1024))
         }
         None => health.add_service(EchoServer::new(RawEcho)),

@@ -81,7 +81,8 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         executor,
         identity,
         shutdown,
-    } = running;
+        ..
+    } = running.clone();
     let transport = Transport::connect(&settings.amqp, SERVICE, &identity.instance_id).await?;
     // One run of this service's messaging: ends on shutdown, or when the
     // connection is lost for good and everything is rebuilt.
@@ -120,21 +121,22 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         listener.local_addr().context("reading the gRPC address")?
     );
 
-    heartbeat::spawn(
-        rpc,
-        exchange,
-        SERVICE.to_string(),
-        identity.instance_id.clone(),
-        executor.clone(),
+    heartbeat::start(
+        &transport,
+        &exchange,
+        SERVICE,
+        &running,
         interval,
         attempt.clone(),
-    );
+    )
+    .await?;
     readiness.watch(
         "amqp",
         Duration::from_secs(1),
         attempt.clone(),
         transport.readiness_probe(),
     );
+    running.supervisor.ready();
     switchyard_grpc::serve(
         listener,
         routes,

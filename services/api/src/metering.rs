@@ -10,9 +10,9 @@ use switchyard_executor::{
     BoundEndpoint, Endpoint, EndpointKind, EndpointSpec, Executor, PhaseMismatch,
 };
 use switchyard_grpc::{GrpcOutcome, TraceInterceptor, invalid_argument};
-use switchyard_messaging::{CallError, RpcClient, Target, wire};
+use switchyard_messaging::{CallError, RpcClient, Target, heartbeat, wire};
 use switchyard_proto::collector::v1::sample_query_client::SampleQueryClient;
-use switchyard_proto::messaging::v1::RecordSamples;
+use switchyard_proto::messaging::v1::{PromoteCanary, RecordSamples};
 use switchyard_proto::metering::v1::metering_server::Metering;
 use switchyard_proto::metering::v1::*;
 use tonic::service::interceptor::InterceptedService;
@@ -24,7 +24,7 @@ use crate::rollout::Rollout;
 type QueryClient = SampleQueryClient<InterceptedService<Channel, TraceInterceptor>>;
 
 /// The method names, as endpoints (what `--check-config` checks).
-pub const METHODS: [&str; 9] = [
+pub const METHODS: [&str; 10] = [
     "Metering/PostSamples",
     "Metering/ListMeters",
     "Metering/GetStatistics",
@@ -34,6 +34,7 @@ pub const METHODS: [&str; 9] = [
     "Metering/DeleteAlarm",
     "Metering/GetAlarmHistory",
     "Metering/GetRollout",
+    "Metering/PromoteCanary",
 ];
 
 /// How each endpoint is written: all ported to async.
@@ -136,6 +137,49 @@ async fn post_samples(
     Ok(PostSamplesResponse { ids })
 }
 
+/// Fans a promote request out to the service's workers (their launchers
+/// act on it), when the rollout table shows a canary of that service.
+async fn promote_canary(
+    backends: Backends,
+    request: PromoteCanaryRequest,
+) -> GrpcOutcome<PromoteCanaryResponse> {
+    let service = request.service.trim().to_string();
+    if service.is_empty() {
+        return Err(invalid_argument("service", "is required"));
+    }
+    let canaries = backends
+        .rollout
+        .table(backends.heartbeat_interval)
+        .instances
+        .iter()
+        .filter(|i| i.service == service && i.up && i.role == "canary")
+        .count();
+    if canaries == 0 {
+        return Err(Status::failed_precondition(format!(
+            "no canary worker of `{service}` is up in the rollout table; nothing to promote"
+        )));
+    }
+    backends
+        .rpc
+        .fanout(
+            &Target::topic(&backends.exchange, &heartbeat::control_topic(&service)),
+            heartbeat::PROMOTE,
+            &PromoteCanary {
+                service: service.clone(),
+            },
+        )
+        .await
+        .map_err(|error| match error {
+            CallError::NoConsumers { .. } => Status::failed_precondition(format!(
+                "no worker of `{service}` listens for rollout commands"
+            )),
+            other => Status::unavailable(format!("promote not sent: {other}")),
+        })?;
+    Ok(PromoteCanaryResponse {
+        canary_instances: canaries as u32,
+    })
+}
+
 /// The Metering service with its endpoints bound to the executor.
 #[derive(Debug)]
 pub struct MeteringApi {
@@ -148,6 +192,7 @@ pub struct MeteringApi {
     delete_alarm: BoundEndpoint<DeleteAlarmRequest, GrpcOutcome<DeleteAlarmResponse>>,
     alarm_history: BoundEndpoint<GetAlarmHistoryRequest, GrpcOutcome<GetAlarmHistoryResponse>>,
     rollout: BoundEndpoint<GetRolloutRequest, GrpcOutcome<GetRolloutResponse>>,
+    promote: BoundEndpoint<PromoteCanaryRequest, GrpcOutcome<PromoteCanaryResponse>>,
     overload_wait: Duration,
 }
 
@@ -213,6 +258,7 @@ impl MeteringApi {
                 backends,
                 |b, _: GetRolloutRequest| async move { Ok(b.rollout.table(b.heartbeat_interval)) },
             )?,
+            promote: bind(executor, 9, backends, promote_canary)?,
             overload_wait,
         })
     }
@@ -273,5 +319,11 @@ impl Metering for MeteringApi {
         request: Request<GetRolloutRequest>,
     ) -> Result<Response<GetRolloutResponse>, Status> {
         switchyard_grpc::unary(&self.rollout, request, self.overload_wait).await
+    }
+    async fn promote_canary(
+        &self,
+        request: Request<PromoteCanaryRequest>,
+    ) -> Result<Response<PromoteCanaryResponse>, Status> {
+        switchyard_grpc::unary(&self.promote, request, self.overload_wait).await
     }
 }

@@ -65,8 +65,12 @@ enum Command {
         #[command(subcommand)]
         command: AlarmsCommand,
     },
-    /// Every instance, its phase and health, from heartbeats.
-    Rollout,
+    /// Every instance, its phase, role and health, from heartbeats; or
+    /// promote a canary.
+    Rollout {
+        #[command(subcommand)]
+        command: Option<RolloutCommand>,
+    },
     /// Ask a service's gRPC health; exit 0 when it is SERVING (container healthchecks).
     Health {
         /// The service's gRPC address.
@@ -134,6 +138,20 @@ enum ComparisonArg {
     Lt,
     Le,
     Eq,
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Make a service's canary phase its main phase (its launchers replace
+    /// their workers one at a time).
+    Promote {
+        /// The service, as in the rollout table (e.g. `collector`).
+        service: String,
+        /// Wait up to this many seconds until every up instance of the
+        /// service runs the canary's phase as a main worker; 0 does not wait.
+        #[arg(long, default_value_t = 0)]
+        wait_s: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -531,40 +549,109 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Rollout => {
+        Command::Rollout { command: None } => {
             let instances = connect(&cli)
                 .await?
                 .get_rollout(GetRolloutRequest {})
                 .await?
                 .into_inner()
                 .instances;
-            println!(
-                "{:<10} {:<22} {:<9} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}",
-                "SERVICE",
-                "INSTANCE",
-                "PHASE",
-                "HEALTH",
-                "IN FLIGHT",
-                "HANDLED",
-                "FAILED",
-                "SLOW POLLS",
-                "OFFLOADED"
-            );
-            for i in instances {
-                println!(
-                    "{:<10} {:<22} {:<9} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}",
-                    i.service,
-                    i.instance_id,
-                    i.phase,
-                    if i.up { "up" } else { "DOWN" },
-                    i.in_flight,
-                    i.handled,
-                    i.failed,
-                    i.slow_polls,
-                    i.offloaded
-                );
-            }
+            print_rollout(&instances);
             Ok(())
         }
+        Command::Rollout {
+            command: Some(RolloutCommand::Promote { service, wait_s }),
+        } => promote(&cli, service, *wait_s).await,
+    }
+}
+
+fn print_rollout(instances: &[InstanceStatus]) {
+    println!(
+        "{:<10} {:<22} {:<9} {:<7} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}",
+        "SERVICE",
+        "INSTANCE",
+        "PHASE",
+        "ROLE",
+        "HEALTH",
+        "IN FLIGHT",
+        "HANDLED",
+        "FAILED",
+        "SLOW POLLS",
+        "OFFLOADED"
+    );
+    for i in instances {
+        println!(
+            "{:<10} {:<22} {:<9} {:<7} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}",
+            i.service,
+            i.instance_id,
+            i.phase,
+            if i.role.is_empty() { "-" } else { &i.role },
+            if i.up { "up" } else { "DOWN" },
+            i.in_flight,
+            i.handled,
+            i.failed,
+            i.slow_polls,
+            i.offloaded
+        );
+    }
+    // The launchers' rollout states (a rollback and why), once per service.
+    let mut notes: Vec<(&str, &str)> = instances
+        .iter()
+        .filter(|i| i.up && !i.rollout.is_empty())
+        .map(|i| (i.service.as_str(), i.rollout.as_str()))
+        .collect();
+    notes.sort();
+    notes.dedup();
+    for (service, note) in notes {
+        println!("{service}: {note}");
+    }
+}
+
+/// `rollout promote`: asks the api to promote, then optionally waits until
+/// the service's up instances all run the canary's phase as main workers.
+async fn promote(cli: &Cli, service: &str, wait_s: u64) -> anyhow::Result<()> {
+    let mut client = connect(cli).await?;
+    let before = client
+        .get_rollout(GetRolloutRequest {})
+        .await?
+        .into_inner()
+        .instances;
+    let phase = before
+        .iter()
+        .find(|i| i.service == service && i.up && i.role == "canary")
+        .map(|i| i.phase.clone());
+    let sent = client
+        .promote_canary(PromoteCanaryRequest {
+            service: service.to_string(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "promote sent to {service} ({} canary worker(s) up)",
+        sent.canary_instances
+    );
+    let Some(phase) = phase.filter(|_| wait_s > 0) else {
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait_s);
+    loop {
+        let instances = client
+            .get_rollout(GetRolloutRequest {})
+            .await?
+            .into_inner()
+            .instances;
+        let up: Vec<_> = instances
+            .iter()
+            .filter(|i| i.service == service && i.up)
+            .collect();
+        if !up.is_empty() && up.iter().all(|i| i.phase == phase && i.role != "canary") {
+            println!("{service}: every up worker runs {phase}");
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            print_rollout(&instances);
+            bail!("{service} did not move to {phase} on every worker within {wait_s} s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

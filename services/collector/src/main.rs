@@ -21,7 +21,7 @@ use clap::Parser;
 use settings::CollectorSettings;
 use switchyard_config::ConfigFlags;
 use switchyard_grpc::Readiness;
-use switchyard_messaging::{Notifier, RpcClient, RpcServer, Transport, heartbeat};
+use switchyard_messaging::{Notifier, RpcServer, Transport, heartbeat};
 use switchyard_proto::collector::v1::sample_query_server::SampleQueryServer;
 use switchyard_service::Running;
 use switchyard_storage::Database;
@@ -54,7 +54,8 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         executor,
         identity,
         shutdown,
-    } = running;
+        ..
+    } = running.clone();
     let database = Database::open(&settings.storage, SERVICE, samples::MIGRATIONS)
         .await
         .context("opening the sample store")?;
@@ -94,15 +95,15 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         listener.local_addr().context("reading the gRPC address")?
     );
 
-    heartbeat::spawn(
-        RpcClient::new(&transport).await?,
-        exchange,
-        SERVICE.to_string(),
-        identity.instance_id.clone(),
-        executor.clone(),
+    heartbeat::start(
+        &transport,
+        &exchange,
+        SERVICE,
+        &running,
         Duration::from_millis(settings.rollout.heartbeat_interval_ms),
         attempt.clone(),
-    );
+    )
+    .await?;
     let every = Duration::from_secs(1);
     readiness.watch("amqp", every, attempt.clone(), transport.readiness_probe());
     readiness.watch(
@@ -111,6 +112,7 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         attempt.clone(),
         database.readiness_probe(),
     );
+    running.supervisor.ready();
     switchyard_grpc::serve(
         listener,
         routes,

@@ -45,6 +45,19 @@ pub struct EchoSettings {
     pub launcher: switchyard_service::LauncherConfig,
     /// `[grpc]`.
     pub grpc: GrpcConfig,
+    /// `[echo]`.
+    pub echo: EchoOptions,
+}
+
+/// The `[echo]` section: knobs for tests and demonstrations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EchoOptions {
+    /// Every `Say` holds its thread this long with `std::thread::sleep` —
+    /// legitimate in the blocking body of `threaded`, a deliberately blocking
+    /// async endpoint in the other phases (the blocking detector sees it; a
+    /// canary in an async phase is rolled back for it).
+    pub block_ms: u64,
 }
 
 impl Settings for EchoSettings {
@@ -59,7 +72,10 @@ switchyard_service::service_settings!(EchoSettings);
 
 /// What `--check-config` checks the phase against.
 pub fn endpoints(phase: Phase) -> Vec<EndpointSpec> {
-    vec![say_endpoint(phase).spec(), echo_blocking_endpoint().spec()]
+    vec![
+        say_endpoint(phase, Duration::ZERO).spec(),
+        echo_blocking_endpoint().spec(),
+    ]
 }
 
 fn validate(request: &SayRequest) -> Result<(), Status> {
@@ -90,11 +106,14 @@ fn reply(phase: Phase, text: String) -> SayReply {
 }
 
 /// `Say` as the phase can run it: the legacy blocking body in `threaded`, the
-/// ported async body from `bridged` on.
-fn say_endpoint(phase: Phase) -> Endpoint<SayRequest, GrpcOutcome<SayReply>> {
+/// ported async body from `bridged` on. Both hold their thread for `block`.
+fn say_endpoint(phase: Phase, block: Duration) -> Endpoint<SayRequest, GrpcOutcome<SayReply>> {
     match phase {
-        Phase::Threaded => Endpoint::blocking("Echo/Say", |cx, request: SayRequest| {
+        Phase::Threaded => Endpoint::blocking("Echo/Say", move |cx, request: SayRequest| {
             validate(&request)?;
+            if !block.is_zero() {
+                std::thread::sleep(block);
+            }
             if request.wait_ms > 0 {
                 std::thread::sleep(Duration::from_millis(request.wait_ms.into()));
             }
@@ -102,8 +121,12 @@ fn say_endpoint(phase: Phase) -> Endpoint<SayRequest, GrpcOutcome<SayReply>> {
         }),
         // No timer for wait_ms = 0: a zero-length Tokio sleep still waits
         // for the next timer tick (about 1 ms).
-        _ => Endpoint::from_async("Echo/Say", |cx, request: SayRequest| async move {
+        _ => Endpoint::from_async("Echo/Say", move |cx, request: SayRequest| async move {
             validate(&request)?;
+            if !block.is_zero() {
+                // Deliberately wrong: blocks the thread that polls this future.
+                std::thread::sleep(block);
+            }
             if request.wait_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(request.wait_ms.into())).await;
             }
@@ -127,9 +150,16 @@ pub struct EchoService {
 
 impl EchoService {
     /// Registers echo's endpoints with `executor`.
-    pub fn register(executor: &Executor, grpc: &GrpcConfig) -> Result<Self, PhaseMismatch> {
+    pub fn register(
+        executor: &Executor,
+        grpc: &GrpcConfig,
+        options: &EchoOptions,
+    ) -> Result<Self, PhaseMismatch> {
         Ok(Self {
-            say: executor.register(say_endpoint(executor.phase()))?,
+            say: executor.register(say_endpoint(
+                executor.phase(),
+                Duration::from_millis(options.block_ms),
+            ))?,
             echo_blocking: executor.register(echo_blocking_endpoint())?,
             overload_wait: grpc.overload_wait(),
         })

@@ -25,13 +25,14 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     switchyard_service::run(SERVICE, loaded.settings, |settings, running| async move {
-        let echo = EchoService::register(&running.executor, &settings.grpc)?;
+        let echo = EchoService::register(&running.executor, &settings.grpc, &settings.echo)?;
         let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;
         let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)?
             .add_service(echo.into_server(settings.grpc.max_message_bytes));
         let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
         let address = listener.local_addr().context("reading the gRPC address")?;
         tracing::info!("gRPC on {address}");
+        running.supervisor.ready();
         switchyard_grpc::serve(
             listener,
             routes,

@@ -24,7 +24,7 @@ use switchyard_config::ConfigFlags;
 use switchyard_executor::{EndpointKind, EndpointSpec};
 use switchyard_grpc::Readiness;
 use switchyard_messaging::{
-    NotificationListener, Notifier, Priority, RpcClient, RpcServer, Transport, heartbeat,
+    NotificationListener, Notifier, Priority, RpcServer, Transport, heartbeat,
 };
 use switchyard_service::Running;
 use switchyard_storage::Database;
@@ -71,7 +71,8 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         executor,
         identity,
         shutdown,
-    } = running;
+        ..
+    } = running.clone();
     let database = Database::open(&settings.storage, SERVICE, alarms::MIGRATIONS)
         .await
         .context("opening the alarm store")?;
@@ -117,15 +118,15 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         )
         .await?;
 
-    heartbeat::spawn(
-        RpcClient::new(&transport).await?,
-        exchange,
-        SERVICE.to_string(),
-        identity.instance_id.clone(),
-        executor.clone(),
+    heartbeat::start(
+        &transport,
+        &exchange,
+        SERVICE,
+        &running,
         Duration::from_millis(settings.rollout.heartbeat_interval_ms),
         attempt.clone(),
-    );
+    )
+    .await?;
     // The notifier's API is AMQP; it serves gRPC for health (readiness:
     // broker connected, database answering) and reflection.
     let (readiness, health) = Readiness::new(&[]).await;
@@ -144,6 +145,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         database.readiness_probe(),
     );
     tracing::info!("notifier ready");
+    running.supervisor.ready();
     switchyard_grpc::serve(
         listener,
         routes,

@@ -30,8 +30,15 @@ pub use redact::{redact_text, redacted_toml};
 pub const ENV_PREFIX: &str = "SWITCHYARD_";
 
 /// `SWITCHYARD_` variables that are not settings: the `switchyard` command
-/// line's, and the worker index the service launcher gives its workers.
-pub const CLI_VARIABLES: [&str; 3] = ["SWITCHYARD_API", "SWITCHYARD_TOKEN", "SWITCHYARD_WORKER"];
+/// line's, and what the service launcher tells its workers (their number,
+/// the supervisor's control socket, canary or main).
+pub const CLI_VARIABLES: [&str; 5] = [
+    "SWITCHYARD_API",
+    "SWITCHYARD_TOKEN",
+    "SWITCHYARD_WORKER",
+    "SWITCHYARD_SUPERVISOR",
+    "SWITCHYARD_ROLE",
+];
 
 /// The flags every service binary accepts, for `#[command(flatten)]`.
 #[derive(Debug, Clone, Default, clap::Args)]

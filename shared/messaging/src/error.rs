@@ -43,6 +43,9 @@ pub enum MessagingError {
         /// Exchange and routing key.
         destination: String,
     },
+    /// An endpoint the messaging registers itself cannot run in the phase.
+    #[error(transparent)]
+    Phase(#[from] switchyard_executor::PhaseMismatch),
 }
 
 impl MessagingError {

@@ -1,21 +1,41 @@
 //! Rollout heartbeats: every instance says, every few seconds on a fanout,
 //! who it is, which phase it runs and how it is doing. The api aggregates
 //! them into the rollout table.
+//!
+//! Under the service launcher an instance (a worker) also carries its
+//! launcher's side of the rollout: its role (`main` or `canary`) and the
+//! launcher's rollout state in every heartbeat, promote requests from
+//! `switchyard rollout promote` (fanout on `rollout-control.<service>`)
+//! passed to the supervisor, and the supervisor's rollbacks published as
+//! `rollout.rolled_back` notifications.
 
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use switchyard_executor::Executor;
-use switchyard_proto::messaging::v1::Heartbeat;
+use switchyard_executor::{Endpoint, Executor, Phase};
+use switchyard_proto::messaging::v1::{Heartbeat, PromoteCanary, RolledBack};
 use switchyard_proto::metering::v1::InstanceStatus;
+use switchyard_service::{Running, SupervisorLink};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CallError, RpcClient, Target};
+use crate::{
+    CallError, EndpointError, MessagingError, Notifier, Priority, RpcClient, RpcServer, Target,
+    Transport,
+};
 
 /// The topic heartbeats fan out on.
 pub const TOPIC: &str = "rollout";
 /// The method heartbeats call.
 pub const METHOD: &str = "heartbeat";
+/// The notification a launcher's rollback is published as.
+pub const ROLLED_BACK: &str = "rollout.rolled_back";
+/// The method promote requests call, on [`control_topic`].
+pub const PROMOTE: &str = "promote";
+
+/// The topic a service's workers take rollout commands on.
+pub fn control_topic(service: &str) -> String {
+    format!("rollout-control.{service}")
+}
 
 /// The `[rollout]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +59,7 @@ pub fn status(
     service: &str,
     instance_id: &str,
     executor: &Executor,
+    supervisor: &SupervisorLink,
     started: Instant,
 ) -> InstanceStatus {
     let snapshot = executor.snapshot();
@@ -56,16 +77,113 @@ pub fn status(
         slow_polls: snapshot.totals.slow_polls,
         offloaded: snapshot.totals.offloaded,
         last_seen: None,
+        role: supervisor.role().to_string(),
+        rollout: supervisor.rollout_note(),
+    }
+}
+
+/// Starts this instance's part of the rollout until `attempt` ends: its
+/// heartbeat every `interval`; under a launcher also the promote listener
+/// and the publisher of the launcher's rollbacks.
+pub async fn start(
+    transport: &Transport,
+    exchange: &str,
+    service: &str,
+    running: &Running,
+    interval: Duration,
+    attempt: CancellationToken,
+) -> Result<(), MessagingError> {
+    let client = RpcClient::new(transport).await?;
+    spawn_heartbeats(
+        client,
+        exchange.to_string(),
+        service.to_string(),
+        running.clone(),
+        interval,
+        attempt.clone(),
+    );
+    if running.supervisor.role().is_empty() {
+        return Ok(());
+    }
+    let control = RpcServer::builder(
+        exchange,
+        &control_topic(service),
+        &running.identity.instance_id,
+    )
+    .method(running.executor.register(promote_endpoint(
+        running.executor.phase(),
+        service,
+        running.supervisor.clone(),
+    ))?)
+    .start(transport, 1, attempt.clone())
+    .await?;
+    tokio::spawn(control.stopped());
+    let notifier = Notifier::new(
+        transport,
+        exchange,
+        &format!("{service}@{}", running.identity.instance_id),
+    )
+    .await?;
+    let supervisor = running.supervisor.clone();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = attempt.cancelled() => return,
+                event = supervisor.next_announcement() => event,
+            };
+            let Some(event) = event else { return };
+            let payload = RolledBack {
+                service: event.service,
+                canary_phase: event.canary_phase,
+                main_phase: event.main_phase,
+                signal: event.signal,
+                detail: event.detail,
+                supervisor_pid: event.supervisor_pid,
+                host: event.host,
+            };
+            if let Err(error) = notifier.notify(Priority::Warn, ROLLED_BACK, &payload).await {
+                tracing::warn!("{ROLLED_BACK} not published: {error}");
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `promote`: passes a promote request for this service to the supervisor.
+/// Its body only sends a line to the supervisor, so it runs in every phase
+/// (blocking in `threaded`, async otherwise).
+fn promote_endpoint(
+    phase: Phase,
+    service: &str,
+    supervisor: SupervisorLink,
+) -> Endpoint<PromoteCanary, Result<PromoteCanary, EndpointError>> {
+    let service = service.to_string();
+    let promote = move |request: PromoteCanary| {
+        if request.service != service {
+            return Err(EndpointError::InvalidArgument(format!(
+                "field `service`: `{}` is not this service ({service})",
+                request.service
+            )));
+        }
+        tracing::info!("promote requested; telling the supervisor");
+        supervisor.request_promote();
+        Ok(request)
+    };
+    match phase {
+        Phase::Threaded => Endpoint::blocking(PROMOTE, move |_, request| promote(request)),
+        _ => Endpoint::from_async(PROMOTE, move |_, request| {
+            let outcome = promote(request);
+            async move { outcome }
+        }),
     }
 }
 
 /// Publishes this instance's heartbeat every `interval` until `shutdown`.
-pub fn spawn(
+fn spawn_heartbeats(
     client: RpcClient,
     exchange: String,
     service: String,
-    instance_id: String,
-    executor: Executor,
+    running: Running,
     interval: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -74,7 +192,13 @@ pub fn spawn(
         let target = Target::topic(&exchange, TOPIC);
         loop {
             let heartbeat = Heartbeat {
-                status: Some(status(&service, &instance_id, &executor, started)),
+                status: Some(status(
+                    &service,
+                    &running.identity.instance_id,
+                    &running.executor,
+                    &running.supervisor,
+                    started,
+                )),
             };
             match client.fanout(&target, METHOD, &heartbeat).await {
                 Ok(()) => {}

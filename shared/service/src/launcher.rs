@@ -1,26 +1,50 @@
 //! The launcher: `[launcher] workers = N` runs N worker processes of the
-//! service under one supervisor.
+//! service under one supervisor, switches their phase on SIGHUP one worker at
+//! a time, and runs a canary phase on some of them with automatic rollback.
 //!
 //! Workers are started by re-executing this binary with the same arguments
-//! and environment plus `SWITCHYARD_WORKER=<index>` — never by forking a
+//! and environment plus `SWITCHYARD_WORKER=<number>` — never by forking a
 //! process that already has threads and a runtime, the trap the original
 //! plan's service launcher fell into. Workers compete on the AMQP queues and
 //! share their gRPC and metrics ports with `SO_REUSEPORT` (the kernel spreads
 //! new connections across them), so a worker can be replaced without closing
-//! the port. A worker that dies is started again with backoff; SIGTERM or
-//! SIGINT to the supervisor drains every worker.
+//! the port. Each worker's phase comes from the supervisor
+//! (`SWITCHYARD_EXECUTOR__PHASE`), which decides main and canary phases.
+//!
+//! The supervisor talks to its workers over a Unix socket ([`crate::control`]):
+//! a worker says when it is ready and reports its executor's totals every
+//! second, which is what the canary is judged on ([`crate::canary`]).
+//!
+//! - A worker that dies is started again with doubling backoff.
+//! - SIGTERM or SIGINT: every worker drains; exit 0 when all did in time.
+//! - SIGHUP: the configuration is checked by running this binary with
+//!   `--check-config` (and again with the canary phase), read with
+//!   `--print-config`; if it is valid and differs, workers are replaced one
+//!   at a time — start the new one, wait for it to be ready, drain the old.
+//!   An invalid configuration is logged and the workers keep running.
+//! - Canary: `[launcher.canary] phase, workers`; when the canary is worse
+//!   than the main workers beyond a margin its workers are replaced by
+//!   main-phase ones and a worker publishes `rollout.rolled_back`.
+//!   A promote request makes the canary phase the main phase.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use switchyard_executor::Phase;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
 
-/// Set in a worker's environment: its index.
+use crate::canary::{self, CanaryConfig, Verdict, Window};
+use crate::control::{FromWorker, ROLE_VARIABLE, RolledBack, SUPERVISOR_VARIABLE, ToWorker};
+
+/// Set in a worker's environment: its number.
 pub const WORKER_VARIABLE: &str = "SWITCHYARD_WORKER";
 
 /// The `[launcher]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LauncherConfig {
     /// Worker processes; 1 runs the service in this process, no supervisor.
@@ -28,6 +52,12 @@ pub struct LauncherConfig {
     /// First delay before a dead worker is started again; doubles while it
     /// keeps dying, at most 30 s.
     pub restart_backoff_ms: u64,
+    /// How long a replacement worker may take to become ready before the
+    /// rolling replacement stops (and the old workers stay).
+    pub ready_timeout_ms: u64,
+    /// `[launcher.canary]`: some workers in another phase, judged against
+    /// the rest.
+    pub canary: CanaryConfig,
 }
 
 impl Default for LauncherConfig {
@@ -35,6 +65,8 @@ impl Default for LauncherConfig {
         Self {
             workers: 1,
             restart_backoff_ms: 500,
+            ready_timeout_ms: 60_000,
+            canary: CanaryConfig::default(),
         }
     }
 }
@@ -42,14 +74,18 @@ impl Default for LauncherConfig {
 impl LauncherConfig {
     /// Range checks, relative to the section.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
-        if (1..=64).contains(&self.workers) {
-            Vec::new()
-        } else {
-            vec![(
+        let mut problems = Vec::new();
+        if !(1..=64).contains(&self.workers) {
+            problems.push((
                 "workers",
                 format!("{} is out of range; accepted: 1 to 64", self.workers),
-            )]
+            ));
         }
+        if self.ready_timeout_ms == 0 {
+            problems.push(("ready_timeout_ms", "0; accepted: 1 or more".to_string()));
+        }
+        problems.extend(self.canary.problems(self.workers));
+        problems
     }
 }
 
@@ -58,29 +94,366 @@ pub fn is_worker() -> bool {
     std::env::var_os(WORKER_VARIABLE).is_some()
 }
 
+/// In a worker: asks the kernel for SIGTERM (a drain) when the supervisor
+/// dies, so no worker outlives it.
+pub(crate) fn follow_supervisor() {
+    if let Err(error) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+    {
+        tracing::warn!("cannot ask to be stopped with the supervisor: {error}");
+    }
+}
+
+/// What the supervisor starts with: the configuration it was started with.
+#[derive(Debug, Clone)]
+pub(crate) struct Start {
+    pub service: String,
+    pub launcher: LauncherConfig,
+    pub phase: Phase,
+    /// `--print-config`'s text of the configuration, to tell a changed one.
+    pub printed: String,
+    pub grace: Duration,
+}
+
 /// Runs the supervisor until SIGTERM/SIGINT; exits 0 when every worker
-/// drained within `grace`.
-pub fn supervise(service: &str, config: &LauncherConfig, grace: Duration) -> ExitCode {
+/// drained within the grace period.
+pub(crate) fn supervise(start: Start) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("{service} launcher: cannot start: {error}");
+            eprintln!("{} launcher: cannot start: {error}", start.service);
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(service, config, grace))
+    runtime.block_on(run(start))
 }
 
-fn spawn(index: usize) -> std::io::Result<tokio::process::Child> {
-    let exe = std::env::current_exe()?;
-    tokio::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(WORKER_VARIABLE, index.to_string())
-        .kill_on_drop(false)
-        .spawn()
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Main,
+    Canary,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Main => "main",
+            Role::Canary => "canary",
+        }
+    }
+}
+
+/// What a worker should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Spec {
+    role: Role,
+    phase: Phase,
+    /// Bumped by every accepted reload: workers of an older one are replaced.
+    generation: u64,
+}
+
+/// What the workers should be.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    workers: usize,
+    main_phase: Phase,
+    /// The canary phase and how many workers run it.
+    canary: Option<(Phase, usize)>,
+    canary_config: CanaryConfig,
+    ready_timeout: Duration,
+    backoff: Duration,
+}
+
+impl Plan {
+    fn new(launcher: &LauncherConfig, phase: Phase) -> Self {
+        Self {
+            workers: launcher.workers,
+            main_phase: phase,
+            canary: launcher
+                .canary
+                .phase
+                .filter(|canary| *canary != phase)
+                .map(|canary| (canary, launcher.canary.workers)),
+            canary_config: launcher.canary.clone(),
+            ready_timeout: Duration::from_millis(launcher.ready_timeout_ms),
+            backoff: Duration::from_millis(launcher.restart_backoff_ms.max(1)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.canary {
+            Some((canary, count)) => format!(
+                "{} workers: {} in phase {}, {count} canary in phase {canary}",
+                self.workers,
+                self.workers - count,
+                self.main_phase
+            ),
+            None => format!("{} workers in phase {}", self.workers, self.main_phase),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Worker {
+    slot: usize,
+    pid: u32,
+    spec: Spec,
+    ready: bool,
+    retiring: bool,
+    control: Option<mpsc::UnboundedSender<ToWorker>>,
+    window: Window,
+}
+
+/// One replacement in a rolling update: `new` (until it is ready), then the
+/// `old` worker draining.
+#[derive(Debug)]
+struct Step {
+    slot: usize,
+    new: Option<u64>,
+    old: Option<u64>,
+    deadline: Instant,
+}
+
+/// A checked configuration read back from `--print-config`.
+#[derive(Debug)]
+struct Reload {
+    printed: String,
+    launcher: LauncherConfig,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+enum Event {
+    Exited {
+        id: u64,
+        status: String,
+    },
+    Connected {
+        id: u64,
+        control: mpsc::UnboundedSender<ToWorker>,
+    },
+    Message {
+        id: u64,
+        message: FromWorker,
+    },
+    Restart {
+        slot: usize,
+    },
+    Reloaded(Result<Reload, String>),
+}
+
+struct Supervisor {
+    service: String,
+    socket: PathBuf,
+    events: mpsc::UnboundedSender<Event>,
+    plan: Plan,
+    printed: String,
+    generation: u64,
+    /// The rollout state told to the workers for their heartbeats.
+    note: String,
+    next_id: u64,
+    workers: BTreeMap<u64, Worker>,
+    step: Option<Step>,
+    /// A replacement failed: no more until the next reload.
+    stalled: bool,
+    rolling: bool,
+    restarting: HashSet<usize>,
+    backoff: BTreeMap<usize, (Duration, Instant)>,
+    last_verdict: Option<Instant>,
+}
+
+async fn run(start: Start) -> ExitCode {
+    let service = start.service.clone();
+    let socket =
+        std::env::temp_dir().join(format!("switchyard-{service}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let listener = match tokio::net::UnixListener::bind(&socket) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(
+                "{service} launcher: cannot listen on {}: {error}",
+                socket.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    restrict_to_owner(&socket);
+    let (events, mut inbox) = mpsc::unbounded_channel();
+    tokio::spawn(accept(listener, events.clone()));
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!("{service} launcher: cannot listen for signals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut supervisor = Supervisor {
+        service: service.clone(),
+        socket: socket.clone(),
+        events,
+        plan: Plan::new(&start.launcher, start.phase),
+        printed: start.printed,
+        generation: 0,
+        note: String::new(),
+        next_id: 0,
+        workers: BTreeMap::new(),
+        step: None,
+        stalled: false,
+        rolling: false,
+        restarting: HashSet::new(),
+        backoff: BTreeMap::new(),
+        last_verdict: None,
+    };
+    tracing::info!(
+        "{service} launcher: starting {}",
+        supervisor.plan.describe()
+    );
+    supervisor.advance();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = signals.terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = signals.hangup.recv() => {
+                tracing::info!("{service} launcher: SIGHUP: checking the configuration");
+                let events = supervisor.events.clone();
+                tokio::spawn(async move {
+                    let _ = events.send(Event::Reloaded(check_configuration().await));
+                });
+            }
+            Some(event) = inbox.recv() => supervisor.handle(event),
+            _ = tick.tick() => {
+                supervisor.judge();
+                supervisor.advance();
+            }
+        }
+    }
+    let code = supervisor.drain(&mut inbox, start.grace).await;
+    let _ = std::fs::remove_file(&socket);
+    code
+}
+
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+fn restrict_to_owner(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!("cannot restrict {} to its owner: {error}", path.display());
+    }
+}
+
+/// Accepts worker connections; each says hello, then its lines become events.
+async fn accept(listener: tokio::net::UnixListener, events: mpsc::UnboundedSender<Event>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let events = events.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let Ok(Some(first)) = lines.next_line().await else {
+                return;
+            };
+            let Ok(FromWorker::Hello { worker: id }) = serde_json::from_str(&first) else {
+                tracing::warn!("a control connection did not say hello; closed");
+                return;
+            };
+            let (control, mut outgoing) = mpsc::unbounded_channel::<ToWorker>();
+            if events.send(Event::Connected { id, control }).is_err() {
+                return;
+            }
+            tokio::spawn(async move {
+                while let Some(message) = outgoing.recv().await {
+                    let Ok(mut line) = serde_json::to_vec(&message) else {
+                        continue;
+                    };
+                    line.push(b'\n');
+                    if write.write_all(&line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<FromWorker>(&line) {
+                    Ok(message) => {
+                        if events.send(Event::Message { id, message }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => tracing::warn!("unreadable line from worker {id}: {error}"),
+                }
+            }
+        });
+    }
+}
+
+/// Runs this binary with `--check-config` (also in the canary phase, when
+/// there is one) and `--print-config`: the same check an operator runs.
+async fn check_configuration() -> Result<Reload, String> {
+    let run = |extra: &'static str, phase: Option<Phase>| async move {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .args(std::env::args_os().skip(1))
+            .arg(extra)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(phase) = phase {
+            command.env("SWITCHYARD_EXECUTOR__PHASE", phase.as_str());
+        }
+        let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .map_err(|_| format!("{extra} did not finish within 30 s"))?
+            .map_err(|e| format!("cannot run {extra}: {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        }
+    };
+    run("--check-config", None).await?;
+    let printed = run("--print-config", None).await?;
+    let value: toml::Value = toml::from_str(&printed)
+        .map_err(|e| format!("cannot read --print-config's output: {e}"))?;
+    let launcher: LauncherConfig = value
+        .get("launcher")
+        .cloned()
+        .map(|v| v.try_into())
+        .transpose()
+        .map_err(|e| format!("launcher: {e}"))?
+        .unwrap_or_default();
+    let phase: Phase = value
+        .get("executor")
+        .and_then(|e| e.get("phase"))
+        .cloned()
+        .map(|v| v.try_into())
+        .transpose()
+        .map_err(|e| format!("executor.phase: {e}"))?
+        .unwrap_or_default();
+    if let Some(canary) = launcher.canary.phase {
+        run("--check-config", Some(canary))
+            .await
+            .map_err(|e| format!("in the canary phase {canary}: {e}"))?;
+    }
+    Ok(Reload {
+        printed,
+        launcher,
+        phase,
+    })
 }
 
 fn signal(pid: u32, signal: rustix::process::Signal) {
@@ -89,100 +462,513 @@ fn signal(pid: u32, signal: rustix::process::Signal) {
     }
 }
 
-async fn run(service: &str, config: &LauncherConfig, grace: Duration) -> ExitCode {
-    let base = Duration::from_millis(config.restart_backoff_ms.max(1));
-    let (exits_tx, mut exits) = tokio::sync::mpsc::unbounded_channel::<(usize, u32, String)>();
-    let mut pids: HashMap<usize, (u32, Instant)> = HashMap::new();
-    let mut backoff: HashMap<usize, Duration> = HashMap::new();
-    let start = |index: usize, pids: &mut HashMap<usize, (u32, Instant)>| match spawn(index) {
-        Ok(mut child) => {
-            let pid = child.id().unwrap_or(0);
-            tracing::info!(
-                worker = index,
-                pid,
-                "{service} launcher: worker {index} started (pid {pid})"
-            );
-            pids.insert(index, (pid, Instant::now()));
-            let exits = exits_tx.clone();
-            tokio::spawn(async move {
-                let status = match child.wait().await {
-                    Ok(status) => status.to_string(),
-                    Err(error) => format!("unknown ({error})"),
-                };
-                let _ = exits.send((index, pid, status));
-            });
+fn host() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+impl Supervisor {
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Exited { id, status } => self.exited(id, status),
+            Event::Connected { id, control } => {
+                if let Some(worker) = self.workers.get_mut(&id) {
+                    if !self.note.is_empty() {
+                        let _ = control.send(ToWorker::Rollout {
+                            note: self.note.clone(),
+                        });
+                    }
+                    worker.control = Some(control);
+                }
+            }
+            Event::Message { id, message } => self.message(id, message),
+            Event::Restart { slot } => {
+                self.restarting.remove(&slot);
+                self.advance();
+            }
+            Event::Reloaded(result) => self.reloaded(result),
         }
-        Err(error) => tracing::error!("{service} launcher: cannot start worker {index}: {error}"),
-    };
-    for index in 0..config.workers {
-        start(index, &mut pids);
     }
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
+
+    fn message(&mut self, id: u64, message: FromWorker) {
+        let window = self.plan.canary_config.window();
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        match message {
+            FromWorker::Hello { .. } => {}
+            FromWorker::Ready => {
+                if !worker.ready {
+                    worker.ready = true;
+                    tracing::info!(
+                        worker = id,
+                        "{} launcher: worker {id} (pid {}, {} phase {}) is ready",
+                        self.service,
+                        worker.pid,
+                        worker.spec.role.as_str(),
+                        worker.spec.phase
+                    );
+                }
+                self.advance();
+            }
+            FromWorker::Report(report) => worker.window.record(Instant::now(), report, window),
+            FromWorker::Promote => self.promote(),
+        }
+    }
+
+    /// Starts a worker for `slot`; returns its number.
+    fn start(&mut self, slot: usize, spec: Spec) -> Option<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let spawned = std::env::current_exe().and_then(|exe| {
+            tokio::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env(WORKER_VARIABLE, id.to_string())
+                .env(SUPERVISOR_VARIABLE, &self.socket)
+                .env(ROLE_VARIABLE, spec.role.as_str())
+                .env("SWITCHYARD_EXECUTOR__PHASE", spec.phase.as_str())
+                .kill_on_drop(false)
+                .spawn()
+        });
+        let mut child = match spawned {
+            Ok(child) => child,
             Err(error) => {
-                tracing::error!("{service} launcher: cannot listen for SIGTERM: {error}");
-                return ExitCode::FAILURE;
+                tracing::error!("{} launcher: cannot start a worker: {error}", self.service);
+                self.schedule_restart(slot);
+                return None;
             }
         };
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-            Some((index, pid, status)) = exits.recv() => {
-                let lived = pids.remove(&index).map(|(_, since)| since.elapsed()).unwrap_or_default();
-                let delay = if lived > Duration::from_secs(30) {
-                    base
-                } else {
-                    backoff.get(&index).map(|d| (*d * 2).min(Duration::from_secs(30))).unwrap_or(base)
-                };
-                backoff.insert(index, delay);
-                tracing::warn!(
-                    worker = index, pid,
-                    "{service} launcher: worker {index} (pid {pid}) exited with {status} after {:.1} s; starting it again in {delay:?}",
-                    lived.as_secs_f64()
+        let pid = child.id().unwrap_or(0);
+        tracing::info!(
+            worker = id,
+            pid,
+            "{} launcher: worker {id} started (pid {pid}, {} phase {})",
+            self.service,
+            spec.role.as_str(),
+            spec.phase
+        );
+        self.workers.insert(
+            id,
+            Worker {
+                slot,
+                pid,
+                spec,
+                ready: false,
+                retiring: false,
+                control: None,
+                window: Window::default(),
+            },
+        );
+        self.backoff
+            .entry(slot)
+            .and_modify(|(_, since)| *since = Instant::now())
+            .or_insert((Duration::ZERO, Instant::now()));
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(error) => format!("unknown ({error})"),
+            };
+            let _ = events.send(Event::Exited { id, status });
+        });
+        Some(id)
+    }
+
+    fn exited(&mut self, id: u64, status: String) {
+        let Some(worker) = self.workers.remove(&id) else {
+            return;
+        };
+        if worker.retiring {
+            tracing::info!(
+                worker = id,
+                "{} launcher: worker {id} (pid {}) drained and stopped: {status}",
+                self.service,
+                worker.pid
+            );
+        } else {
+            let replacing = self.step.as_ref().is_some_and(|s| s.slot == worker.slot);
+            tracing::warn!(
+                worker = id,
+                "{} launcher: worker {id} (pid {}) exited with {status}",
+                self.service,
+                worker.pid
+            );
+            if !replacing {
+                self.schedule_restart(worker.slot);
+            }
+        }
+        self.advance();
+    }
+
+    fn schedule_restart(&mut self, slot: usize) {
+        let base = self.plan.backoff;
+        let (last, since) = self
+            .backoff
+            .get(&slot)
+            .copied()
+            .unwrap_or((Duration::ZERO, Instant::now()));
+        // A worker that lived 30 s starts over from the base delay.
+        let delay = if last.is_zero() || since.elapsed() > Duration::from_secs(30) {
+            base
+        } else {
+            (last * 2).min(Duration::from_secs(30))
+        };
+        self.backoff.insert(slot, (delay, since));
+        tracing::warn!(
+            "{} launcher: starting a worker in slot {slot} again in {delay:?}",
+            self.service
+        );
+        self.restarting.insert(slot);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::Restart { slot });
+        });
+    }
+
+    /// What slot `slot` should run, if it should exist.
+    fn desired(&self, slot: usize) -> Option<Spec> {
+        (slot < self.plan.workers).then(|| {
+            let (role, phase) = match self.plan.canary {
+                Some((phase, count)) if slot < count => (Role::Canary, phase),
+                _ => (Role::Main, self.plan.main_phase),
+            };
+            Spec {
+                role,
+                phase,
+                generation: self.generation,
+            }
+        })
+    }
+
+    /// The worker serving `slot` (not draining, not a replacement still starting).
+    fn current(&self, slot: usize) -> Option<u64> {
+        let incoming = self.step.as_ref().and_then(|s| s.new);
+        self.workers
+            .iter()
+            .find(|(id, w)| w.slot == slot && !w.retiring && Some(**id) != incoming)
+            .map(|(id, _)| *id)
+    }
+
+    fn retire(&mut self, id: u64) {
+        if let Some(worker) = self.workers.get_mut(&id)
+            && !worker.retiring
+        {
+            worker.retiring = true;
+            tracing::info!(
+                worker = id,
+                "{} launcher: draining worker {id} (pid {})",
+                self.service,
+                worker.pid
+            );
+            signal(worker.pid, rustix::process::Signal::TERM);
+        }
+    }
+
+    /// Moves the workers one step towards the plan.
+    fn advance(&mut self) {
+        if let Some((slot, new, old, deadline)) = self
+            .step
+            .as_ref()
+            .map(|s| (s.slot, s.new, s.old, s.deadline))
+        {
+            if let Some(new) = new {
+                match self.workers.get(&new).map(|w| (w.ready, w.pid)) {
+                    None => {
+                        self.step = None;
+                        self.stall(&format!(
+                            "the replacement for slot {slot} exited before it was ready"
+                        ));
+                        return;
+                    }
+                    Some((true, _)) => {
+                        if let Some(step) = &mut self.step {
+                            step.new = None;
+                        }
+                    }
+                    Some((false, pid)) => {
+                        if Instant::now() >= deadline {
+                            signal(pid, rustix::process::Signal::KILL);
+                            self.step = None;
+                            self.stall(&format!(
+                                "worker {new} (pid {pid}) was not ready in time; killed"
+                            ));
+                        }
+                        return;
+                    }
+                }
+            }
+            match old {
+                Some(old) if self.workers.contains_key(&old) => {
+                    self.retire(old);
+                    return;
+                }
+                _ => self.step = None,
+            }
+        }
+        if self.stalled {
+            return;
+        }
+        let slots = self
+            .workers
+            .values()
+            .map(|w| w.slot + 1)
+            .max()
+            .unwrap_or(0)
+            .max(self.plan.workers);
+        for slot in 0..slots {
+            match (self.desired(slot), self.current(slot)) {
+                (Some(spec), Some(id)) if self.workers.get(&id).is_some_and(|w| w.spec != spec) => {
+                    if !self.rolling {
+                        self.rolling = true;
+                        tracing::info!(
+                            "{} launcher: replacing workers one at a time: {}",
+                            self.service,
+                            self.plan.describe()
+                        );
+                    }
+                    let new = self.start(slot, spec);
+                    self.step = Some(Step {
+                        slot,
+                        new,
+                        old: Some(id),
+                        deadline: Instant::now() + self.plan.ready_timeout,
+                    });
+                    return;
+                }
+                (Some(spec), None) if !self.restarting.contains(&slot) => {
+                    self.start(slot, spec);
+                }
+                (None, Some(id)) => {
+                    self.step = Some(Step {
+                        slot,
+                        new: None,
+                        old: Some(id),
+                        deadline: Instant::now(),
+                    });
+                    self.retire(id);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if self.rolling {
+            self.rolling = false;
+            tracing::info!(
+                "{} launcher: rollout complete: {}",
+                self.service,
+                self.plan.describe()
+            );
+        }
+    }
+
+    fn stall(&mut self, why: &str) {
+        self.stalled = true;
+        self.rolling = false;
+        tracing::error!(
+            "{} launcher: rollout stopped: {why}; the other workers keep their configuration until the next SIGHUP",
+            self.service
+        );
+    }
+
+    fn reloaded(&mut self, result: Result<Reload, String>) {
+        let reload = match result {
+            Ok(reload) => reload,
+            Err(why) => {
+                tracing::error!(
+                    "{} launcher: configuration reload refused; the workers keep running the previous configuration:\n{why}",
+                    self.service
                 );
-                tokio::time::sleep(delay).await;
-                start(index, &mut pids);
+                return;
+            }
+        };
+        let plan = Plan::new(&reload.launcher, reload.phase);
+        if reload.printed == self.printed && plan == self.plan && !self.stalled {
+            tracing::info!(
+                "{} launcher: configuration unchanged; workers kept",
+                self.service
+            );
+            return;
+        }
+        tracing::info!(
+            "{} launcher: configuration reloaded: {}",
+            self.service,
+            plan.describe()
+        );
+        self.printed = reload.printed;
+        self.plan = plan;
+        self.generation += 1;
+        self.stalled = false;
+        self.last_verdict = None;
+        self.set_note(String::new());
+        self.advance();
+    }
+
+    fn set_note(&mut self, note: String) {
+        self.note = note;
+        for worker in self.workers.values() {
+            if let Some(control) = &worker.control {
+                let _ = control.send(ToWorker::Rollout {
+                    note: self.note.clone(),
+                });
             }
         }
     }
-    tracing::info!("{service} launcher: draining {} worker(s)", pids.len());
-    for (pid, _) in pids.values() {
-        signal(*pid, rustix::process::Signal::TERM);
+
+    /// The workers of one role that run the current plan and are ready.
+    fn side(&self, role: Role) -> canary::Report {
+        canary::side(
+            self.workers
+                .values()
+                .filter(|w| {
+                    w.ready
+                        && !w.retiring
+                        && w.spec.role == role
+                        && Some(w.spec) == self.desired(w.slot)
+                })
+                .map(|w| &w.window),
+        )
     }
-    let deadline = Instant::now() + grace + Duration::from_secs(5);
-    let mut clean = true;
-    while !pids.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, exits.recv()).await {
-            Ok(Some((index, pid, status))) => {
-                pids.remove(&index);
-                // A worker still starting has no SIGTERM handler yet and so
-                // dies of the signal itself — before it could take any work.
-                if status != "exit status: 0" && !status.contains("SIGTERM") {
-                    clean = false;
-                }
-                tracing::info!(
-                    worker = index,
-                    pid,
-                    "{service} launcher: worker {index} (pid {pid}) stopped: {status}"
-                );
-            }
-            _ => {
-                for (index, (pid, _)) in &pids {
-                    tracing::error!(
-                        "{service} launcher: worker {index} (pid {pid}) did not stop within the grace period; killing it"
+
+    fn judge(&mut self) {
+        let Some((canary_phase, _)) = self.plan.canary else {
+            return;
+        };
+        if self.step.is_some() || self.rolling || self.stalled {
+            return;
+        }
+        match canary::judge(
+            &self.side(Role::Canary),
+            &self.side(Role::Main),
+            &self.plan.canary_config,
+        ) {
+            Verdict::NotEnoughCalls => {}
+            Verdict::Healthy(summary) => {
+                let window = self.plan.canary_config.window();
+                if self.last_verdict.is_none_or(|at| at.elapsed() >= window) {
+                    self.last_verdict = Some(Instant::now());
+                    tracing::info!(
+                        "{} launcher: canary {canary_phase} within margins over the last {window:?}: {summary}",
+                        self.service
                     );
-                    signal(*pid, rustix::process::Signal::KILL);
                 }
-                return ExitCode::FAILURE;
             }
+            Verdict::Worse { signal, detail } => self.roll_back(canary_phase, signal, detail),
         }
     }
-    if clean {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+
+    fn roll_back(&mut self, canary_phase: Phase, signal: &str, detail: String) {
+        let main_phase = self.plan.main_phase;
+        self.plan.canary = None;
+        tracing::error!(
+            signal,
+            "{} launcher: canary {canary_phase} rolled back to {main_phase} ({signal}): {detail}",
+            self.service
+        );
+        self.set_note(format!(
+            "canary {canary_phase} rolled back to {main_phase} ({signal}): {detail}"
+        ));
+        let event = RolledBack {
+            service: self.service.clone(),
+            canary_phase: canary_phase.to_string(),
+            main_phase: main_phase.to_string(),
+            signal: signal.to_string(),
+            detail,
+            supervisor_pid: std::process::id(),
+            host: host(),
+        };
+        let publisher = self
+            .workers
+            .values()
+            .find(|w| w.ready && !w.retiring && w.spec.role == Role::Main)
+            .and_then(|w| w.control.as_ref());
+        match publisher {
+            Some(control) => {
+                let _ = control.send(ToWorker::Announce(event));
+            }
+            None => tracing::warn!(
+                "{} launcher: no main worker to publish rollout.rolled_back",
+                self.service
+            ),
+        }
+        self.advance();
+    }
+
+    fn promote(&mut self) {
+        let Some((canary_phase, _)) = self.plan.canary.take() else {
+            tracing::warn!(
+                "{} launcher: promote requested, but no canary is running",
+                self.service
+            );
+            return;
+        };
+        let previous = self.plan.main_phase;
+        self.plan.main_phase = canary_phase;
+        tracing::info!(
+            "{} launcher: canary {canary_phase} promoted: every worker moves from {previous} to {canary_phase} (until the next reload: set executor.phase = \"{canary_phase}\" in the configuration to keep it)",
+            self.service
+        );
+        self.set_note(format!("canary {canary_phase} promoted from {previous}"));
+        self.advance();
+    }
+
+    /// SIGTERM to every worker; waits for all of them within `grace` (plus
+    /// five seconds), kills the rest.
+    async fn drain(
+        &mut self,
+        inbox: &mut mpsc::UnboundedReceiver<Event>,
+        grace: Duration,
+    ) -> ExitCode {
+        tracing::info!(
+            "{} launcher: draining {} worker(s)",
+            self.service,
+            self.workers.len()
+        );
+        for worker in self.workers.values_mut() {
+            worker.retiring = true;
+            signal(worker.pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + grace + Duration::from_secs(5);
+        let mut clean = true;
+        while !self.workers.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, inbox.recv()).await {
+                Ok(Some(Event::Exited { id, status })) => {
+                    let Some(worker) = self.workers.remove(&id) else {
+                        continue;
+                    };
+                    // A worker still starting has no SIGTERM handler yet and
+                    // so dies of the signal itself — before it took any work.
+                    if status != "exit status: 0" && !status.contains("SIGTERM") {
+                        clean = false;
+                    }
+                    tracing::info!(
+                        worker = id,
+                        "{} launcher: worker {id} (pid {}) stopped: {status}",
+                        self.service,
+                        worker.pid
+                    );
+                }
+                Ok(Some(_)) => {}
+                _ => {
+                    for (id, worker) in &self.workers {
+                        tracing::error!(
+                            "{} launcher: worker {id} (pid {}) did not stop within the grace period; killing it",
+                            self.service,
+                            worker.pid
+                        );
+                        signal(worker.pid, rustix::process::Signal::KILL);
+                    }
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        if clean {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
     }
 }

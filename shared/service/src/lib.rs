@@ -9,6 +9,8 @@
 #![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+pub mod canary;
+mod control;
 mod launcher;
 mod metrics;
 
@@ -23,6 +25,8 @@ use switchyard_executor::{EndpointSpec, Executor};
 use switchyard_telemetry::Identity;
 use tokio_util::sync::CancellationToken;
 
+pub use canary::CanaryConfig;
+pub use control::{ROLE_VARIABLE, RolledBack, SUPERVISOR_VARIABLE, SupervisorLink};
 pub use launcher::{LauncherConfig, WORKER_VARIABLE, is_worker};
 pub use metrics::serve_metrics;
 pub use switchyard_executor::ExecutorConfig;
@@ -59,6 +63,8 @@ impl MetricsConfig {
 pub trait ServiceSettings: Settings {
     /// `[executor]`.
     fn executor(&self) -> &ExecutorConfig;
+    /// `[executor]`, to change (the launcher checks its canary phase).
+    fn executor_mut(&mut self) -> &mut ExecutorConfig;
     /// `[telemetry]`.
     fn telemetry(&self) -> &TelemetryConfig;
     /// `[metrics]`.
@@ -83,6 +89,9 @@ macro_rules! service_settings {
         impl $crate::ServiceSettings for $settings {
             fn executor(&self) -> &$crate::ExecutorConfig {
                 &self.executor
+            }
+            fn executor_mut(&mut self) -> &mut $crate::ExecutorConfig {
+                &mut self.executor
             }
             fn telemetry(&self) -> &$crate::TelemetryConfig {
                 &self.telemetry
@@ -111,10 +120,10 @@ pub fn shared_problems<C: ServiceSettings>(settings: &C) -> Vec<(String, String)
 /// `Err` carries the exit status to return: the process is done.
 /// `endpoints` lists the service's endpoints for the loaded settings (a
 /// service mid-migration may pick a body by phase).
-pub fn configure<C: ServiceSettings>(
+pub fn configure<C: ServiceSettings + Clone>(
     service: &str,
     flags: &ConfigFlags,
-    endpoints: impl FnOnce(&C) -> Vec<EndpointSpec>,
+    endpoints: impl Fn(&C) -> Vec<EndpointSpec>,
 ) -> Result<Loaded<C>, ExitCode> {
     let loaded = match Loader::new(service, flags.config.as_deref()).load::<C>() {
         Ok(loaded) => loaded,
@@ -123,16 +132,31 @@ pub fn configure<C: ServiceSettings>(
             return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
+    let mut mismatches: Vec<(String, String)> =
+        Executor::check(loaded.settings.executor(), &endpoints(&loaded.settings))
+            .into_iter()
+            .map(|m| (loaded.source_of("executor.phase"), m.to_string()))
+            .collect();
+    // The launcher's canary workers run another phase: it must fit too.
+    if let Some(canary) = loaded.settings.launcher().canary.phase
+        && loaded.settings.launcher().workers > 1
+    {
+        let mut in_canary = loaded.settings.clone();
+        in_canary.executor_mut().phase = canary;
+        mismatches.extend(
+            Executor::check(in_canary.executor(), &endpoints(&in_canary))
+                .into_iter()
+                .map(|m| (loaded.source_of("launcher.canary.phase"), m.to_string())),
+        );
+    }
     let endpoints = endpoints(&loaded.settings);
-    let mismatches = Executor::check(loaded.settings.executor(), &endpoints);
     if !mismatches.is_empty() {
-        let source = loaded.source_of("executor.phase");
         eprintln!(
             "invalid configuration for {service} ({} problem{}):",
             mismatches.len(),
             if mismatches.len() == 1 { "" } else { "s" }
         );
-        for mismatch in mismatches {
+        for (source, mismatch) in mismatches {
             eprintln!("  - executor.phase (from {source}): {mismatch}");
         }
         return Err(ExitCode::from(EXIT_CONFIG));
@@ -175,6 +199,8 @@ pub struct Running {
     pub identity: Identity,
     /// Cancelled on SIGTERM or SIGINT: stop taking work.
     pub shutdown: CancellationToken,
+    /// The launcher's supervisor, when this process is one of its workers.
+    pub supervisor: SupervisorLink,
 }
 
 /// What a service body returns to be run again, in the same process, with
@@ -203,11 +229,13 @@ where
             ..settings.telemetry().clone()
         };
         let telemetry = switchyard_telemetry::init(&identity, &logs_only).ok();
-        let code = launcher::supervise(
-            service,
-            settings.launcher(),
-            settings.executor().shutdown_grace(),
-        );
+        let code = launcher::supervise(launcher::Start {
+            service: service.to_string(),
+            launcher: settings.launcher().clone(),
+            phase,
+            printed: switchyard_config::redacted_toml(&settings).unwrap_or_default(),
+            grace: settings.executor().shutdown_grace(),
+        });
         if let Some(telemetry) = telemetry {
             telemetry.shutdown();
         }
@@ -220,6 +248,9 @@ where
             return ExitCode::FAILURE;
         }
     };
+    if is_worker() {
+        launcher::follow_supervisor();
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name(format!("{service}-io"))
@@ -268,6 +299,7 @@ where
         tracing::info!("metrics on http://{bound}/metrics");
     }
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    let supervisor = SupervisorLink::connect(executor.clone(), shutdown.clone()).await;
     tracing::info!(
         phase = %executor_config.phase,
         instance = %identity.instance_id,
@@ -279,6 +311,7 @@ where
         executor: executor.clone(),
         identity,
         shutdown: shutdown.clone(),
+        supervisor,
     };
     let outcome = loop {
         match body(settings.clone(), running.clone()).await {

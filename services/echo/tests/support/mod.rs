@@ -49,7 +49,8 @@ pub async fn start_with(
         overload_wait_ms: overload_wait.as_millis() as u64,
         ..GrpcConfig::default()
     };
-    let echo = EchoService::register(&executor, &grpc).expect("phase runs echo");
+    let echo =
+        EchoService::register(&executor, &grpc, &Default::default()).expect("phase runs echo");
     let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;
     let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)
         .expect("reflection")
