@@ -9,7 +9,7 @@ use prost::Message;
 use switchyard_executor::{
     BoundEndpoint, Endpoint, EndpointKind, EndpointSpec, Executor, PhaseMismatch,
 };
-use switchyard_grpc::{GrpcOutcome, TraceInterceptor, invalid_argument};
+use switchyard_grpc::{GrpcOutcome, TraceInterceptor, invalid_argument, retry_unsent};
 use switchyard_messaging::{CallError, RpcClient, Target, heartbeat, wire};
 use switchyard_proto::collector::v1::sample_query_client::SampleQueryClient;
 use switchyard_proto::messaging::v1::{PromoteCanary, RecordSamples};
@@ -223,9 +223,18 @@ impl MeteringApi {
     ) -> Result<Self, PhaseMismatch> {
         Ok(Self {
             post_samples: bind(executor, 0, backends, post_samples)?,
-            list_meters: bind(executor, 1, backends, |b, r| async move {
-                Ok(b.collector.clone().list_meters(r).await?.into_inner())
-            })?,
+            list_meters: bind(
+                executor,
+                1,
+                backends,
+                |b, r: ListMetersRequest| async move {
+                    let reply = retry_unsent(|| {
+                        let (mut collector, r) = (b.collector.clone(), r.clone());
+                        async move { collector.list_meters(r).await }
+                    });
+                    Ok(reply.await?.into_inner())
+                },
+            )?,
             statistics: bind(
                 executor,
                 2,
@@ -234,7 +243,11 @@ impl MeteringApi {
                     if r.meter.is_empty() {
                         return Err(invalid_argument("meter", "is required"));
                     }
-                    Ok(b.collector.clone().get_statistics(r).await?.into_inner())
+                    let reply = retry_unsent(|| {
+                        let (mut collector, r) = (b.collector.clone(), r.clone());
+                        async move { collector.get_statistics(r).await }
+                    });
+                    Ok(reply.await?.into_inner())
                 },
             )?,
             create_alarm: bind(executor, 3, backends, |b, r| async move {

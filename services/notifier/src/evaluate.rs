@@ -112,18 +112,20 @@ async fn evaluate(
         end: Some(alarms::timestamp(now + 60_000)),
         period_seconds: alarm.period_seconds,
     };
-    let buckets = client
-        .clone()
-        .get_statistics(request)
-        .await
-        .map_err(|status| {
-            EndpointError::Unavailable(format!(
-                "statistics from the collector: {}",
-                status.message()
-            ))
-        })?
-        .into_inner()
-        .buckets;
+    // A collector worker being replaced may drop the call unsent: sent again.
+    let buckets = switchyard_grpc::retry_unsent(|| {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.get_statistics(request).await }
+    })
+    .await
+    .map_err(|status| {
+        EndpointError::Unavailable(format!(
+            "statistics from the collector: {}",
+            status.message()
+        ))
+    })?
+    .into_inner()
+    .buckets;
     let (state, reason) = judge(&alarm, &buckets);
     if state as i32 == alarm.state {
         return Ok(());

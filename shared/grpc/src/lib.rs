@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod readiness;
+mod retry;
 mod status;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, field};
 
 pub use readiness::Readiness;
+pub use retry::{never_sent, retry_unsent};
 pub use status::{from_dispatch, invalid_argument, not_found};
 
 /// The `[grpc]` section of a service that serves gRPC.

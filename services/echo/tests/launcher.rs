@@ -1,0 +1,423 @@
+//! The launcher, with the real `switchyard-echo` binary as supervisor and
+//! workers: restart after SIGKILL, drain on SIGTERM, a SIGHUP phase switch
+//! under load without a failed call, an invalid configuration on SIGHUP
+//! refused, and canaries judged — a blocking one rolled back, a healthy one
+//! kept.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use switchyard_proto::echo::v1::SayRequest;
+use switchyard_proto::echo::v1::echo_client::EchoClient;
+
+const ECHO: &str = env!("CARGO_BIN_EXE_switchyard-echo");
+const BOUND: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The configuration file: `[executor]` with `executor` (e.g. the phase, from
+/// [`phase`]), two workers, `extra` appended.
+fn config(port: u16, executor: &str, extra: &str) -> String {
+    format!(
+        "[executor]\n{executor}\npool_size = 4\nshutdown_grace_ms = 5000\n\n\
+         [grpc]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [launcher]\nworkers = 2\nrestart_backoff_ms = 100\n\n{extra}"
+    )
+}
+
+/// A supervisor and its log (stderr, shared with its workers).
+struct Launcher {
+    child: Child,
+    port: u16,
+    file: PathBuf,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+fn phase(phase: &str) -> String {
+    format!("phase = \"{phase}\"")
+}
+
+impl Launcher {
+    fn start(executor: &str, extra: &str) -> Self {
+        let port = free_port();
+        let file = std::env::temp_dir().join(format!(
+            "switchyard-launcher-{}-{port}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&file, config(port, executor, extra)).expect("config file");
+        let mut command = Command::new(ECHO);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SWITCHYARD_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
+            .arg("--config")
+            .arg(&file)
+            .current_dir(std::env::temp_dir())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("echo starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut launcher = Self {
+            child,
+            port,
+            file,
+            lines,
+            seen: Vec::new(),
+        };
+        for _ in 0..2 {
+            launcher.wait_for(|l| l.contains(") is ready"));
+        }
+        launcher
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Reads log lines until one matches; returns it.
+    fn wait_for(&mut self, mut matches: impl FnMut(&str) -> bool) -> String {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "the expected log line did not come; the log:\n{}",
+                    self.seen.join("\n")
+                )
+            });
+            self.seen.push(line.clone());
+            if matches(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Every line read so far and any waiting.
+    fn log(&mut self) -> String {
+        self.seen.extend(self.lines.try_iter());
+        self.seen.join("\n")
+    }
+
+    fn rewrite(&self, executor: &str, extra: &str) {
+        std::fs::write(&self.file, config(self.port, executor, extra)).expect("config file");
+    }
+
+    fn signal(&self, name: &str) {
+        signal(self.child.id(), name);
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        // Workers are stopped by the kernel with the supervisor.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill -{name} {pid}");
+}
+
+fn started_pid(line: &str) -> Option<u32> {
+    let marker = " started (pid ";
+    let start = line.find(marker)? + marker.len();
+    line[start..].split([',', ')']).next()?.parse().ok()
+}
+
+fn say(text: &str) -> SayRequest {
+    SayRequest {
+        text: text.into(),
+        wait_ms: 0,
+    }
+}
+
+/// Steady calls on `connections` separate connections (the kernel spreads
+/// connections, not calls, across the workers) until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    replies: Arc<Mutex<BTreeMap<String, u64>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    async fn start(url: &str, connections: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let replies = Arc::new(Mutex::new(BTreeMap::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let client = EchoClient::connect(url.to_string()).await.expect("connect");
+            let (stop, replies, failures) = (stop.clone(), replies.clone(), failures.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    // As every gRPC client but tonic does by itself: a call a
+                    // closing connection dropped unsent is sent again.
+                    let call = switchyard_grpc::retry_unsent(|| {
+                        let mut client = client.clone();
+                        async move { client.say(say("load")).await }
+                    });
+                    match call.await {
+                        Ok(reply) => {
+                            let phase = reply.into_inner().phase;
+                            *replies.lock().expect("replies").entry(phase).or_default() += 1;
+                        }
+                        Err(status) => failures
+                            .lock()
+                            .expect("failures")
+                            .push(format!("{status:?}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+        Self {
+            stop,
+            replies,
+            failures,
+            tasks,
+        }
+    }
+
+    fn replies(&self) -> BTreeMap<String, u64> {
+        self.replies.lock().expect("replies").clone()
+    }
+
+    /// Waits until the replies so far satisfy `done`.
+    async fn until(&self, done: impl Fn(&BTreeMap<String, u64>) -> bool) {
+        let deadline = Instant::now() + BOUND;
+        while !done(&self.replies()) {
+            assert!(
+                Instant::now() < deadline,
+                "calls stopped: {:?}, failures {:?}",
+                self.replies(),
+                self.failures.lock().expect("failures")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the callers; returns the replies by phase and the failures.
+    async fn stop(self) -> (BTreeMap<String, u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            tokio::time::timeout(BOUND, task)
+                .await
+                .expect("a caller finished")
+                .expect("join");
+        }
+        let failures = self.failures.lock().expect("failures").clone();
+        let replies = self.replies.lock().expect("replies").clone();
+        (replies, failures)
+    }
+}
+
+/// The phases that answer calls on fresh connections.
+async fn phases_answering(url: &str) -> BTreeMap<String, u64> {
+    let mut phases = BTreeMap::new();
+    for _ in 0..16 {
+        let mut client = EchoClient::connect(url.to_string()).await.expect("connect");
+        let reply = client.say(say("which")).await.expect("served");
+        *phases.entry(reply.into_inner().phase).or_default() += 1;
+    }
+    phases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_worker_is_restarted_and_sigterm_drains_all() {
+    let mut launcher = Launcher::start(&phase("bridged"), "");
+    let log = launcher.log();
+    let pids: Vec<u32> = log.lines().filter_map(started_pid).collect();
+    assert_eq!(pids.len(), 2, "{log}");
+    let mut client = EchoClient::connect(launcher.url()).await.expect("connect");
+    client.say(say("before")).await.expect("served");
+
+    // A worker killed outright is started again.
+    signal(pids[0], "KILL");
+    let replacement = launcher.wait_for(|l| started_pid(l).is_some());
+    let replacement = started_pid(&replacement).expect("pid");
+    assert!(!pids.contains(&replacement), "a new process");
+    launcher.wait_for(|l| l.contains(") is ready"));
+    let mut client = EchoClient::connect(launcher.url()).await.expect("connect");
+    client.say(say("after")).await.expect("still served");
+
+    // SIGTERM drains every worker; the supervisor exits 0.
+    launcher.signal("TERM");
+    let deadline = Instant::now() + BOUND;
+    let status = loop {
+        if let Some(status) = launcher.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the supervisor did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", launcher.log());
+    for pid in [replacement, pids[1]] {
+        let alive = Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .status()
+            .expect("kill -0");
+        assert!(!alive.success(), "worker pid {pid} is gone");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_switches_the_phase_one_worker_at_a_time_without_a_failed_call() {
+    let mut launcher = Launcher::start(&phase("threaded"), "");
+    let load = Load::start(&launcher.url(), 16).await;
+    load.until(|replies| replies.values().sum::<u64>() >= 50)
+        .await;
+
+    launcher.rewrite(&phase("async"), "");
+    launcher.signal("HUP");
+    launcher.wait_for(|l| l.contains("rollout complete"));
+    // Calls keep coming after the switch, on reconnected clients.
+    let after = load.replies().get("async").copied().unwrap_or(0);
+    load.until(|replies| replies.get("async").copied().unwrap_or(0) >= after + 100)
+        .await;
+    let (replies, failures) = load.stop().await;
+    assert!(failures.is_empty(), "failed calls: {failures:#?}");
+    assert!(
+        replies.get("threaded").copied().unwrap_or(0) > 0,
+        "{replies:?}"
+    );
+    assert_eq!(
+        phases_answering(&launcher.url())
+            .await
+            .keys()
+            .collect::<Vec<_>>(),
+        ["async"]
+    );
+
+    // One at a time: each replacement was ready before its old worker was
+    // drained, and both old workers were drained.
+    let log = launcher.log();
+    let lines: Vec<&str> = log.lines().collect();
+    let position = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("`{needle}` not in the log:\n{log}"))
+    };
+    assert!(
+        position("worker 2 (pid") < position("draining worker 0"),
+        "{log}"
+    );
+    assert!(
+        position("draining worker 0") < position("worker 3 started"),
+        "{log}"
+    );
+    assert!(
+        position("worker 3 (pid") < position("draining worker 1"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_configuration_on_sighup_keeps_the_old_workers() {
+    let mut launcher = Launcher::start(&phase("threaded"), "");
+    launcher.rewrite(&phase("fast"), "");
+    launcher.signal("HUP");
+    let refused = launcher.wait_for(|l| l.contains("configuration reload refused"));
+    let why = launcher.wait_for(|l| l.contains("executor.phase"));
+    assert!(why.contains("threaded, bridged, async"), "{refused}\n{why}");
+
+    // A canary phase the endpoints cannot run in is refused too.
+    launcher.rewrite(
+        "threaded",
+        "[launcher.canary]\nphase = \"async\"\n\n[executor]\nstrict = true\n",
+    );
+    launcher.signal("HUP");
+    launcher.wait_for(|l| l.contains("configuration reload refused"));
+
+    assert_eq!(
+        phases_answering(&launcher.url())
+            .await
+            .keys()
+            .collect::<Vec<_>>(),
+        ["threaded"]
+    );
+    let log = launcher.log();
+    assert!(
+        !log.contains("worker 2 started"),
+        "no worker replaced:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_blocks_the_loop_is_rolled_back() {
+    let canary = "[launcher.canary]\nphase = \"async\"\nworkers = 1\nwindow_ms = 3000\nmin_calls = 20\n\n\
+                  [echo]\nblock_ms = 15\n";
+    let mut launcher = Launcher::start(&phase("threaded"), canary);
+    let load = Load::start(&launcher.url(), 16).await;
+    let rolled_back = launcher.wait_for(|l| l.contains("rolled back to threaded"));
+    assert!(rolled_back.contains("slow_polls"), "{rolled_back}");
+    launcher.wait_for(|l| l.contains("rollout complete"));
+    let (replies, failures) = load.stop().await;
+    assert!(failures.is_empty(), "failed calls: {failures:#?}");
+    assert!(
+        replies.get("async").copied().unwrap_or(0) > 0,
+        "the canary served: {replies:?}"
+    );
+    assert_eq!(
+        phases_answering(&launcher.url())
+            .await
+            .keys()
+            .collect::<Vec<_>>(),
+        ["threaded"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_is_kept() {
+    let canary =
+        "[launcher.canary]\nphase = \"async\"\nworkers = 1\nwindow_ms = 3000\nmin_calls = 20\n";
+    let mut launcher = Launcher::start(&phase("threaded"), canary);
+    let load = Load::start(&launcher.url(), 16).await;
+    // Judged twice (a window apart), within the margins both times.
+    for _ in 0..2 {
+        launcher.wait_for(|l| l.contains("canary async within margins"));
+    }
+    let (replies, failures) = load.stop().await;
+    assert!(failures.is_empty(), "failed calls: {failures:#?}");
+    let log = launcher.log();
+    assert!(!log.contains("rolled back"), "{log}");
+    assert!(
+        replies.get("async").copied().unwrap_or(0) > 0,
+        "{replies:?}"
+    );
+    assert!(
+        replies.get("threaded").copied().unwrap_or(0) > 0,
+        "{replies:?}"
+    );
+}
