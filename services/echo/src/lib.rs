@@ -47,6 +47,10 @@ pub struct EchoSettings {
     pub grpc: GrpcConfig,
     /// `[echo]`.
     pub echo: EchoOptions,
+    /// `[amqp]`: used only with `echo.rollout = true`.
+    pub amqp: switchyard_messaging::AmqpConfig,
+    /// `[rollout]`: used only with `echo.rollout = true`.
+    pub rollout: switchyard_messaging::heartbeat::RolloutConfig,
 }
 
 /// The `[echo]` section: knobs for tests and demonstrations.
@@ -58,12 +62,18 @@ pub struct EchoOptions {
     /// async endpoint in the other phases (the blocking detector sees it; a
     /// canary in an async phase is rolled back for it).
     pub block_ms: u64,
+    /// Take part in the fleet's rollout over AMQP: heartbeats to the api's
+    /// rollout table, promote requests, rollback notifications.
+    pub rollout: bool,
 }
 
 impl Settings for EchoSettings {
     fn problems(&self) -> Vec<(String, String)> {
         let mut problems = switchyard_service::shared_problems(self);
         problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
+        if self.echo.rollout {
+            problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
+        }
         problems
     }
 }

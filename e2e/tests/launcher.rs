@@ -1,0 +1,356 @@
+//! The launcher in the fleet, on the real RabbitMQ and PostgreSQL: the
+//! collector's phase switched by SIGHUP under a steady stream of samples
+//! loses and duplicates none; canaries show in the rollout table; a canary
+//! that blocks the loop is rolled back, published as `rollout.rolled_back`
+//! and shown by `switchyard rollout`; `switchyard rollout promote` makes a
+//! healthy canary's phase the main phase.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{BOUND, Fleet, FleetOptions, Service, free_port, post_steadily};
+use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
+use switchyard_messaging::{EndpointError, Handled, Notification, NotificationListener, heartbeat};
+use switchyard_proto::echo::v1::SayRequest;
+use switchyard_proto::echo::v1::echo_client::EchoClient;
+use switchyard_proto::messaging::v1::RolledBack;
+use switchyard_proto::metering::v1::{GetRolloutRequest, InstanceStatus};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Writes `deploy/config/<service>.toml` in the fleet's directory (the
+/// services run there) and returns the environment without the phase the
+/// fleet would set: the phase comes from the file, so SIGHUP can change it.
+fn configure(
+    fleet: &Fleet,
+    service: &str,
+    text: &str,
+    env: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let dir = fleet.dir.join("deploy/config");
+    std::fs::create_dir_all(&dir).expect("config dir");
+    std::fs::write(dir.join(format!("{service}.toml")), text).expect("config file");
+    env.into_iter()
+        .filter(|(key, _)| key != "SWITCHYARD_EXECUTOR__PHASE")
+        .collect()
+}
+
+fn signal(service: &Service, name: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), service.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+}
+
+/// Waits until the service's log has a line containing `needle`.
+async fn wait_for_log(service: &Service, needle: &str) {
+    let started = Instant::now();
+    while !service.log_text().contains(needle) {
+        assert!(
+            started.elapsed() < BOUND,
+            "`{needle}` never came; the log:\n{}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the up instances of `service` in the rollout table satisfy `done`.
+async fn wait_for_rollout(
+    fleet: &Fleet,
+    service: &str,
+    done: impl Fn(&[InstanceStatus]) -> bool,
+) -> Vec<InstanceStatus> {
+    let mut client = fleet.client().await;
+    let started = Instant::now();
+    loop {
+        let up: Vec<InstanceStatus> = client
+            .get_rollout(GetRolloutRequest {})
+            .await
+            .expect("rollout")
+            .into_inner()
+            .instances
+            .into_iter()
+            .filter(|i| i.service == service && i.up)
+            .collect();
+        if done(&up) {
+            return up;
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "the rollout table never got there: {up:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn switchyard(fleet: &Fleet, args: &[&str]) -> Output {
+    let api = fleet.api.as_ref().expect("api").url();
+    Command::new(support::binary("switchyard"))
+        .args(["--api", &api])
+        .args(args)
+        .output()
+        .expect("switchyard runs")
+}
+
+fn text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_phase_switch_of_the_collector_under_load_loses_no_sample() {
+    let mut fleet = Fleet::start(FleetOptions::default()).await;
+    drop(fleet.collector.take());
+    let file = |phase: &str| {
+        format!(
+            "[executor]\nphase = \"{phase}\"\n\n[launcher]\nworkers = 2\nrestart_backoff_ms = 100\n"
+        )
+    };
+    let env = configure(
+        &fleet,
+        "collector",
+        &file("threaded"),
+        fleet.collector_env("threaded"),
+    );
+    let collector = Service::start("collector", &fleet.dir, &env);
+    wait_for_rollout(&fleet, "collector", |up| {
+        up.len() == 2 && up.iter().all(|i| i.phase == "threaded" && i.role == "main")
+    })
+    .await;
+
+    let load = tokio::spawn(post_steadily(
+        fleet.client().await,
+        format!("{}-hup", fleet.id),
+        300,
+        10,
+        Duration::from_millis(10),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    configure(&fleet, "collector", &file("async"), Vec::new());
+    signal(&collector, "HUP");
+    wait_for_log(&collector, "rollout complete").await;
+    assert!(!load.is_finished(), "the switch happened under load");
+    let (acknowledged, retries) = load.await.expect("load");
+    assert_eq!(acknowledged.len(), 3000);
+    assert_eq!(retries, 0, "no call failed");
+    fleet.wait_stored(acknowledged.len()).await;
+    wait_for_rollout(&fleet, "collector", |up| {
+        up.len() == 2 && up.iter().all(|i| i.phase == "async")
+    })
+    .await;
+    assert_eq!(collector.stop(), 0);
+}
+
+/// Steady `Say` calls on 16 connections (the kernel spreads connections
+/// across the workers) until stopped; counts calls that failed.
+fn echo_load(port: u16) -> (Arc<AtomicBool>, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let (stop, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let (stop_flag, failures) = (stop.clone(), failed.clone());
+    let task = tokio::spawn(async move {
+        let mut callers = Vec::new();
+        for _ in 0..16 {
+            let client = EchoClient::connect(format!("http://127.0.0.1:{port}"))
+                .await
+                .expect("connect");
+            let (stop, failures) = (stop_flag.clone(), failures.clone());
+            callers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let call = switchyard_grpc::retry_unsent(|| {
+                        let mut client = client.clone();
+                        async move {
+                            client
+                                .say(SayRequest {
+                                    text: "load".into(),
+                                    wait_ms: 0,
+                                })
+                                .await
+                        }
+                    });
+                    if call.await.is_err() {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+        for caller in callers {
+            let _ = caller.await;
+        }
+    });
+    (stop, failed, task)
+}
+
+fn echo_file(port: u16, canary: &str) -> String {
+    format!(
+        "[executor]\nphase = \"threaded\"\npool_size = 4\n\n[grpc]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [launcher]\nworkers = 2\nrestart_backoff_ms = 100\n\n\
+         [launcher.canary]\nphase = \"async\"\nworkers = 1\nwindow_ms = 3000\nmin_calls = 20\n\n\
+         [echo]\nrollout = true\n{canary}"
+    )
+}
+
+fn echo_env(fleet: &Fleet) -> Vec<(String, String)> {
+    vec![
+        ("SWITCHYARD_AMQP__EXCHANGE".into(), fleet.exchange.clone()),
+        (
+            "SWITCHYARD_ROLLOUT__HEARTBEAT_INTERVAL_MS".into(),
+            "300".into(),
+        ),
+    ]
+}
+
+/// Listens for `rollout.rolled_back` on the fleet's exchange.
+async fn rollbacks(
+    fleet: &Fleet,
+    stop: &CancellationToken,
+) -> (mpsc::UnboundedReceiver<RolledBack>, NotificationListener) {
+    let transport = switchyard_messaging::Transport::connect(
+        &switchyard_messaging::AmqpConfig {
+            exchange: fleet.exchange.clone(),
+            ..Default::default()
+        },
+        "e2e",
+        "rollbacks",
+    )
+    .await
+    .expect("broker");
+    let executor = Executor::new(
+        "e2e",
+        ExecutorConfig {
+            phase: Phase::Async,
+            ..ExecutorConfig::default()
+        },
+    )
+    .expect("executor");
+    let (seen, received) = mpsc::unbounded_channel();
+    let endpoint = executor
+        .register(Endpoint::from_async(
+            "rolled_back",
+            move |_, notification: Notification<RolledBack>| {
+                let seen = seen.clone();
+                async move {
+                    let _ = seen.send(notification.payload);
+                    Ok::<_, EndpointError>(Handled::Handled)
+                }
+            },
+        ))
+        .expect("registered");
+    let listener = NotificationListener::builder(&fleet.exchange, "rollback-watch")
+        .subscribe(heartbeat::ROLLED_BACK, &[])
+        .start(&transport, endpoint, stop.clone())
+        .await
+        .expect("listener");
+    (received, listener)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_canary_is_rolled_back_published_and_shown() {
+    let fleet = Fleet::start(FleetOptions::default()).await;
+    let stop = CancellationToken::new();
+    let (mut published, _listener) = rollbacks(&fleet, &stop).await;
+    let port = free_port();
+    let env = configure(
+        &fleet,
+        "echo",
+        &echo_file(port, "block_ms = 15\n"),
+        echo_env(&fleet),
+    );
+    let echo = Service::start("echo", &fleet.dir, &env);
+    wait_for_rollout(&fleet, "echo", |up| {
+        up.iter().any(|i| i.role == "canary" && i.phase == "async")
+            && up.iter().any(|i| i.role == "main" && i.phase == "threaded")
+    })
+    .await;
+
+    let (stop_load, failed, load) = echo_load(port);
+    let event = tokio::time::timeout(BOUND, published.recv())
+        .await
+        .expect("rollout.rolled_back in time")
+        .expect("a notification");
+    assert_eq!(
+        (
+            event.service.as_str(),
+            event.canary_phase.as_str(),
+            event.main_phase.as_str(),
+            event.signal.as_str()
+        ),
+        ("echo", "async", "threaded", "slow_polls"),
+        "{event:?}"
+    );
+    assert!(event.detail.contains("slow polls per call"), "{event:?}");
+    wait_for_log(&echo, "rollout complete").await;
+    let up = wait_for_rollout(&fleet, "echo", |up| {
+        up.len() == 2 && up.iter().all(|i| i.phase == "threaded" && i.role == "main")
+    })
+    .await;
+    assert!(
+        up.iter().all(|i| i.rollout.contains("rolled back")),
+        "{up:#?}"
+    );
+    stop_load.store(true, Ordering::Relaxed);
+    load.await.expect("load");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no call failed");
+
+    let shown = switchyard(&fleet, &["rollout"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(
+        text(&shown).contains("echo: canary async rolled back to threaded (slow_polls)"),
+        "{}",
+        text(&shown)
+    );
+    assert_eq!(echo.stop(), 0);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_is_promoted_with_the_cli() {
+    let fleet = Fleet::start(FleetOptions::default()).await;
+    let port = free_port();
+    let env = configure(&fleet, "echo", &echo_file(port, ""), echo_env(&fleet));
+    let echo = Service::start("echo", &fleet.dir, &env);
+    wait_for_rollout(&fleet, "echo", |up| {
+        up.len() == 2
+            && up.iter().any(|i| i.role == "canary" && i.phase == "async")
+            && up.iter().any(|i| i.role == "main" && i.phase == "threaded")
+    })
+    .await;
+    let shown = switchyard(&fleet, &["rollout"]);
+    assert!(text(&shown).contains("canary"), "{}", text(&shown));
+
+    let (stop_load, failed, load) = echo_load(port);
+    wait_for_log(&echo, "canary async within margins").await;
+    let promoted = switchyard(&fleet, &["rollout", "promote", "echo", "--wait-s", "30"]);
+    assert!(promoted.status.success(), "{}", text(&promoted));
+    assert!(
+        text(&promoted).contains("every up worker runs async"),
+        "{}",
+        text(&promoted)
+    );
+    wait_for_log(&echo, "rollout complete").await;
+    stop_load.store(true, Ordering::Relaxed);
+    load.await.expect("load");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no call failed");
+    assert!(
+        !echo.log_text().contains("rolled back"),
+        "{}",
+        echo.log_text()
+    );
+
+    // Nothing left to promote: a clear refusal.
+    let again = switchyard(&fleet, &["rollout", "promote", "nothing-here"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("no canary worker of `nothing-here`"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(echo.stop(), 0);
+}
