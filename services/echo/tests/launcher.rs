@@ -421,3 +421,32 @@ async fn a_healthy_canary_is_kept() {
         "{replies:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_that_cannot_start_stops_the_rollout_and_the_old_workers_stay() {
+    let mut launcher = Launcher::start(&phase("threaded"), "");
+    // Passes --check-config, but a worker cannot bind its metrics port: the
+    // port is taken by a socket that does not share it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    launcher.rewrite(
+        &phase("async"),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    launcher.signal("HUP");
+    let stopped = launcher.wait_for(|l| l.contains("rollout stopped"));
+    assert!(stopped.contains("exited before it was ready"), "{stopped}");
+    assert_eq!(
+        phases_answering(&launcher.url())
+            .await
+            .keys()
+            .collect::<Vec<_>>(),
+        ["threaded"]
+    );
+    let log = launcher.log();
+    assert!(
+        !log.contains("draining worker"),
+        "no old worker stopped:\n{log}"
+    );
+    drop(taken);
+}

@@ -262,6 +262,9 @@ struct Supervisor {
     rolling: bool,
     restarting: HashSet<usize>,
     backoff: BTreeMap<usize, (Duration, Instant)>,
+    /// What each slot's serving worker runs (set when it is ready): what a
+    /// worker that dies while the rollout is stopped comes back with.
+    last_spec: BTreeMap<usize, Spec>,
     last_verdict: Option<Instant>,
 }
 
@@ -305,6 +308,7 @@ async fn run(start: Start) -> ExitCode {
         rolling: false,
         restarting: HashSet::new(),
         backoff: BTreeMap::new(),
+        last_spec: BTreeMap::new(),
         last_verdict: None,
     };
     tracing::info!(
@@ -502,6 +506,7 @@ impl Supervisor {
             FromWorker::Ready => {
                 if !worker.ready {
                     worker.ready = true;
+                    self.last_spec.insert(worker.slot, worker.spec);
                     tracing::info!(
                         worker = id,
                         "{} launcher: worker {id} (pid {}, {} phase {}) is ready",
@@ -541,6 +546,7 @@ impl Supervisor {
             }
         };
         let pid = child.id().unwrap_or(0);
+        self.last_spec.entry(slot).or_insert(spec);
         tracing::info!(
             worker = id,
             pid,
@@ -709,6 +715,18 @@ impl Supervisor {
             }
         }
         if self.stalled {
+            // No more replacements; a worker that died comes back as it was.
+            let empty: Vec<(usize, Spec)> = self
+                .last_spec
+                .iter()
+                .filter(|(slot, _)| {
+                    !self.restarting.contains(slot) && self.current(**slot).is_none()
+                })
+                .map(|(slot, spec)| (*slot, *spec))
+                .collect();
+            for (slot, spec) in empty {
+                self.start(slot, spec);
+            }
             return;
         }
         let slots = self
