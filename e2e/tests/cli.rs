@@ -3,21 +3,7 @@
 
 mod support;
 
-use std::process::{Command, Output};
-
-use support::{Fleet, FleetOptions};
-
-fn switchyard(api: &str, args: &[&str]) -> Output {
-    Command::new(support::binary("switchyard"))
-        .args(["--api", api])
-        .args(args)
-        .output()
-        .expect("switchyard runs")
-}
-
-fn text(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
-}
+use support::{Fleet, FleetOptions, switchyard, text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_posts_files_and_reads_the_pipeline_back() {

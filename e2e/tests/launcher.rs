@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{BOUND, Fleet, FleetOptions, Service, free_port, post_steadily};
+use support::{BOUND, Fleet, FleetOptions, Service, free_port, post_steadily, switchyard, text};
 use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
 use switchyard_messaging::{EndpointError, Handled, Notification, NotificationListener, heartbeat};
 use switchyard_proto::echo::v1::SayRequest;
@@ -89,17 +89,8 @@ async fn wait_for_rollout(
     }
 }
 
-fn switchyard(fleet: &Fleet, args: &[&str]) -> Output {
-    let api = fleet.api.as_ref().expect("api").url();
-    Command::new(support::binary("switchyard"))
-        .args(["--api", &api])
-        .args(args)
-        .output()
-        .expect("switchyard runs")
-}
-
-fn text(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+fn cli(fleet: &Fleet, args: &[&str]) -> Output {
+    switchyard(&fleet.api.as_ref().expect("api").url(), args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +290,7 @@ async fn a_blocking_canary_is_rolled_back_published_and_shown() {
     load.await.expect("load");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no call failed");
 
-    let shown = switchyard(&fleet, &["rollout"]);
+    let shown = cli(&fleet, &["rollout"]);
     assert!(shown.status.success(), "{}", text(&shown));
     assert!(
         text(&shown).contains("echo: canary async rolled back to threaded (slow_polls)"),
@@ -322,12 +313,12 @@ async fn a_healthy_canary_is_promoted_with_the_cli() {
             && up.iter().any(|i| i.role == "main" && i.phase == "threaded")
     })
     .await;
-    let shown = switchyard(&fleet, &["rollout"]);
+    let shown = cli(&fleet, &["rollout"]);
     assert!(text(&shown).contains("canary"), "{}", text(&shown));
 
     let (stop_load, failed, load) = echo_load(port);
     wait_for_log(&echo, "canary async within margins").await;
-    let promoted = switchyard(&fleet, &["rollout", "promote", "echo", "--wait-s", "30"]);
+    let promoted = cli(&fleet, &["rollout", "promote", "echo", "--wait-s", "30"]);
     assert!(promoted.status.success(), "{}", text(&promoted));
     assert!(
         text(&promoted).contains("every up worker runs async"),
@@ -345,7 +336,7 @@ async fn a_healthy_canary_is_promoted_with_the_cli() {
     );
 
     // Nothing left to promote: a clear refusal.
-    let again = switchyard(&fleet, &["rollout", "promote", "nothing-here"]);
+    let again = cli(&fleet, &["rollout", "promote", "nothing-here"]);
     assert!(!again.status.success());
     assert!(
         text(&again).contains("no canary worker of `nothing-here`"),

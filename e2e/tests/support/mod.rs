@@ -13,6 +13,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const BOUND: Duration = Duration::from_secs(30);
 
+/// Runs the `switchyard` command line against the api at `api`.
+pub fn switchyard(api: &str, args: &[&str]) -> std::process::Output {
+    Command::new(binary("switchyard"))
+        .args(["--api", api])
+        .args(args)
+        .output()
+        .expect("switchyard runs")
+}
+
+/// A command's stdout and stderr, as text.
+pub fn text(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
 /// Where cargo put the workspace's binaries (next to this test's `deps/`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test path");

@@ -227,8 +227,9 @@ impl Load {
         }
     }
 
-    /// Stops the callers; returns the replies by phase and the failures.
-    async fn stop(self) -> (BTreeMap<String, u64>, Vec<String>) {
+    /// Stops the callers; asserts that no call failed; returns the replies
+    /// by phase.
+    async fn stop(self) -> BTreeMap<String, u64> {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             tokio::time::timeout(BOUND, task)
@@ -237,9 +238,15 @@ impl Load {
                 .expect("join");
         }
         let failures = self.failures.lock().expect("failures").clone();
-        let replies = self.replies.lock().expect("replies").clone();
-        (replies, failures)
+        assert!(failures.is_empty(), "failed calls: {failures:#?}");
+        self.replies.lock().expect("replies").clone()
     }
+}
+
+/// Asserts that calls on fresh connections are all answered in `phase`.
+async fn only_phase_answering(url: &str, phase: &str) {
+    let phases = phases_answering(url).await;
+    assert_eq!(phases.keys().collect::<Vec<_>>(), [phase], "{phases:?}");
 }
 
 /// The phases that answer calls on fresh connections.
@@ -305,19 +312,12 @@ async fn sighup_switches_the_phase_one_worker_at_a_time_without_a_failed_call() 
     let after = load.replies().get("async").copied().unwrap_or(0);
     load.until(|replies| replies.get("async").copied().unwrap_or(0) >= after + 100)
         .await;
-    let (replies, failures) = load.stop().await;
-    assert!(failures.is_empty(), "failed calls: {failures:#?}");
+    let replies = load.stop().await;
     assert!(
         replies.get("threaded").copied().unwrap_or(0) > 0,
         "{replies:?}"
     );
-    assert_eq!(
-        phases_answering(&launcher.url())
-            .await
-            .keys()
-            .collect::<Vec<_>>(),
-        ["async"]
-    );
+    only_phase_answering(&launcher.url(), "async").await;
 
     // One at a time: each replacement was ready before its old worker was
     // drained, and both old workers were drained.
@@ -360,13 +360,7 @@ async fn an_invalid_configuration_on_sighup_keeps_the_old_workers() {
     launcher.signal("HUP");
     launcher.wait_for(|l| l.contains("configuration reload refused"));
 
-    assert_eq!(
-        phases_answering(&launcher.url())
-            .await
-            .keys()
-            .collect::<Vec<_>>(),
-        ["threaded"]
-    );
+    only_phase_answering(&launcher.url(), "threaded").await;
     let log = launcher.log();
     assert!(
         !log.contains("worker 2 started"),
@@ -383,19 +377,12 @@ async fn a_canary_that_blocks_the_loop_is_rolled_back() {
     let rolled_back = launcher.wait_for(|l| l.contains("rolled back to threaded"));
     assert!(rolled_back.contains("slow_polls"), "{rolled_back}");
     launcher.wait_for(|l| l.contains("rollout complete"));
-    let (replies, failures) = load.stop().await;
-    assert!(failures.is_empty(), "failed calls: {failures:#?}");
+    let replies = load.stop().await;
     assert!(
         replies.get("async").copied().unwrap_or(0) > 0,
         "the canary served: {replies:?}"
     );
-    assert_eq!(
-        phases_answering(&launcher.url())
-            .await
-            .keys()
-            .collect::<Vec<_>>(),
-        ["threaded"]
-    );
+    only_phase_answering(&launcher.url(), "threaded").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,8 +395,7 @@ async fn a_healthy_canary_is_kept() {
     for _ in 0..2 {
         launcher.wait_for(|l| l.contains("canary async within margins"));
     }
-    let (replies, failures) = load.stop().await;
-    assert!(failures.is_empty(), "failed calls: {failures:#?}");
+    let replies = load.stop().await;
     let log = launcher.log();
     assert!(!log.contains("rolled back"), "{log}");
     assert!(
@@ -436,13 +422,7 @@ async fn a_replacement_that_cannot_start_stops_the_rollout_and_the_old_workers_s
     launcher.signal("HUP");
     let stopped = launcher.wait_for(|l| l.contains("rollout stopped"));
     assert!(stopped.contains("exited before it was ready"), "{stopped}");
-    assert_eq!(
-        phases_answering(&launcher.url())
-            .await
-            .keys()
-            .collect::<Vec<_>>(),
-        ["threaded"]
-    );
+    only_phase_answering(&launcher.url(), "threaded").await;
     let log = launcher.log();
     assert!(
         !log.contains("draining worker"),

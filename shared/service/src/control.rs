@@ -70,6 +70,22 @@ pub struct RolledBack {
     pub host: String,
 }
 
+/// Writes each message from `outgoing` as one JSON line until either end closes.
+pub(crate) async fn write_lines<T: Serialize>(
+    mut outgoing: mpsc::UnboundedReceiver<T>,
+    mut write: impl tokio::io::AsyncWrite + Unpin,
+) {
+    while let Some(message) = outgoing.recv().await {
+        let Ok(mut line) = serde_json::to_vec(&message) else {
+            continue;
+        };
+        line.push(b'\n');
+        if write.write_all(&line).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A worker's end of the control channel; without a supervisor every call
 /// does nothing. Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -107,22 +123,12 @@ impl SupervisorLink {
                 return Self::default();
             }
         };
-        let (read, mut write) = stream.into_split();
-        let (send, mut outgoing) = mpsc::unbounded_channel();
+        let (read, write) = stream.into_split();
+        let (send, outgoing) = mpsc::unbounded_channel();
         let (note_tx, note) = watch::channel(String::new());
         let (announce_tx, announcements) = mpsc::unbounded_channel();
         let _ = send.send(FromWorker::Hello { worker });
-        tokio::spawn(async move {
-            while let Some(message) = outgoing.recv().await {
-                let Ok(mut line) = serde_json::to_vec(&message) else {
-                    continue;
-                };
-                line.push(b'\n');
-                if write.write_all(&line).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(write_lines(outgoing, write));
         tokio::spawn(async move {
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {

@@ -34,11 +34,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use switchyard_executor::Phase;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::canary::{self, CanaryConfig, Verdict, Window};
-use crate::control::{FromWorker, ROLE_VARIABLE, RolledBack, SUPERVISOR_VARIABLE, ToWorker};
+use crate::control::{
+    FromWorker, ROLE_VARIABLE, RolledBack, SUPERVISOR_VARIABLE, ToWorker, write_lines,
+};
 
 /// Set in a worker's environment: its number.
 pub const WORKER_VARIABLE: &str = "SWITCHYARD_WORKER";
@@ -367,7 +369,7 @@ async fn accept(listener: tokio::net::UnixListener, events: mpsc::UnboundedSende
     while let Ok((stream, _)) = listener.accept().await {
         let events = events.clone();
         tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
+            let (read, write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
             let Ok(Some(first)) = lines.next_line().await else {
                 return;
@@ -376,21 +378,11 @@ async fn accept(listener: tokio::net::UnixListener, events: mpsc::UnboundedSende
                 tracing::warn!("a control connection did not say hello; closed");
                 return;
             };
-            let (control, mut outgoing) = mpsc::unbounded_channel::<ToWorker>();
+            let (control, outgoing) = mpsc::unbounded_channel::<ToWorker>();
             if events.send(Event::Connected { id, control }).is_err() {
                 return;
             }
-            tokio::spawn(async move {
-                while let Some(message) = outgoing.recv().await {
-                    let Ok(mut line) = serde_json::to_vec(&message) else {
-                        continue;
-                    };
-                    line.push(b'\n');
-                    if write.write_all(&line).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(write_lines(outgoing, write));
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<FromWorker>(&line) {
                     Ok(message) => {
