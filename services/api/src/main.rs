@@ -136,7 +136,8 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         attempt.clone(),
         transport.readiness_probe(),
     );
-    running.supervisor.ready();
+    let supervisor = running.supervisor.clone();
+    readiness.on_ready(attempt.clone(), move || supervisor.ready());
     switchyard_grpc::serve(
         listener,
         routes,

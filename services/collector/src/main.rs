@@ -112,7 +112,8 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         attempt.clone(),
         database.readiness_probe(),
     );
-    running.supervisor.ready();
+    let supervisor = running.supervisor.clone();
+    readiness.on_ready(attempt.clone(), move || supervisor.ready());
     switchyard_grpc::serve(
         listener,
         routes,

@@ -60,7 +60,8 @@ async fn serve(settings: EchoSettings, running: Running) -> anyhow::Result<()> {
     let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
     let address = listener.local_addr().context("reading the gRPC address")?;
     tracing::info!("gRPC on {address}");
-    running.supervisor.ready();
+    let supervisor = running.supervisor.clone();
+    readiness.on_ready(attempt.clone(), move || supervisor.ready());
     switchyard_grpc::serve(
         listener,
         routes,

@@ -346,6 +346,10 @@ async fn sighup_switches_the_phase_one_worker_at_a_time_without_a_failed_call() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_configuration_on_sighup_keeps_the_old_workers() {
     let mut launcher = Launcher::start(&phase("threaded"), "");
+    // The same file again: nothing to do.
+    launcher.signal("HUP");
+    launcher.wait_for(|l| l.contains("configuration unchanged; workers kept"));
+
     launcher.rewrite(&phase("fast"), "");
     launcher.signal("HUP");
     let refused = launcher.wait_for(|l| l.contains("configuration reload refused"));

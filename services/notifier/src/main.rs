@@ -145,7 +145,8 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         database.readiness_probe(),
     );
     tracing::info!("notifier ready");
-    running.supervisor.ready();
+    let supervisor = running.supervisor.clone();
+    readiness.on_ready(attempt.clone(), move || supervisor.ready());
     switchyard_grpc::serve(
         listener,
         routes,

@@ -2,8 +2,10 @@
 //! conjunction is what `grpc.health.v1` reports for the server and for each
 //! of its services.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -13,6 +15,9 @@ use tonic_health::server::HealthReporter;
 pub struct Readiness {
     reporter: HealthReporter,
     checks: Arc<Mutex<BTreeMap<String, bool>>>,
+    /// Watched checks that have not answered yet.
+    pending: Arc<Mutex<BTreeSet<String>>>,
+    changed: Arc<Notify>,
     services: Arc<Vec<String>>,
 }
 
@@ -24,6 +29,8 @@ impl Readiness {
         let readiness = Self {
             reporter,
             checks: Arc::new(Mutex::new(BTreeMap::new())),
+            pending: Arc::new(Mutex::new(BTreeSet::new())),
+            changed: Arc::new(Notify::new()),
             services: Arc::new(services.iter().map(|s| s.to_string()).collect()),
         };
         readiness.publish(ServingStatus::Serving).await;
@@ -35,6 +42,10 @@ impl Readiness {
         if let Ok(mut checks) = self.checks.lock() {
             checks.insert(check.to_string(), ready);
         }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(check);
+        }
+        self.changed.notify_waiters();
         let status = if self.is_ready() {
             ServingStatus::Serving
         } else {
@@ -49,6 +60,37 @@ impl Readiness {
             .lock()
             .map(|checks| checks.values().all(|ready| *ready))
             .unwrap_or(false)
+    }
+
+    /// Waits until every watched check has answered and all are ready.
+    pub async fn wait_ready(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let answered = self.pending.lock().map(|p| p.is_empty()).unwrap_or(false);
+            if answered && self.is_ready() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Runs `then` once [`Self::wait_ready`] returns (e.g. telling the
+    /// launcher's supervisor this worker is ready), unless `shutdown` comes
+    /// first.
+    pub fn on_ready(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        let readiness = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = readiness.wait_ready() => then(),
+            }
+        });
     }
 
     /// The checks that are not ready.
@@ -79,6 +121,9 @@ impl Readiness {
         Fut: std::future::Future<Output = bool> + Send,
     {
         let (readiness, check) = (self.clone(), check.to_string());
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(check.clone());
+        }
         tokio::spawn(async move {
             loop {
                 readiness.set(&check, probe().await).await;
@@ -100,5 +145,37 @@ impl Readiness {
         for service in self.services.iter() {
             self.reporter.set_service_status(service, status).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn ready_waits_for_every_watched_check_to_answer_yes() {
+        let (readiness, _) = Readiness::new(&["test.Service"]).await;
+        let probes = Arc::new(AtomicUsize::new(0));
+        let counted = probes.clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        // Answers "not ready" twice, then "ready".
+        readiness.watch(
+            "database",
+            Duration::from_millis(5),
+            stop.clone(),
+            move || std::future::ready(counted.fetch_add(1, Ordering::SeqCst) >= 2),
+        );
+        tokio::time::timeout(Duration::from_secs(5), readiness.wait_ready())
+            .await
+            .expect("ready in time");
+        assert!(
+            probes.load(Ordering::SeqCst) >= 3,
+            "not before the third probe"
+        );
+        assert!(readiness.is_ready());
+        stop.cancel();
     }
 }
