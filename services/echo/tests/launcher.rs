@@ -434,3 +434,50 @@ async fn a_replacement_that_cannot_start_stops_the_rollout_and_the_old_workers_s
     );
     drop(taken);
 }
+
+/// `switchyard-echo --check-config` with exactly these settings in the
+/// environment: its exit status and stderr.
+fn check_config(settings: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(ECHO);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SWITCHYARD_") {
+            command.env_remove(key);
+        }
+    }
+    let output = command
+        .arg("--check-config")
+        .current_dir(std::env::temp_dir())
+        .envs(settings.iter().copied())
+        .output()
+        .expect("echo runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_refuses_a_canary_phase_the_endpoints_cannot_run() {
+    let (status, stderr) = check_config(&[
+        ("SWITCHYARD_EXECUTOR__STRICT", "true"),
+        ("SWITCHYARD_EXECUTOR__PHASE", "bridged"),
+        ("SWITCHYARD_LAUNCHER__WORKERS", "2"),
+        ("SWITCHYARD_LAUNCHER__CANARY__PHASE", "async"),
+    ]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("environment variable SWITCHYARD_LAUNCHER__CANARY__PHASE"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("echo_blocking"), "{stderr}");
+
+    // One worker left for the main phase is required.
+    let (status, stderr) = check_config(&[
+        ("SWITCHYARD_LAUNCHER__WORKERS", "2"),
+        ("SWITCHYARD_LAUNCHER__CANARY__PHASE", "async"),
+        ("SWITCHYARD_LAUNCHER__CANARY__WORKERS", "2"),
+    ]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("launcher.canary.workers"), "{stderr}");
+    assert!(stderr.contains("accepted: 1 to 1"), "{stderr}");
+}

@@ -18,7 +18,7 @@
 //! - A worker that dies is started again with doubling backoff.
 //! - SIGTERM or SIGINT: every worker drains; exit 0 when all did in time.
 //! - SIGHUP: the configuration is checked by running this binary with
-//!   `--check-config` (and again with the canary phase), read with
+//!   `--check-config` (endpoints against the main and the canary phase), read with
 //!   `--print-config`; if it is valid and differs, workers are replaced one
 //!   at a time — start the new one, wait for it to be ready, drain the old.
 //!   An invalid configuration is logged and the workers keep running.
@@ -397,10 +397,10 @@ async fn accept(listener: tokio::net::UnixListener, events: mpsc::UnboundedSende
     }
 }
 
-/// Runs this binary with `--check-config` (also in the canary phase, when
-/// there is one) and `--print-config`: the same check an operator runs.
+/// Runs this binary with `--check-config` (which checks the canary phase
+/// too) and `--print-config`: the same check an operator runs.
 async fn check_configuration() -> Result<Reload, String> {
-    let run = |extra: &'static str, phase: Option<Phase>| async move {
+    let run = |extra: &'static str| async move {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
         let mut command = tokio::process::Command::new(exe);
         command
@@ -408,9 +408,6 @@ async fn check_configuration() -> Result<Reload, String> {
             .arg(extra)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        if let Some(phase) = phase {
-            command.env("SWITCHYARD_EXECUTOR__PHASE", phase.as_str());
-        }
         let output = tokio::time::timeout(Duration::from_secs(30), command.output())
             .await
             .map_err(|_| format!("{extra} did not finish within 30 s"))?
@@ -421,8 +418,8 @@ async fn check_configuration() -> Result<Reload, String> {
             Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
         }
     };
-    run("--check-config", None).await?;
-    let printed = run("--print-config", None).await?;
+    run("--check-config").await?;
+    let printed = run("--print-config").await?;
     let value: toml::Value = toml::from_str(&printed)
         .map_err(|e| format!("cannot read --print-config's output: {e}"))?;
     let launcher: LauncherConfig = value
@@ -440,11 +437,6 @@ async fn check_configuration() -> Result<Reload, String> {
         .transpose()
         .map_err(|e| format!("executor.phase: {e}"))?
         .unwrap_or_default();
-    if let Some(canary) = launcher.canary.phase {
-        run("--check-config", Some(canary))
-            .await
-            .map_err(|e| format!("in the canary phase {canary}: {e}"))?;
-    }
     Ok(Reload {
         printed,
         launcher,
