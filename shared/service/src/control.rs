@@ -1,6 +1,7 @@
-//! The control channel between the launcher's supervisor and its workers: a
-//! Unix socket the supervisor listens on (its path in `SWITCHYARD_SUPERVISOR`),
-//! one JSON object per line each way.
+//! The control channel between the launcher's supervisor and its workers: an
+//! abstract Unix socket the supervisor listens on (its name in
+//! `SWITCHYARD_SUPERVISOR`; Linux, no file to remove), one JSON object per
+//! line each way.
 //!
 //! A worker says hello with its number, that it is ready (its servers and
 //! consumers are up), its executor's totals every second (the canary judge's
@@ -19,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::canary::Report;
 
-/// Set in a worker's environment: the supervisor's control socket.
+/// Set in a worker's environment: the supervisor's control socket (an
+/// abstract name).
 pub const SUPERVISOR_VARIABLE: &str = "SWITCHYARD_SUPERVISOR";
 /// Set in a worker's environment: `main` or `canary`.
 pub const ROLE_VARIABLE: &str = "SWITCHYARD_ROLE";
@@ -70,6 +72,24 @@ pub struct RolledBack {
     pub host: String,
 }
 
+fn address(name: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+}
+
+/// Listens on the abstract socket `name`.
+pub(crate) fn listen(name: &str) -> std::io::Result<tokio::net::UnixListener> {
+    let listener = std::os::unix::net::UnixListener::bind_addr(&address(name)?)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
+}
+
+fn connect(name: &str) -> std::io::Result<tokio::net::UnixStream> {
+    let stream = std::os::unix::net::UnixStream::connect_addr(&address(name)?)?;
+    stream.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(stream)
+}
+
 /// Writes each message from `outgoing` as one JSON line until either end closes.
 pub(crate) async fn write_lines<T: Serialize>(
     mut outgoing: mpsc::UnboundedReceiver<T>,
@@ -113,12 +133,12 @@ impl SupervisorLink {
         ) else {
             return Self::default();
         };
-        let stream = match tokio::net::UnixStream::connect(&path).await {
+        let name = path.to_string_lossy();
+        let stream = match connect(&name) {
             Ok(stream) => stream,
             Err(error) => {
                 tracing::warn!(
-                    "cannot reach the supervisor at {}: {error}; running without it",
-                    std::path::Path::new(&path).display()
+                    "cannot reach the supervisor at @{name}: {error}; running without it"
                 );
                 return Self::default();
             }

@@ -11,7 +11,9 @@
 //! the port. Each worker's phase comes from the supervisor
 //! (`SWITCHYARD_EXECUTOR__PHASE`), which decides main and canary phases.
 //!
-//! The supervisor talks to its workers over a Unix socket ([`crate::control`]):
+//! The supervisor talks to its workers over an abstract Unix socket
+//! ([`crate::control`]; nothing in the file system to leave behind, and only
+//! the processes it started are heard):
 //! a worker says when it is ready and reports its executor's totals every
 //! second, which is what the canary is judged on ([`crate::canary`]).
 //!
@@ -28,7 +30,6 @@
 //!   A promote request makes the canary phase the main phase.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -235,10 +236,12 @@ enum Event {
     },
     Connected {
         id: u64,
+        pid: i32,
         control: mpsc::UnboundedSender<ToWorker>,
     },
     Message {
         id: u64,
+        pid: i32,
         message: FromWorker,
     },
     Restart {
@@ -249,7 +252,8 @@ enum Event {
 
 struct Supervisor {
     service: String,
-    socket: PathBuf,
+    /// The control socket's abstract name.
+    socket: String,
     events: mpsc::UnboundedSender<Event>,
     plan: Plan,
     printed: String,
@@ -272,20 +276,14 @@ struct Supervisor {
 
 async fn run(start: Start) -> ExitCode {
     let service = start.service.clone();
-    let socket =
-        std::env::temp_dir().join(format!("switchyard-{service}-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&socket);
-    let listener = match tokio::net::UnixListener::bind(&socket) {
+    let socket = format!("switchyard-{service}-{}", std::process::id());
+    let listener = match crate::control::listen(&socket) {
         Ok(listener) => listener,
         Err(error) => {
-            tracing::error!(
-                "{service} launcher: cannot listen on {}: {error}",
-                socket.display()
-            );
+            tracing::error!("{service} launcher: cannot listen on @{socket}: {error}");
             return ExitCode::FAILURE;
         }
     };
-    restrict_to_owner(&socket);
     let (events, mut inbox) = mpsc::unbounded_channel();
     tokio::spawn(accept(listener, events.clone()));
     let mut signals = match Signals::new() {
@@ -337,9 +335,7 @@ async fn run(start: Start) -> ExitCode {
             }
         }
     }
-    let code = supervisor.drain(&mut inbox, start.grace).await;
-    let _ = std::fs::remove_file(&socket);
-    code
+    supervisor.drain(&mut inbox, start.grace).await
 }
 
 struct Signals {
@@ -357,17 +353,16 @@ impl Signals {
     }
 }
 
-fn restrict_to_owner(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!("cannot restrict {} to its owner: {error}", path.display());
-    }
-}
-
-/// Accepts worker connections; each says hello, then its lines become events.
+/// Accepts worker connections; each says hello, then its lines become
+/// events. The supervisor takes a connection only from the process it
+/// started as that worker (the kernel's peer credentials).
 async fn accept(listener: tokio::net::UnixListener, events: mpsc::UnboundedSender<Event>) {
     while let Ok((stream, _)) = listener.accept().await {
         let events = events.clone();
+        let Some(pid) = stream.peer_cred().ok().and_then(|c| c.pid()) else {
+            tracing::warn!("a control connection without peer credentials; closed");
+            continue;
+        };
         tokio::spawn(async move {
             let (read, write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
@@ -379,14 +374,14 @@ async fn accept(listener: tokio::net::UnixListener, events: mpsc::UnboundedSende
                 return;
             };
             let (control, outgoing) = mpsc::unbounded_channel::<ToWorker>();
-            if events.send(Event::Connected { id, control }).is_err() {
+            if events.send(Event::Connected { id, pid, control }).is_err() {
                 return;
             }
             tokio::spawn(write_lines(outgoing, write));
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<FromWorker>(&line) {
                     Ok(message) => {
-                        if events.send(Event::Message { id, message }).is_err() {
+                        if events.send(Event::Message { id, pid, message }).is_err() {
                             return;
                         }
                     }
@@ -461,17 +456,26 @@ impl Supervisor {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Exited { id, status } => self.exited(id, status),
-            Event::Connected { id, control } => {
-                if let Some(worker) = self.workers.get_mut(&id) {
-                    if !self.note.is_empty() {
-                        let _ = control.send(ToWorker::Rollout {
-                            note: self.note.clone(),
-                        });
-                    }
-                    worker.control = Some(control);
+            Event::Connected { id, pid, control } => {
+                let Some(worker) = self
+                    .workers
+                    .get_mut(&id)
+                    .filter(|w| i64::from(w.pid) == i64::from(pid))
+                else {
+                    tracing::warn!(
+                        "{} launcher: process {pid} claimed to be worker {id}; ignored",
+                        self.service
+                    );
+                    return;
+                };
+                if !self.note.is_empty() {
+                    let _ = control.send(ToWorker::Rollout {
+                        note: self.note.clone(),
+                    });
                 }
+                worker.control = Some(control);
             }
-            Event::Message { id, message } => self.message(id, message),
+            Event::Message { id, pid, message } => self.message(id, pid, message),
             Event::Restart { slot } => {
                 self.restarting.remove(&slot);
                 self.advance();
@@ -480,9 +484,13 @@ impl Supervisor {
         }
     }
 
-    fn message(&mut self, id: u64, message: FromWorker) {
+    fn message(&mut self, id: u64, pid: i32, message: FromWorker) {
         let window = self.plan.canary_config.window();
-        let Some(worker) = self.workers.get_mut(&id) else {
+        let Some(worker) = self
+            .workers
+            .get_mut(&id)
+            .filter(|w| i64::from(w.pid) == i64::from(pid))
+        else {
             return;
         };
         match message {
