@@ -481,3 +481,20 @@ fn check_config_refuses_a_canary_phase_the_endpoints_cannot_run() {
     assert!(stderr.contains("launcher.canary.workers"), "{stderr}");
     assert!(stderr.contains("accepted: 1 to 1"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_worker_that_dies_is_rolled_back() {
+    let canary = "[launcher.canary]\nphase = \"async\"\nworkers = 1\n";
+    let mut launcher = Launcher::start(&phase("threaded"), canary);
+    let log = launcher.log();
+    let canary_pid = log
+        .lines()
+        .find(|l| l.contains("canary phase async"))
+        .and_then(started_pid)
+        .unwrap_or_else(|| panic!("no canary started:\n{log}"));
+    signal(canary_pid, "KILL");
+    let rolled_back = launcher.wait_for(|l| l.contains("rolled back to threaded"));
+    assert!(rolled_back.contains("(exits)"), "{rolled_back}");
+    launcher.wait_for(|l| l.contains("rollout complete"));
+    only_phase_answering(&launcher.url(), "threaded").await;
+}

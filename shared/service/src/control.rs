@@ -62,7 +62,7 @@ pub struct RolledBack {
     pub canary_phase: String,
     /// The phase every worker runs now.
     pub main_phase: String,
-    /// `error_rate`, `p99` or `slow_polls`.
+    /// `error_rate`, `p99`, `slow_polls`, or `exits` (a canary worker died).
     pub signal: String,
     /// The figures that tripped it.
     pub detail: String,

@@ -596,6 +596,22 @@ impl Supervisor {
             if !replacing {
                 self.schedule_restart(worker.slot);
             }
+            // A canary that dies never gathers the calls to be judged on:
+            // its exit is the verdict.
+            if let Some((canary_phase, _)) = self.plan.canary
+                && worker.spec.role == Role::Canary
+                && Some(worker.spec) == self.desired(worker.slot)
+            {
+                self.roll_back(
+                    canary_phase,
+                    "exits",
+                    format!(
+                        "canary worker {id} (pid {}) exited with {status}",
+                        worker.pid
+                    ),
+                );
+                return;
+            }
         }
         self.advance();
     }
@@ -731,14 +747,7 @@ impl Supervisor {
         for slot in 0..slots {
             match (self.desired(slot), self.current(slot)) {
                 (Some(spec), Some(id)) if self.workers.get(&id).is_some_and(|w| w.spec != spec) => {
-                    if !self.rolling {
-                        self.rolling = true;
-                        tracing::info!(
-                            "{} launcher: replacing workers one at a time: {}",
-                            self.service,
-                            self.plan.describe()
-                        );
-                    }
+                    self.rolling = true;
                     let new = self.start(slot, spec);
                     self.step = Some(Step {
                         slot,
@@ -764,7 +773,13 @@ impl Supervisor {
                 _ => {}
             }
         }
-        if self.rolling {
+        // Complete when every slot's worker runs the plan and is ready.
+        let done = (0..self.plan.workers).all(|slot| {
+            self.current(slot)
+                .and_then(|id| self.workers.get(&id))
+                .is_some_and(|w| w.ready && Some(w.spec) == self.desired(slot))
+        });
+        if self.rolling && done {
             self.rolling = false;
             tracing::info!(
                 "{} launcher: rollout complete: {}",
@@ -803,7 +818,7 @@ impl Supervisor {
             return;
         }
         tracing::info!(
-            "{} launcher: configuration reloaded: {}",
+            "{} launcher: configuration reloaded; replacing workers one at a time: {}",
             self.service,
             plan.describe()
         );
@@ -811,6 +826,7 @@ impl Supervisor {
         self.plan = plan;
         self.generation += 1;
         self.stalled = false;
+        self.rolling = true;
         self.last_verdict = None;
         self.set_note(String::new());
         self.advance();
@@ -872,6 +888,7 @@ impl Supervisor {
     fn roll_back(&mut self, canary_phase: Phase, signal: &str, detail: String) {
         let main_phase = self.plan.main_phase;
         self.plan.canary = None;
+        self.rolling = true;
         tracing::error!(
             signal,
             "{} launcher: canary {canary_phase} rolled back to {main_phase} ({signal}): {detail}",
@@ -916,6 +933,7 @@ impl Supervisor {
         };
         let previous = self.plan.main_phase;
         self.plan.main_phase = canary_phase;
+        self.rolling = true;
         tracing::info!(
             "{} launcher: canary {canary_phase} promoted: every worker moves from {previous} to {canary_phase} (until the next reload: set executor.phase = \"{canary_phase}\" in the configuration to keep it)",
             self.service
