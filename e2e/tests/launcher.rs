@@ -49,8 +49,13 @@ fn signal(service: &Service, name: &str) {
 
 /// Waits until the service's log has a line containing `needle`.
 async fn wait_for_log(service: &Service, needle: &str) {
+    wait_for_lines(service, needle, 1).await;
+}
+
+/// Waits until the service's log has `count` lines containing `needle`.
+async fn wait_for_lines(service: &Service, needle: &str, count: usize) {
     let started = Instant::now();
-    while !service.log_text().contains(needle) {
+    while service.log_text().matches(needle).count() < count {
         assert!(
             started.elapsed() < BOUND,
             "`{needle}` never came; the log:\n{}",
@@ -183,7 +188,9 @@ fn echo_file(port: u16, canary: &str) -> String {
     format!(
         "[executor]\nphase = \"threaded\"\npool_size = 4\n\n[grpc]\nlisten = \"127.0.0.1:{port}\"\n\n\
          [launcher]\nworkers = 2\nrestart_backoff_ms = 100\n\n\
-         [launcher.canary]\nphase = \"async\"\nworkers = 1\nwindow_ms = 3000\nmin_calls = 20\n\n\
+         [launcher.canary]\nphase = \"async\"\nworkers = 1\nwindow_ms = 3000\nmin_calls = 20\n\
+                  # A busy test machine descheduling a poll is no blocking endpoint.\n\
+                  max_slow_poll_rate_increase = 0.2\n\n\
          [echo]\nrollout = true\n{canary}"
     )
 }
@@ -261,10 +268,18 @@ async fn a_blocking_canary_is_rolled_back_published_and_shown() {
     })
     .await;
 
+    // Both workers listen before the callers connect (the kernel spreads
+    // connections over the listeners there are).
+    wait_for_lines(&echo, ") is ready", 2).await;
     let (stop_load, failed, load) = echo_load(port);
     let event = tokio::time::timeout(BOUND, published.recv())
         .await
-        .expect("rollout.rolled_back in time")
+        .unwrap_or_else(|_| {
+            panic!(
+                "no rollout.rolled_back in time; the log:\n{}",
+                echo.log_text()
+            )
+        })
         .expect("a notification");
     assert_eq!(
         (
@@ -316,6 +331,9 @@ async fn a_healthy_canary_is_promoted_with_the_cli() {
     let shown = cli(&fleet, &["rollout"]);
     assert!(text(&shown).contains("canary"), "{}", text(&shown));
 
+    // Both workers listen before the callers connect (the kernel spreads
+    // connections over the listeners there are).
+    wait_for_lines(&echo, ") is ready", 2).await;
     let (stop_load, failed, load) = echo_load(port);
     wait_for_log(&echo, "canary async within margins").await;
     let promoted = cli(&fleet, &["rollout", "promote", "echo", "--wait-s", "30"]);
