@@ -128,8 +128,13 @@ async fn a_sighup_phase_switch_of_the_collector_under_load_loses_no_sample() {
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     configure(&fleet, "collector", &file("async"), Vec::new());
+    let signalled = Instant::now();
     signal(&collector, "HUP");
     wait_for_log(&collector, "rollout complete").await;
+    eprintln!(
+        "collector switch of 2 workers under load: {:?} from SIGHUP to complete",
+        signalled.elapsed()
+    );
     assert!(!load.is_finished(), "the switch happened under load");
     let (acknowledged, retries) = load.await.expect("load");
     assert_eq!(acknowledged.len(), 3000);
@@ -272,6 +277,7 @@ async fn a_blocking_canary_is_rolled_back_published_and_shown() {
     // connections over the listeners there are).
     wait_for_lines(&echo, ") is ready", 2).await;
     let (stop_load, failed, load) = echo_load(port);
+    let loaded = Instant::now();
     let event = tokio::time::timeout(BOUND, published.recv())
         .await
         .unwrap_or_else(|_| {
@@ -292,6 +298,11 @@ async fn a_blocking_canary_is_rolled_back_published_and_shown() {
         "{event:?}"
     );
     assert!(event.detail.contains("slow polls per call"), "{event:?}");
+    eprintln!(
+        "blocking canary: rollout.rolled_back received {:?} after the load began: {}",
+        loaded.elapsed(),
+        event.detail
+    );
     wait_for_log(&echo, "rollout complete").await;
     let up = wait_for_rollout(&fleet, "echo", |up| {
         up.len() == 2 && up.iter().all(|i| i.phase == "threaded" && i.role == "main")

@@ -306,8 +306,14 @@ async fn sighup_switches_the_phase_one_worker_at_a_time_without_a_failed_call() 
         .await;
 
     launcher.rewrite(&phase("async"), "");
+    let (signalled, before) = (Instant::now(), load.replies());
     launcher.signal("HUP");
     launcher.wait_for(|l| l.contains("rollout complete"));
+    let during = load.replies().values().sum::<u64>() - before.values().sum::<u64>();
+    eprintln!(
+        "switch of 2 workers: {:?} from SIGHUP to complete, {during} calls answered meanwhile",
+        signalled.elapsed()
+    );
     // Calls keep coming after the switch, on reconnected clients.
     let after = load.replies().get("async").copied().unwrap_or(0);
     load.until(|replies| replies.get("async").copied().unwrap_or(0) >= after + 100)
