@@ -1,0 +1,323 @@
+//! The launcher: `[launcher] workers = N` runs N worker processes of the
+//! service under one supervisor, switches their phase on SIGHUP one worker at
+//! a time, and runs a canary phase on some of them with automatic rollback.
+//!
+//! Workers are started by re-executing this binary with the same arguments
+//! and environment plus `SWITCHYARD_WORKER=<number>` — never by forking a
+//! process that already has threads and a runtime, the trap the original
+//! plan's service launcher fell into. Workers compete on the AMQP queues and
+//! share their gRPC and metrics ports with `SO_REUSEPORT` (the kernel spreads
+//! new connections across them), so a worker can be replaced without closing
+//! the port. Each worker's phase comes from the supervisor
+//! (`SWITCHYARD_EXECUTOR__PHASE`), which decides main and canary phases.
+//!
+//! The supervisor talks to its workers over an abstract Unix socket
+//! ([`crate::control`]; nothing in the file system to leave behind, and only
+//! the processes it started are heard):
+//! a worker says when it is ready and reports its executor's totals every
+//! second, which is what the canary is judged on ([`crate::canary`]).
+//!
+//! - A worker that dies is started again with doubling backoff.
+//! - SIGTERM or SIGINT: every worker drains; exit 0 when all did in time.
+//! - SIGHUP: the configuration is checked by running this binary with
+//!   `--check-config` (endpoints against the main and the canary phase), read with
+//!   `--print-config`; if it is valid and differs, workers are replaced one
+//!   at a time — start the new one, wait for it to be ready, drain the old.
+//!   An invalid configuration is logged and the workers keep running.
+//! - Canary: `[launcher.canary] phase, workers`; when the canary is worse
+//!   than the main workers beyond a margin its workers are replaced by
+//!   main-phase ones and a worker publishes `rollout.rolled_back`.
+//!   A promote request makes the canary phase the main phase.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchyard_executor::Phase;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+mod supervisor;
+
+use supervisor::Supervisor;
+
+use crate::canary::CanaryConfig;
+use crate::control::{FromWorker, ToWorker, write_lines};
+
+/// Set in a worker's environment: its number.
+pub const WORKER_VARIABLE: &str = "SWITCHYARD_WORKER";
+
+/// The `[launcher]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LauncherConfig {
+    /// Worker processes; 1 runs the service in this process, no supervisor.
+    pub workers: usize,
+    /// First delay before a dead worker is started again; doubles while it
+    /// keeps dying, at most 30 s.
+    pub restart_backoff_ms: u64,
+    /// How long a replacement worker may take to become ready before the
+    /// rolling replacement stops (and the old workers stay).
+    pub ready_timeout_ms: u64,
+    /// `[launcher.canary]`: some workers in another phase, judged against
+    /// the rest.
+    pub canary: CanaryConfig,
+}
+
+impl Default for LauncherConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            restart_backoff_ms: 500,
+            ready_timeout_ms: 60_000,
+            canary: CanaryConfig::default(),
+        }
+    }
+}
+
+impl LauncherConfig {
+    /// Range checks, relative to the section.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if !(1..=64).contains(&self.workers) {
+            problems.push((
+                "workers",
+                format!("{} is out of range; accepted: 1 to 64", self.workers),
+            ));
+        }
+        if self.ready_timeout_ms == 0 {
+            problems.push(("ready_timeout_ms", "0; accepted: 1 or more".to_string()));
+        }
+        problems.extend(self.canary.problems(self.workers));
+        problems
+    }
+}
+
+/// `true` in a worker started by the launcher.
+pub fn is_worker() -> bool {
+    std::env::var_os(WORKER_VARIABLE).is_some()
+}
+
+/// In a worker: asks the kernel for SIGTERM (a drain) when the supervisor
+/// dies, so no worker outlives it.
+pub(crate) fn follow_supervisor() {
+    if let Err(error) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+    {
+        tracing::warn!("cannot ask to be stopped with the supervisor: {error}");
+    }
+}
+
+/// What the supervisor starts with: the configuration it was started with.
+#[derive(Debug, Clone)]
+pub(crate) struct Start {
+    pub service: String,
+    pub launcher: LauncherConfig,
+    pub phase: Phase,
+    /// `--print-config`'s text of the configuration, to tell a changed one.
+    pub printed: String,
+    pub grace: Duration,
+}
+
+/// Runs the supervisor until SIGTERM/SIGINT; exits 0 when every worker
+/// drained within the grace period.
+pub(crate) fn supervise(start: Start) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{} launcher: cannot start: {error}", start.service);
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(start))
+}
+
+/// A checked configuration read back from `--print-config`.
+#[derive(Debug)]
+struct Reload {
+    printed: String,
+    launcher: LauncherConfig,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+enum Event {
+    Exited {
+        id: u64,
+        status: String,
+    },
+    Connected {
+        id: u64,
+        pid: i32,
+        control: mpsc::UnboundedSender<ToWorker>,
+    },
+    Message {
+        id: u64,
+        pid: i32,
+        message: FromWorker,
+    },
+    Restart {
+        slot: usize,
+    },
+    Reloaded(Result<Reload, String>),
+}
+
+async fn run(start: Start) -> ExitCode {
+    let service = start.service.clone();
+    let socket = format!("switchyard-{service}-{}", std::process::id());
+    let listener = match crate::control::listen(&socket) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!("{service} launcher: cannot listen on @{socket}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (events, mut inbox) = mpsc::unbounded_channel();
+    tokio::spawn(accept(listener, events.clone()));
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!("{service} launcher: cannot listen for signals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut supervisor = Supervisor::new(&start, socket, events);
+    supervisor.begin();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = signals.terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = signals.hangup.recv() => {
+                tracing::info!("{service} launcher: SIGHUP: checking the configuration");
+                let events = supervisor.events.clone();
+                tokio::spawn(async move {
+                    let _ = events.send(Event::Reloaded(check_configuration().await));
+                });
+            }
+            Some(event) = inbox.recv() => supervisor.handle(event),
+            _ = tick.tick() => {
+                supervisor.judge();
+                supervisor.advance();
+            }
+        }
+    }
+    supervisor.drain(&mut inbox, start.grace).await
+}
+
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Accepts worker connections; each says hello, then its lines become
+/// events. The supervisor takes a connection only from the process it
+/// started as that worker (the kernel's peer credentials).
+async fn accept(listener: tokio::net::UnixListener, events: mpsc::UnboundedSender<Event>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let events = events.clone();
+        let Some(pid) = stream.peer_cred().ok().and_then(|c| c.pid()) else {
+            tracing::warn!("a control connection without peer credentials; closed");
+            continue;
+        };
+        tokio::spawn(async move {
+            let (read, write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let Ok(Some(first)) = lines.next_line().await else {
+                return;
+            };
+            let Ok(FromWorker::Hello { worker: id }) = serde_json::from_str(&first) else {
+                tracing::warn!("a control connection did not say hello; closed");
+                return;
+            };
+            let (control, outgoing) = mpsc::unbounded_channel::<ToWorker>();
+            if events.send(Event::Connected { id, pid, control }).is_err() {
+                return;
+            }
+            tokio::spawn(write_lines(outgoing, write));
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<FromWorker>(&line) {
+                    Ok(message) => {
+                        if events.send(Event::Message { id, pid, message }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => tracing::warn!("unreadable line from worker {id}: {error}"),
+                }
+            }
+        });
+    }
+}
+
+/// Runs this binary with `--check-config` (which checks the canary phase
+/// too) and `--print-config`: the same check an operator runs.
+async fn check_configuration() -> Result<Reload, String> {
+    let run = |extra: &'static str| async move {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .args(std::env::args_os().skip(1))
+            .arg(extra)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .map_err(|_| format!("{extra} did not finish within 30 s"))?
+            .map_err(|e| format!("cannot run {extra}: {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        }
+    };
+    run("--check-config").await?;
+    let printed = run("--print-config").await?;
+    let value: toml::Value = toml::from_str(&printed)
+        .map_err(|e| format!("cannot read --print-config's output: {e}"))?;
+    let launcher: LauncherConfig = value
+        .get("launcher")
+        .cloned()
+        .map(|v| v.try_into())
+        .transpose()
+        .map_err(|e| format!("launcher: {e}"))?
+        .unwrap_or_default();
+    let phase: Phase = value
+        .get("executor")
+        .and_then(|e| e.get("phase"))
+        .cloned()
+        .map(|v| v.try_into())
+        .transpose()
+        .map_err(|e| format!("executor.phase: {e}"))?
+        .unwrap_or_default();
+    Ok(Reload {
+        printed,
+        launcher,
+        phase,
+    })
+}
+
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+fn host() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
