@@ -475,7 +475,9 @@ fn check_config_refuses_a_canary_phase_the_endpoints_cannot_run() {
     ]);
     assert_eq!(status, Some(2), "{stderr}");
     assert!(
-        stderr.contains("environment variable SWITCHYARD_LAUNCHER__CANARY__PHASE"),
+        stderr.contains(
+            "launcher.canary.phase (from environment variable SWITCHYARD_LAUNCHER__CANARY__PHASE)"
+        ),
         "{stderr}"
     );
     assert!(stderr.contains("echo_blocking"), "{stderr}");

@@ -132,10 +132,17 @@ pub fn configure<C: ServiceSettings + Clone>(
             return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let mut mismatches: Vec<(String, String)> =
+    // (key, where its value came from, the mismatch)
+    let mut mismatches: Vec<(&str, String, String)> =
         Executor::check(loaded.settings.executor(), &endpoints(&loaded.settings))
             .into_iter()
-            .map(|m| (loaded.source_of("executor.phase"), m.to_string()))
+            .map(|m| {
+                (
+                    "executor.phase",
+                    loaded.source_of("executor.phase"),
+                    m.to_string(),
+                )
+            })
             .collect();
     // The launcher's canary workers run another phase: it must fit too.
     if let Some(canary) = loaded.settings.launcher().canary.phase
@@ -146,7 +153,10 @@ pub fn configure<C: ServiceSettings + Clone>(
         mismatches.extend(
             Executor::check(in_canary.executor(), &endpoints(&in_canary))
                 .into_iter()
-                .map(|m| (loaded.source_of("launcher.canary.phase"), m.to_string())),
+                .map(|m| {
+                    let key = "launcher.canary.phase";
+                    (key, loaded.source_of(key), m.to_string())
+                }),
         );
     }
     let endpoints = endpoints(&loaded.settings);
@@ -156,8 +166,8 @@ pub fn configure<C: ServiceSettings + Clone>(
             mismatches.len(),
             if mismatches.len() == 1 { "" } else { "s" }
         );
-        for (source, mismatch) in mismatches {
-            eprintln!("  - executor.phase (from {source}): {mismatch}");
+        for (key, source, mismatch) in mismatches {
+            eprintln!("  - {key} (from {source}): {mismatch}");
         }
         return Err(ExitCode::from(EXIT_CONFIG));
     }
