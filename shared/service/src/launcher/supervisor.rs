@@ -222,7 +222,8 @@ impl Supervisor {
         }
     }
 
-    /// Starts a worker for `slot`; returns its number.
+    /// Starts a worker for `slot`; returns its number, or `None` (logged)
+    /// when the process could not be started.
     fn start(&mut self, slot: usize, spec: Spec) -> Option<u64> {
         let id = self.next_id;
         self.next_id += 1;
@@ -240,7 +241,6 @@ impl Supervisor {
             Ok(child) => child,
             Err(error) => {
                 tracing::error!("{} launcher: cannot start a worker: {error}", self.service);
-                self.schedule_restart(slot);
                 return None;
             }
         };
@@ -279,6 +279,13 @@ impl Supervisor {
             let _ = events.send(Event::Exited { id, status });
         });
         Some(id)
+    }
+
+    /// Starts a worker for an empty slot, or tries again after a backoff.
+    fn start_or_retry(&mut self, slot: usize, spec: Spec) {
+        if self.start(slot, spec).is_none() {
+            self.schedule_restart(slot);
+        }
     }
 
     fn exited(&mut self, id: u64, status: String) {
@@ -440,7 +447,7 @@ impl Supervisor {
                 .map(|(slot, spec)| (*slot, *spec))
                 .collect();
             for (slot, spec) in empty {
-                self.start(slot, spec);
+                self.start_or_retry(slot, spec);
             }
             return;
         }
@@ -455,17 +462,20 @@ impl Supervisor {
             match (self.desired(slot), self.current(slot)) {
                 (Some(spec), Some(id)) if self.workers.get(&id).is_some_and(|w| w.spec != spec) => {
                     self.rolling = true;
-                    let new = self.start(slot, spec);
+                    let Some(new) = self.start(slot, spec) else {
+                        self.stall(&format!("no replacement for slot {slot} could be started"));
+                        return;
+                    };
                     self.step = Some(Step {
                         slot,
-                        new,
+                        new: Some(new),
                         old: Some(id),
                         deadline: Instant::now() + self.plan.ready_timeout,
                     });
                     return;
                 }
                 (Some(spec), None) if !self.restarting.contains(&slot) => {
-                    self.start(slot, spec);
+                    self.start_or_retry(slot, spec);
                 }
                 (None, Some(id)) => {
                     self.step = Some(Step {
