@@ -4,8 +4,9 @@
 //! refused, and canaries judged — a blocking one rolled back, a healthy one
 //! kept.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,15 +73,7 @@ impl Launcher {
             .stdout(Stdio::null())
             .spawn()
             .expect("echo starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let lines = support::log_lines(&mut child);
         let mut launcher = Self {
             child,
             port,

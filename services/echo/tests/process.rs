@@ -1,7 +1,9 @@
 //! The real `switchyard-echo` process: serves gRPC and metrics, and on SIGTERM
 //! lets the call in flight finish before exiting 0. (Its launcher: `launcher.rs`.)
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -55,15 +57,7 @@ fn start_echo(phase: &str) -> Echo {
         .stdout(Stdio::null())
         .spawn()
         .expect("echo starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (lines, log) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let log = support::log_lines(&mut child);
     let (mut grpc, mut metrics) = (None, None);
     while grpc.is_none() || metrics.is_none() {
         let line = log

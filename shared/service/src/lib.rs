@@ -132,9 +132,10 @@ pub fn configure<C: ServiceSettings + Clone>(
             return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
+    let listed = endpoints(&loaded.settings);
     // (key, where its value came from, the mismatch)
     let mut mismatches: Vec<(&str, String, String)> =
-        Executor::check(loaded.settings.executor(), &endpoints(&loaded.settings))
+        Executor::check(loaded.settings.executor(), &listed)
             .into_iter()
             .map(|m| {
                 (
@@ -159,7 +160,6 @@ pub fn configure<C: ServiceSettings + Clone>(
                 }),
         );
     }
-    let endpoints = endpoints(&loaded.settings);
     if !mismatches.is_empty() {
         eprintln!(
             "invalid configuration for {service} ({} problem{}):",
@@ -187,8 +187,8 @@ pub fn configure<C: ServiceSettings + Clone>(
         println!(
             "configuration OK for {service}: phase {}, {} endpoint{}{}",
             loaded.settings.executor().phase,
-            endpoints.len(),
-            if endpoints.len() == 1 { "" } else { "s" },
+            listed.len(),
+            if listed.len() == 1 { "" } else { "s" },
             loaded
                 .file
                 .as_ref()

@@ -1,4 +1,5 @@
-//! Starts echo's gRPC server in-process on 127.0.0.1:0, in a given phase.
+//! Starts echo's gRPC server in-process on 127.0.0.1:0, in a given phase;
+//! reads the log of an echo process.
 
 #![allow(dead_code)]
 
@@ -72,4 +73,20 @@ pub async fn start_with(
         shutdown,
         served,
     }
+}
+
+/// The lines `child` writes to its (piped) stderr, read on a thread until
+/// the pipe closes.
+pub fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    log
 }

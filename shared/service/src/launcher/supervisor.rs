@@ -103,6 +103,14 @@ struct Step {
     deadline: Instant,
 }
 
+/// Worker `id`, if `pid` (the peer of its control connection) is the
+/// process started as that worker.
+fn worker_at(workers: &mut BTreeMap<u64, Worker>, id: u64, pid: i32) -> Option<&mut Worker> {
+    workers
+        .get_mut(&id)
+        .filter(|w| i64::from(w.pid) == i64::from(pid))
+}
+
 /// The launcher's state: one per supervisor process, owned by its event loop.
 pub(super) struct Supervisor {
     service: String,
@@ -164,11 +172,7 @@ impl Supervisor {
         match event {
             Event::Exited { id, status } => self.exited(id, status),
             Event::Connected { id, pid, control } => {
-                let Some(worker) = self
-                    .workers
-                    .get_mut(&id)
-                    .filter(|w| i64::from(w.pid) == i64::from(pid))
-                else {
+                let Some(worker) = worker_at(&mut self.workers, id, pid) else {
                     tracing::warn!(
                         "{} launcher: process {pid} claimed to be worker {id}; ignored",
                         self.service
@@ -193,11 +197,7 @@ impl Supervisor {
 
     fn message(&mut self, id: u64, pid: i32, message: FromWorker) {
         let window = self.plan.canary_config.window();
-        let Some(worker) = self
-            .workers
-            .get_mut(&id)
-            .filter(|w| i64::from(w.pid) == i64::from(pid))
-        else {
+        let Some(worker) = worker_at(&mut self.workers, id, pid) else {
             return;
         };
         match message {
