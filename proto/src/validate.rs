@@ -9,6 +9,13 @@ use crate::metering::v1::Sample;
 pub const MAX_BATCH: usize = 1000;
 /// Longest meter name.
 pub const MAX_METER_LEN: usize = 255;
+/// Largest magnitude of a volume. PostgreSQL's `avg` and `stddev` over
+/// double precision sum the squares of the values and fail on overflow for
+/// good, so a volume must square far below `f64::MAX` (1.8e308), with room for
+/// the sum of many.
+pub const MAX_VOLUME: f64 = 1e100;
+/// Longest unit.
+pub const MAX_UNIT_LEN: usize = 63;
 /// How far in the future a sample's timestamp may be, in seconds (clock skew).
 pub const MAX_FUTURE_SECONDS: i64 = 300;
 
@@ -65,13 +72,27 @@ pub fn sample(sample: &Sample, now_unix_seconds: i64, at: &str) -> Result<(), Fi
             format!("must be 1 to {MAX_METER_LEN} characters of A-Z a-z 0-9 _ . - :"),
         ));
     }
-    if sample.unit.is_empty() || sample.unit.len() > 63 {
-        return Err(problem(field("unit"), "must be 1 to 63 characters"));
+    if sample.unit.is_empty() || sample.unit.len() > MAX_UNIT_LEN {
+        return Err(problem(
+            field("unit"),
+            format!("must be 1 to {MAX_UNIT_LEN} bytes"),
+        ));
     }
-    if !sample.volume.is_finite() {
+    // Control characters: PostgreSQL cannot store NUL in text at all, and
+    // nothing else in a unit needs them.
+    if sample.unit.chars().any(char::is_control) {
+        return Err(problem(
+            field("unit"),
+            "must not contain control characters (NUL, newlines, …)",
+        ));
+    }
+    if !sample.volume.is_finite() || sample.volume.abs() > MAX_VOLUME {
         return Err(problem(
             field("volume"),
-            format!("{} is not a finite number", sample.volume),
+            format!(
+                "{} is not a finite number between -{MAX_VOLUME:e} and {MAX_VOLUME:e}",
+                sample.volume
+            ),
         ));
     }
     for (name, value) in [
@@ -135,6 +156,10 @@ mod tests {
         let cases: Vec<(Box<dyn Fn(&mut Sample)>, &str)> = vec![
             (Box::new(|s| s.volume = f64::NAN), "samples[0].volume"),
             (Box::new(|s| s.volume = f64::INFINITY), "samples[0].volume"),
+            (Box::new(|s| s.volume = 1.7e308), "samples[0].volume"),
+            (Box::new(|s| s.volume = -1e101), "samples[0].volume"),
+            (Box::new(|s| s.unit = "k\0g".into()), "samples[0].unit"),
+            (Box::new(|s| s.unit = "k\ng".into()), "samples[0].unit"),
             (Box::new(|s| s.meter = String::new()), "samples[0].meter"),
             (Box::new(|s| s.meter = "x".repeat(300)), "samples[0].meter"),
             (Box::new(|s| s.unit = String::new()), "samples[0].unit"),

@@ -53,6 +53,19 @@ fn main() -> ExitCode {
     switchyard_service::run(SERVICE, loaded.settings, serve)
 }
 
+/// Whether `presented` is one of `tokens`, in time that does not depend on
+/// where a guess first differs: every token is compared, each in constant
+/// time (only the lengths, which are not secret, decide early).
+fn accepted(tokens: &[String], presented: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    tokens
+        .iter()
+        .fold(subtle::Choice::from(0), |found, token| {
+            found | token.as_bytes().ct_eq(presented.as_bytes())
+        })
+        .into()
+}
+
 /// Refuses calls without one of the configured bearer tokens.
 fn authenticate(
     tokens: Vec<String>,
@@ -67,7 +80,7 @@ fn authenticate(
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "));
         match presented {
-            Some(token) if tokens.iter().any(|t| t == token) => Ok(request),
+            Some(token) if accepted(&tokens, token) => Ok(request),
             Some(_) => Err(Status::unauthenticated("the bearer token is not accepted")),
             None => Err(Status::unauthenticated(
                 "a bearer token is required (authorization: Bearer …)",
@@ -104,17 +117,23 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         alarm_timeout: Duration::from_millis(settings.api.alarm_call_timeout_ms),
         rollout,
         heartbeat_interval: interval,
+        max_body_bytes: settings.amqp.max_body_bytes,
     };
     let api = metering::MeteringApi::register(&executor, &backends, settings.grpc.overload_wait())?;
     let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;
     let server = MeteringServer::new(api)
         .max_decoding_message_size(settings.grpc.max_message_bytes)
         .max_encoding_message_size(settings.grpc.max_message_bytes);
-    let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)?
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            server,
-            authenticate(settings.api.auth_tokens.clone()),
-        ));
+    let routes = switchyard_grpc::base_routes(
+        health,
+        switchyard_proto::FILE_DESCRIPTOR_SET,
+        &[GRPC_SERVICE],
+        authenticate(settings.api.auth_tokens.clone()),
+    )?
+    .add_service(tonic::service::interceptor::InterceptedService::new(
+        server,
+        authenticate(settings.api.auth_tokens.clone()),
+    ));
     let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
     tracing::info!(
         "gRPC on {}",
@@ -152,4 +171,22 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         .await
         .map_err(|lost| switchyard_service::Restart(lost.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepted;
+
+    #[test]
+    fn only_a_configured_token_is_accepted() {
+        let tokens = vec![
+            "0123456789abcdef".to_string(),
+            "fedcba9876543210".to_string(),
+        ];
+        assert!(accepted(&tokens, "fedcba9876543210"));
+        assert!(!accepted(&tokens, "fedcba987654321"));
+        assert!(!accepted(&tokens, "0123456789abcdef "));
+        assert!(!accepted(&tokens, ""));
+        assert!(!accepted(&[], "0123456789abcdef"));
+    }
 }

@@ -54,6 +54,10 @@ pub struct Backends {
     pub alarm_timeout: Duration,
     pub rollout: Rollout,
     pub heartbeat_interval: Duration,
+    /// `amqp.max_body_bytes`: the largest message the collector takes. A
+    /// request whose batch would be larger is refused here, before it is
+    /// acknowledged, instead of being dead-lettered there after.
+    pub max_body_bytes: usize,
 }
 
 /// Connects (lazily) to the collector's query API (TLS for `https://`).
@@ -121,6 +125,19 @@ async fn post_samples(
         }
     }
     let ids = request.samples.iter().map(|s| s.id.clone()).collect();
+    let batch = RecordSamples {
+        samples: request.samples,
+    };
+    let size = prost::Message::encoded_len(&batch);
+    if size > backends.max_body_bytes {
+        return Err(invalid_argument(
+            "samples",
+            format!(
+                "the batch is {size} bytes as queued; the collector takes at most {} (amqp.max_body_bytes): send fewer samples or less metadata per call",
+                backends.max_body_bytes
+            ),
+        ));
+    }
     // Returns once the broker confirmed the persistent message: success is
     // never reported for samples that are not durably queued.
     backends
@@ -128,9 +145,7 @@ async fn post_samples(
         .cast(
             &Target::topic(&backends.exchange, "collector"),
             "record_samples",
-            &RecordSamples {
-                samples: request.samples,
-            },
+            &batch,
         )
         .await
         .map_err(|error| Status::unavailable(format!("samples not queued: {error}")))?;

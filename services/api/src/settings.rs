@@ -68,6 +68,10 @@ impl Settings for ApiSettings {
     fn problems(&self) -> Vec<(String, String)> {
         let mut problems = switchyard_service::shared_problems(self);
         problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
+        problems.extend(switchyard_service::in_section(
+            "rollout",
+            self.rollout.problems(),
+        ));
         problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
         if !self.api.collector_url.starts_with("http://")
             && !self.api.collector_url.starts_with("https://")
@@ -80,11 +84,18 @@ impl Settings for ApiSettings {
                 ),
             ));
         }
-        if self.api.auth_tokens.iter().any(|t| t.len() < 16) {
-            problems.push((
-                "api.auth_tokens".into(),
-                "every token must be at least 16 characters".into(),
-            ));
+        if let Some(problem) = self
+            .api
+            .auth_tokens
+            .iter()
+            .find_map(|token| switchyard_config::check::token(token, 16))
+        {
+            problems.push(("api.auth_tokens".into(), problem));
+        }
+        if let Some(problem) =
+            switchyard_config::check::at_least(self.api.alarm_call_timeout_ms, 1, "ms")
+        {
+            problems.push(("api.alarm_call_timeout_ms".into(), problem));
         }
         problems
     }

@@ -83,12 +83,17 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
 
     let query = query::Query::register(&executor, &database, settings.grpc.overload_wait())?;
     let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;
-    let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)?
-        .add_service(
-            SampleQueryServer::new(query)
-                .max_decoding_message_size(settings.grpc.max_message_bytes)
-                .max_encoding_message_size(settings.grpc.max_message_bytes),
-        );
+    let routes = switchyard_grpc::base_routes(
+        health,
+        switchyard_proto::FILE_DESCRIPTOR_SET,
+        &[GRPC_SERVICE],
+        switchyard_grpc::open_access,
+    )?
+    .add_service(
+        SampleQueryServer::new(query)
+            .max_decoding_message_size(settings.grpc.max_message_bytes)
+            .max_encoding_message_size(settings.grpc.max_message_bytes),
+    );
     let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
     tracing::info!(
         "gRPC on {}",

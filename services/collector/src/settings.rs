@@ -48,6 +48,10 @@ impl Settings for CollectorSettings {
     fn problems(&self) -> Vec<(String, String)> {
         let mut problems = switchyard_service::shared_problems(self);
         problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
+        problems.extend(switchyard_service::in_section(
+            "rollout",
+            self.rollout.problems(),
+        ));
         problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
         problems.extend(switchyard_service::in_section(
             "storage",

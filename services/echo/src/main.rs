@@ -55,8 +55,13 @@ async fn serve(settings: EchoSettings, running: Running) -> anyhow::Result<()> {
     }
     let echo = EchoService::register(&running.executor, &settings.grpc, &settings.echo)?;
     let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;
-    let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)?
-        .add_service(echo.into_server(settings.grpc.max_message_bytes));
+    let routes = switchyard_grpc::base_routes(
+        health,
+        switchyard_proto::FILE_DESCRIPTOR_SET,
+        &[GRPC_SERVICE],
+        switchyard_grpc::open_access,
+    )?
+    .add_service(echo.into_server(settings.grpc.max_message_bytes));
     let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
     let address = listener.local_addr().context("reading the gRPC address")?;
     tracing::info!("gRPC on {address}");

@@ -130,7 +130,12 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
     // The notifier's API is AMQP; it serves gRPC for health (readiness:
     // broker connected, database answering) and reflection.
     let (readiness, health) = Readiness::new(&[]).await;
-    let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)?;
+    let routes = switchyard_grpc::base_routes(
+        health,
+        switchyard_proto::FILE_DESCRIPTOR_SET,
+        &[],
+        switchyard_grpc::open_access,
+    )?;
     let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
     tracing::info!(
         "health on {}",

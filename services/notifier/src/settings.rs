@@ -78,6 +78,10 @@ impl Settings for NotifierSettings {
     fn problems(&self) -> Vec<(String, String)> {
         let mut problems = switchyard_service::shared_problems(self);
         problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
+        problems.extend(switchyard_service::in_section(
+            "rollout",
+            self.rollout.problems(),
+        ));
         problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
         problems.extend(switchyard_service::in_section(
             "storage",
@@ -93,6 +97,11 @@ impl Settings for NotifierSettings {
                     self.notifier.collector_url
                 ),
             ));
+        }
+        if let Some(problem) =
+            switchyard_config::check::at_least(self.notifier.webhook_timeout_ms, 1, "ms")
+        {
+            problems.push(("notifier.webhook_timeout_ms".into(), problem));
         }
         if self.notifier.webhook_attempts == 0 {
             problems.push((

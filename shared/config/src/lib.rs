@@ -13,6 +13,7 @@
 #![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+pub mod check;
 mod redact;
 
 use std::fmt;

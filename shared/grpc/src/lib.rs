@@ -80,6 +80,23 @@ impl GrpcConfig {
                 ),
             ));
         }
+        use switchyard_config::check;
+        for (key, path) in [
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+            ("tls_ca_file", &self.tls_ca_file),
+        ] {
+            if let Some(problem) = check::pem_file(path) {
+                problems.push((key, problem));
+            }
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            problems.push((
+                "tls_key_file",
+                "TLS needs both tls_cert_file and tls_key_file; accepted: both set, or neither"
+                    .to_string(),
+            ));
+        }
         problems
     }
 
@@ -222,20 +239,48 @@ impl tonic::service::Interceptor for TraceInterceptor {
     }
 }
 
-/// The services every Switchyard gRPC server carries besides its own:
-/// `grpc.health.v1.Health` (following `readiness`) and server reflection
-/// over `descriptors` (an encoded `FileDescriptorSet`).
-/// Pass the routes [`Readiness::new`] returned.
-pub fn base_routes(
+/// Health (always open: probes carry no token) and server reflection, both
+/// `grpc.reflection.v1` and `v1alpha` (older clients such as Python's
+/// `grpcio-reflection` speak only `v1alpha`). Reflection lists exactly the
+/// services in `served` plus health and itself, not every service whose
+/// schema the descriptor set happens to hold, and answers only calls that
+/// `authorize` lets through (the api's bearer tokens; [`open_access`]
+/// elsewhere).
+pub fn base_routes<I>(
     health: tonic::service::Routes,
     descriptors: &[u8],
-) -> Result<tonic::service::Routes, GrpcError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(descriptors)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    served: &[&str],
+    authorize: I,
+) -> Result<tonic::service::Routes, GrpcError>
+where
+    I: tonic::service::Interceptor + Clone + Send + Sync + 'static,
+{
+    let builder = || {
+        served.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(descriptors)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health")
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection"),
+            |builder, name| builder.with_service_name(*name),
+        )
+    };
+    let v1 = builder()
         .build_v1()
         .map_err(|error| GrpcError::Reflection(error.to_string()))?;
-    Ok(health.add_service(reflection))
+    let v1alpha = builder()
+        .build_v1alpha()
+        .map_err(|error| GrpcError::Reflection(error.to_string()))?;
+    use tonic::service::interceptor::InterceptedService;
+    Ok(health
+        .add_service(InterceptedService::new(v1, authorize.clone()))
+        .add_service(InterceptedService::new(v1alpha, authorize)))
+}
+
+/// The interceptor of a server without access control.
+pub fn open_access(request: Request<()>) -> Result<Request<()>, Status> {
+    Ok(request)
 }
 
 /// A gRPC server could not start or stopped with an error.

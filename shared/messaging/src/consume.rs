@@ -95,12 +95,16 @@ pub(crate) async fn publish(
     }
 }
 
-/// Consumes `queue` until `shutdown`, handing each delivery to `handle` on a
-/// task tracked by `handlers`. Connection loss is waited out (lapin replays
-/// the consumer after recovery).
+/// Consumes the settler's queue until `shutdown`, handing each delivery to
+/// `handle` on a task tracked by `handlers`. Connection loss is waited out
+/// (lapin replays the consumer after recovery). A delivery whose headers nest
+/// deeper than [`wire::MAX_HEADER_DEPTH`] is dead-lettered before anything
+/// reads it. A consumer the broker cancels (its queue was deleted) marks the
+/// transport lost, so the service declares its topology again instead of
+/// serving on with nobody consuming.
 pub(crate) async fn consume<H, Fut>(
     channel: Channel,
-    queue: String,
+    settler: Settler,
     shutdown: CancellationToken,
     lost: CancellationToken,
     handlers: TaskTracker,
@@ -110,6 +114,7 @@ where
     H: Fn(Delivery) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let queue = settler.queue.clone();
     let mut consumer = channel
         .basic_consume(
             queue.as_str().into(),
@@ -130,6 +135,18 @@ where
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        let depth = wire::header_depth(&delivery.properties);
+                        if depth > wire::MAX_HEADER_DEPTH {
+                            let settler = settler.clone();
+                            handlers.spawn(async move {
+                                let reason = format!(
+                                    "header tables nested {depth} levels deep (at most {} accepted)",
+                                    wire::MAX_HEADER_DEPTH
+                                );
+                                settler.settle(&delivery, Settle::DeadLetter(reason)).await;
+                            });
+                            continue;
+                        }
                         handlers.spawn(handle(delivery));
                     }
                     Some(Err(error)) => {
@@ -144,7 +161,12 @@ where
                         }
                         tracing::info!("consumer of `{queue}` recovered");
                     }
-                    None => return,
+                    None if shutdown.is_cancelled() => return,
+                    None => {
+                        tracing::error!("the broker cancelled the consumer of `{queue}` (was the queue deleted?); rebuilding messaging to declare it again");
+                        lost.cancel();
+                        return;
+                    }
                 }
             }
         }

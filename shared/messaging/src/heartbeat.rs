@@ -54,6 +54,18 @@ impl Default for RolloutConfig {
     }
 }
 
+impl RolloutConfig {
+    /// Range checks, relative to the section: at most ten heartbeats a
+    /// second, at least one every minute (the table shows an instance silent
+    /// for three intervals as down).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        switchyard_config::check::within(self.heartbeat_interval_ms, 100, 60_000, "ms")
+            .map(|problem| ("heartbeat_interval_ms", problem))
+            .into_iter()
+            .collect()
+    }
+}
+
 /// This instance's status now.
 pub fn status(
     service: &str,

@@ -95,7 +95,7 @@ impl AmqpConfig {
                 "url",
                 format!(
                     "`{}` is not an AMQP URL; accepted: amqp://… or amqps://…",
-                    self.url
+                    switchyard_config::redact_text(&self.url)
                 ),
             ));
         }
@@ -112,9 +112,33 @@ impl AmqpConfig {
                 "0 is out of range; accepted: 1 or more".to_string(),
             ));
         }
-        if self.exchange.is_empty() {
-            problems.push(("exchange", "must not be empty".to_string()));
-        }
+        use switchyard_config::check;
+        let checks = [
+            ("exchange", check::broker_name(&self.exchange)),
+            ("tls_ca_file", check::pem_file(&self.tls_ca_file)),
+            (
+                "max_body_bytes",
+                // RabbitMQ's own default `max_message_size` is 128 MiB.
+                check::within(self.max_body_bytes as u64, 1024, 128 * 1024 * 1024, "bytes"),
+            ),
+            (
+                "retry_delay_ms",
+                check::at_least(self.retry_delay_ms, 1, "ms"),
+            ),
+            (
+                "connect_timeout_ms",
+                check::at_least(self.connect_timeout_ms, 1, "ms"),
+            ),
+            (
+                "recovery_timeout_ms",
+                check::at_least(self.recovery_timeout_ms, 1, "ms"),
+            ),
+        ];
+        problems.extend(
+            checks
+                .into_iter()
+                .filter_map(|(key, problem)| Some((key, problem?))),
+        );
         problems
     }
 }

@@ -201,7 +201,7 @@ impl NotificationListenerBuilder {
         let endpoint = Arc::new(endpoint);
         let consumer = consume::consume(
             channel.clone(),
-            settler.queue.clone(),
+            settler.clone(),
             shutdown,
             transport.lost(),
             handlers.clone(),
@@ -302,7 +302,7 @@ impl NotificationListenerBuilder {
         }
         let consumer = consume::consume(
             channel.clone(),
-            settler.queue.clone(),
+            settler.clone(),
             shutdown,
             transport.lost(),
             handlers.clone(),

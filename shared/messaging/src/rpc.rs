@@ -179,7 +179,7 @@ impl RpcServerBuilder {
             consumers.push(
                 consume::consume(
                     channel.clone(),
-                    queue.clone(),
+                    settler.clone(),
                     shutdown.clone(),
                     transport.lost(),
                     handlers.clone(),

@@ -118,6 +118,30 @@ pub fn header_u32(properties: &BasicProperties, key: &str) -> Option<u32> {
     }
 }
 
+/// How deep a message's header tables may nest. Ours are flat and the
+/// broker's own (`x-death`) nest three levels; anything deeper is
+/// dead-lettered. The AMQP parser stops recursing at 32 levels (see
+/// `vendor/amq-protocol-types/SWITCHYARD.md`) and reads what lies below as an
+/// empty table, so a message cut there is always caught here.
+pub const MAX_HEADER_DEPTH: usize = 16;
+
+/// How deep the header tables of a message nest (a flat table is 1).
+pub fn header_depth(properties: &BasicProperties) -> usize {
+    fn value_depth(value: &AMQPValue) -> usize {
+        match value {
+            AMQPValue::FieldTable(table) => table_depth(table),
+            AMQPValue::FieldArray(array) => {
+                1 + array.as_slice().iter().map(value_depth).max().unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+    fn table_depth(table: &FieldTable) -> usize {
+        1 + table.inner().values().map(value_depth).max().unwrap_or(0)
+    }
+    properties.headers().as_ref().map(table_depth).unwrap_or(0)
+}
+
 /// Every string header, for trace-context extraction.
 pub fn string_headers(properties: &BasicProperties) -> Vec<(String, String)> {
     let Some(headers) = properties.headers().as_ref() else {

@@ -72,24 +72,72 @@ pub enum StorageError {
         reason: String,
     },
     /// A query failed.
-    #[error("{operation}: {reason}")]
+    #[error("{operation}: {}", switchyard_config::redact_text(&.source.to_string()))]
     Query {
         /// What was being done.
         operation: String,
-        /// Why.
-        reason: String,
+        /// sqlx's error (query errors carry no URL; redacted all the same
+        /// when displayed).
+        #[source]
+        source: sqlx::Error,
     },
+}
+
+/// Whose fault a failed query was: what a caller does next depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The database refused these values (bad encoding, out of range, a
+    /// constraint): sending the same values again can never succeed.
+    Data,
+    /// The database is down, full, locked or overloaded: the same statement
+    /// may succeed later.
+    Dependency,
 }
 
 impl StorageError {
     /// A mapper for `map_err` naming the operation.
     pub fn query(operation: &str) -> impl FnOnce(sqlx::Error) -> Self + '_ {
-        move |error| StorageError::Query {
+        move |source| StorageError::Query {
             operation: operation.to_string(),
-            reason: switchyard_config::redact_text(&error.to_string()),
+            source,
+        }
+    }
+
+    /// Whether retrying can help. PostgreSQL's SQLSTATE classes 22 (data
+    /// exception) and 23 (integrity constraint violation), SQLite's TOOBIG,
+    /// CONSTRAINT and MISMATCH, and values that cannot be encoded or decoded
+    /// are [`Fault::Data`]; everything else (connections, pool time-outs,
+    /// disk full, locks, resources) is [`Fault::Dependency`].
+    pub fn fault(&self) -> Fault {
+        let StorageError::Query { source, .. } = self else {
+            return Fault::Dependency;
+        };
+        match source {
+            sqlx::Error::Database(error) => {
+                let code = error.code().unwrap_or_default();
+                let postgres_data =
+                    code.len() == 5 && (code.starts_with("22") || code.starts_with("23"));
+                // SQLite reports its extended result code; the primary code
+                // is the low byte.
+                let sqlite_data = code
+                    .parse::<u32>()
+                    .is_ok_and(|code| matches!(code & 0xff, 18..=20));
+                if postgres_data || sqlite_data {
+                    Fault::Data
+                } else {
+                    Fault::Dependency
+                }
+            }
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::Encode(_) => {
+                Fault::Data
+            }
+            _ => Fault::Dependency,
         }
     }
 }
+
+/// How often start-up tries to apply the migrations before giving up.
+const MIGRATION_ATTEMPTS: u32 = 5;
 
 /// A connection pool with the schema migrated.
 #[derive(Debug, Clone)]
@@ -107,9 +155,27 @@ impl Database {
         migrations: &[(i64, &'static str)],
     ) -> Result<Self, StorageError> {
         sqlx::any::install_default_drivers();
+        let sqlite = config.url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Several worker processes share one SQLite file under
+                        // the launcher: with the write-ahead log readers never
+                        // wait for the writer, and a writer waits for another
+                        // (busy timeout) instead of failing at once.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *connection)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&config.url)
             .await
             .map_err(|error| StorageError::Connect {
@@ -117,8 +183,24 @@ impl Database {
                 reason: switchyard_config::redact_text(&error.to_string()),
             })?;
         let database = Self { pool };
-        database.migrate(component, migrations).await?;
-        Ok(database)
+        // Workers of one service start together on one database: each step
+        // below is safe to repeat, and one that lost a race to another
+        // process (a unique violation on the migration record, "table
+        // exists") finds the migration applied when it runs again.
+        let mut attempt = 1;
+        loop {
+            match database.migrate(component, migrations).await {
+                Ok(()) => return Ok(database),
+                Err(error) if attempt < MIGRATION_ATTEMPTS => {
+                    tracing::debug!(
+                        "migrating {component} (attempt {attempt}): {error}; trying again"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     async fn migrate(

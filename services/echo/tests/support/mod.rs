@@ -53,9 +53,14 @@ pub async fn start_with(
     let echo =
         EchoService::register(&executor, &grpc, &Default::default()).expect("phase runs echo");
     let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;
-    let routes = switchyard_grpc::base_routes(health, switchyard_proto::FILE_DESCRIPTOR_SET)
-        .expect("reflection")
-        .add_service(echo.into_server(64 * 1024));
+    let routes = switchyard_grpc::base_routes(
+        health,
+        switchyard_proto::FILE_DESCRIPTOR_SET,
+        &[GRPC_SERVICE],
+        switchyard_grpc::open_access,
+    )
+    .expect("reflection")
+    .add_service(echo.into_server(64 * 1024));
     let listener = switchyard_grpc::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let shutdown = CancellationToken::new();
