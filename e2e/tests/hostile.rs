@@ -19,6 +19,9 @@ use switchyard_messaging::wire;
 use switchyard_proto::messaging::v1::RecordSamples;
 use switchyard_proto::metering::v1::{GetStatisticsRequest, PostSamplesRequest};
 
+/// Makes a good sample bad in one way.
+type Spoil = Box<dyn Fn(&mut switchyard_proto::metering::v1::Sample)>;
+
 /// Bound on every wait below.
 const BOUND: Duration = Duration::from_secs(60);
 
@@ -139,10 +142,7 @@ async fn values_a_database_cannot_store_are_refused_by_the_api_and_dead_lettered
 {
     let mut fleet = Fleet::start(FleetOptions::default()).await;
     let mut client = fleet.client().await;
-    let spoiled: [(
-        &str,
-        Box<dyn Fn(&mut switchyard_proto::metering::v1::Sample)>,
-    ); 3] = [
+    let spoiled: [(&str, Spoil); 3] = [
         ("samples[1].unit", Box::new(|s| s.unit = "k\0g".into())),
         ("samples[1].volume", Box::new(|s| s.volume = 1.7e308)),
         (
@@ -427,4 +427,168 @@ async fn a_full_disk_under_sqlite_loses_no_acknowledged_sample() {
     // Stop the collector before the disk goes away.
     let _ = fleet.collector.take().expect("collector").stop();
     drop(disk);
+}
+
+#[test]
+fn sigterm_while_waiting_for_the_broker_at_start_up_stops_the_api() {
+    use std::io::{BufRead, BufReader};
+    // Nothing listens there: the api waits for its broker.
+    let dead_broker = format!("amqp://guest:guest@127.0.0.1:{}/%2f", support::free_port());
+    let mut command = Command::new(support::binary("switchyard-api"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SWITCHYARD_") || key.starts_with("OTEL_") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
+        .env("NO_COLOR", "1")
+        .env("SWITCHYARD_AMQP__URL", dead_broker)
+        .env("SWITCHYARD_GRPC__LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_EXECUTOR__SHUTDOWN_GRACE_MS", "1000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("api starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (started_tx, started) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("starting in phase") {
+                let _ = started_tx.send(());
+            }
+        }
+    });
+    started
+        .recv_timeout(BOUND)
+        .expect("the api says it is starting");
+    let signalled = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("status") {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("the api ignored SIGTERM while waiting for its broker");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "stopped {:.1} s after SIGTERM (status {status})",
+        signalled.elapsed().as_secs_f64()
+    );
+    // The grace period (1 s) and a margin: not the 10 s connect time-out.
+    assert!(signalled.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_answers_404_gets_counted_deliveries_then_a_dead_letter() {
+    use switchyard_proto::metering::v1::*;
+    let fleet = Fleet::start(FleetOptions {
+        notifier_extra: vec![
+            ("SWITCHYARD_AMQP__MAX_DELIVERIES".into(), "3".into()),
+            ("SWITCHYARD_AMQP__RETRY_DELAY_MS".into(), "50".into()),
+        ],
+        ..FleetOptions::default()
+    })
+    .await;
+    let webhook = support::Webhook::answering(0, "404 Not Found").await;
+    let mut client = fleet.client().await;
+    client
+        .create_alarm(CreateAlarmRequest {
+            alarm: Some(Alarm {
+                name: "hot".into(),
+                meter: "cpu_util".into(),
+                statistic: Statistic::Avg as i32,
+                comparison: Comparison::Gt as i32,
+                threshold: 5.0,
+                period_seconds: 600,
+                evaluation_periods: 1,
+                webhook_url: webhook.url.clone(),
+                ..Alarm::default()
+            }),
+        })
+        .await
+        .expect("alarm");
+    post_steadily(client, format!("{}-w", fleet.id), 1, 5, Duration::ZERO).await;
+    let (connection, channel) = broker().await;
+    let queue = wire::dead_letter_queue(&wire::pool_queue(&fleet.exchange, "webhook-sender"));
+    let started = Instant::now();
+    let reason = loop {
+        if let Ok(Some(message)) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+        {
+            break wire::header_str(&message.delivery.properties, wire::DEAD_LETTER_REASON)
+                .unwrap_or("(no reason)")
+                .to_string();
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "the refused notification never reached `{queue}`; the receiver got {} posts",
+            webhook.received().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reason.contains("404"), "dead-letter reason: {reason}");
+    assert_eq!(
+        webhook.received().len(),
+        3,
+        "one post per delivery (amqp.max_deliveries = 3), no retries in place"
+    );
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_collector_queue_pushes_back_to_the_caller_and_loses_nothing() {
+    use switchyard_storage::sqlx::{self, Connection};
+    let fleet = Fleet::start(FleetOptions {
+        extra: vec![("SWITCHYARD_AMQP__MAX_QUEUE_LENGTH".into(), "5".into())],
+        ..FleetOptions::default()
+    })
+    .await;
+    let mut client = fleet.client().await;
+    let stored = pipeline_still_stores(&fleet, "before", 0).await;
+    // The database stops answering writes: the collector's endpoints block
+    // and the messages behind its prefetch pile up in its queue.
+    let mut lock = sqlx::postgres::PgConnection::connect(&fleet.database_url)
+        .await
+        .expect("database");
+    sqlx::query("BEGIN")
+        .execute(&mut lock)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE samples IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .expect("lock");
+    let mut acknowledged = 0;
+    let started = Instant::now();
+    let refusal = loop {
+        let batch: Vec<_> = (0..10)
+            .map(|i| sample(format!("{}-full-{acknowledged}-{i}", fleet.id), 1.0))
+            .collect();
+        match client
+            .post_samples(PostSamplesRequest { samples: batch })
+            .await
+        {
+            Ok(_) => acknowledged += 10,
+            Err(status) => break status,
+        }
+        assert!(started.elapsed() < BOUND, "the api never pushed back");
+    };
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::ResourceExhausted,
+        "{}",
+        refusal.message()
+    );
+    eprintln!("{acknowledged} samples acknowledged before the queue was full");
+    sqlx::query("ROLLBACK")
+        .execute(&mut lock)
+        .await
+        .expect("unlock");
+    fleet.wait_stored(stored + acknowledged).await;
 }

@@ -166,6 +166,11 @@ impl Webhook {
 
     /// A receiver on a given port (0: any).
     pub async fn start_on(port: u16) -> Self {
+        Self::answering(port, "200 OK").await
+    }
+
+    /// A receiver that answers every POST with `status` (e.g. `404 Not Found`).
+    pub async fn answering(port: u16, status: &'static str) -> Self {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind");
@@ -206,11 +211,10 @@ impl Webhook {
                     if let Ok(mut bodies) = received.lock() {
                         bodies.push(body);
                     }
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
                 });
             }
         });

@@ -10,7 +10,7 @@ use switchyard_executor::{
     BoundEndpoint, Endpoint, EndpointKind, EndpointSpec, Executor, PhaseMismatch,
 };
 use switchyard_grpc::{GrpcOutcome, TraceInterceptor, invalid_argument, retry_unsent};
-use switchyard_messaging::{CallError, RpcClient, Target, heartbeat, wire};
+use switchyard_messaging::{CallError, MessagingError, RpcClient, Target, heartbeat, wire};
 use switchyard_proto::collector::v1::sample_query_client::SampleQueryClient;
 use switchyard_proto::messaging::v1::{PromoteCanary, RecordSamples};
 use switchyard_proto::metering::v1::metering_server::Metering;
@@ -148,7 +148,12 @@ async fn post_samples(
             &batch,
         )
         .await
-        .map_err(|error| Status::unavailable(format!("samples not queued: {error}")))?;
+        .map_err(|error| match error {
+            CallError::Transport(MessagingError::Refused { .. }) => Status::resource_exhausted(
+                "samples not queued: the collector's queue is full (amqp.max_queue_length); retry later",
+            ),
+            error => Status::unavailable(format!("samples not queued: {error}")),
+        })?;
     Ok(PostSamplesResponse { ids })
 }
 

@@ -103,6 +103,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         .context("notifier.collector_url")?;
     let evaluator = NotificationListener::builder(&exchange, "alarm-evaluator")
         .subscribe("sample.recorded", &[Priority::Info])
+        .coalesce_beyond(settings.notifier.evaluation_backlog)
         .start(
             &transport,
             executor.register(evaluate::endpoint(database.clone(), client, notifier))?,

@@ -22,6 +22,11 @@ pub struct NotifierConfig {
     pub webhook_backoff_ms: u64,
     /// Timeout of one POST.
     pub webhook_timeout_ms: u64,
+    /// Most `sample.recorded` notifications waiting for the alarm evaluator;
+    /// beyond, the oldest is dropped for the newest (a meter whose
+    /// notification was dropped is evaluated again at its next batch). 0: no
+    /// limit.
+    pub evaluation_backlog: u32,
 }
 
 impl Default for NotifierConfig {
@@ -31,6 +36,7 @@ impl Default for NotifierConfig {
             webhook_attempts: 3,
             webhook_backoff_ms: 200,
             webhook_timeout_ms: 2000,
+            evaluation_backlog: 10_000,
         }
     }
 }

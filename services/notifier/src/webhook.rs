@@ -1,10 +1,12 @@
 //! Webhook delivery: every `alarm.state_changed` is POSTed to its alarm's
 //! webhook URL. Legacy code still: a blocking HTTP client on a pool thread.
 //! A delivery is retried in place with backoff, then requeued with capped
-//! backoff for as long as the receiver is down (a receiver being down is not
-//! the message's fault, so it is never dead-lettered for it); it is
-//! acknowledged only after a 2xx, so each transition is delivered once the
-//! receiver is back.
+//! backoff for as long as the receiver is down or answers 5xx (a receiver
+//! being down is not the message's fault, so it is never dead-lettered for
+//! it); it is acknowledged only after a 2xx, so each transition is delivered
+//! once the receiver is back. A receiver that refuses it (4xx but 408 and
+//! 429) gets `amqp.max_deliveries` deliveries, then it is dead-lettered with
+//! the status as its reason.
 
 use std::time::Duration;
 
@@ -41,6 +43,13 @@ pub fn body(changed: &AlarmStateChanged) -> String {
     .to_string()
 }
 
+/// A 4xx answer is the receiver refusing this notification: retrying it as
+/// if the receiver were down would hold it for ever. 408 (request timeout)
+/// and 429 (too many requests) are the receiver asking for later.
+fn refused(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 408 | 429)
+}
+
 /// The `alarm.state_changed` endpoint.
 pub fn endpoint(
     config: &NotifierConfig,
@@ -73,6 +82,15 @@ pub fn endpoint(
                     .send(body.as_str())
                 {
                     Ok(response) if response.status().is_success() => return Ok(Handled::Handled),
+                    Ok(response) if refused(response.status().as_u16()) => {
+                        // The receiver is up and says no (404, 400, 401, …):
+                        // counted deliveries, then the dead-letter queue.
+                        return Err(EndpointError::Transient(format!(
+                            "webhook {} refused the notification: HTTP {}",
+                            switchyard_config::redact_text(&url),
+                            response.status()
+                        )));
+                    }
                     Ok(response) => last = format!("HTTP {}", response.status()),
                     Err(error) => last = error.to_string(),
                 }
@@ -86,4 +104,19 @@ pub fn endpoint(
             )))
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused;
+
+    #[test]
+    fn client_errors_are_refusals_except_timeout_and_too_many_requests() {
+        for status in [400, 401, 403, 404, 410, 422] {
+            assert!(refused(status), "{status}");
+        }
+        for status in [200, 301, 408, 429, 500, 502, 503] {
+            assert!(!refused(status), "{status}");
+        }
+    }
 }

@@ -66,6 +66,12 @@ pub struct AmqpConfig {
     /// How long the connection may stay down before the service rebuilds
     /// its messaging from scratch (lapin's recovery does not always succeed).
     pub recovery_timeout_ms: u64,
+    /// Most messages waiting in a topic's queue (`x-max-length`); a cast
+    /// beyond is refused by the broker (`x-overflow = reject-publish`) and the
+    /// publisher told, so back-pressure reaches the api's callers as
+    /// RESOURCE_EXHAUSTED. 0: no limit. Applies to queues declared from now
+    /// on (an existing queue keeps its arguments; see docs/rollout.md).
+    pub max_queue_length: u32,
 }
 
 impl Default for AmqpConfig {
@@ -82,6 +88,7 @@ impl Default for AmqpConfig {
             queue_expires_ms: 0,
             tls_ca_file: String::new(),
             recovery_timeout_ms: 15_000,
+            max_queue_length: 100_000,
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::consume::{self, Settle, Settler};
-use crate::rpc::{bind, declare_durable_queue, declare_exchange};
+use crate::rpc::{Bound, bind, declare_durable_queue, declare_exchange};
 use crate::{EndpointError, MessagingError, Transport, wire};
 
 /// Notification priorities, as in oslo.messaging.
@@ -168,9 +168,18 @@ pub struct NotificationListenerBuilder {
     exchange: String,
     pool: String,
     bindings: Vec<String>,
+    backlog: u32,
 }
 
 impl NotificationListenerBuilder {
+    /// Keeps at most `messages` waiting in the pool's queue, dropping the
+    /// oldest for a new one (0: no limit, the default). Only for
+    /// notifications where a newer one makes an older one moot.
+    pub fn coalesce_beyond(mut self, messages: u32) -> Self {
+        self.backlog = messages;
+        self
+    }
+
     /// Listens for `event_type` at the given priorities (every priority when empty).
     pub fn subscribe(mut self, event_type: &str, priorities: &[Priority]) -> Self {
         if priorities.is_empty() {
@@ -340,8 +349,17 @@ impl NotificationListenerBuilder {
         let exchange = wire::notification_exchange(&self.exchange);
         declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
         let queue = wire::pool_queue(&self.exchange, &self.pool);
-        declare_durable_queue(&channel, config, &queue).await?;
-        declare_durable_queue(&channel, config, &wire::dead_letter_queue(&queue)).await?;
+        let bound = match self.backlog {
+            0 => Bound::Unbounded,
+            length => Bound::DropHead(length),
+        };
+        declare_durable_queue(transport, &queue, bound).await?;
+        declare_durable_queue(
+            transport,
+            &wire::dead_letter_queue(&queue),
+            Bound::Unbounded,
+        )
+        .await?;
         for key in &self.bindings {
             bind(&channel, &queue, &exchange, key).await?;
         }
@@ -384,6 +402,7 @@ impl NotificationListener {
             exchange: exchange.to_string(),
             pool: pool.to_string(),
             bindings: Vec::new(),
+            backlog: 0,
         }
     }
 

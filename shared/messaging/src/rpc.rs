@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::consume::{self, Settle, Settler};
-use crate::{AmqpConfig, CallError, EndpointError, MessagingError, Transport, wire};
+use crate::{CallError, EndpointError, MessagingError, Transport, wire};
 use switchyard_proto::messaging::v1::{RpcError, rpc_error};
 
 /// Where RPC messages go: oslo.messaging's target.
@@ -147,8 +147,17 @@ impl RpcServerBuilder {
         let topic_queue = wire::topic_queue(&self.exchange, &self.topic);
         let server_queue = wire::server_queue(&self.exchange, &self.topic, &self.server);
         let fanout_queue = wire::fanout_queue(&self.exchange, &self.topic, &self.server);
-        declare_durable_queue(&channel, &config, &topic_queue).await?;
-        declare_durable_queue(&channel, &config, &wire::dead_letter_queue(&topic_queue)).await?;
+        let bound = match config.max_queue_length {
+            0 => Bound::Unbounded,
+            length => Bound::RejectPublish(length),
+        };
+        declare_durable_queue(transport, &topic_queue, bound).await?;
+        declare_durable_queue(
+            transport,
+            &wire::dead_letter_queue(&topic_queue),
+            Bound::Unbounded,
+        )
+        .await?;
         bind(&channel, &topic_queue, &exchange, &self.topic).await?;
         for (queue, source, key) in [
             (
@@ -452,12 +461,34 @@ pub(crate) async fn declare_exchange(
         )))
 }
 
+/// How long a durable queue may grow, and what happens at the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// No limit (dead-letter queues: where messages come to rest).
+    Unbounded,
+    /// At most this many messages; a publish beyond is refused (`nack`), so
+    /// a confirmed publisher (the api) is told and tells its caller to slow
+    /// down instead of acknowledging what piles up.
+    RejectPublish(u32),
+    /// At most this many messages; the oldest is dropped for a new one. For
+    /// notifications where the newest supersedes the older (a meter's
+    /// `sample.recorded`: the evaluator reads the meter's latest periods).
+    DropHead(u32),
+}
+
 /// A queue that outlives its consumers: casts and notifications wait in it.
+///
+/// Declared on a throwaway channel: RabbitMQ refuses to declare an existing
+/// queue with other arguments (`PRECONDITION_FAILED - inequivalent arg`) and
+/// closes the channel. Such a queue (made by an earlier version, or with
+/// another `amqp.queue_type`) is used as it is, with a warning saying how to
+/// apply the new arguments, instead of stopping the service at start-up.
 pub(crate) async fn declare_durable_queue(
-    channel: &Channel,
-    config: &AmqpConfig,
+    transport: &Transport,
     name: &str,
+    bound: Bound,
 ) -> Result<(), MessagingError> {
+    let config = transport.config();
     let mut arguments = FieldTable::default();
     if config.queue_type == crate::QueueType::Quorum {
         wire::set_str(&mut arguments, "x-queue-type", "quorum");
@@ -470,11 +501,46 @@ pub(crate) async fn declare_durable_queue(
             ),
         );
     }
-    channel
+    let (length, overflow) = match bound {
+        Bound::Unbounded => (0, ""),
+        Bound::RejectPublish(length) => (length, "reject-publish"),
+        Bound::DropHead(length) => (length, "drop-head"),
+    };
+    if length > 0 {
+        arguments.insert(
+            "x-max-length".into(),
+            lapin::types::AMQPValue::LongLongInt(i64::from(length)),
+        );
+        wire::set_str(&mut arguments, "x-overflow", overflow);
+    }
+    let channel = transport.channel().await?;
+    let declared = channel
         .queue_declare(name.into(), QueueDeclareOptions::durable(), arguments)
-        .await
-        .map(|_| ())
-        .map_err(MessagingError::broker(format!("declaring queue `{name}`")))
+        .await;
+    match declared {
+        Ok(_) => {
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(())
+        }
+        Err(error) if is_precondition_failed(&error) => {
+            tracing::warn!(
+                queue = name,
+                "queue `{name}` exists with other arguments ({error}); using it as it is. \
+                 To apply the configured ones (queue type, expiry, length limit), let it drain \
+                 and delete it, or set them with a RabbitMQ policy (docs/rollout.md)"
+            );
+            Ok(())
+        }
+        Err(error) => Err(MessagingError::Broker {
+            operation: format!("declaring queue `{name}`"),
+            source: error,
+        }),
+    }
+}
+
+/// RabbitMQ's 406: the declared arguments differ from the existing queue's.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 /// A queue of one instance: gone with its connection, so nothing leaks.

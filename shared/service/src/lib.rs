@@ -323,11 +323,31 @@ where
         shutdown: shutdown.clone(),
         supervisor,
     };
+    // After SIGTERM the body has the grace period to drain and return. A
+    // body still starting (waiting for a broker that does not answer, a
+    // database, a port) may not look at the signal at all: past the grace
+    // period it is dropped, so a stop is always honoured in bounded time.
+    let grace = executor_config.shutdown_grace();
+    let stopped_waiting = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace + Duration::from_millis(500)).await;
+    };
+    tokio::pin!(stopped_waiting);
     let outcome = loop {
-        match body(settings.clone(), running.clone()).await {
+        let attempt = tokio::select! {
+            outcome = body(settings.clone(), running.clone()) => outcome,
+            () = &mut stopped_waiting => {
+                tracing::warn!("{service} did not stop within the grace period after the signal; leaving start-up");
+                break Ok(());
+            }
+        };
+        match attempt {
             Err(error) if error.is::<Restart>() && !shutdown.is_cancelled() => {
                 tracing::warn!("{error:#}; again in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => break Ok(()),
+                }
             }
             other => break other,
         }
