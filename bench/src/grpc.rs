@@ -55,6 +55,7 @@ pub async fn echo(
         listener,
         routes,
         None,
+        switchyard_grpc::ConnectionLimits::default(),
         readiness,
         stop.clone(),
     ));

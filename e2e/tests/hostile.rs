@@ -592,3 +592,78 @@ async fn a_full_collector_queue_pushes_back_to_the_caller_and_loses_nothing() {
         .expect("unlock");
     fleet.wait_stored(stored + acknowledged).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_the_server_keeps_answering() {
+    use tokio::io::AsyncReadExt;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let dir = std::env::temp_dir().join(format!("switchyard-idle-{}", wire::new_id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let echo = Service::start(
+        "echo",
+        &dir,
+        &[
+            ("SWITCHYARD_GRPC__LISTEN".into(), "127.0.0.1:0".into()),
+            ("SWITCHYARD_GRPC__MAX_CONNECTIONS".into(), "50".into()),
+            (
+                "SWITCHYARD_GRPC__FIRST_BYTE_TIMEOUT_MS".into(),
+                "500".into(),
+            ),
+        ],
+    );
+    let address = echo.grpc.clone().expect("echo serves gRPC");
+    // 200 connections that never send a byte: four times the limit.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .expect("connect"),
+        );
+    }
+    // A real client gets answers while they are held, or right after the
+    // silent ones are closed.
+    let started = Instant::now();
+    loop {
+        let answered = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let mut health = HealthClient::new(channel);
+            health.check(HealthCheckRequest::default()).await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(2), answered)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the server stopped answering with 200 idle connections open"
+        );
+    }
+    eprintln!(
+        "answered {:.2} s after 200 idle connections were opened",
+        started.elapsed().as_secs_f64()
+    );
+    // Every silent connection is closed by the server (EOF or reset), after
+    // whatever it sent first (its HTTP/2 settings).
+    for mut connection in idle {
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), connection.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "an idle connection was kept open");
+    }
+    assert!(
+        echo.log_text().contains("grpc.max_connections"),
+        "the limit was logged"
+    );
+    let _ = echo.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -161,6 +161,7 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         listener,
         routes,
         settings.grpc.server_tls()?,
+        settings.grpc.connection_limits(),
         readiness,
         attempt.clone(),
     )

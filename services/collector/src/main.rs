@@ -123,6 +123,7 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         listener,
         routes,
         settings.grpc.server_tls()?,
+        settings.grpc.connection_limits(),
         readiness,
         attempt.clone(),
     )

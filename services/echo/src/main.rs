@@ -71,6 +71,7 @@ async fn serve(settings: EchoSettings, running: Running) -> anyhow::Result<()> {
         listener,
         routes,
         settings.grpc.server_tls()?,
+        settings.grpc.connection_limits(),
         readiness,
         attempt,
     )

@@ -157,6 +157,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         listener,
         routes,
         settings.grpc.server_tls()?,
+        settings.grpc.connection_limits(),
         readiness,
         attempt.clone(),
     )

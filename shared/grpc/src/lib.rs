@@ -9,6 +9,7 @@
 #![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+mod connections;
 mod readiness;
 mod retry;
 mod status;
@@ -23,6 +24,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, field};
 
+pub use connections::{ConnectionLimits, LimitedStream};
 pub use readiness::Readiness;
 pub use retry::{never_sent, retry_unsent};
 pub use status::{from_dispatch, invalid_argument, not_found};
@@ -43,6 +45,12 @@ pub struct GrpcConfig {
     pub tls_key_file: String,
     /// PEM CA certificate(s) trusted for outgoing `https://` gRPC calls.
     pub tls_ca_file: String,
+    /// Open client connections at most; new ones beyond are closed at once
+    /// (lowered below the descriptor limit when it comes near it).
+    pub max_connections: usize,
+    /// How long a new connection may take to send its first bytes before it
+    /// is closed.
+    pub first_byte_timeout_ms: u64,
 }
 
 impl Default for GrpcConfig {
@@ -54,6 +62,8 @@ impl Default for GrpcConfig {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             tls_ca_file: String::new(),
+            max_connections: 10_000,
+            first_byte_timeout_ms: 10_000,
         }
     }
 }
@@ -90,6 +100,14 @@ impl GrpcConfig {
                 problems.push((key, problem));
             }
         }
+        if let Some(problem) =
+            check::within(self.max_connections as u64, 1, 1_000_000, "connections")
+        {
+            problems.push(("max_connections", problem));
+        }
+        if let Some(problem) = check::at_least(self.first_byte_timeout_ms, 1, "ms") {
+            problems.push(("first_byte_timeout_ms", problem));
+        }
         if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
             problems.push((
                 "tls_key_file",
@@ -98,6 +116,14 @@ impl GrpcConfig {
             ));
         }
         problems
+    }
+
+    /// The limits on client connections.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            first_byte_timeout: Duration::from_millis(self.first_byte_timeout_ms),
+        }
     }
 
     /// `overload_wait_ms` as a duration.
@@ -344,11 +370,17 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: tonic::service::Routes,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    limits: ConnectionLimits,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut server = tonic::transport::Server::builder();
+    let incoming = connections::incoming(listener, limits.within_descriptor_limit());
+    // Pings find peers that went away without closing (a dead host, a cut
+    // network) and free their connections.
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)));
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }

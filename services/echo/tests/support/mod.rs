@@ -68,6 +68,7 @@ pub async fn start_with(
         listener,
         routes,
         tls,
+        switchyard_grpc::ConnectionLimits::default(),
         readiness.clone(),
         shutdown.clone(),
     ));
