@@ -16,6 +16,7 @@ use tracing::{Span, field};
 use crate::endpoint::{Body, Context, Endpoint, Outcome};
 use crate::error::{DispatchError, PhaseMismatch, ShutdownReport};
 use crate::pool::{Pool, Worker};
+use crate::recent::RecentRunTimes;
 use crate::stats::{EndpointCounters, ExecutorSnapshot};
 use crate::watch::{Running, Watched, panic_message, start_watchdog};
 use crate::{EndpointSpec, ExecutorConfig, Phase};
@@ -61,6 +62,8 @@ struct Inner {
     pool: Option<Pool>,
     /// Counters of every registered endpoint, in registration order.
     endpoints: Mutex<Vec<Arc<EndpointCounters>>>,
+    /// Run times of the latest calls of every endpoint (the canary judge's).
+    recent: Arc<RecentRunTimes>,
     /// What runs now, for the hung-work detector and the shutdown report.
     running: Arc<Running>,
     /// Every accepted request holds a token until it finishes; shutdown waits
@@ -158,6 +161,7 @@ impl Executor {
                 config,
                 pool,
                 endpoints: Mutex::new(Vec::new()),
+                recent: Arc::default(),
                 running,
                 accepted: TaskTracker::new(),
                 closing: CancellationToken::new(),
@@ -207,6 +211,7 @@ impl Executor {
         let counters = Arc::new(EndpointCounters::new(
             endpoint.name.clone(),
             endpoint.kind(),
+            Arc::clone(&self.inner.recent),
         ));
         if let Ok(mut endpoints) = self.inner.endpoints.lock() {
             endpoints.push(Arc::clone(&counters));
@@ -217,6 +222,12 @@ impl Executor {
             counters,
             executor: self.clone(),
         })
+    }
+
+    /// The run times (µs) of calls finished since `cursor`, and the next
+    /// cursor: at most the newest [`crate::recent::RECENT`].
+    pub fn recent_run_times(&self, cursor: u64) -> (Vec<u32>, u64) {
+        self.inner.recent.since(cursor)
     }
 
     /// Statistics of every endpoint at this moment.
@@ -525,7 +536,9 @@ where
         result: Result<Result<Out, String>, DispatchError>,
     ) -> Result<Out, DispatchError> {
         let counters = &self.counters;
-        counters.run_time.record(started.elapsed());
+        let run_time = started.elapsed();
+        counters.run_time.record(run_time);
+        counters.recent.record(run_time);
         counters.in_flight.fetch_sub(1, Relaxed);
         counters.completed.fetch_add(1, Relaxed);
         let result = match result {

@@ -23,6 +23,7 @@ mod error;
 mod executor;
 mod phase;
 mod pool;
+pub mod recent;
 pub mod stats;
 mod watch;
 

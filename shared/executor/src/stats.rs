@@ -126,10 +126,16 @@ pub(crate) struct EndpointCounters {
     pub hung: AtomicU64,
     pub queue_wait: Histogram,
     pub run_time: Histogram,
+    /// The executor's ring of recent run times (shared by its endpoints).
+    pub recent: std::sync::Arc<crate::recent::RecentRunTimes>,
 }
 
 impl EndpointCounters {
-    pub fn new(name: String, kind: EndpointKind) -> Self {
+    pub fn new(
+        name: String,
+        kind: EndpointKind,
+        recent: std::sync::Arc<crate::recent::RecentRunTimes>,
+    ) -> Self {
         Self {
             name,
             kind,
@@ -145,6 +151,7 @@ impl EndpointCounters {
             hung: AtomicU64::new(0),
             queue_wait: Histogram::default(),
             run_time: Histogram::default(),
+            recent,
         }
     }
 
@@ -420,7 +427,8 @@ mod tests {
 
     #[test]
     fn prometheus_rendering_has_cumulative_buckets_and_escaped_labels() {
-        let counters = EndpointCounters::new("say \"hi\"".into(), EndpointKind::Async);
+        let counters =
+            EndpointCounters::new("say \"hi\"".into(), EndpointKind::Async, Default::default());
         counters.completed.fetch_add(2, Relaxed);
         counters.run_time.record(Duration::from_micros(3));
         counters.run_time.record(Duration::from_micros(5));

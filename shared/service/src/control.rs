@@ -165,8 +165,11 @@ impl SupervisorLink {
         });
         let reports = send.clone();
         tokio::spawn(async move {
+            let mut cursor = 0;
             loop {
-                let report = Report::of(&executor.snapshot());
+                let (run_times, next) = executor.recent_run_times(cursor);
+                cursor = next;
+                let report = Report::of(&executor.snapshot(), run_times);
                 if reports.send(FromWorker::Report(report)).is_err() {
                     return;
                 }
@@ -239,7 +242,7 @@ mod tests {
             calls: 5,
             failed: 1,
             slow_polls: 2,
-            run_time: vec![0, 5],
+            run_times_us: vec![1_200, 5],
         });
         let line = serde_json::to_string(&report).unwrap_or_default();
         assert!(!line.contains('\n'));

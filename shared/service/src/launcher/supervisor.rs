@@ -133,7 +133,11 @@ pub(super) struct Supervisor {
     /// What each slot's serving worker runs (set when it is ready): what a
     /// worker that dies while the rollout is stopped comes back with.
     last_spec: BTreeMap<usize, Spec>,
-    last_verdict: Option<Instant>,
+    /// When the canary was last judged (judgements are a window apart, so
+    /// each looks at fresh calls); `None` until its first judgement is due.
+    last_judged: Option<Instant>,
+    /// Failing judgements in a row.
+    failures: u32,
 }
 
 impl Supervisor {
@@ -154,7 +158,8 @@ impl Supervisor {
             restarting: HashSet::new(),
             backoff: BTreeMap::new(),
             last_spec: BTreeMap::new(),
-            last_verdict: None,
+            last_judged: None,
+            failures: 0,
         }
     }
 
@@ -197,6 +202,7 @@ impl Supervisor {
 
     fn message(&mut self, id: u64, pid: i32, message: FromWorker) {
         let window = self.plan.canary_config.window();
+        let warmup = self.plan.canary_config.warmup();
         let Some(worker) = worker_at(&mut self.workers, id, pid) else {
             return;
         };
@@ -217,7 +223,9 @@ impl Supervisor {
                 }
                 self.advance();
             }
-            FromWorker::Report(report) => worker.window.record(Instant::now(), report, window),
+            FromWorker::Report(report) => {
+                worker.window.record(Instant::now(), report, window, warmup)
+            }
             FromWorker::Promote => self.promote(),
         }
     }
@@ -544,7 +552,8 @@ impl Supervisor {
         self.generation += 1;
         self.stalled = false;
         self.rolling = true;
-        self.last_verdict = None;
+        self.last_judged = None;
+        self.failures = 0;
         self.set_note(String::new());
         self.advance();
     }
@@ -561,7 +570,7 @@ impl Supervisor {
     }
 
     /// The workers of one role that run the current plan and are ready.
-    fn side(&self, role: Role) -> canary::Report {
+    fn side(&self, role: Role) -> canary::Sample {
         canary::side(
             self.workers
                 .values()
@@ -575,6 +584,11 @@ impl Supervisor {
         )
     }
 
+    /// Called every second while a canary runs. Hard failures roll back at
+    /// once; everything else is judged a window apart, and it takes
+    /// `failure_threshold` failing judgements in a row to roll back. Each
+    /// judgement is logged and becomes the rollout note (heartbeats carry it
+    /// to `switchyard rollout`) with its evidence.
     pub(super) fn judge(&mut self) {
         let Some((canary_phase, _)) = self.plan.canary else {
             return;
@@ -582,24 +596,69 @@ impl Supervisor {
         if self.step.is_some() || self.rolling || self.stalled {
             return;
         }
-        match canary::judge(
-            &self.side(Role::Canary),
-            &self.side(Role::Main),
-            &self.plan.canary_config,
-        ) {
-            Verdict::NotEnoughCalls => {}
-            Verdict::Healthy(summary) => {
-                let window = self.plan.canary_config.window();
-                if self.last_verdict.is_none_or(|at| at.elapsed() >= window) {
-                    self.last_verdict = Some(Instant::now());
-                    tracing::info!(
-                        "{} launcher: canary {canary_phase} within margins over the last {window:?}: {summary}",
-                        self.service
-                    );
-                }
-            }
-            Verdict::Worse { signal, detail } => self.roll_back(canary_phase, signal, detail),
+        let config = self.plan.canary_config.clone();
+        let judgement = canary::judge(&self.side(Role::Canary), &self.side(Role::Main), &config);
+        let evidence = judgement.evidence;
+        if let Verdict::Fail { signal, hard: true } = judgement.verdict {
+            self.roll_back(
+                canary_phase,
+                signal.as_str(),
+                format!("overwhelmingly worse on {}: {evidence}", signal.as_str()),
+            );
+            return;
         }
+        let window = config.window();
+        let due = *self.last_judged.get_or_insert_with(Instant::now);
+        if due.elapsed() < window {
+            return;
+        }
+        self.last_judged = Some(Instant::now());
+        let service = self.service.clone();
+        let note = match judgement.verdict {
+            Verdict::Inconclusive => {
+                tracing::info!(
+                    "{service} launcher: canary {canary_phase} inconclusive over the last {window:?} (fewer than {} calls on a side after warm-up): {evidence}",
+                    config.min_calls
+                );
+                format!("canary {canary_phase}: inconclusive: {evidence}")
+            }
+            Verdict::Pass => {
+                self.failures = 0;
+                tracing::info!(
+                    "{service} launcher: canary {canary_phase} passed over the last {window:?}: {evidence}"
+                );
+                format!("canary {canary_phase}: passed: {evidence}")
+            }
+            Verdict::Fail { signal, .. } => {
+                self.failures += 1;
+                tracing::warn!(
+                    signal = signal.as_str(),
+                    "{service} launcher: canary {canary_phase} failed on {} ({} of {} in a row before a rollback): {evidence}",
+                    signal.as_str(),
+                    self.failures,
+                    config.failure_threshold
+                );
+                if self.failures >= config.failure_threshold {
+                    self.roll_back(
+                        canary_phase,
+                        signal.as_str(),
+                        format!(
+                            "worse on {} in {} judgements in a row: {evidence}",
+                            signal.as_str(),
+                            self.failures
+                        ),
+                    );
+                    return;
+                }
+                format!(
+                    "canary {canary_phase}: failed on {} ({} of {}): {evidence}",
+                    signal.as_str(),
+                    self.failures,
+                    config.failure_threshold
+                )
+            }
+        };
+        self.set_note(note);
     }
 
     fn roll_back(&mut self, canary_phase: Phase, signal: &str, detail: String) {
