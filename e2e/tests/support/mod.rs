@@ -538,7 +538,7 @@ pub fn sample(id: String, volume: f64) -> switchyard_proto::metering::v1::Sample
 /// retrying each batch until the api acknowledges it (the ids make retries
 /// idempotent) while `running` holds. Returns the acknowledged ids.
 pub async fn post_steadily(
-    mut client: switchyard_proto::metering::v1::metering_client::MeteringClient<
+    client: switchyard_proto::metering::v1::metering_client::MeteringClient<
         tonic::transport::Channel,
     >,
     prefix: String,
@@ -546,7 +546,23 @@ pub async fn post_steadily(
     size: usize,
     pace: Duration,
 ) -> (Vec<String>, usize) {
+    post_steadily_as(client, None, prefix, batches, size, pace).await
+}
+
+/// [`post_steadily`] with a bearer token on every call.
+pub async fn post_steadily_as(
+    mut client: switchyard_proto::metering::v1::metering_client::MeteringClient<
+        tonic::transport::Channel,
+    >,
+    token: Option<&str>,
+    prefix: String,
+    batches: usize,
+    size: usize,
+    pace: Duration,
+) -> (Vec<String>, usize) {
     use switchyard_proto::metering::v1::PostSamplesRequest;
+    let authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        token.and_then(|token| format!("Bearer {token}").parse().ok());
     let mut acknowledged = Vec::new();
     let mut retries = 0;
     for batch in 0..batches {
@@ -559,6 +575,11 @@ pub async fn post_steadily(
                 samples: samples.clone(),
             });
             request.set_timeout(Duration::from_secs(10));
+            if let Some(authorization) = &authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", Clone::clone(authorization));
+            }
             match client.post_samples(request).await {
                 Ok(reply) => {
                     acknowledged.extend(reply.into_inner().ids);

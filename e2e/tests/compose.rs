@@ -1,0 +1,407 @@
+//! The fleet under docker compose for real (issue 13, part 3): the images
+//! `scripts/images` builds from Debian's packages, `deploy/compose.yaml` with
+//! `deploy/compose.offline.yaml`, a compose project of its own on host ports
+//! of its own, and everything removed afterwards (also when a step fails).
+//! Where no Docker engine answers, it says so in one line and passes; in CI
+//! the engine runs and `scripts/test` has built the images first.
+//!
+//! One test, the steps in order, each bounded in time and timed:
+//! up and healthy → 1,000 samples stored exactly once → one trace across the
+//! three containers → `scripts/switch-phase collector async` under load →
+//! `docker kill` of the collector under load → RabbitMQ restarted under load
+//! → `down -v` leaves nothing.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::post_steadily_as;
+
+const SERVICES: [&str; 6] = [
+    "rabbitmq",
+    "postgres",
+    "jaeger",
+    "collector",
+    "notifier",
+    "api",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A compose project of the test's own; `down -v` when dropped.
+struct Project {
+    name: String,
+    env_file: PathBuf,
+    api_port: u16,
+    token: String,
+}
+
+impl Project {
+    fn compose(&self, args: &[&str], bound: Duration) -> Output {
+        let child = Command::new("docker-compose")
+            .current_dir(root())
+            .env("COMPOSE_PROJECT_NAME", &self.name)
+            .env(
+                "COMPOSE_FILE",
+                "deploy/compose.yaml:deploy/compose.offline.yaml",
+            )
+            .arg("--env-file")
+            .arg(&self.env_file)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker-compose runs (scripts/test installs it)");
+        // Read the output while it runs: a log larger than the pipe would
+        // otherwise block docker-compose for ever.
+        let pid = child.id();
+        let (done, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(child.wait_with_output());
+        });
+        match output.recv_timeout(bound) {
+            Ok(output) => output.expect("docker-compose output"),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("docker-compose {args:?} took more than {bound:?}");
+            }
+        }
+    }
+
+    fn ok(&self, args: &[&str], bound: Duration) -> String {
+        let output = self.compose(args, bound);
+        assert!(
+            output.status.success(),
+            "docker-compose {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn container(&self, service: &str) -> String {
+        self.ok(&["ps", "-q", service], Duration::from_secs(30))
+            .trim()
+            .to_string()
+    }
+
+    fn health(&self, service: &str) -> String {
+        let id = self.container(service);
+        if id.is_empty() {
+            return "absent".into();
+        }
+        let output = Command::new("docker")
+            .args(["inspect", "--format", "{{.State.Health.Status}}", &id])
+            .output()
+            .expect("docker inspect");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    fn wait_healthy(&self, services: &[&str], bound: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let states: Vec<String> = services.iter().map(|s| self.health(s)).collect();
+            if states.iter().all(|s| s == "healthy") {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < bound,
+                "not healthy after {bound:?}: {services:?} = {states:?}\n{}",
+                self.ok(&["logs", "--tail", "20"], Duration::from_secs(30))
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `(rows, distinct ids)` in the samples table, from inside the database container.
+    fn stored(&self) -> (u64, u64) {
+        let text = self.ok(
+            &[
+                "exec",
+                "-T",
+                "postgres",
+                "psql",
+                "-U",
+                "switchyard",
+                "-d",
+                "switchyard",
+                "-tAc",
+                "SELECT COUNT(*), COUNT(DISTINCT id) FROM samples",
+            ],
+            Duration::from_secs(30),
+        );
+        let mut parts = text.trim().split('|').map(|n| n.parse().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    }
+
+    fn wait_stored(&self, expected: usize) {
+        let started = Instant::now();
+        loop {
+            let (rows, distinct) = self.stored();
+            assert_eq!(rows, distinct, "a sample was stored twice");
+            assert!(
+                distinct as usize <= expected,
+                "more stored than acknowledged"
+            );
+            if distinct as usize == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "only {distinct} of {expected} acknowledged samples were stored"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Posts `batches` batches of 10 on a task; the acknowledged ids.
+    fn load(&self, label: &str, batches: usize) -> tokio::task::JoinHandle<Vec<String>> {
+        let (token, name, port) = (self.token.clone(), self.name.clone(), self.api_port);
+        let label = label.to_string();
+        tokio::spawn(async move {
+            let client = switchyard_proto::metering::v1::metering_client::MeteringClient::connect(
+                format!("http://127.0.0.1:{port}"),
+            )
+            .await
+            .expect("api");
+            let (acknowledged, _) = post_steadily_as(
+                client,
+                Some(&token),
+                format!("{name}-{label}"),
+                batches,
+                10,
+                Duration::from_millis(20),
+            )
+            .await;
+            acknowledged
+        })
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let output = self.compose(
+            &["down", "-v", "--remove-orphans", "--timeout", "20"],
+            Duration::from_secs(180),
+        );
+        if !output.status.success() {
+            eprintln!(
+                "docker-compose down failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let _ = std::fs::remove_file(&self.env_file);
+    }
+}
+
+fn engine_answers() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn leftovers(project: &str) -> Vec<String> {
+    let label = format!("label=com.docker.compose.project={project}");
+    let mut left = Vec::new();
+    for (kind, args) in [
+        ("container", vec!["ps", "-aq", "--filter", &label]),
+        ("network", vec!["network", "ls", "-q", "--filter", &label]),
+        ("volume", vec!["volume", "ls", "-q", "--filter", &label]),
+    ] {
+        let output = Command::new("docker").args(&args).output().expect("docker");
+        for id in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+            left.push(format!("{kind} {id}"));
+        }
+    }
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_under_docker_compose() {
+    if !engine_answers() {
+        eprintln!("compose suite skipped: no Docker engine answers (`docker info` failed)");
+        return;
+    }
+    for image in [
+        "switchyard/rabbitmq:dev",
+        "switchyard/postgres:dev",
+        "switchyard:offline",
+    ] {
+        let present = Command::new("docker")
+            .args(["image", "inspect", image])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            present,
+            "image {image} is missing: run scripts/images (scripts/test does)"
+        );
+    }
+    let id = switchyard_messaging::wire::new_id().replace('-', "");
+    let name = format!("sye2e{}", &id[..id.len().min(12)]);
+    let env_file = std::env::temp_dir().join(format!("{name}.env"));
+    let api_port = support::free_port();
+    std::fs::write(
+        &env_file,
+        format!(
+            "API_PORT={api_port}\nJAEGER_UI_PORT={}\nCOLLECTOR_PHASE=threaded\nNOTIFIER_PHASE=bridged\nAPI_PHASE=async\n",
+            support::free_port()
+        ),
+    )
+    .expect("env file");
+    let token = std::fs::read_to_string(root().join("deploy/api.env"))
+        .expect("deploy/api.env")
+        .lines()
+        .find_map(|l| l.strip_prefix("SWITCHYARD_API__AUTH_TOKENS=[\""))
+        .and_then(|rest| rest.split('"').next())
+        .expect("a token in deploy/api.env")
+        .to_string();
+    let project = Project {
+        name: name.clone(),
+        env_file,
+        api_port,
+        token: token.clone(),
+    };
+
+    // 1. Up, every healthcheck healthy.
+    let started = Instant::now();
+    project.ok(&["up", "-d"], Duration::from_secs(300));
+    project.wait_healthy(&SERVICES, Duration::from_secs(240));
+    eprintln!(
+        "compose: fleet up and healthy in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. 1,000 samples through the published port with the token: stored once each.
+    let step = Instant::now();
+    let first = project.load("first", 100).await.expect("load");
+    assert_eq!(first.len(), 1000);
+    project.wait_stored(1000);
+    eprintln!(
+        "compose: 1,000 samples acknowledged and stored once in {:.1} s",
+        step.elapsed().as_secs_f64()
+    );
+    let mut expected = 1000;
+
+    // 3. One trace across the three containers, each span with service and phase.
+    let step = Instant::now();
+    loop {
+        let log = project.ok(&["logs", "--no-color", "jaeger"], Duration::from_secs(30));
+        let crossing = log.split("trace ").any(|trace| {
+            trace.contains("[api · async]")
+                && trace.contains("[collector · threaded]")
+                && trace.contains("[notifier · bridged]")
+        });
+        if crossing {
+            break;
+        }
+        assert!(
+            step.elapsed() < Duration::from_secs(60),
+            "no trace crossed the three containers:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // 4. scripts/switch-phase collector async in compose mode, under load.
+    let step = Instant::now();
+    let load = project.load("switch", 150);
+    let switched = Command::new(root().join("scripts/switch-phase"))
+        .current_dir(root())
+        .args(["collector", "async"])
+        .env("COMPOSE_PROJECT_NAME", &name)
+        .env(
+            "COMPOSE_FILE",
+            "deploy/compose.yaml:deploy/compose.offline.yaml",
+        )
+        .env("SWITCH_PHASE_ENV_FILE", &project.env_file)
+        .output()
+        .expect("switch-phase runs");
+    let table = String::from_utf8_lossy(&switched.stdout).into_owned();
+    assert!(
+        switched.status.success(),
+        "switch-phase failed: {table}{}",
+        String::from_utf8_lossy(&switched.stderr)
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("collector ") && l.contains(" async ") && l.contains(" up ")),
+        "the rollout table shows the collector in async:\n{table}"
+    );
+    let acknowledged = load.await.expect("load");
+    expected += acknowledged.len();
+    project.wait_stored(expected);
+    eprintln!(
+        "compose: collector switched to async under load in {:.1} s, {} samples, none lost or duplicated",
+        step.elapsed().as_secs_f64(),
+        acknowledged.len()
+    );
+
+    // 5. The collector's process killed mid-stream (SIGKILL from the host, as
+    //    a crash or the OOM killer would): its restart policy brings it back.
+    //    (`docker kill` itself counts as an operator's stop, which Docker's
+    //    restart policies leave alone: `docker start` or `up -d` then.)
+    let step = Instant::now();
+    let load = project.load("kill", 150);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let collector = project.container("collector");
+    let pid = Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Pid}}", &collector])
+        .output()
+        .expect("docker inspect");
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "kill -KILL {pid}");
+    let acknowledged = load.await.expect("load");
+    expected += acknowledged.len();
+    project.wait_healthy(&["collector"], Duration::from_secs(120));
+    let restarts = Command::new("docker")
+        .args(["inspect", "--format", "{{.RestartCount}}", &collector])
+        .output()
+        .expect("docker inspect");
+    assert_eq!(
+        String::from_utf8_lossy(&restarts.stdout).trim(),
+        "1",
+        "restarted by its policy"
+    );
+    project.wait_stored(expected);
+    eprintln!(
+        "compose: collector killed under load, restarted by compose; {} samples in {:.1} s, none lost or duplicated",
+        acknowledged.len(),
+        step.elapsed().as_secs_f64()
+    );
+
+    // 6. RabbitMQ's container restarted under load.
+    let step = Instant::now();
+    let load = project.load("broker", 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    project.ok(&["restart", "rabbitmq"], Duration::from_secs(120));
+    let acknowledged = load.await.expect("load");
+    expected += acknowledged.len();
+    project.wait_stored(expected);
+    eprintln!(
+        "compose: RabbitMQ restarted under load; {} samples in {:.1} s, none lost or duplicated",
+        acknowledged.len(),
+        step.elapsed().as_secs_f64()
+    );
+
+    // 7. down -v leaves nothing of the project behind.
+    drop(project);
+    let left = leftovers(&name);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    eprintln!(
+        "compose: whole suite {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
