@@ -250,17 +250,7 @@ async fn webhook_down_then_up_is_delivered_once() {
     let mut client = fleet.client().await;
     client
         .create_alarm(CreateAlarmRequest {
-            alarm: Some(Alarm {
-                name: "hot".into(),
-                meter: "cpu_util".into(),
-                statistic: Statistic::Avg as i32,
-                comparison: Comparison::Gt as i32,
-                threshold: 5.0,
-                period_seconds: 600,
-                evaluation_periods: 1,
-                webhook_url: format!("http://127.0.0.1:{port}/hook"),
-                ..Alarm::default()
-            }),
+            alarm: Some(support::hot_alarm(format!("http://127.0.0.1:{port}/hook"))),
         })
         .await
         .expect("alarm");

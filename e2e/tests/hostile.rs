@@ -66,14 +66,13 @@ fn method_headers() -> FieldTable {
     headers
 }
 
-/// The dead-letter reason of the next message in the collector topic's
-/// dead-letter queue, waiting for one to arrive.
-async fn next_dead_letter(channel: &Channel, exchange: &str) -> String {
-    let queue = wire::dead_letter_queue(&wire::topic_queue(exchange, "collector"));
+/// The dead-letter reason of the next message in `queue`, waiting (bounded)
+/// for one to arrive.
+async fn next_dead_letter_in(channel: &Channel, queue: &str) -> String {
     let started = Instant::now();
     loop {
         if let Ok(Some(message)) = channel
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
         {
             return wire::header_str(&message.delivery.properties, wire::DEAD_LETTER_REASON)
@@ -86,6 +85,16 @@ async fn next_dead_letter(channel: &Channel, exchange: &str) -> String {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The dead-letter reason of the next message in the collector topic's
+/// dead-letter queue.
+async fn next_dead_letter(channel: &Channel, exchange: &str) -> String {
+    next_dead_letter_in(
+        channel,
+        &wire::dead_letter_queue(&wire::topic_queue(exchange, "collector")),
+    )
+    .await
 }
 
 fn assert_running(service: &mut Option<Service>) {
@@ -498,40 +507,14 @@ async fn a_webhook_that_answers_404_gets_counted_deliveries_then_a_dead_letter()
     let mut client = fleet.client().await;
     client
         .create_alarm(CreateAlarmRequest {
-            alarm: Some(Alarm {
-                name: "hot".into(),
-                meter: "cpu_util".into(),
-                statistic: Statistic::Avg as i32,
-                comparison: Comparison::Gt as i32,
-                threshold: 5.0,
-                period_seconds: 600,
-                evaluation_periods: 1,
-                webhook_url: webhook.url.clone(),
-                ..Alarm::default()
-            }),
+            alarm: Some(support::hot_alarm(webhook.url.clone())),
         })
         .await
         .expect("alarm");
     post_steadily(client, format!("{}-w", fleet.id), 1, 5, Duration::ZERO).await;
     let (connection, channel) = broker().await;
     let queue = wire::dead_letter_queue(&wire::pool_queue(&fleet.exchange, "webhook-sender"));
-    let started = Instant::now();
-    let reason = loop {
-        if let Ok(Some(message)) = channel
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-        {
-            break wire::header_str(&message.delivery.properties, wire::DEAD_LETTER_REASON)
-                .unwrap_or("(no reason)")
-                .to_string();
-        }
-        assert!(
-            started.elapsed() < BOUND,
-            "the refused notification never reached `{queue}`; the receiver got {} posts",
-            webhook.received().len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let reason = next_dead_letter_in(&channel, &queue).await;
     assert!(reason.contains("404"), "dead-letter reason: {reason}");
     assert_eq!(
         webhook.received().len(),

@@ -599,3 +599,20 @@ pub async fn post_steadily_as(
     }
     (acknowledged, retries)
 }
+
+/// An alarm on `cpu_util` that fires as soon as one sample above 5 arrives,
+/// posting to `webhook_url`.
+pub fn hot_alarm(webhook_url: String) -> switchyard_proto::metering::v1::Alarm {
+    use switchyard_proto::metering::v1::{Alarm, Comparison, Statistic};
+    Alarm {
+        name: "hot".into(),
+        meter: "cpu_util".into(),
+        statistic: Statistic::Avg as i32,
+        comparison: Comparison::Gt as i32,
+        threshold: 5.0,
+        period_seconds: 600,
+        evaluation_periods: 1,
+        webhook_url,
+        ..Alarm::default()
+    }
+}
