@@ -66,6 +66,16 @@ fn accepted(tokens: &[String], presented: &str) -> bool {
         .into()
 }
 
+/// The token of an `authorization` value of the Bearer scheme. The scheme
+/// name is case-insensitive (RFC 9110 §11.1), one or more spaces follow it
+/// (RFC 9110 §11.4, RFC 6750 §2.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
 /// Refuses calls without one of the configured bearer tokens.
 fn authenticate(
     tokens: Vec<String>,
@@ -78,7 +88,7 @@ fn authenticate(
             .metadata()
             .get("authorization")
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         match presented {
             Some(token) if accepted(&tokens, token) => Ok(request),
             Some(_) => Err(Status::unauthenticated("the bearer token is not accepted")),
@@ -176,7 +186,16 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::accepted;
+    use super::{accepted, bearer_token};
+
+    #[test]
+    fn the_bearer_scheme_name_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn only_a_configured_token_is_accepted() {
