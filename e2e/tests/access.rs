@@ -127,12 +127,67 @@ async fn the_public_api_requires_a_bearer_token_when_configured() {
             "the presented token is not echoed"
         );
     }
-    let mut request = tonic::Request::new(ListMetersRequest::default());
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let mut request = tonic::Request::new(ListMetersRequest::default());
+        request.metadata_mut().insert(
+            "authorization",
+            format!("{scheme} {token}").parse().expect("ascii"),
+        );
+        client
+            .list_meters(request)
+            .await
+            .expect("accepted, whatever the scheme's case");
+    }
+
+    // Reflection: behind the token, and listing exactly what the api serves.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let channel = tonic::transport::Endpoint::from_shared(fleet.api.as_ref().expect("api").url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut reflection = ServerReflectionClient::new(channel);
+    let list = || ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let anonymous = reflection
+        .server_reflection_info(tokio_stream::once(list()))
+        .await
+        .expect_err("reflection without a token");
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let mut request = tonic::Request::new(tokio_stream::once(list()));
     request.metadata_mut().insert(
         "authorization",
         format!("Bearer {token}").parse().expect("ascii"),
     );
-    client.list_meters(request).await.expect("accepted");
+    let response = reflection
+        .server_reflection_info(request)
+        .await
+        .expect("reflection with the token")
+        .into_inner()
+        .message()
+        .await
+        .expect("stream")
+        .expect("one response");
+    let Some(MessageResponse::ListServicesResponse(listed)) = response.message_response else {
+        panic!("unexpected reflection response: {response:?}");
+    };
+    let mut names: Vec<String> = listed.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "switchyard.metering.v1.Metering",
+        ],
+        "only the public services, not the internal ones"
+    );
 }
 
 /// A RabbitMQ user with a secret password, removed when dropped.
