@@ -310,6 +310,48 @@ async fn the_fleet_under_docker_compose() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // An alarm fires its webhook: the receiver listens on the gateway of the
+    // project's own network, where the notifier's container reaches the host.
+    let step = Instant::now();
+    let gateway = Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            &format!("{name}_default"),
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+        ])
+        .output()
+        .expect("docker network inspect");
+    let gateway = String::from_utf8_lossy(&gateway.stdout).trim().to_string();
+    let webhook = support::Webhook::on(&gateway, 0, "200 OK").await;
+    let mut alarms = switchyard_proto::metering::v1::metering_client::MeteringClient::connect(
+        format!("http://127.0.0.1:{api_port}"),
+    )
+    .await
+    .expect("api");
+    let mut request = tonic::Request::new(switchyard_proto::metering::v1::CreateAlarmRequest {
+        alarm: Some(support::hot_alarm(webhook.url.clone())),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    alarms.create_alarm(request).await.expect("alarm created");
+    let fired = project.load("alarm", 1).await.expect("load");
+    expected += fired.len();
+    while webhook.received().is_empty() {
+        assert!(
+            step.elapsed() < Duration::from_secs(60),
+            "the alarm's webhook on {gateway} was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "compose: an alarm fired its webhook in {:.1} s",
+        step.elapsed().as_secs_f64()
+    );
+
     // 4. scripts/switch-phase collector async in compose mode, under load.
     let step = Instant::now();
     let load = project.load("switch", 150);

@@ -171,7 +171,13 @@ impl Webhook {
 
     /// A receiver that answers every POST with `status` (e.g. `404 Not Found`).
     pub async fn answering(port: u16, status: &'static str) -> Self {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        Self::on("127.0.0.1", port, status).await
+    }
+
+    /// A receiver on `host` (e.g. the gateway of a Docker network the test
+    /// made, for containers to reach).
+    pub async fn on(host: &str, port: u16, status: &'static str) -> Self {
+        let listener = tokio::net::TcpListener::bind((host, port))
             .await
             .expect("bind");
         let url = format!("http://{}/hook", listener.local_addr().expect("address"));
