@@ -38,7 +38,11 @@ fn root() -> PathBuf {
 /// A compose project of the test's own; `down -v` when dropped.
 struct Project {
     name: String,
+    /// `COMPOSE_FILE`: the two deploy files and the test's override.
+    files: String,
     env_file: PathBuf,
+    /// The collector's configuration, mounted over deploy/config/collector.toml.
+    collector_config: PathBuf,
     api_port: u16,
     token: String,
 }
@@ -48,10 +52,7 @@ impl Project {
         let child = Command::new("docker-compose")
             .current_dir(root())
             .env("COMPOSE_PROJECT_NAME", &self.name)
-            .env(
-                "COMPOSE_FILE",
-                "deploy/compose.yaml:deploy/compose.offline.yaml",
-            )
+            .env("COMPOSE_FILE", &self.files)
             .arg("--env-file")
             .arg(&self.env_file)
             .args(args)
@@ -199,6 +200,8 @@ impl Drop for Project {
             );
         }
         let _ = std::fs::remove_file(&self.env_file);
+        let _ = std::fs::remove_file(&self.collector_config);
+        let _ = std::fs::remove_file(self.files.rsplit(':').next().unwrap_or_default());
     }
 }
 
@@ -264,8 +267,33 @@ async fn the_fleet_under_docker_compose() {
         .and_then(|rest| rest.split('"').next())
         .expect("a token in deploy/api.env")
         .to_string();
+    // The playbook's way to a canary under compose: the collector's
+    // configuration file has `[launcher]`, and a SIGHUP applies a changed
+    // file. The test mounts a file of its own over deploy/config/collector.toml.
+    let base_config =
+        std::fs::read_to_string(root().join("deploy/config/collector.toml")).expect("config");
+    let collector_config = std::env::temp_dir().join(format!("{name}-collector.toml"));
+    std::fs::write(
+        &collector_config,
+        format!("{base_config}\n[launcher]\nworkers = 2\n"),
+    )
+    .expect("collector config");
+    let override_file = std::env::temp_dir().join(format!("{name}-override.yaml"));
+    std::fs::write(
+        &override_file,
+        format!(
+            "services:\n  collector:\n    volumes:\n      - {}:/etc/switchyard/collector.toml:ro\n",
+            collector_config.display()
+        ),
+    )
+    .expect("override");
     let project = Project {
         name: name.clone(),
+        files: format!(
+            "deploy/compose.yaml:deploy/compose.offline.yaml:{}",
+            override_file.display()
+        ),
+        collector_config,
         env_file,
         api_port,
         token: token.clone(),
@@ -359,10 +387,7 @@ async fn the_fleet_under_docker_compose() {
         .current_dir(root())
         .args(["collector", "async"])
         .env("COMPOSE_PROJECT_NAME", &name)
-        .env(
-            "COMPOSE_FILE",
-            "deploy/compose.yaml:deploy/compose.offline.yaml",
-        )
+        .env("COMPOSE_FILE", &project.files)
         .env("SWITCH_PHASE_ENV_FILE", &project.env_file)
         .output()
         .expect("switch-phase runs");
@@ -438,7 +463,69 @@ async fn the_fleet_under_docker_compose() {
         step.elapsed().as_secs_f64()
     );
 
-    // 7. down -v leaves nothing of the project behind.
+    // 7. The playbook's canary under compose: add [launcher.canary] to the
+    //    file, SIGHUP the service, watch the verdict, promote with the CLI.
+    let step = Instant::now();
+    let base_config = std::fs::read_to_string(&project.collector_config).expect("config");
+    // Written in place: the bind mount follows the file's inode.
+    std::fs::write(
+        &project.collector_config,
+        format!(
+            "{base_config}\n[launcher.canary]\nphase = \"bridged\"\nworkers = 1\nwindow_ms = 5000\nmin_calls = 20\n"
+        ),
+    )
+    .expect("canary config");
+    let load = project.load("canary", 1500);
+    project.ok(&["kill", "-s", "HUP", "collector"], Duration::from_secs(30));
+    loop {
+        let log = project.ok(
+            &["logs", "--no-color", "collector"],
+            Duration::from_secs(30),
+        );
+        if log.contains("canary bridged passed") {
+            break;
+        }
+        assert!(
+            !log.contains("rolled back"),
+            "the healthy canary was rolled back:\n{log}"
+        );
+        assert!(
+            step.elapsed() < Duration::from_secs(90),
+            "no verdict on the canary:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let judged = step.elapsed();
+    let promoted = project.ok(
+        &[
+            "exec",
+            "-T",
+            "api",
+            "switchyard",
+            "--token",
+            &token,
+            "rollout",
+            "promote",
+            "collector",
+            "--wait-s",
+            "90",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        promoted.contains("every up worker runs bridged"),
+        "{promoted}"
+    );
+    let acknowledged = load.await.expect("load");
+    expected += acknowledged.len();
+    project.wait_stored(expected);
+    eprintln!(
+        "compose: SIGHUP canary passed after {:.1} s, promoted; {} samples across it, none lost or duplicated",
+        judged.as_secs_f64(),
+        acknowledged.len()
+    );
+
+    // 8. down -v leaves nothing of the project behind.
     drop(project);
     let left = leftovers(&name);
     assert!(left.is_empty(), "left behind: {left:?}");

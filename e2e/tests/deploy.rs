@@ -67,6 +67,28 @@ fn compose_file_is_valid() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // With the offline file on top, only image sources change.
+    let output = compose(&["-f", "compose.offline.yaml", "config"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let offline: serde_yaml::Value = serde_yaml::from_slice(&output.stdout).expect("YAML");
+    for (service, image) in [
+        ("rabbitmq", "switchyard/rabbitmq:dev"),
+        ("postgres", "switchyard/postgres:dev"),
+        ("jaeger", "switchyard:offline"),
+        ("collector", "switchyard:offline"),
+        ("notifier", "switchyard:offline"),
+        ("api", "switchyard:offline"),
+    ] {
+        assert_eq!(
+            offline["services"][service]["image"].as_str(),
+            Some(image),
+            "{service}"
+        );
+    }
 }
 
 #[test]
