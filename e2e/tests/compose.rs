@@ -260,12 +260,9 @@ async fn the_fleet_under_docker_compose() {
         ),
     )
     .expect("env file");
-    let token = std::fs::read_to_string(root().join("deploy/api.env"))
-        .expect("deploy/api.env")
-        .lines()
-        .find_map(|l| l.strip_prefix("SWITCHYARD_API__AUTH_TOKENS=[\""))
-        .and_then(|rest| rest.split('"').next())
-        .expect("a token in deploy/api.env")
+    let token = std::fs::read_to_string(root().join("deploy/secrets/api_token"))
+        .expect("deploy/secrets/api_token (scripts/secrets makes it; scripts/test runs it)")
+        .trim()
         .to_string();
     // The playbook's way to a canary under compose: the collector's
     // configuration file has `[launcher]`, and a SIGHUP applies a changed

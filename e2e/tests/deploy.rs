@@ -61,6 +61,7 @@ fn strings(value: &serde_yaml::Value) -> Vec<String> {
 
 #[test]
 fn compose_file_is_valid() {
+    make_secrets();
     let output = compose(&["config", "-q"]);
     assert!(
         output.status.success(),
@@ -93,6 +94,7 @@ fn compose_file_is_valid() {
 
 #[test]
 fn every_service_environment_passes_its_config_check() {
+    make_secrets();
     let config = normalized();
     for (service, phase) in SERVICES.iter().zip(["async", "threaded", "bridged"]) {
         let definition = &config["services"][*service];
@@ -132,7 +134,18 @@ fn every_service_environment_passes_its_config_check() {
                 command.env_remove(key);
             }
         }
-        command.envs(&environment);
+        // Compose mounts each secret at /run/secrets/<name>: here, the file
+        // scripts/secrets made for it.
+        let secrets = root().join("deploy/secrets");
+        command.envs(environment.iter().map(|(key, value)| {
+            let value = match value.strip_prefix("/run/secrets/") {
+                Some(name) if key.ends_with("_FILE") => {
+                    secrets.join(name).to_string_lossy().into_owned()
+                }
+                _ => value.clone(),
+            };
+            (key.clone(), value)
+        }));
         let output = command.output().expect("binary runs");
         assert!(
             output.status.success(),
@@ -142,10 +155,26 @@ fn every_service_environment_passes_its_config_check() {
     }
 }
 
+/// The deployment's credentials (scripts/secrets: random, once, git-ignored).
+fn make_secrets() {
+    let status = Command::new(root().join("scripts/secrets"))
+        .status()
+        .expect("scripts/secrets runs");
+    assert!(status.success(), "scripts/secrets");
+}
+
 #[test]
 fn every_path_the_deployment_references_exists() {
+    make_secrets();
     let deploy = root().join("deploy");
     let raw = raw();
+    for (name, secret) in raw["secrets"].as_mapping().expect("secrets") {
+        let file = secret["file"].as_str().expect("a file secret");
+        assert!(
+            deploy.join(file).is_file(),
+            "secret {name:?}: {file} is missing"
+        );
+    }
     let config = normalized();
     for (name, definition) in raw["services"].as_mapping().expect("services") {
         let name = name.as_str().expect("name");

@@ -193,10 +193,24 @@ impl Loader {
                 layers.push((source, Figment::from(Toml::file_exact(path))));
             }
         }
+        // `SWITCHYARD_<KEY>_FILE=/run/secrets/x` sets `<key>` to the file's
+        // contents (compose and Kubernetes secrets), for any key that exists
+        // and does not itself end in `_file`.
+        let known: std::collections::HashSet<String> = defaults
+            .data()
+            .map(|data| {
+                data.values()
+                    .flat_map(leaves)
+                    .map(|(path, _)| path)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (secret_files, consumed) = self.secret_files(&known, &mut problems);
         layers.push((
             "environment".to_string(),
-            Figment::from(self.env_provider()),
+            Figment::from(self.env_provider(&consumed)),
         ));
+        layers.push((SECRET_FILES.to_string(), Figment::from(secret_files)));
 
         // Check each supplied value alone on top of the defaults, so that
         // every bad value is reported, not just the first serde meets. The
@@ -219,6 +233,11 @@ impl Loader {
                 for (path, value) in leaves(dict) {
                     let source = if layer_source == "environment" {
                         format!("environment variable {}", env_var_name(&path))
+                    } else if layer_source == SECRET_FILES {
+                        format!(
+                            "the file named by environment variable {}_FILE",
+                            env_var_name(&path)
+                        )
                     } else {
                         layer_source.clone()
                     };
@@ -278,11 +297,51 @@ impl Loader {
         self.file_was_named
     }
 
+    /// The values of `SWITCHYARD_<KEY>_FILE` variables, read from their files,
+    /// and the names of those variables (not configuration keys themselves).
+    fn secret_files(
+        &self,
+        known: &std::collections::HashSet<String>,
+        problems: &mut Vec<Problem>,
+    ) -> (EnvLayer, Vec<String>) {
+        let mut dict = Dict::new();
+        let mut consumed = Vec::new();
+        for (name, file) in &self.env {
+            let Some(stem) = name.strip_suffix("_FILE") else {
+                continue;
+            };
+            let path: Vec<String> = stem[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let key = path.join(".");
+            if !known.contains(&key) || known.contains(&format!("{key}_file")) {
+                continue;
+            }
+            consumed.push(name.clone());
+            match read_secret(file) {
+                Ok(text) => {
+                    let value: Value = text.parse().unwrap_or_else(|never| match never {});
+                    insert_path(&mut dict, &path, value);
+                }
+                Err(why) => problems.push(Problem {
+                    key,
+                    source: format!("environment variable {name}"),
+                    message: format!(
+                        "`{file}` {why}; accepted: the path of a readable regular file of at most {} KiB",
+                        MAX_SECRET_BYTES / 1024
+                    ),
+                }),
+            }
+        }
+        (EnvLayer { dict }, consumed)
+    }
+
     /// The `SWITCHYARD_…` variables as a provider, values parsed the way
     /// figment parses environment values (`64` is a number, `true` a bool).
-    fn env_provider(&self) -> EnvLayer {
+    fn env_provider(&self, skip: &[String]) -> EnvLayer {
         let mut dict = Dict::new();
-        for (name, value) in &self.env {
+        for (name, value) in self.env.iter().filter(|(name, _)| !skip.contains(name)) {
             let path: Vec<String> = name[ENV_PREFIX.len()..]
                 .split("__")
                 .map(str::to_ascii_lowercase)
@@ -299,6 +358,29 @@ impl Loader {
             problems,
         }
     }
+}
+
+/// The layer of values read from `SWITCHYARD_<KEY>_FILE` files.
+const SECRET_FILES: &str = "secret files";
+
+/// Largest file a `…_FILE` variable may name.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// A secret's file: a regular file, bounded, without its trailing newline.
+fn read_secret(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let metadata = std::fs::metadata(path).map_err(|error| format!("cannot be read ({error})"))?;
+    if !metadata.is_file() {
+        return Err("is not a regular file".to_string());
+    }
+    if metadata.len() > MAX_SECRET_BYTES {
+        return Err(format!("is {} bytes", metadata.len()));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_SECRET_BYTES).read_to_string(&mut text))
+        .map_err(|error| format!("cannot be read ({error})"))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
 /// The environment layer: captured once, so loading is deterministic.
@@ -486,5 +568,35 @@ mod tests {
             "{printed}"
         );
         assert!(!printed.contains("hunter2"));
+    }
+
+    #[test]
+    fn a_key_can_be_read_from_the_file_its_file_variable_names() {
+        let dir = std::env::temp_dir().join(format!("switchyard-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("amqp_url");
+        std::fs::write(&secret, "amqp://user:s3cret@broker/%2f\n").unwrap();
+        let path = secret.to_string_lossy().into_owned();
+        let loaded = load(&[("SWITCHYARD_AMQP__URL_FILE", path.as_str())]).expect("loads");
+        assert_eq!(loaded.settings.amqp.url, "amqp://user:s3cret@broker/%2f");
+        assert!(
+            loaded
+                .source_of("amqp.url")
+                .contains("SWITCHYARD_AMQP__URL_FILE")
+        );
+        // A file that cannot be read is a problem of that key, named.
+        let error = load(&[("SWITCHYARD_AMQP__URL_FILE", "/nonexistent/secret")])
+            .err()
+            .expect("refused");
+        let text = error.to_string();
+        assert!(
+            text.contains("amqp.url") && text.contains("/nonexistent/secret"),
+            "{text}"
+        );
+        let error = load(&[("SWITCHYARD_AMQP__URL_FILE", "/dev/zero")])
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("not a regular file"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
