@@ -585,17 +585,17 @@ mod tests {
                 .contains("SWITCHYARD_AMQP__URL_FILE")
         );
         // A file that cannot be read is a problem of that key, named.
-        let error = load(&[("SWITCHYARD_AMQP__URL_FILE", "/nonexistent/secret")])
-            .err()
-            .expect("refused");
+        let Err(error) = load(&[("SWITCHYARD_AMQP__URL_FILE", "/nonexistent/secret")]) else {
+            panic!("a missing secret file is refused");
+        };
         let text = error.to_string();
         assert!(
             text.contains("amqp.url") && text.contains("/nonexistent/secret"),
             "{text}"
         );
-        let error = load(&[("SWITCHYARD_AMQP__URL_FILE", "/dev/zero")])
-            .err()
-            .expect("refused");
+        let Err(error) = load(&[("SWITCHYARD_AMQP__URL_FILE", "/dev/zero")]) else {
+            panic!("/dev/zero is refused");
+        };
         assert!(error.to_string().contains("not a regular file"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
