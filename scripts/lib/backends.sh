@@ -6,6 +6,8 @@
 # Source it, then call `ensure_backends NAME` (NAME prefixes the messages).
 
 _backends_who=scripts
+# The servers' commands live in sbin, which a non-login PATH may lack.
+PATH="$PATH:/usr/sbin:/sbin"
 _say() { echo "$_backends_who: $*" >&2; }
 _fail() {
     _say "FAILED at step '$1': $2"
@@ -48,12 +50,21 @@ _wait_port() { # step port seconds
 
 _ensure_rabbitmq() {
     if _answers 5672; then return 0; fi
-    command -v rabbitmq-server >/dev/null || _apt_install "install RabbitMQ" rabbitmq-server
-    _say "starting RabbitMQ (rabbitmq-server -detached)"
-    rabbitmq-server -detached >/tmp/switchyard-rabbitmq-start.log 2>&1 ||
-        _fail "start RabbitMQ" "rabbitmq-server -detached failed; see /tmp/switchyard-rabbitmq-start.log"
-    timeout 120 rabbitmqctl -q await_startup >/dev/null 2>&1 ||
-        _fail "start RabbitMQ" "RabbitMQ did not finish booting in 120 s (see /var/log/rabbitmq)"
+    _apt_install "install RabbitMQ" rabbitmq-server
+    # Where apt may start services (no policy-rc.d), installing started it.
+    if ! _answers 5672; then
+        _say "starting RabbitMQ (rabbitmq-server -detached)"
+        # A node that is already booting makes this fail: await_startup decides.
+        rabbitmq-server -detached >/tmp/switchyard-rabbitmq-start.log 2>&1 || true
+    fi
+    # await_startup fails at once while the node is not yet reachable at
+    # all (just after -detached): ask again until it says booted.
+    local deadline=$((SECONDS + 120))
+    until timeout 60 rabbitmqctl -q await_startup >/dev/null 2>&1; do
+        ((SECONDS < deadline)) ||
+            _fail "start RabbitMQ" "RabbitMQ did not finish booting in 120 s (see /tmp/switchyard-rabbitmq-start.log and /var/log/rabbitmq)"
+        sleep 1
+    done
     _wait_port "start RabbitMQ" 5672 30
 }
 
@@ -82,8 +93,7 @@ _ensure_postgresql() {
     local me
     me=$(id -un)
     if ! _answers 5432; then
-        command -v pg_ctlcluster >/dev/null && [[ -n "$(_pg_cluster)" ]] ||
-            _apt_install "install PostgreSQL" postgresql
+        _apt_install "install PostgreSQL" postgresql
         local version
         version=$(_pg_cluster)
         [[ -n "$version" ]] || _fail "install PostgreSQL" "no cluster under /etc/postgresql after installing"
@@ -92,9 +102,15 @@ _ensure_postgresql() {
             pg_createcluster "$version" main >/dev/null 2>&1 || _fail "create the PostgreSQL cluster" "pg_createcluster $version main failed"
         fi
         _pg_trust_loopback "$version" "$me"
-        _say "starting PostgreSQL $version (pg_ctlcluster $version main start)"
-        pg_ctlcluster --skip-systemctl-redirect "$version" main start >/tmp/switchyard-postgresql-start.log 2>&1 ||
-            _fail "start PostgreSQL" "pg_ctlcluster $version main start failed; see /tmp/switchyard-postgresql-start.log"
+        if ! _answers 5432; then
+            _say "starting PostgreSQL $version (pg_ctlcluster $version main start)"
+            # Status 2 is "already running" (apt may have started it).
+            local status=0
+            pg_ctlcluster --skip-systemctl-redirect "$version" main start >/tmp/switchyard-postgresql-start.log 2>&1 ||
+                status=$?
+            ((status == 0 || status == 2)) ||
+                _fail "start PostgreSQL" "pg_ctlcluster $version main start failed; see /tmp/switchyard-postgresql-start.log"
+        fi
         _wait_port "start PostgreSQL" 5432 60
     fi
     [[ -n "$(_pg_cluster)" ]] && _pg_trust_loopback "$(_pg_cluster)" "$me"
