@@ -99,11 +99,7 @@ impl Project {
         if id.is_empty() {
             return "absent".into();
         }
-        let output = Command::new("docker")
-            .args(["inspect", "--format", "{{.State.Health.Status}}", &id])
-            .output()
-            .expect("docker inspect");
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
+        inspect(&id, "{{.State.Health.Status}}")
     }
 
     fn wait_healthy(&self, services: &[&str], bound: Duration) -> Duration {
@@ -203,6 +199,15 @@ impl Drop for Project {
         let _ = std::fs::remove_file(&self.collector_config);
         let _ = std::fs::remove_file(self.files.rsplit(':').next().unwrap_or_default());
     }
+}
+
+/// One field of a container, as `docker inspect --format` prints it.
+fn inspect(container: &str, format: &str) -> String {
+    let output = Command::new("docker")
+        .args(["inspect", "--format", format, container])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 fn engine_answers() -> bool {
@@ -417,11 +422,7 @@ async fn the_fleet_under_docker_compose() {
     let load = project.load("kill", 150);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let collector = project.container("collector");
-    let pid = Command::new("docker")
-        .args(["inspect", "--format", "{{.State.Pid}}", &collector])
-        .output()
-        .expect("docker inspect");
-    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    let pid = inspect(&collector, "{{.State.Pid}}");
     let killed = Command::new("kill")
         .args(["-KILL", &pid])
         .status()
@@ -430,12 +431,8 @@ async fn the_fleet_under_docker_compose() {
     let acknowledged = load.await.expect("load");
     expected += acknowledged.len();
     project.wait_healthy(&["collector"], Duration::from_secs(120));
-    let restarts = Command::new("docker")
-        .args(["inspect", "--format", "{{.RestartCount}}", &collector])
-        .output()
-        .expect("docker inspect");
     assert_eq!(
-        String::from_utf8_lossy(&restarts.stdout).trim(),
+        inspect(&collector, "{{.RestartCount}}"),
         "1",
         "restarted by its policy"
     );
