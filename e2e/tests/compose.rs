@@ -451,6 +451,8 @@ async fn the_fleet_under_docker_compose() {
     let acknowledged = load.await.expect("load");
     expected += acknowledged.len();
     project.wait_stored(expected);
+    // Every service back to healthy before the next step starts new workers.
+    project.wait_healthy(&SERVICES, Duration::from_secs(120));
     eprintln!(
         "compose: RabbitMQ restarted under load; {} samples in {:.1} s, none lost or duplicated",
         acknowledged.len(),
