@@ -37,4 +37,5 @@ pub mod echo {
     }
 }
 
+pub mod catalogue;
 pub mod validate;

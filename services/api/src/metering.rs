@@ -11,6 +11,7 @@ use switchyard_executor::{
 };
 use switchyard_grpc::{GrpcOutcome, TraceInterceptor, invalid_argument, retry_unsent};
 use switchyard_messaging::{CallError, MessagingError, RpcClient, Target, heartbeat, wire};
+use switchyard_proto::catalogue;
 use switchyard_proto::collector::v1::sample_query_client::SampleQueryClient;
 use switchyard_proto::messaging::v1::{PromoteCanary, RecordSamples};
 use switchyard_proto::metering::v1::metering_server::Metering;
@@ -80,8 +81,8 @@ fn call_status(error: CallError) -> Status {
             Status::unavailable(message)
         }
         CallError::Remote { code, message } => Status::internal(format!("{code}: {message}")),
-        CallError::NoSuchMethod(method) => {
-            Status::unimplemented(format!("the notifier has no method `{method}`"))
+        error @ CallError::NoSuchMethod { .. } => {
+            Status::unimplemented(format!("the notifier: {error}"))
         }
         CallError::Timeout(after) => {
             Status::deadline_exceeded(format!("the notifier did not answer within {after:?}"))
@@ -98,7 +99,7 @@ async fn alarm_call<Req: Message, Resp: Message + Default>(
     method: &str,
     request: Req,
 ) -> Result<Resp, Status> {
-    let target = Target::topic(&backends.exchange, "alarms");
+    let target = Target::topic(&backends.exchange, catalogue::topic::ALARMS);
     backends
         .rpc
         .call(&target, method, &request, backends.alarm_timeout)
@@ -143,7 +144,7 @@ async fn post_samples(
     backends
         .rpc
         .cast(
-            &Target::topic(&backends.exchange, "collector"),
+            &Target::topic(&backends.exchange, catalogue::topic::COLLECTOR),
             "record_samples",
             &batch,
         )
@@ -271,19 +272,19 @@ impl MeteringApi {
                 },
             )?,
             create_alarm: bind(executor, 3, backends, |b, r| async move {
-                alarm_call(&b, "create_alarm", r).await
+                alarm_call(&b, catalogue::method::CREATE_ALARM, r).await
             })?,
             get_alarm: bind(executor, 4, backends, |b, r| async move {
-                alarm_call(&b, "get_alarm", r).await
+                alarm_call(&b, catalogue::method::GET_ALARM, r).await
             })?,
             list_alarms: bind(executor, 5, backends, |b, r| async move {
-                alarm_call(&b, "list_alarms", r).await
+                alarm_call(&b, catalogue::method::LIST_ALARMS, r).await
             })?,
             delete_alarm: bind(executor, 6, backends, |b, r| async move {
-                alarm_call(&b, "delete_alarm", r).await
+                alarm_call(&b, catalogue::method::DELETE_ALARM, r).await
             })?,
             alarm_history: bind(executor, 7, backends, |b, r| async move {
-                alarm_call(&b, "get_alarm_history", r).await
+                alarm_call(&b, catalogue::method::GET_ALARM_HISTORY, r).await
             })?,
             rollout: bind(
                 executor,

@@ -1,10 +1,11 @@
-//! The rollout table: every instance's latest heartbeat. An instance silent
-//! for three heartbeat intervals is shown as down, and forgotten after
-//! thirty (a launcher replaces workers on every reload: the table would grow
-//! by their rows forever).
+//! The rollout table: every instance's latest heartbeat. An instance that
+//! says it stopped (its last heartbeat is marked `stopped`) leaves the table
+//! at once; one silent for three heartbeat intervals is shown as down, and
+//! forgotten after thirty (a launcher replaces workers on every reload: the
+//! table would grow by their rows forever).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use switchyard_executor::Endpoint;
@@ -37,11 +38,12 @@ impl Rollout {
                     let status = heartbeat.status.clone().ok_or_else(|| {
                         EndpointError::InvalidArgument("field `status`: is required".into())
                     })?;
-                    if let Ok(mut seen) = seen.lock() {
-                        seen.insert(
-                            (status.service.clone(), status.instance_id.clone()),
-                            (status, Instant::now(), SystemTime::now()),
-                        );
+                    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    let key = (status.service.clone(), status.instance_id.clone());
+                    if status.stopped {
+                        seen.remove(&key);
+                    } else {
+                        seen.insert(key, (status, Instant::now(), SystemTime::now()));
                     }
                     Ok(heartbeat)
                 }
@@ -52,9 +54,9 @@ impl Rollout {
     /// Every instance heard from, marked down after three silent intervals
     /// (and forgotten after thirty).
     pub fn table(&self, interval: Duration) -> GetRolloutResponse {
-        let Ok(mut seen) = self.seen.lock() else {
-            return GetRolloutResponse::default();
-        };
+        // Every holder leaves the map whole (one insert or remove), so a
+        // panic elsewhere while holding it leaves nothing to repair.
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         seen.retain(|_, (_, received, _)| received.elapsed() < interval * FORGET_AFTER_INTERVALS);
         let instances = seen
             .values()
@@ -109,5 +111,43 @@ mod tests {
             .map(|i| (i.instance_id.as_str(), i.up))
             .collect();
         assert_eq!(rows, [("fresh", true), ("quiet", false)]);
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_says_it_stopped_leaves_the_table_at_once() {
+        let rollout = Rollout::default();
+        heard(&rollout, "draining", Duration::ZERO);
+        heard(&rollout, "staying", Duration::ZERO);
+        let goodbye = Heartbeat {
+            status: Some(InstanceStatus {
+                service: "collector".into(),
+                instance_id: "draining".into(),
+                in_flight: 7,
+                stopped: true,
+                ..InstanceStatus::default()
+            }),
+        };
+        let endpoint = rollout.endpoint();
+        let executor = switchyard_executor::Executor::new(
+            "api",
+            switchyard_executor::ExecutorConfig {
+                phase: switchyard_executor::Phase::Async,
+                ..Default::default()
+            },
+        )
+        .expect("executor");
+        let bound = executor.register(endpoint).expect("register");
+        let answered = bound
+            .dispatch(goodbye, Default::default())
+            .await
+            .expect("dispatched");
+        assert!(answered.is_ok());
+        let rows: Vec<String> = rollout
+            .table(Duration::from_secs(1))
+            .instances
+            .into_iter()
+            .map(|i| i.instance_id)
+            .collect();
+        assert_eq!(rows, ["staying"]);
     }
 }

@@ -22,6 +22,7 @@ use settings::CollectorSettings;
 use switchyard_config::ConfigFlags;
 use switchyard_grpc::Readiness;
 use switchyard_messaging::{Notifier, RpcServer, Transport, heartbeat};
+use switchyard_proto::catalogue;
 use switchyard_proto::collector::v1::sample_query_server::SampleQueryServer;
 use switchyard_service::Running;
 use switchyard_storage::Database;
@@ -76,7 +77,7 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         notifier,
         tokio::runtime::Handle::current(),
     ))?;
-    let rpc = RpcServer::builder(&exchange, SERVICE, &identity.instance_id)
+    let rpc = RpcServer::builder(&exchange, catalogue::topic::COLLECTOR, &identity.instance_id)
         .method(record)
         .start(&transport, executor.config().capacity(), attempt.clone())
         .await?;

@@ -33,10 +33,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
     CREATE INDEX IF NOT EXISTS samples_meter_ts ON samples (meter, ts_ms)",
 )];
 
-/// The method name of the cast the api sends.
-pub const RECORD_SAMPLES: &str = "record_samples";
-/// The notification published per stored batch.
-pub const SAMPLE_RECORDED: &str = "sample.recorded";
+pub use switchyard_proto::catalogue::event::SAMPLE_RECORDED;
+pub use switchyard_proto::catalogue::method::RECORD_SAMPLES;
 
 /// How each endpoint is written (what `--check-config` checks).
 pub fn endpoints() -> Vec<EndpointSpec> {

@@ -199,7 +199,7 @@ async fn failures_map_to_distinct_codes() {
             .say(say(&"x".repeat(100_000), 0))
             .await
             .expect_err("too large");
-        assert_eq!(huge.code(), Code::OutOfRange, "{phase}: {huge:?}");
+        assert_eq!(huge.code(), Code::ResourceExhausted, "{phase}: {huge:?}");
 
         // One slot, held by a slow call: the next waits 50 ms, then is told.
         let mut busy = client.clone();

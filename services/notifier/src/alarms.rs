@@ -41,14 +41,9 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
     CREATE INDEX IF NOT EXISTS alarm_history_alarm ON alarm_history (alarm_id, at_ms)",
 )];
 
-/// The RPC method names (topic `alarms`).
-pub const METHODS: [&str; 5] = [
-    "create_alarm",
-    "get_alarm",
-    "list_alarms",
-    "delete_alarm",
-    "get_alarm_history",
-];
+use switchyard_proto::catalogue::method::{
+    CREATE_ALARM, DELETE_ALARM, GET_ALARM, GET_ALARM_HISTORY, LIST_ALARMS,
+};
 
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -298,7 +293,7 @@ pub struct Methods {
 impl Methods {
     pub fn new(database: &Database, runtime: &Handle) -> Self {
         let (db, rt) = (database.clone(), runtime.clone());
-        let create = Endpoint::blocking(METHODS[0], move |_, request: CreateAlarmRequest| {
+        let create = Endpoint::blocking(CREATE_ALARM, move |_, request: CreateAlarmRequest| {
             let alarm = request.alarm.ok_or_else(|| {
                 EndpointError::InvalidArgument("field `alarm`: is required".into())
             })?;
@@ -306,13 +301,13 @@ impl Methods {
             rt.block_on(self::create(&db, alarm)).map_err(unavailable)
         });
         let (db, rt) = (database.clone(), runtime.clone());
-        let get = Endpoint::blocking(METHODS[1], move |_, request: GetAlarmRequest| {
+        let get = Endpoint::blocking(GET_ALARM, move |_, request: GetAlarmRequest| {
             rt.block_on(self::get(&db, &request.id))
                 .map_err(unavailable)?
                 .ok_or_else(|| not_found(&request.id))
         });
         let (db, rt) = (database.clone(), runtime.clone());
-        let list = Endpoint::blocking(METHODS[2], move |_, request: ListAlarmsRequest| {
+        let list = Endpoint::blocking(LIST_ALARMS, move |_, request: ListAlarmsRequest| {
             Ok(ListAlarmsResponse {
                 alarms: rt
                     .block_on(list(&db, &request.project_id))
@@ -320,7 +315,7 @@ impl Methods {
             })
         });
         let (db, rt) = (database.clone(), runtime.clone());
-        let delete = Endpoint::blocking(METHODS[3], move |_, request: DeleteAlarmRequest| {
+        let delete = Endpoint::blocking(DELETE_ALARM, move |_, request: DeleteAlarmRequest| {
             let deleted = rt
                 .block_on(async {
                     sqlx::query("DELETE FROM alarms WHERE id = $1")
@@ -336,7 +331,7 @@ impl Methods {
             Ok(DeleteAlarmResponse {})
         });
         let (db, rt) = (database.clone(), runtime.clone());
-        let history = Endpoint::blocking(METHODS[4], move |_, request: GetAlarmHistoryRequest| {
+        let history = Endpoint::blocking(GET_ALARM_HISTORY, move |_, request: GetAlarmHistoryRequest| {
             if rt
                 .block_on(self::get(&db, &request.id))
                 .map_err(unavailable)?

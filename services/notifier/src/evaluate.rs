@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use crate::alarms;
 
 /// The notification this endpoint publishes on a transition.
-pub const ALARM_STATE_CHANGED: &str = "alarm.state_changed";
+pub use switchyard_proto::catalogue::event::ALARM_STATE_CHANGED;
 
 /// A query client that carries the trace context.
 pub type QueryClient = SampleQueryClient<InterceptedService<Channel, TraceInterceptor>>;

@@ -26,12 +26,12 @@ use switchyard_grpc::Readiness;
 use switchyard_messaging::{
     NotificationListener, Notifier, Priority, RpcServer, Transport, heartbeat,
 };
+use switchyard_proto::catalogue;
 use switchyard_service::Running;
 use switchyard_storage::Database;
 
 const SERVICE: &str = "notifier";
 /// The RPC topic of alarm management.
-const ALARMS_TOPIC: &str = "alarms";
 
 /// Evaluates alarms and delivers their webhooks.
 #[derive(Debug, Parser)]
@@ -47,9 +47,8 @@ fn endpoints() -> Vec<EndpointSpec> {
         EndpointSpec::new("deliver_webhook", EndpointKind::Blocking),
     ];
     specs.extend(
-        alarms::METHODS
-            .iter()
-            .map(|m| EndpointSpec::new(*m, EndpointKind::Blocking)),
+        catalogue::methods_of(catalogue::topic::ALARMS)
+            .map(|m| EndpointSpec::new(m.name, EndpointKind::Blocking)),
     );
     specs
 }
@@ -90,7 +89,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
     let runtime = tokio::runtime::Handle::current();
 
     let methods = alarms::Methods::new(&database, &runtime);
-    let rpc = RpcServer::builder(&exchange, ALARMS_TOPIC, &identity.instance_id)
+    let rpc = RpcServer::builder(&exchange, catalogue::topic::ALARMS, &identity.instance_id)
         .method(executor.register(methods.create)?)
         .method(executor.register(methods.get)?)
         .method(executor.register(methods.list)?)
@@ -102,7 +101,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
     let client = evaluate::query_client(&settings.grpc, &settings.notifier.collector_url)
         .context("notifier.collector_url")?;
     let evaluator = NotificationListener::builder(&exchange, "alarm-evaluator")
-        .subscribe("sample.recorded", &[Priority::Info])
+        .subscribe(catalogue::event::SAMPLE_RECORDED, &[Priority::Info])
         .coalesce_beyond(settings.notifier.evaluation_backlog)
         .start(
             &transport,
@@ -111,7 +110,7 @@ async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<(
         )
         .await?;
     let webhooks = NotificationListener::builder(&exchange, "webhook-sender")
-        .subscribe(evaluate::ALARM_STATE_CHANGED, &[])
+        .subscribe(catalogue::event::ALARM_STATE_CHANGED, &[])
         .start(
             &transport,
             executor.register(webhook::endpoint(&settings.notifier))?,

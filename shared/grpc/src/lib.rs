@@ -385,6 +385,9 @@ pub async fn serve(
         server = server.tls_config(tls)?;
     }
     server
+        .layer(tower::util::MapResponseLayer::new(
+            status::size_limit_is_resource_exhausted as fn(_) -> _,
+        ))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.cancelled().await;

@@ -3,6 +3,7 @@
 
 use switchyard_executor::DispatchError;
 use tonic::Status;
+use tonic::codegen::http;
 
 /// A request field failed validation: INVALID_ARGUMENT naming the field.
 pub fn invalid_argument(field: &str, problem: impl std::fmt::Display) -> Status {
@@ -24,5 +25,44 @@ pub fn from_dispatch(error: &DispatchError) -> Status {
             // The panic text stays in the server's log: it may hold internals.
             Status::internal(format!("endpoint `{endpoint}` failed unexpectedly"))
         }
+    }
+}
+
+/// gRPC's status code table (`doc/statuscodes.md`) says a message larger
+/// than the configured limit is RESOURCE_EXHAUSTED; tonic's decoder answers
+/// OUT_OF_RANGE. No Switchyard endpoint answers OUT_OF_RANGE, so the server
+/// rewrites that code wherever it appears: in the headers of the
+/// trailers-only response tonic sends when a unary request cannot be decoded.
+pub fn size_limit_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    const OUT_OF_RANGE: &str = "11";
+    const RESOURCE_EXHAUSTED: &str = "8";
+    let headers = response.headers_mut();
+    if headers
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == OUT_OF_RANGE.as_bytes())
+    {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from_static(RESOURCE_EXHAUSTED),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(code: tonic::Code) -> Option<String> {
+        let response = Status::new(code, "x").into_http::<()>();
+        let response = size_limit_is_resource_exhausted(response);
+        Some(response.headers().get("grpc-status")?.to_str().ok()?.to_string())
+    }
+
+    #[test]
+    fn an_oversized_message_is_resource_exhausted_and_other_codes_pass() {
+        assert_eq!(answered(tonic::Code::OutOfRange).as_deref(), Some("8"));
+        assert_eq!(answered(tonic::Code::NotFound).as_deref(), Some("5"));
+        assert_eq!(answered(tonic::Code::InvalidArgument).as_deref(), Some("3"));
     }
 }

@@ -59,8 +59,13 @@ impl MessagingError {
 #[derive(Debug, Error)]
 pub enum CallError {
     /// The server has no endpoint by that name.
-    #[error("no such method `{0}`")]
-    NoSuchMethod(String),
+    #[error("{message} (the server serves: {})", served.join(", "))]
+    NoSuchMethod {
+        /// The server's words.
+        message: String,
+        /// The methods the server serves on that topic.
+        served: Vec<String>,
+    },
     /// The server refused the request as malformed or invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use switchyard_executor::{Endpoint, Executor, Phase};
+use switchyard_proto::catalogue;
 use switchyard_proto::messaging::v1::{Heartbeat, PromoteCanary, RolledBack};
 use switchyard_proto::metering::v1::InstanceStatus;
 use switchyard_service::{Running, SupervisorLink};
@@ -24,17 +25,17 @@ use crate::{
 };
 
 /// The topic heartbeats fan out on.
-pub const TOPIC: &str = "rollout";
+pub const TOPIC: &str = catalogue::topic::ROLLOUT;
 /// The method heartbeats call.
-pub const METHOD: &str = "heartbeat";
+pub const METHOD: &str = catalogue::method::HEARTBEAT;
 /// The notification a launcher's rollback is published as.
-pub const ROLLED_BACK: &str = "rollout.rolled_back";
+pub const ROLLED_BACK: &str = catalogue::event::ROLLED_BACK;
 /// The method promote requests call, on [`control_topic`].
-pub const PROMOTE: &str = "promote";
+pub const PROMOTE: &str = catalogue::method::PROMOTE;
 
 /// The topic a service's workers take rollout commands on.
 pub fn control_topic(service: &str) -> String {
-    format!("rollout-control.{service}")
+    catalogue::topic::rollout_control(service)
 }
 
 /// The `[rollout]` section.
@@ -91,6 +92,7 @@ pub fn status(
         last_seen: None,
         role: supervisor.role().to_string(),
         rollout: supervisor.rollout_note(),
+        stopped: false,
     }
 }
 
@@ -190,7 +192,13 @@ fn promote_endpoint(
     }
 }
 
-/// Publishes this instance's heartbeat every `interval` until `shutdown`.
+/// How long a stopping instance tries to say goodbye.
+const GOODBYE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Publishes this instance's heartbeat every `interval` until `shutdown`;
+/// when the process itself is stopping (not only this attempt's
+/// connections), one last heartbeat marked `stopped`, so the rollout table
+/// drops the instance instead of showing a drained worker as an outage.
 fn spawn_heartbeats(
     client: RpcClient,
     exchange: String,
@@ -202,15 +210,18 @@ fn spawn_heartbeats(
     let started = Instant::now();
     tokio::spawn(async move {
         let target = Target::topic(&exchange, TOPIC);
+        let now = || {
+            status(
+                &service,
+                &running.identity.instance_id,
+                &running.executor,
+                &running.supervisor,
+                started,
+            )
+        };
         loop {
             let heartbeat = Heartbeat {
-                status: Some(status(
-                    &service,
-                    &running.identity.instance_id,
-                    &running.executor,
-                    &running.supervisor,
-                    started,
-                )),
+                status: Some(now()),
             };
             match client.fanout(&target, METHOD, &heartbeat).await {
                 Ok(()) => {}
@@ -220,9 +231,24 @@ fn spawn_heartbeats(
                 Err(error) => tracing::warn!("heartbeat not published: {error}"),
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(interval) => {}
             }
+        }
+        if !running.shutdown.is_cancelled() {
+            return;
+        }
+        let goodbye = Heartbeat {
+            status: Some(InstanceStatus {
+                stopped: true,
+                ..now()
+            }),
+        };
+        match tokio::time::timeout(GOODBYE_WITHIN, client.fanout(&target, METHOD, &goodbye)).await
+        {
+            Ok(Ok(())) => tracing::debug!("said goodbye to the rollout table"),
+            Ok(Err(error)) => tracing::debug!("goodbye heartbeat not published: {error}"),
+            Err(_) => tracing::debug!("goodbye heartbeat not published in {GOODBYE_WITHIN:?}"),
         }
     })
 }

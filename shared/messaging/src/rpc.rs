@@ -299,7 +299,15 @@ async fn handle(
     if let Some((kind, message)) = problem {
         match &reply_to {
             Some(reply_to) => {
-                reply_error(settler, &delivery, reply_to, kind, "", &message).await;
+                // A caller that named no method we serve learns which we do.
+                let served = if kind == rpc_error::Kind::NoSuchMethod {
+                    let mut names: Vec<String> = methods.keys().cloned().collect();
+                    names.sort();
+                    names
+                } else {
+                    Vec::new()
+                };
+                reply_error(settler, &delivery, reply_to, kind, "", &message, served).await;
                 settler.settle(&delivery, Settle::Ack).await;
             }
             None => settler.settle(&delivery, Settle::DeadLetter(message)).await,
@@ -387,7 +395,7 @@ async fn handle(
             match reply {
                 Ok(body) => reply_ok(settler, &delivery, &reply_to, body).await,
                 Err((kind, code, message)) => {
-                    reply_error(settler, &delivery, &reply_to, kind, &code, &message).await
+                    reply_error(settler, &delivery, &reply_to, kind, &code, &message, Vec::new()).await
                 }
             }
             settler.settle(&delivery, Settle::Ack).await;
@@ -424,11 +432,13 @@ async fn reply_error(
     kind: rpc_error::Kind,
     code: &str,
     message: &str,
+    served_methods: Vec<String>,
 ) {
     let body = RpcError {
         kind: kind as i32,
         code: code.to_string(),
         message: message.to_string(),
+        served_methods,
     }
     .encode_to_vec();
     let properties =
@@ -897,7 +907,10 @@ fn decode_reply<Resp: Message + Default>(delivery: &Delivery) -> Result<Resp, Ca
             let error = RpcError::decode(delivery.data.as_slice())
                 .map_err(|e| malformed(&e.to_string()))?;
             Err(match rpc_error::Kind::try_from(error.kind) {
-                Ok(rpc_error::Kind::NoSuchMethod) => CallError::NoSuchMethod(error.message),
+                Ok(rpc_error::Kind::NoSuchMethod) => CallError::NoSuchMethod {
+                    message: error.message,
+                    served: error.served_methods,
+                },
                 Ok(rpc_error::Kind::InvalidArgument) => CallError::InvalidArgument(error.message),
                 _ => CallError::Remote {
                     code: error.code,

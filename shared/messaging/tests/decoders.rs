@@ -125,6 +125,7 @@ fn no_decoder_panics_on_arbitrary_bytes() {
     never_panics::<RpcError>(
         "RpcError",
         &[RpcError {
+            served_methods: vec!["say".into()],
             kind: 2,
             code: "c".into(),
             message: "m".into(),
