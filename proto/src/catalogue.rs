@@ -278,7 +278,11 @@ mod tests {
             }
         }
         for e in EVENTS {
-            assert!(known.contains(e.message), "{}: unknown message", e.event_type);
+            assert!(
+                known.contains(e.message),
+                "{}: unknown message",
+                e.event_type
+            );
         }
     }
 

@@ -77,10 +77,14 @@ async fn serve(settings: CollectorSettings, running: Running) -> anyhow::Result<
         notifier,
         tokio::runtime::Handle::current(),
     ))?;
-    let rpc = RpcServer::builder(&exchange, catalogue::topic::COLLECTOR, &identity.instance_id)
-        .method(record)
-        .start(&transport, executor.config().capacity(), attempt.clone())
-        .await?;
+    let rpc = RpcServer::builder(
+        &exchange,
+        catalogue::topic::COLLECTOR,
+        &identity.instance_id,
+    )
+    .method(record)
+    .start(&transport, executor.config().capacity(), attempt.clone())
+    .await?;
 
     let query = query::Query::register(&executor, &database, settings.grpc.overload_wait())?;
     let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;

@@ -331,20 +331,23 @@ impl Methods {
             Ok(DeleteAlarmResponse {})
         });
         let (db, rt) = (database.clone(), runtime.clone());
-        let history = Endpoint::blocking(GET_ALARM_HISTORY, move |_, request: GetAlarmHistoryRequest| {
-            if rt
-                .block_on(self::get(&db, &request.id))
-                .map_err(unavailable)?
-                .is_none()
-            {
-                return Err(not_found(&request.id));
-            }
-            Ok(GetAlarmHistoryResponse {
-                transitions: rt
-                    .block_on(self::history(&db, &request.id))
-                    .map_err(unavailable)?,
-            })
-        });
+        let history = Endpoint::blocking(
+            GET_ALARM_HISTORY,
+            move |_, request: GetAlarmHistoryRequest| {
+                if rt
+                    .block_on(self::get(&db, &request.id))
+                    .map_err(unavailable)?
+                    .is_none()
+                {
+                    return Err(not_found(&request.id));
+                }
+                Ok(GetAlarmHistoryResponse {
+                    transitions: rt
+                        .block_on(self::history(&db, &request.id))
+                        .map_err(unavailable)?,
+                })
+            },
+        );
         Self {
             create,
             get,

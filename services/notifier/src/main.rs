@@ -31,7 +31,6 @@ use switchyard_service::Running;
 use switchyard_storage::Database;
 
 const SERVICE: &str = "notifier";
-/// The RPC topic of alarm management.
 
 /// Evaluates alarms and delivers their webhooks.
 #[derive(Debug, Parser)]

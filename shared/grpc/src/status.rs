@@ -56,7 +56,14 @@ mod tests {
     fn answered(code: tonic::Code) -> Option<String> {
         let response = Status::new(code, "x").into_http::<()>();
         let response = size_limit_is_resource_exhausted(response);
-        Some(response.headers().get("grpc-status")?.to_str().ok()?.to_string())
+        Some(
+            response
+                .headers()
+                .get("grpc-status")?
+                .to_str()
+                .ok()?
+                .to_string(),
+        )
     }
 
     #[test]

@@ -244,8 +244,7 @@ fn spawn_heartbeats(
                 ..now()
             }),
         };
-        match tokio::time::timeout(GOODBYE_WITHIN, client.fanout(&target, METHOD, &goodbye)).await
-        {
+        match tokio::time::timeout(GOODBYE_WITHIN, client.fanout(&target, METHOD, &goodbye)).await {
             Ok(Ok(())) => tracing::debug!("said goodbye to the rollout table"),
             Ok(Err(error)) => tracing::debug!("goodbye heartbeat not published: {error}"),
             Err(_) => tracing::debug!("goodbye heartbeat not published in {GOODBYE_WITHIN:?}"),

@@ -395,7 +395,16 @@ async fn handle(
             match reply {
                 Ok(body) => reply_ok(settler, &delivery, &reply_to, body).await,
                 Err((kind, code, message)) => {
-                    reply_error(settler, &delivery, &reply_to, kind, &code, &message, Vec::new()).await
+                    reply_error(
+                        settler,
+                        &delivery,
+                        &reply_to,
+                        kind,
+                        &code,
+                        &message,
+                        Vec::new(),
+                    )
+                    .await
                 }
             }
             settler.settle(&delivery, Settle::Ack).await;
