@@ -201,6 +201,23 @@ impl Drop for Project {
     }
 }
 
+/// `GET path` on 127.0.0.1:`port` with extra header lines; the whole answer.
+fn http_get(port: u16, path: &str, headers: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("page port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{headers}connection: close\r\n\r\n"
+    )
+    .expect("request sent");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
 /// One field of a container, as `docker inspect --format` prints it.
 fn inspect(container: &str, format: &str) -> String {
     let output = Command::new("docker")
@@ -257,10 +274,11 @@ async fn the_fleet_under_docker_compose() {
     let name = format!("sye2e{}", &id[..id.len().min(12)]);
     let env_file = std::env::temp_dir().join(format!("{name}.env"));
     let api_port = support::free_port();
+    let page_port = support::free_port();
     std::fs::write(
         &env_file,
         format!(
-            "API_PORT={api_port}\nJAEGER_UI_PORT={}\nCOLLECTOR_PHASE=threaded\nNOTIFIER_PHASE=bridged\nAPI_PHASE=async\n",
+            "API_PORT={api_port}\nJAEGER_UI_PORT={}\nDASHBOARD_PORT={page_port}\nCOLLECTOR_PHASE=threaded\nNOTIFIER_PHASE=bridged\nAPI_PHASE=async\n",
             support::free_port()
         ),
     )
@@ -320,6 +338,18 @@ async fn the_fleet_under_docker_compose() {
         step.elapsed().as_secs_f64()
     );
     let mut expected = 1000;
+
+    // The rollout page, published on 127.0.0.1 but bound to the container's
+    // network: it asks for the api's token, and shows the fleet with it.
+    let page = |headers: &str| http_get(page_port, "/state", headers);
+    let refused = page("");
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(!refused.contains(&token), "{refused}");
+    let shown = page(&format!("authorization: Bearer {token}\r\n"));
+    assert!(shown.starts_with("HTTP/1.1 200"), "{shown}");
+    for service in ["\"api\"", "\"collector\"", "\"notifier\""] {
+        assert!(shown.contains(service), "{service} missing: {shown}");
+    }
 
     // 3. One trace across the three containers, each span with service and phase.
     let step = Instant::now();

@@ -3,7 +3,8 @@
 //! loses and duplicates none; canaries show in the rollout table; a canary
 //! that blocks the loop is rolled back, published as `rollout.rolled_back`
 //! and shown by `switchyard rollout`; `switchyard rollout promote` makes a
-//! healthy canary's phase the main phase.
+//! healthy canary's phase the main phase; the rollout page shows all of it
+//! live in a real browser.
 
 mod support;
 
@@ -12,13 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{BOUND, Fleet, FleetOptions, Service, free_port, post_steadily, switchyard, text};
+use support::{
+    BOUND, Browser, Fleet, FleetOptions, Service, free_port, post_steadily, switchyard, text,
+};
 use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
 use switchyard_messaging::{EndpointError, Handled, Notification, NotificationListener, heartbeat};
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
 use switchyard_proto::messaging::v1::RolledBack;
-use switchyard_proto::metering::v1::{GetRolloutRequest, InstanceStatus};
+use switchyard_proto::metering::v1::{GetRolloutRequest, InstanceStatus, PostSamplesRequest};
+use switchyard_telemetry::receiver::OtlpReceiver;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -384,5 +388,134 @@ async fn a_healthy_canary_is_promoted_with_the_cli() {
         "{}",
         text(&again)
     );
+    assert_eq!(echo.stop(), 0);
+}
+
+/// The rollout page in a real browser: the fleet's services with their
+/// phases, a canary's judgement with its evidence and the phase switch of a
+/// promote arrive live (no reload), recent calls link to the trace UI, and
+/// the page logs no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_page_shows_phases_judgements_and_switches_live() {
+    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("receiver");
+    let page_port = free_port();
+    let fleet = Fleet::start(FleetOptions {
+        otlp: Some(receiver.endpoint()),
+        api_extra: vec![
+            (
+                "SWITCHYARD_DASHBOARD__LISTEN".into(),
+                format!("127.0.0.1:{page_port}"),
+            ),
+            (
+                "SWITCHYARD_DASHBOARD__TRACE_URL".into(),
+                "http://127.0.0.1:16686/trace/{trace_id}".into(),
+            ),
+        ],
+        ..FleetOptions::default()
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{page_port}/");
+    let mut browser = tokio::task::block_in_place(Browser::start);
+    let rows = |services: &str| {
+        format!(
+            "(() => {{ const rows = [...document.querySelectorAll('#instances tbody tr[data-service]')]\
+             .map(r => r.dataset.service + ':' + r.dataset.phase + ':' + r.dataset.role);\
+             return {services}.every(s => rows.includes(s)) && rows.join(' '); }})()"
+        )
+    };
+    tokio::task::block_in_place(|| {
+        browser.goto(&url);
+        browser.eval("window.notReloaded = true");
+        browser.wait(
+            "the three services with their phases",
+            &rows("['api:async:', 'collector:threaded:', 'notifier:bridged:']"),
+            BOUND,
+        );
+    });
+
+    let port = free_port();
+    let env = configure(&fleet, "echo", &echo_file(port, ""), echo_env(&fleet));
+    let echo = Service::start("echo", &fleet.dir, &env);
+    tokio::task::block_in_place(|| {
+        browser.wait(
+            "the echo canary",
+            &rows("['echo:async:canary', 'echo:threaded:main']"),
+            BOUND,
+        )
+    });
+    wait_for_lines(&echo, ") is ready", 2).await;
+    let (stop_load, failed, load) = echo_load(port);
+    let mut client = fleet.client().await;
+    client
+        .post_samples(PostSamplesRequest {
+            samples: vec![support::sample(String::new(), 1.0)],
+        })
+        .await
+        .expect("posted");
+    let judgement = tokio::task::block_in_place(|| {
+        browser.wait(
+            "a canary judgement with its evidence",
+            "[...document.querySelectorAll('.service-timeline[data-service=echo] \
+             .event[data-kind=canary]')].map(e => e.textContent)\
+             .find(t => t.includes('canary async: passed') && t.includes('median'))",
+            BOUND,
+        )
+    });
+    eprintln!("the page showed: {judgement}");
+
+    let promoted = cli(&fleet, &["rollout", "promote", "echo", "--wait-s", "30"]);
+    assert!(promoted.status.success(), "{}", text(&promoted));
+    wait_for_log(&echo, "rollout complete").await;
+    let switched = Instant::now();
+    tokio::task::block_in_place(|| {
+        browser.wait(
+            "echo in its new phase",
+            "(() => { const echo = [...document.querySelectorAll('#instances tbody tr[data-service=echo]')];\
+             return echo.length === 2 && echo.every(r => r.dataset.phase === 'async' && r.dataset.role === 'main'); })()",
+            Duration::from_secs(10),
+        );
+        browser.wait(
+            "the switch on the timeline",
+            "[...document.querySelectorAll('.service-timeline[data-service=echo] .event[data-kind=phase]')]\
+             .some(e => e.textContent.includes('→ async ×2'))",
+            Duration::from_secs(10),
+        );
+    });
+    eprintln!(
+        "the page showed the switch {:?} after the launcher completed it",
+        switched.elapsed()
+    );
+    stop_load.store(true, Ordering::Relaxed);
+    load.await.expect("load");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no call failed");
+
+    tokio::task::block_in_place(|| {
+        browser.wait(
+            "charts per phase",
+            "document.querySelectorAll('.chart[data-service=echo] polyline').length >= 4",
+            BOUND,
+        );
+        browser.wait(
+            "a recent call linked to the trace UI",
+            "[...document.querySelectorAll('#traces a')].some(a => \
+             /^http:\\/\\/127\\.0\\.0\\.1:16686\\/trace\\/[0-9a-f]{32}$/.test(a.href))",
+            BOUND,
+        );
+        assert_eq!(
+            browser.eval("window.notReloaded === true"),
+            true,
+            "the page reloaded"
+        );
+        let shot = support::artifacts().join("dashboard.png");
+        browser.screenshot(&shot);
+        eprintln!("screenshot: {}", shot.display());
+        assert_eq!(
+            browser.errors(),
+            Vec::<String>::new(),
+            "the page logged errors"
+        );
+    });
     assert_eq!(echo.stop(), 0);
 }

@@ -9,21 +9,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use support::{Fleet, FleetOptions};
-
-/// The virtual environment's interpreter `scripts/test` prepared.
-pub fn python() -> PathBuf {
-    let path = std::env::var_os("SWITCHYARD_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/switchyard-venv/bin/python"));
-    assert!(
-        path.exists(),
-        "{} is missing: scripts/test creates it (python3 -m venv, pip install -r \
-         examples/python/requirements.txt); or set SWITCHYARD_PYTHON",
-        path.display()
-    );
-    path
-}
+use support::{Fleet, FleetOptions, python};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_written_from_the_documents_runs_every_step() {

@@ -410,6 +410,8 @@ impl Fleet {
             "SWITCHYARD_API__COLLECTOR_URL".into(),
             fleet.collector_url(),
         ));
+        // Fleets run side by side: each page on a port of its own.
+        env.push(("SWITCHYARD_DASHBOARD__LISTEN".into(), "127.0.0.1:0".into()));
         env.extend(fleet.options.api_extra.clone());
         fleet.api = Some(Service::start("api", &fleet.dir, &env));
         fleet
@@ -621,4 +623,123 @@ pub fn hot_alarm(webhook_url: String) -> switchyard_proto::metering::v1::Alarm {
         webhook_url,
         ..Alarm::default()
     }
+}
+
+/// The Python of the virtual environment `scripts/test` prepared (the
+/// example client's and the browser driver's packages).
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("SWITCHYARD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/switchyard-venv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test creates it (python3 -m venv, pip install -r \
+         examples/python/requirements.txt); or set SWITCHYARD_PYTHON",
+        path.display()
+    );
+    path
+}
+
+/// Headless Chromium (Debian's, installed by `scripts/test`) driven over the
+/// DevTools protocol by `e2e/browser/cdp.py`. Every command is bounded by
+/// the driver; the methods block (call them in `block_in_place`).
+pub struct Browser {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Browser {
+    pub fn start() -> Self {
+        let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/cdp.py");
+        let mut child = Command::new(python())
+            .arg(driver)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the browser driver starts");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut browser = Self {
+            child,
+            stdin,
+            stdout,
+        };
+        let ready = browser.read();
+        assert_eq!(ready["ready"], true, "the browser driver: {ready}");
+        browser
+    }
+
+    fn read(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("driver answers");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("driver said: {line:?}"))
+    }
+
+    fn command(&mut self, command: serde_json::Value) -> serde_json::Value {
+        use std::io::Write;
+        writeln!(self.stdin, "{command}").expect("driver listens");
+        self.read()
+    }
+
+    pub fn goto(&mut self, url: &str) {
+        let answer = self.command(serde_json::json!({"cmd": "goto", "url": url}));
+        assert_eq!(answer["ok"], true, "{url} did not load: {answer}");
+    }
+
+    /// Waits until `js` is truthy; returns its value.
+    pub fn wait(&mut self, what: &str, js: &str, timeout: Duration) -> serde_json::Value {
+        let answer = self.command(
+            serde_json::json!({"cmd": "wait", "js": js, "timeout": timeout.as_secs_f64()}),
+        );
+        assert_eq!(
+            answer["ok"], true,
+            "the page never showed {what} in {timeout:?}; last value: {}",
+            answer["value"]
+        );
+        answer["value"].clone()
+    }
+
+    pub fn eval(&mut self, js: &str) -> serde_json::Value {
+        self.command(serde_json::json!({"cmd": "eval", "js": js}))["value"].clone()
+    }
+
+    /// Console errors, uncaught exceptions and failed loads so far.
+    pub fn errors(&mut self) -> Vec<String> {
+        let answer = self.command(serde_json::json!({"cmd": "errors"}));
+        serde_json::from_value(answer["value"].clone()).unwrap_or_default()
+    }
+
+    pub fn screenshot(&mut self, path: &std::path::Path) {
+        let answer =
+            self.command(serde_json::json!({"cmd": "screenshot", "path": path.to_string_lossy()}));
+        assert_eq!(answer["ok"], true, "screenshot: {answer}");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let _ = writeln!(self.stdin, "{}", serde_json::json!({"cmd": "quit"}));
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where tests leave artifacts (screenshots): `SWITCHYARD_ARTIFACTS`, or
+/// `switchyard-artifacts` in the temporary directory.
+pub fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("SWITCHYARD_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("switchyard-artifacts"));
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    dir
 }

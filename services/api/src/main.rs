@@ -8,6 +8,7 @@
 //! Fully ported: runs in `bridged` and `async` (not `threaded`). Pinned to
 //! `async` in `deploy/config/api.toml`.
 
+mod dashboard;
 mod metering;
 mod rollout;
 mod settings;
@@ -118,6 +119,35 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         .method(executor.register(rollout.endpoint())?)
         .start(&transport, executor.config().capacity(), attempt.clone())
         .await?;
+    if !settings.dashboard.listen.is_empty() {
+        // A read-only page: when its port is taken the api still serves.
+        match switchyard_grpc::bind(&settings.dashboard.listen).await {
+            Ok(listener) => {
+                let address = listener
+                    .local_addr()
+                    .context("reading the page's address")?;
+                tracing::info!("rollout page on http://{address}/");
+                let loopback = address.ip().is_loopback();
+                let page = dashboard::Dashboard {
+                    rollout: rollout.clone(),
+                    heartbeat_interval: interval,
+                    trace_url: settings.dashboard.trace_url.clone(),
+                    tokens: if loopback {
+                        Vec::new()
+                    } else {
+                        settings.api.auth_tokens.clone()
+                    },
+                };
+                tokio::spawn(dashboard::serve(listener, page, attempt.clone()));
+            }
+            Err(switchyard_grpc::GrpcError::Bind { address, source }) => {
+                tracing::error!(
+                    "no rollout page: cannot listen on {address} (dashboard.listen): {source}"
+                )
+            }
+            Err(error) => tracing::error!("no rollout page (dashboard.listen): {error}"),
+        }
+    }
     let rpc = RpcClient::new(&transport).await?;
     let backends = metering::Backends {
         rpc: rpc.clone(),

@@ -20,6 +20,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::dashboard::Board;
+use crate::dashboard::board::Trace;
 use crate::rollout::Rollout;
 
 type QueryClient = SampleQueryClient<InterceptedService<Channel, TraceInterceptor>>;
@@ -215,6 +217,7 @@ pub struct MeteringApi {
     rollout: BoundEndpoint<GetRolloutRequest, GrpcOutcome<GetRolloutResponse>>,
     promote: BoundEndpoint<PromoteCanaryRequest, GrpcOutcome<PromoteCanaryResponse>>,
     overload_wait: Duration,
+    board: Board,
 }
 
 fn bind<Req, Resp, F, Fut>(
@@ -294,7 +297,34 @@ impl MeteringApi {
             )?,
             promote: bind(executor, 9, backends, promote_canary)?,
             overload_wait,
+            board: backends.rollout.board().clone(),
         })
+    }
+
+    /// Runs one call; the rollout page lists it among the recent calls
+    /// (except the rollout table's own polls).
+    async fn unary<Req, Resp>(
+        &self,
+        endpoint: &BoundEndpoint<Req, GrpcOutcome<Resp>>,
+        request: Request<Req>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        switchyard_grpc::unary_observed(endpoint, request, self.overload_wait, |finished| {
+            if finished.method == METHODS[8] {
+                return;
+            }
+            self.board.call(Trace {
+                at_ms: crate::dashboard::now_ms(),
+                method: finished.method,
+                trace_id: finished.trace_id.unwrap_or_default(),
+                code: switchyard_grpc::code_name(finished.code).to_string(),
+                millis: finished.elapsed.as_secs_f64() * 1000.0,
+            });
+        })
+        .await
     }
 }
 
@@ -304,60 +334,60 @@ impl Metering for MeteringApi {
         &self,
         request: Request<PostSamplesRequest>,
     ) -> Result<Response<PostSamplesResponse>, Status> {
-        switchyard_grpc::unary(&self.post_samples, request, self.overload_wait).await
+        self.unary(&self.post_samples, request).await
     }
     async fn list_meters(
         &self,
         request: Request<ListMetersRequest>,
     ) -> Result<Response<ListMetersResponse>, Status> {
-        switchyard_grpc::unary(&self.list_meters, request, self.overload_wait).await
+        self.unary(&self.list_meters, request).await
     }
     async fn get_statistics(
         &self,
         request: Request<GetStatisticsRequest>,
     ) -> Result<Response<GetStatisticsResponse>, Status> {
-        switchyard_grpc::unary(&self.statistics, request, self.overload_wait).await
+        self.unary(&self.statistics, request).await
     }
     async fn create_alarm(
         &self,
         request: Request<CreateAlarmRequest>,
     ) -> Result<Response<Alarm>, Status> {
-        switchyard_grpc::unary(&self.create_alarm, request, self.overload_wait).await
+        self.unary(&self.create_alarm, request).await
     }
     async fn get_alarm(
         &self,
         request: Request<GetAlarmRequest>,
     ) -> Result<Response<Alarm>, Status> {
-        switchyard_grpc::unary(&self.get_alarm, request, self.overload_wait).await
+        self.unary(&self.get_alarm, request).await
     }
     async fn list_alarms(
         &self,
         request: Request<ListAlarmsRequest>,
     ) -> Result<Response<ListAlarmsResponse>, Status> {
-        switchyard_grpc::unary(&self.list_alarms, request, self.overload_wait).await
+        self.unary(&self.list_alarms, request).await
     }
     async fn delete_alarm(
         &self,
         request: Request<DeleteAlarmRequest>,
     ) -> Result<Response<DeleteAlarmResponse>, Status> {
-        switchyard_grpc::unary(&self.delete_alarm, request, self.overload_wait).await
+        self.unary(&self.delete_alarm, request).await
     }
     async fn get_alarm_history(
         &self,
         request: Request<GetAlarmHistoryRequest>,
     ) -> Result<Response<GetAlarmHistoryResponse>, Status> {
-        switchyard_grpc::unary(&self.alarm_history, request, self.overload_wait).await
+        self.unary(&self.alarm_history, request).await
     }
     async fn get_rollout(
         &self,
         request: Request<GetRolloutRequest>,
     ) -> Result<Response<GetRolloutResponse>, Status> {
-        switchyard_grpc::unary(&self.rollout, request, self.overload_wait).await
+        self.unary(&self.rollout, request).await
     }
     async fn promote_canary(
         &self,
         request: Request<PromoteCanaryRequest>,
     ) -> Result<Response<PromoteCanaryResponse>, Status> {
-        switchyard_grpc::unary(&self.promote, request, self.overload_wait).await
+        self.unary(&self.promote, request).await
     }
 }

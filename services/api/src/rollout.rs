@@ -13,6 +13,8 @@ use switchyard_messaging::EndpointError;
 use switchyard_proto::messaging::v1::Heartbeat;
 use switchyard_proto::metering::v1::{GetRolloutResponse, InstanceStatus};
 
+use crate::dashboard::{self, Board};
+
 /// Silent this many heartbeat intervals, an instance leaves the table.
 const FORGET_AFTER_INTERVALS: u32 = 30;
 
@@ -20,31 +22,49 @@ const FORGET_AFTER_INTERVALS: u32 = 30;
 /// liveness, wall clock for display).
 type Seen = (InstanceStatus, Instant, SystemTime);
 
-/// Heartbeats received, by (service, instance).
+/// Heartbeats received, by (service, instance), and what the rollout page
+/// keeps of them.
 #[derive(Debug, Clone, Default)]
 pub struct Rollout {
     seen: Arc<Mutex<BTreeMap<(String, String), Seen>>>,
+    board: Board,
 }
 
 impl Rollout {
+    /// What the rollout page shows.
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
     /// The endpoint heartbeats fan out to.
     pub fn endpoint(&self) -> Endpoint<Heartbeat, Result<Heartbeat, EndpointError>> {
         let seen = Arc::clone(&self.seen);
+        let board = self.board.clone();
         Endpoint::from_async(
             switchyard_messaging::heartbeat::METHOD,
             move |_, heartbeat: Heartbeat| {
                 let seen = Arc::clone(&seen);
+                let board = board.clone();
                 async move {
                     let status = heartbeat.status.clone().ok_or_else(|| {
                         EndpointError::InvalidArgument("field `status`: is required".into())
                     })?;
                     let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
                     let key = (status.service.clone(), status.instance_id.clone());
+                    let now = dashboard::now_ms();
                     if status.stopped {
                         seen.remove(&key);
+                        board.left(&status.service, &status.instance_id);
                     } else {
-                        seen.insert(key, (status, Instant::now(), SystemTime::now()));
+                        board.heartbeat(&status, now);
+                        seen.insert(key, (status.clone(), Instant::now(), SystemTime::now()));
                     }
+                    let service: Vec<&InstanceStatus> = seen
+                        .iter()
+                        .filter(|((name, _), _)| *name == status.service)
+                        .map(|(_, (s, _, _))| s)
+                        .collect();
+                    board.shape(&status.service, &service, now);
                     Ok(heartbeat)
                 }
             },

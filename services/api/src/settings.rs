@@ -44,6 +44,8 @@ pub struct ApiSettings {
     pub grpc: GrpcConfig,
     pub rollout: RolloutConfig,
     pub api: ApiConfig,
+    /// `[dashboard]`: the rollout page.
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 impl Default for ApiSettings {
@@ -60,6 +62,7 @@ impl Default for ApiSettings {
             grpc: GrpcConfig::default(),
             rollout: RolloutConfig::default(),
             api: ApiConfig::default(),
+            dashboard: crate::dashboard::DashboardConfig::default(),
         }
     }
 }
@@ -97,6 +100,10 @@ impl Settings for ApiSettings {
         {
             problems.push(("api.alarm_call_timeout_ms".into(), problem));
         }
+        problems.extend(switchyard_service::in_section(
+            "dashboard",
+            self.dashboard.problems(&self.api.auth_tokens),
+        ));
         problems
     }
 }

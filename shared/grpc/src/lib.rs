@@ -27,7 +27,7 @@ use tracing::{Instrument, field};
 pub use connections::{ConnectionLimits, LimitedStream};
 pub use readiness::Readiness;
 pub use retry::{never_sent, retry_unsent};
-pub use status::{from_dispatch, invalid_argument, not_found};
+pub use status::{code_name, from_dispatch, invalid_argument, not_found};
 
 /// The `[grpc]` section of a service that serves gRPC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +189,33 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
+    unary_observed(endpoint, request, overload_wait, |_| {}).await
+}
+
+/// One finished unary call, as [`unary_observed`] reports it.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The endpoint's name, e.g. `Metering/PostSamples`.
+    pub method: String,
+    /// The server span's trace id, when traced.
+    pub trace_id: Option<String>,
+    /// The status the caller got.
+    pub code: tonic::Code,
+    /// From the request's arrival to the answer.
+    pub elapsed: Duration,
+}
+
+/// [`unary`], then `observe` is told how the call ended.
+pub async fn unary_observed<Req, Resp>(
+    endpoint: &BoundEndpoint<Req, GrpcOutcome<Resp>>,
+    request: Request<Req>,
+    overload_wait: Duration,
+    observe: impl FnOnce(Finished),
+) -> Result<Response<Resp>, Status>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
     let received = Instant::now();
     let span = tracing::info_span!(
         "grpc.server",
@@ -221,6 +248,12 @@ where
         Err(status) => status.code(),
     };
     span.record("rpc.grpc.status_code", code as i64);
+    observe(Finished {
+        method: endpoint.name().to_string(),
+        trace_id: switchyard_telemetry::propagation::trace_id(&span),
+        code,
+        elapsed: received.elapsed(),
+    });
     result
 }
 

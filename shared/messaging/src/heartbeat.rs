@@ -16,7 +16,7 @@ use switchyard_executor::{Endpoint, Executor, Phase};
 use switchyard_proto::catalogue;
 use switchyard_proto::messaging::v1::{Heartbeat, PromoteCanary, RolledBack};
 use switchyard_proto::metering::v1::InstanceStatus;
-use switchyard_service::{Running, SupervisorLink};
+use switchyard_service::{Running, SupervisorLink, canary};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -93,6 +93,9 @@ pub fn status(
         role: supervisor.role().to_string(),
         rollout: supervisor.rollout_note(),
         stopped: false,
+        run_times: 0,
+        run_time_p50_us: 0,
+        run_time_p99_us: 0,
     }
 }
 
@@ -219,9 +222,19 @@ fn spawn_heartbeats(
                 started,
             )
         };
+        let mut cursor = 0;
         loop {
+            let (mut run_times, next) = running.executor.recent_run_times(cursor);
+            cursor = next;
+            run_times.sort_unstable();
+            let micros = |q| canary::quantile(&run_times, q).as_micros() as u64;
             let heartbeat = Heartbeat {
-                status: Some(now()),
+                status: Some(InstanceStatus {
+                    run_times: run_times.len() as u64,
+                    run_time_p50_us: micros(0.5),
+                    run_time_p99_us: micros(0.99),
+                    ..now()
+                }),
             };
             match client.fanout(&target, METHOD, &heartbeat).await {
                 Ok(()) => {}

@@ -1,7 +1,7 @@
 //! Every message decoder meets arbitrary bytes without panicking: random
 //! inputs and mutations of valid encodings, from a fixed seed so a failure
-//! reproduces. A deterministic stand-in for the cargo-fuzz targets in `fuzz/`,
-//! which need a nightly toolchain.
+//! reproduces. A deterministic floor under every test run; the real fuzzing
+//! is `scripts/fuzz` (cargo-fuzz targets in `fuzz/`, docs/fuzzing.md).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 

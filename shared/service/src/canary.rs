@@ -494,7 +494,8 @@ pub fn judge(canary: &Sample, main: &Sample, config: &CanaryConfig) -> Judgement
 }
 
 /// The `q` quantile of sorted run times (nearest rank).
-fn quantile(sorted_us: &[u32], q: f64) -> Duration {
+/// The `q` quantile of ascending run times (nearest rank); zero when empty.
+pub fn quantile(sorted_us: &[u32], q: f64) -> Duration {
     if sorted_us.is_empty() {
         return Duration::ZERO;
     }

@@ -43,6 +43,16 @@ pub fn set_parent_from<'a>(
     span.set_parent(context).is_ok()
 }
 
+/// The trace id of `span` (32 hex digits), when it is traced.
+pub fn trace_id(span: &Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
 /// Writes the trace context of `span` into gRPC request metadata.
 pub fn inject_metadata(span: &Span, metadata: &mut MetadataMap) {
     for (key, value) in inject(span) {
