@@ -7,7 +7,10 @@
 //! 3. I/O-bound RPC: the endpoint waits 20 ms, at 64, 256 and 1024 callers;
 //! 4. gRPC unary echo;
 //! 5. the raw contenders beside each, as a ratio;
-//! 6. resident memory with 1,000 requests dispatched.
+//! 6. resident memory with 1,000 requests dispatched;
+//! 7. with `--statistics`: `GetStatistics` for 16 meters against PostgreSQL,
+//!    the real collector binary in each phase (blocking form one query after
+//!    another, async form all at once), written to `statistics.md`.
 //!
 //! Writes `run-<unix>.json`, `README.md` (the table) and `throughput.svg`
 //! under `--out` (default `docs/bench`).
@@ -17,6 +20,7 @@ mod grpc;
 mod measure;
 mod memory;
 mod report;
+mod statistics;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -43,6 +47,13 @@ struct Args {
     /// Run only `async` RPC echo with this many callers for 5 s (for a profiler).
     #[arg(long, value_name = "CALLERS")]
     profile_echo: Option<usize>,
+    /// Run only the statistics workload (the collector binary against
+    /// PostgreSQL) and write `statistics.md` under `--out`.
+    #[arg(long)]
+    statistics: bool,
+    /// The collector binary for `--statistics` (default: beside this one).
+    #[arg(long)]
+    collector: Option<PathBuf>,
 }
 
 const CONTENDERS: [Option<Phase>; 4] = [
@@ -122,6 +133,28 @@ fn main() -> anyhow::Result<()> {
             result
         })?;
         println!("{result:?}");
+        return Ok(());
+    }
+    if args.statistics {
+        let collector = match &args.collector {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?.with_file_name("switchyard-collector"),
+        };
+        let (per_meter, callers, cell) = if args.quick {
+            (2_000, vec![1, 4], Duration::from_millis(500))
+        } else {
+            (20_000, vec![1, 4, 16], Duration::from_secs(3))
+        };
+        let cells = runtime.block_on(statistics::run(&collector, per_meter, &callers, cell))?;
+        let command = if args.quick {
+            "scripts/bench --quick"
+        } else {
+            "scripts/bench"
+        };
+        let text = statistics::markdown(&cells, per_meter, command);
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(args.out.join("statistics.md"), &text)?;
+        println!("{text}");
         return Ok(());
     }
     let (cell, echo_callers, io_callers, sizes) = if args.quick {

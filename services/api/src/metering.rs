@@ -264,8 +264,9 @@ impl MeteringApi {
                 2,
                 backends,
                 |b, r: GetStatisticsRequest| async move {
-                    if r.meter.is_empty() {
-                        return Err(invalid_argument("meter", "is required"));
+                    // The rest is checked where the queries run.
+                    if r.meter.is_empty() && r.meters.is_empty() {
+                        return Err(invalid_argument("meter", "is required (or `meters`)"));
                     }
                     let reply = retry_unsent(|| {
                         let (mut collector, r) = (b.collector.clone(), r.clone());

@@ -45,10 +45,12 @@ enum Command {
         #[arg(long, default_value = "")]
         project: String,
     },
-    /// Statistics of one meter per period.
+    /// Statistics per period of one meter, or of several at once (repeat
+    /// `--meter`); prints how long the answer took.
     Stats {
-        #[arg(long)]
-        meter: String,
+        /// The meter; repeat for several in one request.
+        #[arg(long, required = true)]
+        meter: Vec<String>,
         #[arg(long, default_value = "")]
         resource: String,
         #[arg(long, default_value = "")]
@@ -430,10 +432,16 @@ async fn main() -> anyhow::Result<()> {
                 seconds: end.seconds - since_minutes * 60,
                 nanos: 0,
             };
-            let buckets = connect(&cli)
-                .await?
+            let (one, several) = match meter.as_slice() {
+                [one] => (one.clone(), Vec::new()),
+                several => (String::new(), several.to_vec()),
+            };
+            let mut client = connect(&cli).await?;
+            let asked = std::time::Instant::now();
+            let answer = client
                 .get_statistics(GetStatisticsRequest {
-                    meter: meter.clone(),
+                    meter: one.clone(),
+                    meters: several,
                     resource_id: resource.clone(),
                     project_id: project.clone(),
                     start: Some(start),
@@ -444,19 +452,39 @@ async fn main() -> anyhow::Result<()> {
                     period_seconds: *period,
                 })
                 .await?
-                .into_inner()
-                .buckets;
-            println!(
-                "{:<22} {:>7} {:>10} {:>10} {:>10} {:>12}",
-                "PERIOD START (unix)", "COUNT", "MIN", "MAX", "AVG", "SUM"
-            );
-            for b in buckets {
-                let start = b.period_start.map(|t| t.seconds).unwrap_or_default();
+                .into_inner();
+            let took = asked.elapsed();
+            let tables = if answer.by_meter.is_empty() {
+                vec![(one, answer.buckets)]
+            } else {
+                answer
+                    .by_meter
+                    .into_iter()
+                    .map(|m| (m.meter, m.buckets))
+                    .collect()
+            };
+            let meters = tables.len();
+            for (name, buckets) in tables {
+                if meters > 1 {
+                    println!("{name}:");
+                }
                 println!(
-                    "{start:<22} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.2}",
-                    b.count, b.min, b.max, b.avg, b.sum
+                    "{:<22} {:>7} {:>10} {:>10} {:>10} {:>12}",
+                    "PERIOD START (unix)", "COUNT", "MIN", "MAX", "AVG", "SUM"
                 );
+                for b in buckets {
+                    let start = b.period_start.map(|t| t.seconds).unwrap_or_default();
+                    println!(
+                        "{start:<22} {:>7} {:>10.2} {:>10.2} {:>10.2} {:>12.2}",
+                        b.count, b.min, b.max, b.avg, b.sum
+                    );
+                }
             }
+            eprintln!(
+                "statistics for {meters} meter{} in {:.1} ms",
+                if meters == 1 { "" } else { "s" },
+                took.as_secs_f64() * 1000.0
+            );
             Ok(())
         }
         Command::Alarms { command } => {
@@ -567,7 +595,7 @@ async fn main() -> anyhow::Result<()> {
 
 fn print_rollout(instances: &[InstanceStatus]) {
     println!(
-        "{:<10} {:<22} {:<9} {:<7} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}",
+        "{:<10} {:<22} {:<9} {:<7} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}  TWO-FORM ENDPOINTS RUN",
         "SERVICE",
         "INSTANCE",
         "PHASE",
@@ -581,7 +609,7 @@ fn print_rollout(instances: &[InstanceStatus]) {
     );
     for i in instances {
         println!(
-            "{:<10} {:<22} {:<9} {:<7} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}",
+            "{:<10} {:<22} {:<9} {:<7} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}  {}",
             i.service,
             i.instance_id,
             i.phase,
@@ -591,7 +619,8 @@ fn print_rollout(instances: &[InstanceStatus]) {
             i.handled,
             i.failed,
             i.slow_polls,
-            i.offloaded
+            i.offloaded,
+            forms(i)
         );
     }
     // The launchers' rollout states (a rollback and why), once per service.
@@ -605,6 +634,23 @@ fn print_rollout(instances: &[InstanceStatus]) {
     for (service, note) in notes {
         println!("{service}: {note}");
     }
+}
+
+/// How many of the instance's two-form endpoints run which form, e.g.
+/// `3 async`; `-` when it has none.
+fn forms(instance: &InstanceStatus) -> String {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for form in instance.endpoint_forms.values() {
+        *counts.entry(form.as_str()).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return "-".into();
+    }
+    counts
+        .iter()
+        .map(|(form, n)| format!("{n} {form}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `rollout promote`: asks the api to promote, then optionally waits until

@@ -2,12 +2,14 @@
 //!
 //! | endpoint | transport | kind |
 //! |---|---|---|
-//! | `record_samples` | AMQP cast on topic `collector` | blocking |
-//! | `SampleQuery/ListMeters` | gRPC | blocking |
-//! | `SampleQuery/GetStatistics` | gRPC | blocking |
+//! | `record_samples` | AMQP cast on topic `collector` | both |
+//! | `SampleQuery/ListMeters` | gRPC | both |
+//! | `SampleQuery/GetStatistics` | gRPC (one meter, or several at once) | both |
 //!
-//! Runs in every phase (blocking bodies are offloaded in `async`, refused
-//! with `strict`). Pinned to `threaded` in `deploy/config/collector.toml`.
+//! Mid-migration: every endpoint is written both ways, so the collector
+//! runs in every phase, blocking bodies in `threaded`, async ones elsewhere
+//! (nothing offloaded, `strict` accepted). Pinned to `threaded` in
+//! `deploy/config/collector.toml`.
 
 mod query;
 mod samples;

@@ -1,9 +1,11 @@
 //! Samples: storing them (idempotent on the sample id) and computing
 //! statistics in SQL.
 //!
-//! The collector is the legacy part of the fleet: its endpoints are still
-//! blocking functions that wait on the database. They run on pool threads in
-//! `threaded` and `bridged`, and are offloaded in `async`.
+//! The collector is the part of the fleet that waits on its database, which
+//! is why it migrates first: its endpoints are written both ways
+//! (`Endpoint::both`). In `threaded` the legacy blocking bodies hold a pool
+//! thread while the database works; in `bridged` and `async` the async
+//! bodies await sqlx and nothing is offloaded.
 
 use std::collections::BTreeSet;
 
@@ -40,11 +42,11 @@ pub use switchyard_proto::catalogue::method::RECORD_SAMPLES;
 pub fn endpoints() -> Vec<EndpointSpec> {
     [
         RECORD_SAMPLES,
-        "SampleQuery/ListMeters",
-        "SampleQuery/GetStatistics",
+        crate::query::LIST_METERS,
+        crate::query::GET_STATISTICS,
     ]
     .into_iter()
-    .map(|name| EndpointSpec::new(name, EndpointKind::Blocking))
+    .map(|name| EndpointSpec::new(name, EndpointKind::Both))
     .collect()
 }
 
@@ -138,64 +140,90 @@ async fn store_on(
     Ok(stored)
 }
 
-/// `record_samples`: validate, store, then announce the batch.
+/// The checks a batch passes before anything is stored.
+fn checked(batch: &RecordSamples) -> Result<(), EndpointError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    switchyard_proto::validate::samples(&batch.samples, now)
+        .map_err(|problem| EndpointError::InvalidArgument(problem.to_string()))?;
+    if let Some(index) = batch.samples.iter().position(|s| s.id.is_empty()) {
+        return Err(EndpointError::InvalidArgument(format!(
+            "field `samples[{index}].id`: the api assigns ids; a message without one cannot be stored idempotently"
+        )));
+    }
+    Ok(())
+}
+
+fn storage_failed(error: StorageError) -> EndpointError {
+    match error.fault() {
+        // Counted retries, then the dead-letter queue with the reason.
+        Fault::Data => EndpointError::Transient(error.to_string()),
+        // Not the message's fault: waited out for as long as it takes.
+        Fault::Dependency => EndpointError::Unavailable(error.to_string()),
+    }
+}
+
+/// What the batch announces once stored.
+fn recorded(batch: &RecordSamples, stored: u64) -> SampleRecorded {
+    tracing::debug!(
+        stored,
+        of = batch.samples.len(),
+        "stored {stored} new samples of {}",
+        batch.samples.len()
+    );
+    let distinct = |pick: fn(&Sample) -> &String| {
+        batch
+            .samples
+            .iter()
+            .map(|s| pick(s).clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    SampleRecorded {
+        meters: distinct(|s| &s.meter),
+        resource_ids: distinct(|s| &s.resource_id),
+        stored: stored as u32,
+    }
+}
+
+/// Validate, store, announce: the one sequence both forms run.
+async fn record(
+    database: &Database,
+    notifier: &Notifier,
+    batch: RecordSamples,
+) -> Result<SampleRecorded, EndpointError> {
+    checked(&batch)?;
+    let stored = store(database, &batch.samples)
+        .await
+        .map_err(storage_failed)?;
+    let recorded = recorded(&batch, stored);
+    notifier
+        .notify(Priority::Info, SAMPLE_RECORDED, &recorded)
+        .await
+        .map_err(|error| EndpointError::Unavailable(format!("announcing the batch: {error}")))?;
+    Ok(recorded)
+}
+
+/// `record_samples`: validate, store, then announce the batch. Written both
+/// ways: the legacy blocking body (`threaded`) blocks its pool thread on the
+/// same sequence the async body (`bridged`, `async`) awaits.
 pub fn record_samples(
     database: Database,
     notifier: Notifier,
     runtime: Handle,
 ) -> Endpoint<RecordSamples, Result<SampleRecorded, EndpointError>> {
-    Endpoint::blocking(RECORD_SAMPLES, move |_, batch: RecordSamples| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        switchyard_proto::validate::samples(&batch.samples, now)
-            .map_err(|problem| EndpointError::InvalidArgument(problem.to_string()))?;
-        if let Some(index) = batch.samples.iter().position(|s| s.id.is_empty()) {
-            return Err(EndpointError::InvalidArgument(format!(
-                "field `samples[{index}].id`: the api assigns ids; a message without one cannot be stored idempotently"
-            )));
-        }
-        // Blocking on purpose: this is the legacy code path the phases migrate.
-        let stored =
-            runtime
-                .block_on(store(&database, &batch.samples))
-                .map_err(|error| match error.fault() {
-                    // Counted retries, then the dead-letter queue with the reason.
-                    Fault::Data => EndpointError::Transient(error.to_string()),
-                    // Not the message's fault: waited out for as long as it takes.
-                    Fault::Dependency => EndpointError::Unavailable(error.to_string()),
-                })?;
-        tracing::debug!(
-            stored,
-            of = batch.samples.len(),
-            "stored {stored} new samples of {}",
-            batch.samples.len()
-        );
-        let recorded = SampleRecorded {
-            meters: batch
-                .samples
-                .iter()
-                .map(|s| s.meter.clone())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect(),
-            resource_ids: batch
-                .samples
-                .iter()
-                .map(|s| s.resource_id.clone())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect(),
-            stored: stored as u32,
-        };
-        runtime
-            .block_on(notifier.notify(Priority::Info, SAMPLE_RECORDED, &recorded))
-            .map_err(|error| {
-                EndpointError::Unavailable(format!("announcing the batch: {error}"))
-            })?;
-        Ok(recorded)
-    })
+    let (db, announce) = (database.clone(), notifier.clone());
+    Endpoint::both(
+        RECORD_SAMPLES,
+        move |_, batch: RecordSamples| runtime.block_on(record(&db, &announce, batch)),
+        move |_, batch: RecordSamples| {
+            let (database, notifier) = (database.clone(), notifier.clone());
+            async move { record(&database, &notifier, batch).await }
+        },
+    )
 }
 
 /// The meters seen, with their units and sample counts.
@@ -290,5 +318,8 @@ pub async fn statistics(
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(StorageError::query("reading statistics"))?;
-    Ok(GetStatisticsResponse { buckets })
+    Ok(GetStatisticsResponse {
+        buckets,
+        by_meter: Vec::new(),
+    })
 }

@@ -98,8 +98,7 @@ async fn sigterm_drains_the_call_in_flight_and_exits_zero() {
             })
             .await
     });
-    let in_flight =
-        "switchyard_endpoint_in_flight{service=\"echo\",phase=\"bridged\",endpoint=\"Echo/Say\"} 1";
+    let in_flight = "switchyard_endpoint_in_flight{service=\"echo\",phase=\"bridged\",endpoint=\"Echo/Say\",form=\"async\"} 1";
     let started = Instant::now();
     while !get_metrics(&echo.metrics).contains(in_flight) {
         assert!(

@@ -1,9 +1,12 @@
 //! Alarm evaluation: on every `sample.recorded`, the alarms watching the
 //! batch's meters are evaluated with statistics fetched from the collector.
-//! This endpoint has been ported: it is async (a tonic client, async SQL).
+//! This endpoint has been ported: it is async (a tonic client, async SQL),
+//! and evaluates the alarms one batch touches concurrently.
 
 use std::time::Duration;
 
+use futures_util::TryStreamExt as _;
+use futures_util::future::try_join_all;
 use switchyard_executor::Endpoint;
 use switchyard_grpc::TraceInterceptor;
 use switchyard_messaging::{EndpointError, Handled, Notification, Notifier, Priority};
@@ -111,6 +114,7 @@ async fn evaluate(
         // Samples stamped a little ahead of this clock still count.
         end: Some(alarms::timestamp(now + 60_000)),
         period_seconds: alarm.period_seconds,
+        meters: Vec::new(),
     };
     // A collector worker being replaced may drop the call unsent: sent again.
     let buckets = switchyard_grpc::retry_unsent(|| {
@@ -151,6 +155,9 @@ async fn evaluate(
         .map_err(|error| EndpointError::Unavailable(format!("announcing a transition: {error}")))
 }
 
+/// How many alarms of one batch are evaluated at once.
+const CONCURRENT_EVALUATIONS: usize = 16;
+
 /// The `sample.recorded` endpoint.
 pub fn endpoint(
     database: Database,
@@ -162,19 +169,26 @@ pub fn endpoint(
         move |_, recorded: Notification<SampleRecorded>| {
             let (database, client, notifier) = (database.clone(), client.clone(), notifier.clone());
             async move {
-                for meter in &recorded.payload.meters {
-                    let watching = alarms::watching(&database, meter)
-                        .await
-                        .map_err(|error| EndpointError::Unavailable(error.to_string()))?;
-                    for alarm in watching {
-                        if !alarm.resource_id.is_empty()
-                            && !recorded.payload.resource_ids.contains(&alarm.resource_id)
-                        {
-                            continue;
-                        }
-                        evaluate(alarm, &database, &client, &notifier).await?;
-                    }
-                }
+                let payload = &recorded.payload;
+                let watching = try_join_all(
+                    payload
+                        .meters
+                        .iter()
+                        .map(|meter| alarms::watching(&database, meter)),
+                )
+                .await
+                .map_err(|error| EndpointError::Unavailable(error.to_string()))?;
+                let touched = watching.into_iter().flatten().filter(|alarm| {
+                    alarm.resource_id.is_empty()
+                        || payload.resource_ids.contains(&alarm.resource_id)
+                });
+                // The alarms one batch touches are independent: evaluated
+                // at once (each a statistics call and perhaps a transition).
+                futures_util::stream::iter(touched.map(Ok))
+                    .try_for_each_concurrent(CONCURRENT_EVALUATIONS, |alarm| {
+                        evaluate(alarm, &database, &client, &notifier)
+                    })
+                    .await?;
                 Ok(Handled::Handled)
             }
         },

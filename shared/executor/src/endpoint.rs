@@ -31,13 +31,36 @@ impl<Req, Out> Clone for Body<Req, Out> {
     }
 }
 
+/// The bodies an endpoint was written with: one, or both during a
+/// migration (the executor keeps the one its phase runs).
+pub(crate) enum Forms<Req, Out> {
+    One(Body<Req, Out>),
+    Both {
+        blocking: Arc<BlockingBody<Req, Out>>,
+        r#async: Arc<AsyncBody<Req, Out>>,
+    },
+}
+
+impl<Req, Out> Forms<Req, Out> {
+    /// The body that runs in `phase`.
+    pub(crate) fn for_phase(self, phase: Phase) -> Body<Req, Out> {
+        match self {
+            Forms::One(body) => body,
+            Forms::Both { blocking, r#async } => match EndpointKind::Both.form_in(phase) {
+                EndpointKind::Blocking => Body::Blocking(blocking),
+                _ => Body::Async(r#async),
+            },
+        }
+    }
+}
+
 /// A named handler, not yet bound to an executor.
 ///
 /// `Out` is what the body returns; when it is a `Result`, an `Err` counts as a
 /// failed request in the statistics (see [`Outcome`]).
 pub struct Endpoint<Req, Out> {
     pub(crate) name: String,
-    pub(crate) body: Body<Req, Out>,
+    pub(crate) forms: Forms<Req, Out>,
 }
 
 impl<Req, Out> std::fmt::Debug for Endpoint<Req, Out> {
@@ -55,11 +78,12 @@ impl<Req, Out> Endpoint<Req, Out> {
         &self.name
     }
 
-    /// Blocking or async.
+    /// Blocking, async, or both.
     pub fn kind(&self) -> EndpointKind {
-        match self.body {
-            Body::Blocking(_) => EndpointKind::Blocking,
-            Body::Async(_) => EndpointKind::Async,
+        match self.forms {
+            Forms::One(Body::Blocking(_)) => EndpointKind::Blocking,
+            Forms::One(Body::Async(_)) => EndpointKind::Async,
+            Forms::Both { .. } => EndpointKind::Both,
         }
     }
 
@@ -81,7 +105,7 @@ where
     {
         Self {
             name: name.into(),
-            body: Body::Blocking(Arc::new(body)),
+            forms: Forms::One(Body::Blocking(Arc::new(body))),
         }
     }
 
@@ -93,7 +117,28 @@ where
     {
         Self {
             name: name.into(),
-            body: Body::Async(Arc::new(move |cx, req| Box::pin(body(cx, req)))),
+            forms: Forms::One(Body::Async(Arc::new(move |cx, req| {
+                Box::pin(body(cx, req))
+            }))),
+        }
+    }
+
+    /// An endpoint written both ways while it migrates: the old blocking
+    /// body and the new async one, side by side in one binary. `threaded`
+    /// runs `blocking`; `bridged` and `async` run `body` (nothing offloaded).
+    /// The two must do the same thing: the phase, not the caller, picks.
+    pub fn both<B, F, Fut>(name: impl Into<String>, blocking: B, body: F) -> Self
+    where
+        B: Fn(Context, Req) -> Out + Send + Sync + 'static,
+        F: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Out> + Send + 'static,
+    {
+        Self {
+            name: name.into(),
+            forms: Forms::Both {
+                blocking: Arc::new(blocking),
+                r#async: Arc::new(move |cx, req| Box::pin(body(cx, req))),
+            },
         }
     }
 }

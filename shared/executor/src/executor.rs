@@ -208,9 +208,11 @@ impl Executor {
         if let Some(mismatch) = Self::check(&self.inner.config, &[endpoint.spec()]).pop() {
             return Err(mismatch);
         }
+        let phase = self.inner.config.phase;
         let counters = Arc::new(EndpointCounters::new(
             endpoint.name.clone(),
             endpoint.kind(),
+            endpoint.kind().form_in(phase),
             Arc::clone(&self.inner.recent),
         ));
         if let Ok(mut endpoints) = self.inner.endpoints.lock() {
@@ -218,7 +220,7 @@ impl Executor {
         }
         Ok(BoundEndpoint {
             name: Arc::from(endpoint.name.as_str()),
-            body: endpoint.body,
+            body: endpoint.forms.for_phase(phase),
             counters,
             executor: self.clone(),
         })

@@ -51,7 +51,7 @@ impl Phase {
     /// for [`Phase::Async`], where it refuses blocking endpoints instead of
     /// offloading them.
     pub fn can_run(self, kind: EndpointKind, strict: bool) -> bool {
-        match (self, kind) {
+        match (self, kind.form_in(self)) {
             (Phase::Threaded, EndpointKind::Async) => false,
             (Phase::Async, EndpointKind::Blocking) => !strict,
             _ => true,
@@ -81,6 +81,23 @@ pub enum EndpointKind {
     Blocking,
     /// An async function; it must not block the thread that polls it.
     Async,
+    /// Written both ways, for the length of a migration: the phase picks
+    /// the form that runs ([`EndpointKind::form_in`]).
+    Both,
+}
+
+impl EndpointKind {
+    /// The form that runs in `phase`: an endpoint written both ways runs its
+    /// blocking body in `threaded` and its async body in `bridged` and
+    /// `async` (where the blocking one would only be offloaded); an endpoint
+    /// written one way runs that way.
+    pub fn form_in(self, phase: Phase) -> EndpointKind {
+        match (self, phase) {
+            (EndpointKind::Both, Phase::Threaded) => EndpointKind::Blocking,
+            (EndpointKind::Both, _) => EndpointKind::Async,
+            (kind, _) => kind,
+        }
+    }
 }
 
 impl fmt::Display for EndpointKind {
@@ -88,6 +105,7 @@ impl fmt::Display for EndpointKind {
         f.write_str(match self {
             EndpointKind::Blocking => "blocking",
             EndpointKind::Async => "async",
+            EndpointKind::Both => "both",
         })
     }
 }
@@ -128,5 +146,14 @@ mod tests {
             Phase::accepting(EndpointKind::Async, false),
             vec![Phase::Bridged, Phase::Async]
         );
+    }
+
+    #[test]
+    fn an_endpoint_in_both_forms_runs_blocking_in_threaded_and_async_elsewhere() {
+        use EndpointKind::*;
+        let forms: Vec<EndpointKind> = Phase::ALL.iter().map(|p| Both.form_in(*p)).collect();
+        assert_eq!(forms, [Blocking, Async, Async]);
+        assert_eq!(Phase::accepting(Both, true), Phase::ALL.to_vec());
+        assert_eq!(Blocking.form_in(Phase::Async), Blocking);
     }
 }

@@ -113,6 +113,9 @@ impl HistogramSnapshot {
 #[derive(Debug)]
 pub(crate) struct EndpointCounters {
     pub name: String,
+    /// How it was written (blocking, async or both).
+    pub declared: EndpointKind,
+    /// The form that runs in the executor's phase (blocking or async).
     pub kind: EndpointKind,
     pub queued: AtomicI64,
     pub in_flight: AtomicI64,
@@ -133,11 +136,13 @@ pub(crate) struct EndpointCounters {
 impl EndpointCounters {
     pub fn new(
         name: String,
+        declared: EndpointKind,
         kind: EndpointKind,
         recent: std::sync::Arc<crate::recent::RecentRunTimes>,
     ) -> Self {
         Self {
             name,
+            declared,
             kind,
             queued: AtomicI64::new(0),
             in_flight: AtomicI64::new(0),
@@ -158,6 +163,7 @@ impl EndpointCounters {
     pub fn snapshot(&self) -> EndpointSnapshot {
         EndpointSnapshot {
             name: self.name.clone(),
+            declared: self.declared,
             kind: self.kind,
             counts: Counts {
                 queued: self.queued.load(Relaxed).max(0) as u64,
@@ -222,7 +228,10 @@ impl Counts {
 pub struct EndpointSnapshot {
     /// Endpoint name.
     pub name: String,
-    /// Blocking or async.
+    /// How it was written: blocking, async, or both.
+    pub declared: EndpointKind,
+    /// The form that runs (blocking or async): for an endpoint written both
+    /// ways, the one the phase picked.
     pub kind: EndpointKind,
     /// Its counters.
     pub counts: Counts,
@@ -346,10 +355,11 @@ impl ExecutorSnapshot {
             for endpoint in &self.endpoints {
                 let _ = writeln!(
                     out,
-                    "switchyard_endpoint_{metric}{{service=\"{}\",phase=\"{}\",endpoint=\"{}\"}} {}",
+                    "switchyard_endpoint_{metric}{{service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\"}} {}",
                     self.name,
                     self.phase,
                     escape_label(&endpoint.name),
+                    endpoint.kind,
                     read(&endpoint.counts)
                 );
             }
@@ -369,10 +379,11 @@ impl ExecutorSnapshot {
             );
             for endpoint in &self.endpoints {
                 let labels = format!(
-                    "service=\"{}\",phase=\"{}\",endpoint=\"{}\"",
+                    "service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\"",
                     self.name,
                     self.phase,
-                    escape_label(&endpoint.name)
+                    escape_label(&endpoint.name),
+                    endpoint.kind
                 );
                 let histogram = pick(endpoint);
                 let mut cumulative = 0;
@@ -427,8 +438,12 @@ mod tests {
 
     #[test]
     fn prometheus_rendering_has_cumulative_buckets_and_escaped_labels() {
-        let counters =
-            EndpointCounters::new("say \"hi\"".into(), EndpointKind::Async, Default::default());
+        let counters = EndpointCounters::new(
+            "say \"hi\"".into(),
+            EndpointKind::Async,
+            EndpointKind::Async,
+            Default::default(),
+        );
         counters.completed.fetch_add(2, Relaxed);
         counters.run_time.record(Duration::from_micros(3));
         counters.run_time.record(Duration::from_micros(5));
@@ -436,10 +451,10 @@ mod tests {
             ExecutorSnapshot::from_endpoints("svc", Phase::Async, 8, vec![counters.snapshot()]);
         let text = snapshot.render_prometheus();
         assert!(text.contains(
-            "switchyard_endpoint_completed_total{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\"} 2"
+            "switchyard_endpoint_completed_total{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\"} 2"
         ));
-        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",le=\"0.000004\"} 1"));
-        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",le=\"0.000008\"} 2"));
-        assert!(text.contains("switchyard_endpoint_run_seconds_count{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\"} 2"));
+        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\",le=\"0.000004\"} 1"));
+        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\",le=\"0.000008\"} 2"));
+        assert!(text.contains("switchyard_endpoint_run_seconds_count{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\"} 2"));
     }
 }

@@ -61,6 +61,25 @@ async fn run_100_jobs_on_8(phase: Phase, kind: EndpointKind) -> usize {
                 }
             }))
         }
+        EndpointKind::Both => {
+            let (blocking, seen) = (Arc::clone(&seen), Arc::clone(&seen));
+            executor.register(Endpoint::both(
+                "work",
+                move |_, ()| {
+                    blocking.enter();
+                    std::thread::sleep(Duration::from_millis(50));
+                    blocking.leave();
+                },
+                move |_, ()| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        seen.enter();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        seen.leave();
+                    }
+                },
+            ))
+        }
     }
     .expect("phase runs the endpoint");
     let mut calls = tokio::task::JoinSet::new();
@@ -104,6 +123,13 @@ async fn async_phase_never_exceeds_max_in_flight() {
         offloaded <= 8,
         "saw {offloaded} offloaded bodies at once with max_in_flight 8"
     );
+    for phase in Phase::ALL {
+        let most = run_100_jobs_on_8(phase, EndpointKind::Both).await;
+        assert!(
+            most <= 8,
+            "{phase}: saw {most} bodies of both forms at once"
+        );
+    }
 }
 
 /// A blocking endpoint that reports when it starts and then waits for its gate.
@@ -207,7 +233,7 @@ async fn panics_are_contained(phase: Phase) {
         EndpointKind::Blocking => executor.register(Endpoint::blocking("boom", |_, ()| -> () {
             panic!("kaboom")
         })),
-        EndpointKind::Async => executor.register(Endpoint::from_async("boom", |_, ()| async {
+        _ => executor.register(Endpoint::from_async("boom", |_, ()| async {
             panic!("kaboom")
         })),
     }
@@ -627,5 +653,36 @@ async fn bridged_resources_outlive_the_body_that_opened_them() {
             .await
             .expect("dispatched");
         assert_eq!(echoed, Ok(*b"ping"));
+    }
+}
+
+/// An endpoint written both ways runs its blocking body in `threaded` and its
+/// async body in `bridged` and `async`, where nothing is offloaded; the
+/// statistics say which form ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_in_both_forms_runs_the_form_its_phase_picks() {
+    for (phase, form) in [
+        (Phase::Threaded, "blocking"),
+        (Phase::Bridged, "async"),
+        (Phase::Async, "async"),
+    ] {
+        let executor = executor(phase, 4);
+        let endpoint = executor
+            .register(Endpoint::both(
+                "both",
+                |_, ()| Ok::<_, ()>("blocking"),
+                |_, ()| async { Ok::<_, ()>("async") },
+            ))
+            .expect("every phase runs an endpoint written both ways");
+        let ran = endpoint
+            .dispatch((), DispatchOptions::default())
+            .await
+            .expect("dispatched");
+        assert_eq!(ran, Ok(form), "{phase}");
+        let snapshot = executor.snapshot();
+        let stats = &snapshot.endpoints[0];
+        assert_eq!(stats.declared, EndpointKind::Both, "{phase}");
+        assert_eq!(stats.kind.to_string(), form, "{phase}");
+        assert_eq!(stats.counts.offloaded, 0, "{phase}: nothing offloaded");
     }
 }

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use switchyard_executor::{Endpoint, Executor, Phase};
+use switchyard_executor::{Endpoint, EndpointKind, Executor, Phase};
 use switchyard_proto::catalogue;
 use switchyard_proto::messaging::v1::{Heartbeat, PromoteCanary, RolledBack};
 use switchyard_proto::metering::v1::InstanceStatus;
@@ -96,6 +96,12 @@ pub fn status(
         run_times: 0,
         run_time_p50_us: 0,
         run_time_p99_us: 0,
+        endpoint_forms: snapshot
+            .endpoints
+            .iter()
+            .filter(|e| e.declared == EndpointKind::Both)
+            .map(|e| (e.name.clone(), e.kind.to_string()))
+            .collect(),
     }
 }
 

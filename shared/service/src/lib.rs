@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use switchyard_config::{ConfigFlags, Loaded, Loader, Settings};
-use switchyard_executor::{EndpointSpec, Executor};
+use switchyard_executor::{EndpointKind, EndpointSpec, Executor, Phase};
 use switchyard_telemetry::Identity;
 use tokio_util::sync::CancellationToken;
 
@@ -195,9 +195,28 @@ pub fn configure<C: ServiceSettings + Clone>(
                 .map(|f| format!(", file {}", f.display()))
                 .unwrap_or_default()
         );
+        let phase = loaded.settings.executor().phase;
+        for spec in &listed {
+            println!("  {}: {}", spec.name, runs(spec.kind, phase));
+        }
         return Err(ExitCode::SUCCESS);
     }
     Ok(loaded)
+}
+
+/// How an endpoint written as `kind` runs in `phase`, in words.
+fn runs(kind: EndpointKind, phase: Phase) -> String {
+    let form = kind.form_in(phase);
+    let how = match (form, phase) {
+        (EndpointKind::Blocking, Phase::Async) => "offloaded to the blocking pool",
+        (EndpointKind::Blocking, _) => "on a pool thread",
+        (_, Phase::Bridged) => "driven on a pool thread",
+        _ => "as a task",
+    };
+    match kind {
+        EndpointKind::Both => format!("written both ways; the {form} form runs, {how}"),
+        _ => format!("{kind}; runs {how}"),
+    }
 }
 
 /// What a running service is handed.

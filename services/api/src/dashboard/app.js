@@ -25,6 +25,14 @@ function phaseCell(phase) {
   return el("td", { class: "phase phase-" + phase }, phase);
 }
 
+// "3 async" for three endpoints written both ways running their async form.
+function formCounts(forms) {
+  const counts = {};
+  for (const form of Object.values(forms || {})) counts[form] = (counts[form] || 0) + 1;
+  const text = Object.entries(counts).map(([form, n]) => `${n} ${form}`).join(", ");
+  return text || "–";
+}
+
 function renderInstances(instances) {
   const body = document.querySelector("#instances tbody");
   const rows = instances.map((i) =>
@@ -39,9 +47,11 @@ function renderInstances(instances) {
       el("td", { class: "n" }, i.failed),
       el("td", { class: "n" }, i.slow_polls),
       el("td", { class: "n" }, i.offloaded),
+      el("td", { class: "note", title: Object.entries(i.forms).map(([e, f]) => `${e}: ${f}`).join("\n") },
+        formCounts(i.forms)),
       el("td", { class: "note" }, i.rollout || "")));
   if (rows.length === 0) {
-    rows.push(el("tr", {}, el("td", { class: "empty", colspan: "11" }, "no heartbeat heard yet")));
+    rows.push(el("tr", {}, el("td", { class: "empty", colspan: "12" }, "no heartbeat heard yet")));
   }
   body.replaceChildren(...rows);
 }

@@ -86,6 +86,8 @@ pub struct Row {
     pub slow_polls: u64,
     pub offloaded: u64,
     pub rollout: String,
+    /// Endpoints written both ways: the form each runs here.
+    pub forms: std::collections::BTreeMap<String, String>,
 }
 
 impl From<&InstanceStatus> for Row {
@@ -102,6 +104,7 @@ impl From<&InstanceStatus> for Row {
             slow_polls: s.slow_polls,
             offloaded: s.offloaded,
             rollout: s.rollout.clone(),
+            forms: s.endpoint_forms.clone().into_iter().collect(),
         }
     }
 }

@@ -1,0 +1,173 @@
+//! Endpoints in both forms: the collector's endpoints are written blocking
+//! and async side by side. `--check-config` says which form each phase runs;
+//! statistics for many meters come back the same from the blocking form
+//! (`threaded`, one query after another) and the async form (`async`,
+//! queries at once), and the rollout table says which form ran, with nothing
+//! offloaded in `async`.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use support::{BOUND, Fleet, FleetOptions, sample};
+use switchyard_proto::metering::v1::metering_client::MeteringClient;
+use switchyard_proto::metering::v1::*;
+use tonic::transport::Channel;
+
+const METERS: usize = 16;
+
+fn check_config(phase: &str) -> String {
+    let output = Command::new(support::binary("switchyard-collector"))
+        .current_dir(std::env::temp_dir())
+        .env("SWITCHYARD_EXECUTOR__PHASE", phase)
+        .arg("--check-config")
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn check_config_says_which_form_each_phase_runs() {
+    let threaded = check_config("threaded");
+    assert!(
+        threaded.contains(
+            "record_samples: written both ways; the blocking form runs, on a pool thread"
+        ),
+        "{threaded}"
+    );
+    let asynchronous = check_config("async");
+    for endpoint in [
+        "record_samples",
+        "SampleQuery/ListMeters",
+        "SampleQuery/GetStatistics",
+    ] {
+        assert!(
+            asynchronous.contains(&format!(
+                "{endpoint}: written both ways; the async form runs, as a task"
+            )),
+            "{asynchronous}"
+        );
+    }
+}
+
+fn meters(id: &str) -> Vec<String> {
+    (0..METERS).map(|i| format!("forms.{id}.{i:02}")).collect()
+}
+
+async fn statistics(client: &mut MeteringClient<Channel>, meters: &[String]) -> Vec<(String, u64)> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let answer = client
+        .get_statistics(GetStatisticsRequest {
+            meters: meters.to_vec(),
+            project_id: "e2e".into(),
+            start: Some(prost_types::Timestamp {
+                seconds: now - 3600,
+                nanos: 0,
+            }),
+            end: Some(prost_types::Timestamp {
+                seconds: now + 3600,
+                nanos: 0,
+            }),
+            ..GetStatisticsRequest::default()
+        })
+        .await
+        .expect("statistics")
+        .into_inner();
+    assert!(answer.buckets.is_empty());
+    answer
+        .by_meter
+        .into_iter()
+        .map(|m| (m.meter, m.buckets.iter().map(|b| b.count).sum()))
+        .collect()
+}
+
+/// The collector's up instance in the rollout table, once `done` holds.
+async fn collector_row(
+    client: &mut MeteringClient<Channel>,
+    done: impl Fn(&InstanceStatus) -> bool,
+) -> InstanceStatus {
+    let started = Instant::now();
+    loop {
+        let table = client
+            .get_rollout(GetRolloutRequest {})
+            .await
+            .expect("rollout")
+            .into_inner();
+        if let Some(row) = table
+            .instances
+            .into_iter()
+            .find(|i| i.service == "collector" && i.up && done(i))
+        {
+            return row;
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "the collector's row never got there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_forms_answer_the_same_and_the_async_one_offloads_nothing() {
+    let mut fleet = Fleet::start(FleetOptions::default()).await;
+    let mut client = fleet.client().await;
+    let names = meters(&fleet.id);
+    let samples = names
+        .iter()
+        .flat_map(|meter| {
+            (0..3).map(move |n| Sample {
+                meter: meter.clone(),
+                ..sample(String::new(), n as f64)
+            })
+        })
+        .collect();
+    client
+        .post_samples(PostSamplesRequest { samples })
+        .await
+        .expect("posted");
+    fleet.wait_stored(METERS * 3).await;
+    let expected: Vec<(String, u64)> = names.iter().map(|m| (m.clone(), 3)).collect();
+
+    // threaded: the blocking form, one query after another.
+    assert_eq!(statistics(&mut client, &names).await, expected);
+    let row = collector_row(&mut client, |i| i.handled > 0).await;
+    assert_eq!(row.phase, "threaded");
+    assert!(
+        !row.endpoint_forms.is_empty() && row.endpoint_forms.values().all(|f| f == "blocking"),
+        "{row:?}"
+    );
+
+    // async: the async form, the 16 queries at once.
+    assert_eq!(fleet.collector.take().expect("collector").stop(), 0);
+    fleet.start_collector("async");
+    let queried = Instant::now();
+    assert_eq!(statistics(&mut client, &names).await, expected);
+    eprintln!(
+        "statistics for {METERS} meters from the async form: {:?}",
+        queried.elapsed()
+    );
+    let row = collector_row(&mut client, |i| i.phase == "async" && i.handled > 0).await;
+    assert!(
+        row.endpoint_forms.len() == 3 && row.endpoint_forms.values().all(|f| f == "async"),
+        "{row:?}"
+    );
+    assert_eq!(row.offloaded, 0, "the async form offloads nothing: {row:?}");
+
+    // The multi-meter form checks its request where it runs.
+    let refused = client
+        .get_statistics(GetStatisticsRequest {
+            meter: "one".into(),
+            meters: vec!["two".into()],
+            ..GetStatisticsRequest::default()
+        })
+        .await
+        .expect_err("both given");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("`meters`"), "{refused:?}");
+}
