@@ -2,7 +2,7 @@
 //! example (`examples/python/client.py`, pika and grpcio, written from the
 //! documents only) runs every step against a real fleet behind a token.
 //! `scripts/test` installs its packages into a virtual environment of its
-//! own; `SWITCHYARD_PYTHON` names that interpreter.
+//! own; `E2E_PYTHON` names that interpreter.
 
 mod support;
 

@@ -628,13 +628,13 @@ pub fn hot_alarm(webhook_url: String) -> switchyard_proto::metering::v1::Alarm {
 /// The Python of the virtual environment `scripts/test` prepared (the
 /// example client's and the browser driver's packages).
 pub fn python() -> PathBuf {
-    let path = std::env::var_os("SWITCHYARD_PYTHON")
+    let path = std::env::var_os("E2E_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/switchyard-venv/bin/python"));
     assert!(
         path.exists(),
         "{} is missing: scripts/test creates it (python3 -m venv, pip install -r \
-         examples/python/requirements.txt); or set SWITCHYARD_PYTHON",
+         examples/python/requirements.txt); or set E2E_PYTHON",
         path.display()
     );
     path
@@ -734,10 +734,10 @@ impl Drop for Browser {
     }
 }
 
-/// Where tests leave artifacts (screenshots): `SWITCHYARD_ARTIFACTS`, or
+/// Where tests leave artifacts (screenshots): `E2E_ARTIFACTS`, or
 /// `switchyard-artifacts` in the temporary directory.
 pub fn artifacts() -> PathBuf {
-    let dir = std::env::var_os("SWITCHYARD_ARTIFACTS")
+    let dir = std::env::var_os("E2E_ARTIFACTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("switchyard-artifacts"));
     std::fs::create_dir_all(&dir).expect("artifacts dir");
