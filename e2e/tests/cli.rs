@@ -126,4 +126,24 @@ async fn the_cli_posts_files_and_reads_the_pipeline_back() {
         "{}",
         text(&refused)
     );
+
+    // Failures for scripts: `CODE: message` and an exit status per class.
+    let stderr =
+        |output: &std::process::Output| String::from_utf8_lossy(&output.stderr).into_owned();
+    let missing = switchyard(&api, &["alarms", "history", "no-such-alarm"]);
+    assert_eq!(missing.status.code(), Some(4), "{}", text(&missing));
+    assert!(
+        stderr(&missing).starts_with("switchyard: NOT_FOUND: "),
+        "{}",
+        stderr(&missing)
+    );
+    let invalid = switchyard(&api, &["stats", "--meter", "disk_io", "--meter", ""]);
+    assert_eq!(invalid.status.code(), Some(5), "{}", text(&invalid));
+    assert!(
+        stderr(&invalid).starts_with("switchyard: INVALID_ARGUMENT: field `meters[1]`"),
+        "{}",
+        stderr(&invalid)
+    );
+    let unreachable = switchyard("http://127.0.0.1:1", &["meters"]);
+    assert_eq!(unreachable.status.code(), Some(3), "{}", text(&unreachable));
 }

@@ -16,7 +16,15 @@ use tonic::transport::Channel;
 
 /// Talk to a Switchyard metering pipeline.
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version)]
+#[command(
+    name = "switchyard",
+    version,
+    after_help = "Exit status: 0 done; 1 other failure; 2 usage; 3 unreachable \
+                  (UNAVAILABLE, DEADLINE_EXCEEDED, no connection); 4 NOT_FOUND; 5 invalid \
+                  request (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE, \
+                  RESOURCE_EXHAUSTED); 6 UNAUTHENTICATED or PERMISSION_DENIED. Failures \
+                  print as `switchyard: CODE: message`."
+)]
 struct Cli {
     /// The api's gRPC address.
     #[arg(
@@ -324,9 +332,83 @@ fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<Sample>> {
     Ok(samples)
 }
 
+/// Exit statuses by failure class, for scripts (2 is clap's, for usage).
+mod exit {
+    /// Anything not classed below.
+    pub const OTHER: u8 = 1;
+    /// The api (or the named service) cannot be reached, or did not answer
+    /// in time: UNAVAILABLE, DEADLINE_EXCEEDED, a connection that failed.
+    pub const UNREACHABLE: u8 = 3;
+    /// NOT_FOUND.
+    pub const NOT_FOUND: u8 = 4;
+    /// The request was refused as invalid: INVALID_ARGUMENT,
+    /// FAILED_PRECONDITION, OUT_OF_RANGE, RESOURCE_EXHAUSTED; or a bad file.
+    pub const INVALID: u8 = 5;
+    /// UNAUTHENTICATED or PERMISSION_DENIED: the token.
+    pub const UNAUTHENTICATED: u8 = 6;
+}
+
+/// The exit status for `error` and the line to print: a gRPC status as
+/// `NOT_FOUND: message`, under the context it failed in.
+fn failure(error: &anyhow::Error) -> (u8, String) {
+    use tonic::Code;
+    let status = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<tonic::Status>());
+    let Some(status) = status else {
+        let unreachable = error
+            .chain()
+            .any(|e| e.downcast_ref::<tonic::transport::Error>().is_some());
+        let code = if unreachable {
+            exit::UNREACHABLE
+        } else {
+            exit::OTHER
+        };
+        return (code, format!("{error:#}"));
+    };
+    let code = match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => exit::UNREACHABLE,
+        Code::NotFound => exit::NOT_FOUND,
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::ResourceExhausted => exit::INVALID,
+        Code::Unauthenticated | Code::PermissionDenied => exit::UNAUTHENTICATED,
+        _ => exit::OTHER,
+    };
+    let said = format!(
+        "{}: {}",
+        switchyard_grpc::code_name(status.code()),
+        status.message()
+    );
+    // Context added on the way up (e.g. which file), then the status.
+    let context: Vec<String> = error
+        .chain()
+        .take_while(|e| e.downcast_ref::<tonic::Status>().is_none())
+        .map(|e| e.to_string())
+        .collect();
+    let line = if context.is_empty() {
+        said
+    } else {
+        format!("{}: {said}", context.join(": "))
+    };
+    (code, line)
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            let (code, line) = failure(&error);
+            eprintln!("switchyard: {line}");
+            std::process::ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Health { addr, service } => {
             use tonic_health::pb::{

@@ -252,3 +252,40 @@ fn range_problems_are_reported_with_the_other_problems() {
     );
     assert!(text.contains("executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE): 0 is out of range"), "{text}");
 }
+
+#[test]
+fn a_bad_log_filter_is_a_configuration_error_naming_its_source() {
+    let scratch = Scratch::new("log-filter");
+    let refused = echo(&scratch, &[], &[("RUST_LOG", "info,[=")]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    let text = stderr(&refused);
+    assert!(
+        text.contains("RUST_LOG (from the environment): `info,[=`"),
+        "{text}"
+    );
+    assert!(text.contains("accepted:"), "{text}");
+}
+
+#[test]
+fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
+    let scratch = Scratch::new("no-ansi");
+    // Exits at once on a bad AMQP URL after logging at start-up: the log
+    // goes to a pipe here, as it would to a file.
+    let output = echo(
+        &scratch,
+        &[],
+        &[
+            ("RUST_LOG", "debug"),
+            ("SWITCHYARD_GRPC__LISTEN", "127.0.0.1:0"),
+            ("SWITCHYARD_ECHO__ROLLOUT", "true"),
+            ("SWITCHYARD_AMQP__URL", "amqp://127.0.0.1:1/%2f"),
+            ("SWITCHYARD_AMQP__CONNECT_TIMEOUT_MS", "200"),
+        ],
+    );
+    let text = stderr(&output);
+    assert!(!text.is_empty());
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escape in piped logs:\n{text}"
+    );
+}

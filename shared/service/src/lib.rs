@@ -272,6 +272,10 @@ where
     }
     let telemetry = match switchyard_telemetry::init(&identity, settings.telemetry()) {
         Ok(telemetry) => telemetry,
+        Err(error @ switchyard_telemetry::TelemetryError::Filter { .. }) => {
+            eprintln!("invalid configuration for {service}: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(error) => {
             eprintln!("{service}: {error}");
             return ExitCode::FAILURE;

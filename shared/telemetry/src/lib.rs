@@ -11,6 +11,7 @@
 pub mod propagation;
 pub mod receiver;
 
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -135,9 +136,21 @@ pub fn new_instance_id() -> String {
 /// Telemetry could not start.
 #[derive(Debug, Error)]
 pub enum TelemetryError {
-    /// The log filter did not parse.
-    #[error("telemetry.log_filter: {0}")]
-    Filter(String),
+    /// The log filter did not parse: a configuration error.
+    #[error(
+        "{key} (from {origin}): `{value}` is not a log filter ({reason}); accepted: \
+         comma-separated directives such as `info` or `info,lapin=warn`"
+    )]
+    Filter {
+        /// `RUST_LOG` or `telemetry.log_filter`.
+        key: &'static str,
+        /// Where the value came from.
+        origin: &'static str,
+        /// The value.
+        value: String,
+        /// The parser's words.
+        reason: String,
+    },
     /// The exporter's runtime or client could not be built.
     #[error("could not start the OTLP exporter for {endpoint}: {reason}")]
     Exporter {
@@ -184,11 +197,20 @@ impl Telemetry {
 /// Installs the global subscriber: logs to stderr and, when an endpoint is
 /// configured, spans to OTLP. Call once per process.
 pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives),
-        _ => EnvFilter::try_new(&config.log_filter),
-    }
-    .map_err(|error| TelemetryError::Filter(error.to_string()))?;
+    let (key, origin, value) = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => ("RUST_LOG", "the environment", directives),
+        _ => (
+            "telemetry.log_filter",
+            "the configuration",
+            config.log_filter.clone(),
+        ),
+    };
+    let filter = EnvFilter::try_new(&value).map_err(|error| TelemetryError::Filter {
+        key,
+        origin,
+        value: value.clone(),
+        reason: error.to_string(),
+    })?;
 
     let (provider, export_runtime) = match config.resolved_endpoint() {
         Some(endpoint) => {
@@ -202,7 +224,14 @@ pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, 
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("switchyard")));
     let (text, json) = match config.log_format {
         LogFormat::Text => (
-            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            // Colour only for a person at a terminal: not in files or pipes.
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(
+                        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                    )
+                    .with_writer(std::io::stderr),
+            ),
             None,
         ),
         LogFormat::Json => (
