@@ -415,13 +415,16 @@ async fn a_healthy_canary_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_that_cannot_start_stops_the_rollout_and_the_old_workers_stay() {
     let mut launcher = Launcher::start(&phase("threaded"), "");
-    // Passes --check-config, but a worker cannot bind its metrics port: the
-    // port is taken by a socket that does not share it.
+    // Passes --check-config, but a worker cannot start: it joins the
+    // rollout over AMQP, and nothing listens where the broker should be.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("address").port();
+    drop(taken);
     launcher.rewrite(
         &phase("async"),
-        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &format!(
+            "[echo]\nrollout = true\n\n[amqp]\nurl = \"amqp://127.0.0.1:{port}/%2f\"\nconnect_timeout_ms = 300\n"
+        ),
     );
     launcher.signal("HUP");
     let stopped = launcher.wait_for(|l| l.contains("rollout stopped"));
@@ -432,7 +435,6 @@ async fn a_replacement_that_cannot_start_stops_the_rollout_and_the_old_workers_s
         !log.contains("draining worker"),
         "no old worker stopped:\n{log}"
     );
-    drop(taken);
 }
 
 /// `switchyard-echo --check-config` with exactly these settings in the
@@ -499,4 +501,83 @@ async fn a_canary_worker_that_dies_is_rolled_back() {
     assert!(rolled_back.contains("(exits)"), "{rolled_back}");
     launcher.wait_for(|l| l.contains("rollout complete"));
     only_phase_answering(&launcher.url(), "threaded").await;
+}
+
+/// `switchyard_endpoint_completed_total` of `Echo/Say`, summed over the
+/// phases, from one scrape; and whether each metric has one TYPE line.
+async fn scrape_completed(port: u16) -> (u64, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut text = String::new();
+    tokio::time::timeout(BOUND, stream.read_to_string(&mut text))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let completed = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("switchyard_endpoint_completed_total{")
+                && l.contains("endpoint=\"Echo/Say\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    let one_type_each = text
+        .lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        == text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+    (completed, one_type_each)
+}
+
+/// Under a launcher the supervisor serves the sum of its workers' counters:
+/// scrape after scrape they only grow, through a SIGHUP that replaces every
+/// worker, and they end at exactly the number of calls answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_under_the_launcher_only_grow_through_a_switch() {
+    let metrics = free_port();
+    let extra = format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n");
+    let mut launcher = Launcher::start(&phase("threaded"), &extra);
+    let load = Load::start(&launcher.url(), 8).await;
+    load.until(|replies| replies.values().sum::<u64>() >= 50)
+        .await;
+    launcher.rewrite(&phase("async"), &extra);
+    launcher.signal("HUP");
+    let mut seen = Vec::new();
+    let switching = Instant::now();
+    loop {
+        let (completed, one_type_each) = scrape_completed(metrics).await;
+        assert!(one_type_each, "a metric with two TYPE lines");
+        seen.push(completed);
+        if launcher.log().contains("rollout complete") && seen.len() >= 8 {
+            break;
+        }
+        assert!(switching.elapsed() < BOUND, "no switch: {}", launcher.log());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let answered: u64 = load.stop().await.values().sum();
+    assert!(
+        seen.windows(2).all(|pair| pair[0] <= pair[1]),
+        "counters went back: {seen:?}"
+    );
+    // Live workers report every second; a replaced worker sent its final
+    // counts before it exited: in the end every answered call is counted once.
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let (completed, _) = scrape_completed(metrics).await;
+        if completed == answered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{completed} counted of {answered} answered; scrapes {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{EndpointKind, Phase};
 
@@ -57,7 +57,7 @@ impl Histogram {
 }
 
 /// A copy of a [`Histogram`].
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HistogramSnapshot {
     /// Count per bucket; bucket `i` holds values below `2^i` µs.
     pub buckets: Vec<u64>,
@@ -184,7 +184,7 @@ impl EndpointCounters {
 }
 
 /// Counters of an endpoint or a whole executor.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counts {
     /// Waiting for a worker or an in-flight slot right now.
     pub queued: u64,
@@ -224,7 +224,7 @@ impl Counts {
 }
 
 /// Statistics of one endpoint at one moment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndpointSnapshot {
     /// Endpoint name.
     pub name: String,
@@ -242,7 +242,7 @@ pub struct EndpointSnapshot {
 }
 
 /// Statistics of one executor at one moment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutorSnapshot {
     /// The executor's name (the service).
     pub name: String,
@@ -293,121 +293,192 @@ impl ExecutorSnapshot {
 
     /// Renders the snapshot in the Prometheus text exposition format (0.0.4).
     pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
+        render_prometheus(std::slice::from_ref(self))
+    }
+
+    /// Sums snapshots of one service's executors (the workers of a launcher,
+    /// live and gone) into one per phase: counters and histograms add up,
+    /// endpoints matched by name and form.
+    pub fn merged_by_phase<'a>(parts: impl IntoIterator<Item = &'a ExecutorSnapshot>) -> Vec<Self> {
+        let mut merged: Vec<ExecutorSnapshot> = Vec::new();
+        for part in parts {
+            let Some(into) = merged.iter_mut().find(|m| m.phase == part.phase) else {
+                merged.push(part.clone());
+                continue;
+            };
+            into.capacity += part.capacity;
+            for endpoint in &part.endpoints {
+                match into
+                    .endpoints
+                    .iter_mut()
+                    .find(|e| e.name == endpoint.name && e.kind == endpoint.kind)
+                {
+                    Some(mine) => {
+                        mine.counts.add(&endpoint.counts);
+                        mine.queue_wait.merge(&endpoint.queue_wait);
+                        mine.run_time.merge(&endpoint.run_time);
+                    }
+                    None => into.endpoints.push(endpoint.clone()),
+                }
+            }
+            *into = Self::from_endpoints(
+                &into.name,
+                into.phase,
+                into.capacity,
+                std::mem::take(&mut into.endpoints),
+            );
+        }
+        merged
+    }
+
+    /// The snapshot of an executor that is gone: its counters stay (they
+    /// were counted), nothing of it is queued or running any more.
+    pub fn retired(mut self) -> Self {
+        for endpoint in &mut self.endpoints {
+            endpoint.counts.queued = 0;
+            endpoint.counts.in_flight = 0;
+        }
+        self.capacity = 0;
+        Self::from_endpoints(&self.name, self.phase, 0, self.endpoints)
+    }
+}
+
+/// Renders snapshots (of one service, one per phase) in the Prometheus text
+/// exposition format (0.0.4): each metric's HELP and TYPE once, then its
+/// series for every snapshot.
+pub fn render_prometheus(snapshots: &[ExecutorSnapshot]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_executor_info The executor's phase and capacity.\n\
+         # TYPE switchyard_executor_info gauge"
+    );
+    for s in snapshots {
         let _ = writeln!(
             out,
-            "# HELP switchyard_executor_info The executor's phase and capacity.\n\
-             # TYPE switchyard_executor_info gauge\n\
-             switchyard_executor_info{{service=\"{}\",phase=\"{}\"}} 1\n\
-             # HELP switchyard_executor_capacity Requests the executor runs at once.\n\
-             # TYPE switchyard_executor_capacity gauge\n\
-             switchyard_executor_capacity{{service=\"{}\",phase=\"{}\"}} {}",
-            self.name, self.phase, self.name, self.phase, self.capacity
+            "switchyard_executor_info{{service=\"{}\",phase=\"{}\"}} 1",
+            s.name, s.phase
         );
-        type Counter = (&'static str, &'static str, &'static str, fn(&Counts) -> u64);
-        let counters: [Counter; 10] = [
-            ("queued", "gauge", "Requests waiting for a worker.", |c| {
-                c.queued
-            }),
-            ("in_flight", "gauge", "Requests running.", |c| c.in_flight),
-            ("completed_total", "counter", "Requests finished.", |c| {
-                c.completed
-            }),
-            ("failed_total", "counter", "Requests that failed.", |c| {
-                c.failed
-            }),
-            ("panicked_total", "counter", "Endpoint panics.", |c| {
-                c.panicked
-            }),
-            ("expired_total", "counter", "Deadlines missed.", |c| {
-                c.expired
-            }),
-            (
-                "overdue_total",
-                "counter",
-                "Blocking work past its deadline.",
-                |c| c.overdue,
-            ),
-            (
-                "offloaded_total",
-                "counter",
-                "Blocking work offloaded.",
-                |c| c.offloaded,
-            ),
-            (
-                "slow_polls_total",
-                "counter",
-                "Polls over the threshold.",
-                |c| c.slow_polls,
-            ),
-            (
-                "hung_total",
-                "counter",
-                "Work past the hung threshold.",
-                |c| c.hung,
-            ),
-        ];
-        for (metric, kind, help, read) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} {kind}"
-            );
-            for endpoint in &self.endpoints {
+    }
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_executor_capacity Requests the executor runs at once.\n\
+         # TYPE switchyard_executor_capacity gauge"
+    );
+    for s in snapshots {
+        let _ = writeln!(
+            out,
+            "switchyard_executor_capacity{{service=\"{}\",phase=\"{}\"}} {}",
+            s.name, s.phase, s.capacity
+        );
+    }
+    type Counter = (&'static str, &'static str, &'static str, fn(&Counts) -> u64);
+    let counters: [Counter; 10] = [
+        ("queued", "gauge", "Requests waiting for a worker.", |c| {
+            c.queued
+        }),
+        ("in_flight", "gauge", "Requests running.", |c| c.in_flight),
+        ("completed_total", "counter", "Requests finished.", |c| {
+            c.completed
+        }),
+        ("failed_total", "counter", "Requests that failed.", |c| {
+            c.failed
+        }),
+        ("panicked_total", "counter", "Endpoint panics.", |c| {
+            c.panicked
+        }),
+        ("expired_total", "counter", "Deadlines missed.", |c| {
+            c.expired
+        }),
+        (
+            "overdue_total",
+            "counter",
+            "Blocking work past its deadline.",
+            |c| c.overdue,
+        ),
+        (
+            "offloaded_total",
+            "counter",
+            "Blocking work offloaded.",
+            |c| c.offloaded,
+        ),
+        (
+            "slow_polls_total",
+            "counter",
+            "Polls over the threshold.",
+            |c| c.slow_polls,
+        ),
+        (
+            "hung_total",
+            "counter",
+            "Work past the hung threshold.",
+            |c| c.hung,
+        ),
+    ];
+    for (metric, kind, help, read) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} {kind}"
+        );
+        for s in snapshots {
+            for endpoint in &s.endpoints {
                 let _ = writeln!(
                     out,
                     "switchyard_endpoint_{metric}{{service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\"}} {}",
-                    self.name,
-                    self.phase,
+                    s.name,
+                    s.phase,
                     escape_label(&endpoint.name),
                     endpoint.kind,
                     read(&endpoint.counts)
                 );
             }
         }
-        for (metric, help, pick) in [
-            (
-                "queue_wait_seconds",
-                "Time from dispatch until the body started.",
-                (|e: &EndpointSnapshot| &e.queue_wait)
-                    as fn(&EndpointSnapshot) -> &HistogramSnapshot,
-            ),
-            ("run_seconds", "Time the body ran.", |e| &e.run_time),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} histogram"
+    }
+    for (metric, help, pick) in [
+        (
+            "queue_wait_seconds",
+            "Time from dispatch until the body started.",
+            (|e: &EndpointSnapshot| &e.queue_wait) as fn(&EndpointSnapshot) -> &HistogramSnapshot,
+        ),
+        ("run_seconds", "Time the body ran.", |e| &e.run_time),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} histogram"
+        );
+        for (s, endpoint) in snapshots
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
+        {
+            let labels = format!(
+                "service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\"",
+                s.name,
+                s.phase,
+                escape_label(&endpoint.name),
+                endpoint.kind
             );
-            for endpoint in &self.endpoints {
-                let labels = format!(
-                    "service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\"",
-                    self.name,
-                    self.phase,
-                    escape_label(&endpoint.name),
-                    endpoint.kind
-                );
-                let histogram = pick(endpoint);
-                let mut cumulative = 0;
-                for (index, count) in histogram.buckets.iter().enumerate() {
-                    cumulative += count;
-                    let bound = HistogramSnapshot::bucket_bound_us(index) as f64 / 1e6;
-                    let _ = writeln!(
-                        out,
-                        "switchyard_endpoint_{metric}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                    );
-                }
+            let histogram = pick(endpoint);
+            let mut cumulative = 0;
+            for (index, count) in histogram.buckets.iter().enumerate() {
+                cumulative += count;
+                let bound = HistogramSnapshot::bucket_bound_us(index) as f64 / 1e6;
                 let _ = writeln!(
                     out,
-                    "switchyard_endpoint_{metric}_bucket{{{labels},le=\"+Inf\"}} {}\n\
-                     switchyard_endpoint_{metric}_sum{{{labels}}} {}\n\
-                     switchyard_endpoint_{metric}_count{{{labels}}} {}",
-                    histogram.count,
-                    histogram.sum_us as f64 / 1e6,
-                    histogram.count
+                    "switchyard_endpoint_{metric}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
                 );
             }
+            let _ = writeln!(
+                out,
+                "switchyard_endpoint_{metric}_bucket{{{labels},le=\"+Inf\"}} {}\n\
+                 switchyard_endpoint_{metric}_sum{{{labels}}} {}\n\
+                 switchyard_endpoint_{metric}_count{{{labels}}} {}",
+                histogram.count,
+                histogram.sum_us as f64 / 1e6,
+                histogram.count
+            );
         }
-        out
     }
+    out
 }
 
 fn escape_label(value: &str) -> String {
@@ -456,5 +527,57 @@ mod tests {
         assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\",le=\"0.000004\"} 1"));
         assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\",le=\"0.000008\"} 2"));
         assert!(text.contains("switchyard_endpoint_run_seconds_count{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\"} 2"));
+    }
+    fn worker(phase: Phase, completed: u64, in_flight: u64, run_us: u64) -> ExecutorSnapshot {
+        let counters = EndpointCounters::new(
+            "say".into(),
+            EndpointKind::Async,
+            EndpointKind::Async,
+            Default::default(),
+        );
+        counters.completed.fetch_add(completed, Relaxed);
+        counters.in_flight.fetch_add(in_flight as i64, Relaxed);
+        counters.run_time.record(Duration::from_micros(run_us));
+        ExecutorSnapshot::from_endpoints("svc", phase, 4, vec![counters.snapshot()])
+    }
+
+    #[test]
+    fn workers_sum_per_phase_and_a_gone_one_keeps_its_counts_not_its_gauges() {
+        let gone = worker(Phase::Threaded, 7, 2, 3).retired();
+        let live = [
+            worker(Phase::Threaded, 5, 1, 3),
+            worker(Phase::Async, 11, 1, 900),
+        ];
+        let merged = ExecutorSnapshot::merged_by_phase(std::iter::once(&gone).chain(&live));
+        let by_phase: Vec<(Phase, u64, u64, u64, usize)> = merged
+            .iter()
+            .map(|m| {
+                let e = &m.endpoints[0];
+                (
+                    m.phase,
+                    e.counts.completed,
+                    e.counts.in_flight,
+                    e.run_time.count,
+                    m.capacity,
+                )
+            })
+            .collect();
+        assert_eq!(
+            by_phase,
+            [(Phase::Threaded, 12, 1, 2, 4), (Phase::Async, 11, 1, 1, 4)]
+        );
+        let text = render_prometheus(&merged);
+        assert_eq!(
+            text.matches("# TYPE switchyard_endpoint_completed_total counter")
+                .count(),
+            1,
+            "one TYPE line per metric"
+        );
+        assert!(text.contains(
+            "switchyard_endpoint_completed_total{service=\"svc\",phase=\"threaded\",endpoint=\"say\",form=\"async\"} 12"
+        ));
+        assert!(text.contains(
+            "switchyard_endpoint_completed_total{service=\"svc\",phase=\"async\",endpoint=\"say\",form=\"async\"} 11"
+        ));
     }
 }

@@ -41,6 +41,8 @@ pub(crate) enum FromWorker {
     Report(Report),
     /// Somebody asked (`switchyard rollout promote`) to promote the canary.
     Promote,
+    /// The executor's statistics, for the supervisor's `/metrics`.
+    Stats(Box<switchyard_executor::stats::ExecutorSnapshot>),
 }
 
 /// Supervisor → worker.
@@ -90,6 +92,26 @@ fn connect(name: &str) -> std::io::Result<tokio::net::UnixStream> {
     tokio::net::UnixStream::from_std(stream)
 }
 
+type SharedWrite = Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>;
+
+/// Writes `message` as one JSON line; `false` when the connection is gone.
+async fn write_line(write: &SharedWrite, message: &FromWorker) -> bool {
+    let Ok(mut line) = serde_json::to_vec(message) else {
+        return true;
+    };
+    line.push(b'\n');
+    write.lock().await.write_all(&line).await.is_ok()
+}
+
+/// A worker's queue of messages, written in order until the connection closes.
+async fn write_queued(mut outgoing: mpsc::UnboundedReceiver<FromWorker>, write: SharedWrite) {
+    while let Some(message) = outgoing.recv().await {
+        if !write_line(&write, &message).await {
+            return;
+        }
+    }
+}
+
 /// Writes each message from `outgoing` as one JSON line until either end closes.
 pub(crate) async fn write_lines<T: Serialize>(
     mut outgoing: mpsc::UnboundedReceiver<T>,
@@ -117,6 +139,9 @@ pub struct SupervisorLink {
 struct Link {
     role: String,
     send: mpsc::UnboundedSender<FromWorker>,
+    /// The connection's write half: the queue's writer and
+    /// [`SupervisorLink::last_stats`] take turns, a whole line each.
+    write: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
     note: watch::Receiver<String>,
     announcements: tokio::sync::Mutex<mpsc::UnboundedReceiver<RolledBack>>,
 }
@@ -148,7 +173,8 @@ impl SupervisorLink {
         let (note_tx, note) = watch::channel(String::new());
         let (announce_tx, announcements) = mpsc::unbounded_channel();
         let _ = send.send(FromWorker::Hello { worker });
-        tokio::spawn(write_lines(outgoing, write));
+        let write = Arc::new(tokio::sync::Mutex::new(write));
+        tokio::spawn(write_queued(outgoing, Arc::clone(&write)));
         tokio::spawn(async move {
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -169,8 +195,11 @@ impl SupervisorLink {
             loop {
                 let (run_times, next) = executor.recent_run_times(cursor);
                 cursor = next;
-                let report = Report::of(&executor.snapshot(), run_times);
-                if reports.send(FromWorker::Report(report)).is_err() {
+                let snapshot = executor.snapshot();
+                let report = Report::of(&snapshot, run_times);
+                if reports.send(FromWorker::Report(report)).is_err()
+                    || reports.send(FromWorker::Stats(Box::new(snapshot))).is_err()
+                {
                     return;
                 }
                 tokio::select! {
@@ -183,6 +212,7 @@ impl SupervisorLink {
             inner: Some(Arc::new(Link {
                 role: std::env::var(ROLE_VARIABLE).unwrap_or_default(),
                 send,
+                write,
                 note,
                 announcements: tokio::sync::Mutex::new(announcements),
             })),
@@ -220,6 +250,21 @@ impl SupervisorLink {
         match &self.inner {
             Some(link) => link.announcements.lock().await.recv().await,
             None => std::future::pending().await,
+        }
+    }
+
+    /// Sends the executor's final statistics and waits (a second at most)
+    /// until they are written: the supervisor's `/metrics` then keeps every
+    /// call this worker counted after it exits.
+    pub async fn last_stats(&self, snapshot: switchyard_executor::stats::ExecutorSnapshot) {
+        let Some(link) = &self.inner else { return };
+        let written = tokio::time::timeout(
+            Duration::from_secs(1),
+            write_line(&link.write, &FromWorker::Stats(Box::new(snapshot))),
+        )
+        .await;
+        if !matches!(written, Ok(true)) {
+            tracing::debug!("final statistics not delivered to the supervisor");
         }
     }
 

@@ -263,6 +263,7 @@ where
             launcher: settings.launcher().clone(),
             phase,
             printed: switchyard_config::redacted_toml(&settings).unwrap_or_default(),
+            metrics_listen: settings.metrics().listen.clone(),
             grace: settings.executor().shutdown_grace(),
         });
         if let Some(telemetry) = telemetry {
@@ -320,7 +321,8 @@ where
     let executor = Executor::new(service, executor_config.clone())
         .with_context(|| format!("starting the {} executor", executor_config.phase))?;
     let shutdown = CancellationToken::new();
-    if !settings.metrics().listen.is_empty() {
+    // Under a launcher the supervisor serves the workers' sum (see metrics.rs).
+    if !settings.metrics().listen.is_empty() && !is_worker() {
         let address = settings
             .metrics()
             .listen
@@ -377,6 +379,8 @@ where
     };
     shutdown.cancel();
     let report = executor.shutdown(executor_config.shutdown_grace()).await;
+    // The supervisor's `/metrics` keeps what this worker counted to the end.
+    running.supervisor.last_stats(executor.snapshot()).await;
     if report.is_clean() {
         tracing::info!("{service} stopped; all in-flight work finished");
     } else {

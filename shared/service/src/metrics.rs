@@ -1,5 +1,8 @@
 //! The Prometheus text endpoint: `GET /metrics` renders the executor's
-//! snapshot.
+//! snapshot; under a launcher, the supervisor serves the sum of its
+//! workers' snapshots instead (workers answering on a shared port in turn
+//! would make every counter jump back and forth between them, and every
+//! `rate()` wrong).
 //!
 //! Why Prometheus text rather than OpenTelemetry metrics over OTLP: the
 //! executor already keeps exact counters and histograms for its snapshot API,
@@ -24,16 +27,29 @@ pub async fn serve_metrics(
     executor: Executor,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    // Workers of one launcher share the port.
+    serve_text(
+        address,
+        move || executor.snapshot().render_prometheus(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `GET /metrics` with what `render` returns on each scrape.
+pub(crate) async fn serve_text<R>(
+    address: SocketAddr,
+    render: R,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr>
+where
+    R: Fn() -> String + Clone + Send + Sync + 'static,
+{
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    if crate::is_worker() {
-        socket.set_reuseport(true)?;
-    }
     socket.bind(address)?;
     let listener = socket.listen(1024)?;
     let bound = listener.local_addr()?;
@@ -49,11 +65,11 @@ pub async fn serve_metrics(
                 },
                 _ = shutdown.cancelled() => return,
             };
-            let executor = executor.clone();
+            let render = render.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let executor = executor.clone();
-                    async move { Ok::<_, std::convert::Infallible>(respond(&request, &executor)) }
+                    let render = render.clone();
+                    async move { Ok::<_, std::convert::Infallible>(respond(&request, &render)) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -64,12 +80,12 @@ pub async fn serve_metrics(
     Ok(bound)
 }
 
-fn respond<B>(request: &Request<B>, executor: &Executor) -> Response<Full<Bytes>> {
+fn respond<B>(request: &Request<B>, render: &impl Fn() -> String) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method().as_str(), request.uri().path()) {
         ("GET", "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            executor.snapshot().render_prometheus(),
+            render(),
         ),
         (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,

@@ -29,13 +29,17 @@
 //!   main-phase ones and a worker publishes `rollout.rolled_back`.
 //!   A promote request makes the canary phase the main phase.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchyard_executor::Phase;
+use switchyard_executor::stats::{ExecutorSnapshot, render_prometheus};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 mod supervisor;
 
@@ -116,6 +120,8 @@ pub(crate) struct Start {
     pub phase: Phase,
     /// `--print-config`'s text of the configuration, to tell a changed one.
     pub printed: String,
+    /// `metrics.listen`: the supervisor serves its workers' sum there.
+    pub metrics_listen: String,
     pub grace: Duration,
 }
 
@@ -165,7 +171,76 @@ enum Event {
     Reloaded(Result<Reload, String>),
 }
 
+/// The workers' latest statistics and what the gone ones counted: what the
+/// supervisor's `/metrics` serves. A gone worker's counts stay in the sum,
+/// so the service's counters only grow while workers come and go (a worker's
+/// last second before it left, after its last report, is not counted).
+#[derive(Debug, Default)]
+struct Book {
+    live: BTreeMap<u64, ExecutorSnapshot>,
+    retired: Vec<ExecutorSnapshot>,
+}
+
+type Books = Arc<Mutex<Book>>;
+
+impl Book {
+    fn lock(books: &Books) -> std::sync::MutexGuard<'_, Book> {
+        // Every holder leaves the book whole: one insert, remove or merge.
+        books.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn gone(&mut self, id: u64) {
+        if let Some(last) = self.live.remove(&id) {
+            let last = last.retired();
+            self.retired = ExecutorSnapshot::merged_by_phase(
+                self.retired.iter().chain(std::iter::once(&last)),
+            );
+        }
+    }
+
+    fn render(&self) -> String {
+        render_prometheus(&ExecutorSnapshot::merged_by_phase(
+            self.retired.iter().chain(self.live.values()),
+        ))
+    }
+}
+
 async fn run(start: Start) -> ExitCode {
+    let service = start.service.clone();
+    let books = Books::default();
+    let stop_metrics = CancellationToken::new();
+    if !start.metrics_listen.is_empty() {
+        let served = match start.metrics_listen.parse() {
+            Ok(address) => {
+                let books = Arc::clone(&books);
+                crate::metrics::serve_text(
+                    address,
+                    move || Book::lock(&books).render(),
+                    stop_metrics.clone(),
+                )
+                .await
+            }
+            Err(error) => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, error)),
+        };
+        match served {
+            Ok(bound) => {
+                tracing::info!("{service} launcher: its workers' metrics on http://{bound}/metrics")
+            }
+            Err(error) => {
+                tracing::error!(
+                    "{service} launcher: cannot serve metrics on {}: {error}",
+                    start.metrics_listen
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let code = supervise_workers(start, books).await;
+    stop_metrics.cancel();
+    code
+}
+
+async fn supervise_workers(start: Start, books: Books) -> ExitCode {
     let service = start.service.clone();
     let socket = format!("switchyard-{service}-{}", std::process::id());
     let listener = match crate::control::listen(&socket) {
@@ -176,7 +251,7 @@ async fn run(start: Start) -> ExitCode {
         }
     };
     let (events, mut inbox) = mpsc::unbounded_channel();
-    tokio::spawn(accept(listener, events.clone()));
+    tokio::spawn(accept(listener, events.clone(), books));
     let mut signals = match Signals::new() {
         Ok(signals) => signals,
         Err(error) => {
@@ -226,9 +301,13 @@ impl Signals {
 /// Accepts worker connections; each says hello, then its lines become
 /// events. The supervisor takes a connection only from the process it
 /// started as that worker (the kernel's peer credentials).
-async fn accept(listener: tokio::net::UnixListener, events: mpsc::UnboundedSender<Event>) {
+async fn accept(
+    listener: tokio::net::UnixListener,
+    events: mpsc::UnboundedSender<Event>,
+    books: Books,
+) {
     while let Ok((stream, _)) = listener.accept().await {
-        let events = events.clone();
+        let (events, books) = (events.clone(), Arc::clone(&books));
         let Some(pid) = stream.peer_cred().ok().and_then(|c| c.pid()) else {
             tracing::warn!("a control connection without peer credentials; closed");
             continue;
@@ -250,14 +329,19 @@ async fn accept(listener: tokio::net::UnixListener, events: mpsc::UnboundedSende
             tokio::spawn(write_lines(outgoing, write));
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<FromWorker>(&line) {
+                    Ok(FromWorker::Stats(snapshot)) => {
+                        Book::lock(&books).live.insert(id, *snapshot);
+                    }
                     Ok(message) => {
                         if events.send(Event::Message { id, pid, message }).is_err() {
-                            return;
+                            break;
                         }
                     }
                     Err(error) => tracing::warn!("unreadable line from worker {id}: {error}"),
                 }
             }
+            // The worker is gone (its connection closed with it).
+            Book::lock(&books).gone(id);
         });
     }
 }

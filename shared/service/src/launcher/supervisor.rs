@@ -227,6 +227,8 @@ impl Supervisor {
                 worker.window.record(Instant::now(), report, window, warmup)
             }
             FromWorker::Promote => self.promote(),
+            // Kept by the accept loop for `/metrics`.
+            FromWorker::Stats(_) => {}
         }
     }
 
