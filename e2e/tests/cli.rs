@@ -146,4 +146,57 @@ async fn the_cli_posts_files_and_reads_the_pipeline_back() {
     );
     let unreachable = switchyard("http://127.0.0.1:1", &["meters"]);
     assert_eq!(unreachable.status.code(), Some(3), "{}", text(&unreachable));
+
+    // For scripts: listings as JSON, tables without trailing blanks, and
+    // completions for the shells.
+    let json = |args: &[&str]| {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let output = switchyard(&api, &all);
+        assert!(output.status.success(), "{}", text(&output));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", text(&output)))
+    };
+    let meters = json(&["meters", "--project", "cli"]);
+    assert_eq!(meters[0]["name"], "disk_io", "{meters}");
+    let rollout = json(&["rollout"]);
+    let services: std::collections::BTreeSet<&str> = rollout
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|i| i["service"].as_str())
+        .collect();
+    assert_eq!(
+        services,
+        ["api", "collector", "notifier"].into_iter().collect(),
+        "{rollout}"
+    );
+    let stats = json(&[
+        "stats",
+        "--meter",
+        "disk_io",
+        "--project",
+        "cli",
+        "--period",
+        "0",
+    ]);
+    assert!(
+        stats["meters"][0]["buckets"][0]["count"].as_u64().is_some(),
+        "{stats}"
+    );
+    for args in [&["rollout"][..], &["alarms", "list"], &["meters"]] {
+        let table = switchyard(&api, args);
+        let table = String::from_utf8_lossy(&table.stdout).into_owned();
+        assert!(
+            table.lines().all(|line| !line.ends_with(' ')),
+            "{args:?} has trailing blanks:\n{table:?}"
+        );
+    }
+    let completions = switchyard(&api, &["completions", "bash"]);
+    assert!(completions.status.success());
+    assert!(
+        String::from_utf8_lossy(&completions.stdout).contains("_switchyard()"),
+        "{}",
+        text(&completions)
+    );
 }

@@ -37,8 +37,35 @@ struct Cli {
     /// Bearer token for the api (when it requires one).
     #[arg(long, env = "SWITCHYARD_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// How listings are printed: aligned text tables, or JSON for scripts.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// Prints one table row without the padding after its last column.
+macro_rules! row {
+    ($($arg:tt)*) => {
+        println!("{}", format!($($arg)*).trim_end())
+    };
+}
+
+/// Prints `value` as one JSON document.
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn unix(timestamp: &Option<prost_types::Timestamp>) -> i64 {
+    timestamp.as_ref().map(|t| t.seconds).unwrap_or_default()
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +77,7 @@ enum Command {
     },
     /// The meters seen.
     Meters {
+        /// Only this project's meters; empty for all.
         #[arg(long, default_value = "")]
         project: String,
     },
@@ -59,8 +87,10 @@ enum Command {
         /// The meter; repeat for several in one request.
         #[arg(long, required = true)]
         meter: Vec<String>,
+        /// Only this resource's samples; empty for all.
         #[arg(long, default_value = "")]
         resource: String,
+        /// Only this project's samples; empty for all.
         #[arg(long, default_value = "")]
         project: String,
         /// Bucket length in seconds; 0 for one bucket.
@@ -102,6 +132,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         min_services: usize,
     },
+    /// Print a shell completion script (e.g. `switchyard completions bash >
+    /// /etc/bash_completion.d/switchyard`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,14 +148,19 @@ enum SamplesCommand {
     /// `.json` file, an array of `{"meter", "unit", "volume", "resource_id",
     /// "project_id", "id"?, "timestamp"? (Unix seconds)}`.
     Post {
+        /// The meter (without `--file`).
         #[arg(long, required_unless_present = "file")]
         meter: Option<String>,
+        /// The unit of the volumes.
         #[arg(long, default_value = "%")]
         unit: String,
+        /// The first sample's volume.
         #[arg(long, default_value_t = 0.0)]
         volume: f64,
+        /// The resource the samples are about.
         #[arg(long, default_value = "vm-1")]
         resource: String,
+        /// The project the samples belong to.
         #[arg(long, default_value = "demo")]
         project: String,
         /// Post this many samples (volumes `volume`, `volume+1`, …).
@@ -127,6 +169,7 @@ enum SamplesCommand {
         /// Samples per request.
         #[arg(long, default_value_t = 100)]
         batch: usize,
+        /// A CSV or JSON file of samples instead of the flags above.
         #[arg(long)]
         file: Option<std::path::PathBuf>,
     },
@@ -168,34 +211,48 @@ enum RolloutCommand {
 enum AlarmsCommand {
     /// Create a threshold alarm.
     Create {
+        /// A name for people.
         #[arg(long)]
         name: String,
+        /// The meter it watches.
         #[arg(long)]
         meter: String,
+        /// Only this resource's samples; empty for all.
         #[arg(long, default_value = "")]
         resource: String,
+        /// The project it watches.
         #[arg(long, default_value = "demo")]
         project: String,
+        /// What is compared per period.
         #[arg(long, value_enum, default_value = "avg")]
         statistic: StatisticArg,
+        /// How the statistic is compared with the threshold.
         #[arg(long, value_enum, default_value = "gt")]
         comparison: ComparisonArg,
+        /// The threshold.
         #[arg(long)]
         threshold: f64,
+        /// Period length in seconds.
         #[arg(long, default_value_t = 60)]
         period: u32,
+        /// How many periods in a row must breach.
         #[arg(long, default_value_t = 1)]
         evaluation_periods: u32,
+        /// The URL called (POST, JSON) on every state change; empty for none.
         #[arg(long, default_value = "")]
         webhook: String,
     },
     /// List alarms.
     List {
+        /// Only this project's alarms; empty for all.
         #[arg(long, default_value = "")]
         project: String,
     },
     /// The state transitions of one alarm.
-    History { id: String },
+    History {
+        /// The alarm's id.
+        id: String,
+    },
 }
 
 type Client = MeteringClient<InterceptedService<Channel, Auth>>;
@@ -496,9 +553,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .meters;
-            println!("{:<24} {:<8} {:>8}", "METER", "UNIT", "SAMPLES");
+            if cli.output == Output::Json {
+                return print_json(&serde_json::json!(
+                    meters
+                        .iter()
+                        .map(|m| serde_json::json!({"name": m.name, "unit": m.unit, "samples": m.samples}))
+                        .collect::<Vec<_>>()
+                ));
+            }
+            row!("{:<24} {:<8} {:>8}", "METER", "UNIT", "SAMPLES");
             for meter in meters {
-                println!("{:<24} {:<8} {:>8}", meter.name, meter.unit, meter.samples);
+                row!("{:<24} {:<8} {:>8}", meter.name, meter.unit, meter.samples);
             }
             Ok(())
         }
@@ -546,6 +611,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect()
             };
             let meters = tables.len();
+            if cli.output == Output::Json {
+                eprintln!(
+                    "statistics for {meters} meter{} in {:.1} ms",
+                    if meters == 1 { "" } else { "s" },
+                    took.as_secs_f64() * 1000.0
+                );
+                return print_json(&serde_json::json!({
+                    "took_ms": took.as_secs_f64() * 1000.0,
+                    "meters": tables.iter().map(|(name, buckets)| serde_json::json!({
+                        "meter": name,
+                        "buckets": buckets.iter().map(|b| serde_json::json!({
+                            "period_start": unix(&b.period_start),
+                            "period_end": unix(&b.period_end),
+                            "count": b.count, "min": b.min, "max": b.max,
+                            "avg": b.avg, "sum": b.sum,
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                }));
+            }
             for (name, buckets) in tables {
                 if meters > 1 {
                     println!("{name}:");
@@ -626,12 +710,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await?
                         .into_inner()
                         .alarms;
-                    println!(
+                    if cli.output == Output::Json {
+                        return print_json(&serde_json::json!(
+                            alarms
+                                .iter()
+                                .map(|a| serde_json::json!({
+                                    "id": a.id, "name": a.name, "meter": a.meter,
+                                    "resource_id": a.resource_id, "project_id": a.project_id,
+                                    "threshold": a.threshold, "period_seconds": a.period_seconds,
+                                    "evaluation_periods": a.evaluation_periods,
+                                    "webhook_url": a.webhook_url,
+                                    "state": state_name(a.state),
+                                    "state_changed_at": unix(&a.state_changed_at),
+                                }))
+                                .collect::<Vec<_>>()
+                        ));
+                    }
+                    row!(
                         "{:<32} {:<20} {:<16} {:<18}",
-                        "ID", "NAME", "METER", "STATE"
+                        "ID",
+                        "NAME",
+                        "METER",
+                        "STATE"
                     );
                     for alarm in alarms {
-                        println!(
+                        row!(
                             "{:<32} {:<20} {:<16} {:<18}",
                             alarm.id,
                             alarm.name,
@@ -646,6 +749,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await?
                         .into_inner()
                         .transitions;
+                    if cli.output == Output::Json {
+                        return print_json(&serde_json::json!(
+                            transitions
+                                .iter()
+                                .map(|t| serde_json::json!({
+                                    "at": unix(&t.at), "from": state_name(t.from),
+                                    "to": state_name(t.to), "reason": t.reason,
+                                }))
+                                .collect::<Vec<_>>()
+                        ));
+                    }
                     for t in transitions {
                         println!(
                             "{}  {} -> {}  {}",
@@ -666,17 +780,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .instances;
+            if cli.output == Output::Json {
+                return print_json(&serde_json::json!(
+                    instances
+                        .iter()
+                        .map(|i| serde_json::json!({
+                            "service": i.service, "instance_id": i.instance_id, "pid": i.pid,
+                            "version": i.version, "phase": i.phase, "role": i.role, "up": i.up,
+                            "uptime_seconds": i.uptime_seconds, "in_flight": i.in_flight,
+                            "handled": i.handled, "failed": i.failed,
+                            "slow_polls": i.slow_polls, "offloaded": i.offloaded,
+                            "last_seen": unix(&i.last_seen), "rollout": i.rollout,
+                            "endpoint_forms": i.endpoint_forms,
+                        }))
+                        .collect::<Vec<_>>()
+                ));
+            }
             print_rollout(&instances);
             Ok(())
         }
         Command::Rollout {
             command: Some(RolloutCommand::Promote { service, wait_s }),
         } => promote(&cli, service, *wait_s).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "switchyard",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 
 fn print_rollout(instances: &[InstanceStatus]) {
-    println!(
+    row!(
         "{:<10} {:<22} {:<9} {:<7} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}  TWO-FORM ENDPOINTS RUN",
         "SERVICE",
         "INSTANCE",
@@ -690,7 +830,7 @@ fn print_rollout(instances: &[InstanceStatus]) {
         "OFFLOADED"
     );
     for i in instances {
-        println!(
+        row!(
             "{:<10} {:<22} {:<9} {:<7} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}  {}",
             i.service,
             i.instance_id,
@@ -781,5 +921,47 @@ async fn promote(cli: &Cli, service: &str, wait_s: u64) -> anyhow::Result<()> {
             bail!("{service} did not move to {phase} on every worker within {wait_s} s");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every flag and argument of every command says what it is for.
+    #[test]
+    fn every_flag_has_help_text() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "switchyard", &mut missing);
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+
+    #[test]
+    fn grpc_statuses_print_as_code_and_message_with_an_exit_class() {
+        let error = anyhow::Error::new(tonic::Status::not_found("alarm `x` not found"))
+            .context("reading the history");
+        assert_eq!(
+            failure(&error),
+            (
+                exit::NOT_FOUND,
+                "reading the history: NOT_FOUND: alarm `x` not found".to_string()
+            )
+        );
+        let refused = anyhow::Error::new(tonic::Status::unauthenticated("no token"));
+        assert_eq!(failure(&refused).0, exit::UNAUTHENTICATED);
+        assert_eq!(failure(&anyhow::anyhow!("a bad file")).0, exit::OTHER);
     }
 }
