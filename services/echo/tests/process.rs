@@ -45,7 +45,18 @@ struct Echo {
 }
 
 fn start_echo(phase: &str) -> Echo {
-    let mut child = Command::new(ECHO)
+    start_echo_with(phase, &[])
+}
+
+fn start_echo_with(phase: &str, env: &[(&str, &str)]) -> Echo {
+    let mut command = Command::new(ECHO);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SWITCHYARD_") || key.starts_with("OTEL_") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
+        .envs(env.iter().copied())
         .current_dir(std::env::temp_dir())
         .env("SWITCHYARD_EXECUTOR__PHASE", phase)
         .env("SWITCHYARD_EXECUTOR__POOL_SIZE", "2")
@@ -138,5 +149,81 @@ async fn sigterm_drains_the_call_in_flight_and_exits_zero() {
         log.iter()
             .any(|l| l.contains("all in-flight work finished")),
         "{log:?}"
+    );
+}
+
+/// The OpenTelemetry environment variables, as the SDK's specification has
+/// them: the signal-specific endpoint alone is enough; `OTEL_SDK_DISABLED`
+/// turns export off; a protocol this build does not have is a configuration
+/// error (exit 2) naming the variable, not a silent lack of spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_otel_environment_variables_decide_where_spans_go() {
+    use switchyard_telemetry::receiver::OtlpReceiver;
+    let call = |grpc: String| async move {
+        let mut client = EchoClient::connect(format!("http://{grpc}"))
+            .await
+            .expect("connect");
+        client
+            .say(SayRequest {
+                text: "traced".into(),
+                wait_ms: 0,
+            })
+            .await
+            .expect("say");
+    };
+    let stop = |mut echo: Echo| {
+        let pid = echo.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = echo.child.wait().expect("exits");
+        assert!(status.success(), "{status:?}");
+    };
+
+    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("receiver");
+    let traces = receiver.endpoint();
+    let echo = start_echo_with(
+        "async",
+        &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces.as_str())],
+    );
+    call(echo.grpc.clone()).await;
+    stop(echo);
+    receiver
+        .wait_for(BOUND, |spans| spans.iter().any(|s| s.service == "echo"))
+        .await
+        .expect("spans exported with only the traces endpoint set");
+
+    let quiet = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("receiver");
+    let quiet_endpoint = quiet.endpoint();
+    let echo = start_echo_with(
+        "async",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", quiet_endpoint.as_str()),
+            ("OTEL_SDK_DISABLED", "true"),
+        ],
+    );
+    call(echo.grpc.clone()).await;
+    // A clean exit flushes whatever was to be exported: nothing.
+    stop(echo);
+    assert!(
+        quiet.spans().is_empty(),
+        "OTEL_SDK_DISABLED=true exported spans"
+    );
+
+    let refused = Command::new(ECHO)
+        .current_dir(std::env::temp_dir())
+        .env("SWITCHYARD_GRPC__LISTEN", "127.0.0.1:0")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &traces)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .output()
+        .expect("runs");
+    assert_eq!(refused.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        text.contains("OTEL_EXPORTER_OTLP_PROTOCOL (from the environment): `http/protobuf`")
+            && text.contains("accepted: grpc"),
+        "{text}"
     );
 }

@@ -273,7 +273,10 @@ where
     }
     let telemetry = match switchyard_telemetry::init(&identity, settings.telemetry()) {
         Ok(telemetry) => telemetry,
-        Err(error @ switchyard_telemetry::TelemetryError::Filter { .. }) => {
+        Err(
+            error @ (switchyard_telemetry::TelemetryError::Filter { .. }
+            | switchyard_telemetry::TelemetryError::Environment(_)),
+        ) => {
             eprintln!("invalid configuration for {service}: {error}");
             return ExitCode::from(EXIT_CONFIG);
         }

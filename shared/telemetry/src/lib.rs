@@ -8,6 +8,7 @@
 #![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+pub mod env;
 pub mod propagation;
 pub mod receiver;
 
@@ -46,7 +47,7 @@ pub struct TelemetryConfig {
     /// `RUST_LOG` overrides it when set.
     pub log_filter: String,
     /// The OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`. Empty means the
-    /// standard `OTEL_EXPORTER_OTLP_ENDPOINT` when set, else no trace export.
+    /// OpenTelemetry environment variables decide ([`env`]), else no export.
     pub otlp_endpoint: String,
     /// How long spans wait in the batch before export, in milliseconds.
     pub export_delay_ms: u64,
@@ -64,14 +65,10 @@ impl Default for TelemetryConfig {
 }
 
 impl TelemetryConfig {
-    /// The collector to export to: the setting, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
-    pub fn resolved_endpoint(&self) -> Option<String> {
-        if !self.otlp_endpoint.is_empty() {
-            return Some(self.otlp_endpoint.clone());
-        }
-        std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .ok()
-            .filter(|endpoint| !endpoint.is_empty())
+    /// Where spans go: the setting, else the OpenTelemetry environment
+    /// variables ([`env`]).
+    pub fn export(&self) -> Result<env::Export, env::EnvProblem> {
+        env::export(&self.otlp_endpoint, |name| std::env::var(name).ok())
     }
 
     /// Range checks, as `(key, problem)` pairs relative to the section.
@@ -159,6 +156,10 @@ pub enum TelemetryError {
         /// What failed.
         reason: String,
     },
+    /// An OpenTelemetry environment variable this build cannot honour: a
+    /// configuration error.
+    #[error(transparent)]
+    Environment(#[from] env::EnvProblem),
     /// A global subscriber was already installed.
     #[error("a tracing subscriber is already installed: {0}")]
     AlreadyInstalled(String),
@@ -212,12 +213,13 @@ pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, 
         reason: error.to_string(),
     })?;
 
-    let (provider, export_runtime) = match config.resolved_endpoint() {
-        Some(endpoint) => {
-            let (provider, runtime) = tracer_provider(identity, &endpoint, config)?;
+    let export = config.export()?;
+    let (provider, export_runtime) = match &export {
+        env::Export::Otlp(endpoint) => {
+            let (provider, runtime) = tracer_provider(identity, endpoint, config)?;
             (Some(provider), Some(runtime))
         }
-        None => (None, None),
+        env::Export::Off(_) => (None, None),
     };
     let otel_layer = provider
         .as_ref()
@@ -253,6 +255,10 @@ pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, 
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
+    match &export {
+        env::Export::Otlp(endpoint) => tracing::info!("trace export: OTLP/gRPC to {endpoint}"),
+        env::Export::Off(why) => tracing::debug!("trace export off: {why}"),
+    }
     Ok(Telemetry {
         provider,
         export_runtime,
