@@ -227,3 +227,64 @@ async fn the_otel_environment_variables_decide_where_spans_go() {
         "{text}"
     );
 }
+
+/// JSON logs carry the message, the service, the instance and — inside a
+/// traced request — the trace and span ids at the top level, and the trace
+/// id is the one the exported spans have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_lead_to_their_trace() {
+    use switchyard_telemetry::receiver::OtlpReceiver;
+    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("receiver");
+    let traces = receiver.endpoint();
+    // A Say that blocks its thread in `async`: the slow-poll warning is
+    // logged inside the request's dispatch span.
+    let echo = start_echo_with(
+        "async",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", traces.as_str()),
+            ("SWITCHYARD_TELEMETRY__LOG_FORMAT", "json"),
+            ("SWITCHYARD_TELEMETRY__EXPORT_DELAY_MS", "100"),
+            ("SWITCHYARD_ECHO__BLOCK_MS", "30"),
+        ],
+    );
+    let mut client = EchoClient::connect(format!("http://{}", echo.grpc))
+        .await
+        .expect("connect");
+    client
+        .say(SayRequest {
+            text: "blocking".into(),
+            wait_ms: 0,
+        })
+        .await
+        .expect("say");
+    let deadline = Instant::now() + BOUND;
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = echo.log.recv_timeout(left).expect("a slow-poll warning");
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            panic!("not a JSON line: {line}");
+        };
+        if json["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("slow poll"))
+        {
+            break json;
+        }
+    };
+    assert_eq!(line["service"], "echo", "{line}");
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert!(
+        line["instance"].as_str().is_some_and(|i| !i.is_empty()),
+        "{line}"
+    );
+    assert!(line.get("fields").is_none(), "{line}");
+    let trace_id = line["trace_id"].as_str().expect("trace_id").to_string();
+    assert_eq!(trace_id.len(), 32, "{line}");
+    assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
+    receiver
+        .wait_for(BOUND, |spans| spans.iter().any(|s| s.trace_id == trace_id))
+        .await
+        .expect("the log line's trace was exported");
+}

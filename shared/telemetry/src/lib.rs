@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod env;
+pub mod json;
 pub mod propagation;
 pub mod receiver;
 
@@ -240,7 +241,10 @@ pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, 
             None,
             Some(
                 tracing_subscriber::fmt::layer()
-                    .json()
+                    .event_format(json::JsonLines::new(
+                        &identity.service,
+                        &identity.instance_id,
+                    ))
                     .with_writer(std::io::stderr),
             ),
         ),

@@ -45,12 +45,23 @@ pub fn set_parent_from<'a>(
 
 /// The trace id of `span` (32 hex digits), when it is traced.
 pub fn trace_id(span: &Span) -> Option<String> {
+    ids(span).map(|(trace_id, _)| trace_id)
+}
+
+/// The trace and span ids of `span` (hex), when it is traced.
+pub fn ids(span: &Span) -> Option<(String, String)> {
     use opentelemetry::trace::TraceContextExt;
+    if span.is_none() {
+        return None;
+    }
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
+    span_context.is_valid().then(|| {
+        (
+            span_context.trace_id().to_string(),
+            span_context.span_id().to_string(),
+        )
+    })
 }
 
 /// Writes the trace context of `span` into gRPC request metadata.
