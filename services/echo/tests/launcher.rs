@@ -506,19 +506,7 @@ async fn a_canary_worker_that_dies_is_rolled_back() {
 /// `switchyard_endpoint_completed_total` of `Echo/Say`, summed over the
 /// phases, from one scrape; and whether each metric has one TYPE line.
 async fn scrape_completed(port: u16) -> (u64, bool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("metrics port");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut text = String::new();
-    tokio::time::timeout(BOUND, stream.read_to_string(&mut text))
-        .await
-        .expect("answered in time")
-        .expect("read");
+    let text = scrape(port).await;
     let completed = text
         .lines()
         .filter(|l| {
@@ -534,6 +522,26 @@ async fn scrape_completed(port: u16) -> (u64, bool) {
         .len()
         == text.lines().filter(|l| l.starts_with("# TYPE ")).count();
     (completed, one_type_each)
+}
+
+/// One scrape of `/metrics` on `port`: the body.
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut text = String::new();
+    tokio::time::timeout(BOUND, stream.read_to_string(&mut text))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
 }
 
 /// Under a launcher the supervisor serves the sum of its workers' counters:
@@ -572,6 +580,7 @@ async fn metrics_under_the_launcher_only_grow_through_a_switch() {
     loop {
         let (completed, _) = scrape_completed(metrics).await;
         if completed == answered {
+            support::promtool_accepts(&scrape(metrics).await);
             break;
         }
         assert!(

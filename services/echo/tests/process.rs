@@ -288,3 +288,27 @@ async fn json_logs_lead_to_their_trace() {
         .await
         .expect("the log line's trace was exported");
 }
+
+/// The metrics text passes `promtool check metrics` (format and naming
+/// lint), with a dozen buckets per histogram, the build and the process.
+#[test]
+fn metrics_pass_promtool_with_build_and_process_metrics() {
+    let mut echo = start_echo("bridged");
+    let response = get_metrics(&echo.metrics);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    let _ = echo.child.kill();
+    let _ = echo.child.wait();
+    for needle in [
+        "switchyard_build_info{service=\"echo\",version=\"",
+        "\nprocess_resident_memory_bytes ",
+        "\nprocess_open_fds ",
+        "\nprocess_cpu_seconds_total ",
+        "\nprocess_start_time_seconds ",
+    ] {
+        assert!(body.contains(needle), "no `{needle}` in:\n{body}");
+    }
+    support::promtool_accepts(&body);
+}

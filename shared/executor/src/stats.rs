@@ -343,6 +343,13 @@ impl ExecutorSnapshot {
     }
 }
 
+/// The log2 buckets exposed as Prometheus bounds: every second one from
+/// 16 µs to 16.8 s (16 µs, 64 µs, 256 µs, 1 ms, 4 ms, 16 ms, 65 ms, 262 ms,
+/// 1 s, 4.2 s, 16.8 s, then +Inf): a dozen series per histogram instead of
+/// 32, each bound exact (a cumulative count of whole log2 buckets). The
+/// executor keeps all of them for its own quantiles.
+const EXPOSED_BUCKETS: [usize; 11] = [4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24];
+
 /// Renders snapshots (of one service, one per phase) in the Prometheus text
 /// exposition format (0.0.4): each metric's HELP and TYPE once, then its
 /// series for every snapshot.
@@ -458,9 +465,8 @@ pub fn render_prometheus(snapshots: &[ExecutorSnapshot]) -> String {
                 endpoint.kind
             );
             let histogram = pick(endpoint);
-            let mut cumulative = 0;
-            for (index, count) in histogram.buckets.iter().enumerate() {
-                cumulative += count;
+            for index in EXPOSED_BUCKETS {
+                let cumulative: u64 = histogram.buckets.iter().take(index + 1).sum();
                 let bound = HistogramSnapshot::bucket_bound_us(index) as f64 / 1e6;
                 let _ = writeln!(
                     out,
@@ -524,8 +530,14 @@ mod tests {
         assert!(text.contains(
             "switchyard_endpoint_completed_total{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\"} 2"
         ));
-        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\",le=\"0.000004\"} 1"));
-        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\",le=\"0.000008\"} 2"));
+        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\",le=\"0.000016\"} 2"));
+        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\",le=\"16.777216\"} 2"));
+        // A dozen buckets per histogram: 11 bounds and +Inf.
+        assert_eq!(
+            text.matches("switchyard_endpoint_run_seconds_bucket{")
+                .count(),
+            12
+        );
         assert!(text.contains("switchyard_endpoint_run_seconds_count{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\"} 2"));
     }
     fn worker(phase: Phase, completed: u64, in_flight: u64, run_us: u64) -> ExecutorSnapshot {

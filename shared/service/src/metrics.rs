@@ -29,7 +29,10 @@ pub async fn serve_metrics(
 ) -> std::io::Result<SocketAddr> {
     serve_text(
         address,
-        move || executor.snapshot().render_prometheus(),
+        move || {
+            let snapshot = executor.snapshot();
+            snapshot.render_prometheus() + &process_metrics(&snapshot.name)
+        },
         shutdown,
     )
     .await
@@ -106,4 +109,81 @@ fn respond<B>(request: &Request<B>, render: &impl Fn() -> String) -> Response<Fu
             .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
+}
+
+/// `switchyard_build_info` and the standard `process_*` metrics of this
+/// process (the names every Prometheus client library uses), read from
+/// `/proc`; a value that cannot be read is left out.
+pub(crate) fn process_metrics(service: &str) -> String {
+    let mut out = format!(
+        "# HELP switchyard_build_info The build running, as labels.\n\
+         # TYPE switchyard_build_info gauge\n\
+         switchyard_build_info{{service=\"{service}\",version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut gauge = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(value) = value {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").ok();
+    // The fields after the command name (which may hold spaces), from
+    // field 3 (`state`) on, as proc(5) numbers them.
+    let fields: Vec<&str> = stat
+        .as_deref()
+        .and_then(|s| s.rsplit_once(')'))
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| -> Option<f64> { fields.get(n.checked_sub(3)?)?.parse().ok() };
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let page = rustix::param::page_size() as f64;
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|b| b.trim().parse::<f64>().ok())
+    });
+    gauge(
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time spent, in seconds.",
+        field(14).zip(field(15)).map(|(u, s)| (u + s) / ticks),
+    );
+    gauge(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        field(24).map(|pages| pages * page),
+    );
+    gauge(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        field(23),
+    );
+    gauge(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds.",
+        boot.zip(field(22))
+            .map(|(boot, start)| boot + start / ticks),
+    );
+    gauge(
+        "process_open_fds",
+        "gauge",
+        "Open file descriptors.",
+        std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|dir| dir.count() as f64),
+    );
+    gauge(
+        "process_max_fds",
+        "gauge",
+        "The limit on open file descriptors.",
+        rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map(|limit| limit as f64),
+    );
+    out
 }

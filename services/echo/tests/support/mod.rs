@@ -96,3 +96,38 @@ pub fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<S
     });
     log
 }
+
+/// Asserts that `promtool check metrics` (Debian's, extracted by
+/// `scripts/test`; `E2E_PROMTOOL`) accepts `text`.
+pub fn promtool_accepts(text: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let path = std::env::var_os("E2E_PROMTOOL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/tmp/switchyard-promtool/usr/bin/promtool".into());
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test extracts it from Debian's prometheus package; or set E2E_PROMTOOL",
+        path.display()
+    );
+    let mut check = Command::new(path)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("metrics written");
+    let checked = check.wait_with_output().expect("promtool finished");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

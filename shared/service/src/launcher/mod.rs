@@ -213,9 +213,12 @@ async fn run(start: Start) -> ExitCode {
         let served = match start.metrics_listen.parse() {
             Ok(address) => {
                 let books = Arc::clone(&books);
+                let service = service.clone();
                 crate::metrics::serve_text(
                     address,
-                    move || Book::lock(&books).render(),
+                    move || {
+                        Book::lock(&books).render() + &crate::metrics::process_metrics(&service)
+                    },
                     stop_metrics.clone(),
                 )
                 .await
