@@ -38,7 +38,7 @@ async fn server_spans_join_the_callers_trace() {
 
     let spans = receiver
         .wait_for(Duration::from_secs(10), |spans| {
-            ["caller", "Echo/Say", "dispatch Echo/Say"]
+            ["caller", "switchyard.echo.v1.Echo/Say", "dispatch Echo/Say"]
                 .iter()
                 .all(|name| spans.iter().any(|s| s.name == *name))
         })
@@ -47,8 +47,8 @@ async fn server_spans_join_the_callers_trace() {
     let caller = spans.iter().find(|s| s.name == "caller").expect("caller");
     let server_span = spans
         .iter()
-        .find(|s| s.name == "Echo/Say")
-        .expect("server span");
+        .find(|s| s.name == "switchyard.echo.v1.Echo/Say")
+        .expect("server span, named package.Service/Method");
     let dispatch = spans
         .iter()
         .find(|s| s.name == "dispatch Echo/Say")
@@ -62,6 +62,25 @@ async fn server_spans_join_the_callers_trace() {
     assert_eq!(dispatch.parent_span_id, server_span.span_id);
     assert_eq!(dispatch.attribute("switchyard.phase"), Some("bridged"));
     assert_eq!(server_span.attribute("rpc.grpc.status_code"), Some("0"));
+    assert_eq!(
+        server_span.attribute("rpc.service"),
+        Some("switchyard.echo.v1.Echo")
+    );
+    assert_eq!(server_span.attribute("rpc.method"), Some("Say"));
+    assert_eq!(server_span.attribute("error.type"), None);
+    // None of the default noise (the executor still says on which thread
+    // a body ran: `thread.name` on the dispatch span).
+    for span in &spans {
+        for noise in [
+            "code.filepath",
+            "code.lineno",
+            "thread.id",
+            "busy_ns",
+            "idle_ns",
+        ] {
+            assert_eq!(span.attribute(noise), None, "{} carries {noise}", span.name);
+        }
+    }
     server.shutdown.cancel();
     telemetry.shutdown();
 }

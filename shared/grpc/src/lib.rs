@@ -27,7 +27,9 @@ use tracing::{Instrument, field};
 pub use connections::{ConnectionLimits, LimitedStream};
 pub use readiness::Readiness;
 pub use retry::{never_sent, retry_unsent};
-pub use status::{code_name, from_dispatch, invalid_argument, not_found};
+pub use status::{
+    FullMethod, code_name, from_dispatch, invalid_argument, is_server_error, not_found,
+};
 
 /// The `[grpc]` section of a service that serves gRPC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,13 +219,25 @@ where
     Resp: Send + 'static,
 {
     let received = Instant::now();
+    // Named `package.Service/Method` (OpenTelemetry RPC conventions), from
+    // the request's path; the endpoint's own name when there is none.
+    let (service, method) = match request.extensions().get::<FullMethod>() {
+        Some(full) => (full.service.clone(), full.method.clone()),
+        None => match endpoint.name().split_once('/') {
+            Some((service, method)) => (service.to_string(), method.to_string()),
+            None => (String::new(), endpoint.name().to_string()),
+        },
+    };
     let span = tracing::info_span!(
         "grpc.server",
-        otel.name = endpoint.name(),
+        otel.name = %format_args!("{service}/{method}"),
         otel.kind = "server",
         rpc.system = "grpc",
-        rpc.method = endpoint.name(),
+        rpc.service = %service,
+        rpc.method = %method,
         rpc.grpc.status_code = field::Empty,
+        otel.status_code = field::Empty,
+        error.type = field::Empty,
     );
     // Before the span is first entered: tracing-opentelemetry refuses later.
     switchyard_telemetry::propagation::set_parent_from_metadata(&span, request.metadata());
@@ -248,6 +262,10 @@ where
         Err(status) => status.code(),
     };
     span.record("rpc.grpc.status_code", code as i64);
+    if is_server_error(code) {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", code_name(code));
+    }
     observe(Finished {
         method: endpoint.name().to_string(),
         trace_id: switchyard_telemetry::propagation::trace_id(&span),
@@ -420,6 +438,9 @@ pub async fn serve(
     server
         .layer(tower::util::MapResponseLayer::new(
             status::size_limit_is_resource_exhausted as fn(_) -> _,
+        ))
+        .layer(tower::util::MapRequestLayer::new(
+            status::remember_method as fn(_) -> _,
         ))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {

@@ -53,6 +53,46 @@ pub fn from_dispatch(error: &DispatchError) -> Status {
     }
 }
 
+/// The gRPC service and method a request was sent to, from its `:path`
+/// (`/package.Service/Method`): what server spans are named after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullMethod {
+    /// `package.Service`.
+    pub service: String,
+    /// `Method`.
+    pub method: String,
+}
+
+/// Keeps the request's [`FullMethod`] in its extensions (tonic hands them
+/// on to the handler).
+pub fn remember_method<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let named = request
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split_once('/')
+        .map(|(service, method)| FullMethod {
+            service: service.to_string(),
+            method: method.to_string(),
+        });
+    if let Some(named) = named {
+        request.extensions_mut().insert(named);
+    }
+    request
+}
+
+/// Whether a server answering `code` failed, by the OpenTelemetry RPC
+/// conventions for gRPC servers: only the codes that mean the server could
+/// not do its part (the caller's mistakes — INVALID_ARGUMENT, NOT_FOUND … —
+/// leave the span's status unset).
+pub fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+    )
+}
+
 /// gRPC's status code table (`doc/statuscodes.md`) says a message larger
 /// than the configured limit is RESOURCE_EXHAUSTED; tonic's decoder answers
 /// OUT_OF_RANGE. No Switchyard endpoint answers OUT_OF_RANGE, so the server
@@ -89,6 +129,43 @@ mod tests {
                 .ok()?
                 .to_string(),
         )
+    }
+
+    #[test]
+    fn only_codes_that_mean_the_server_failed_mark_its_span_as_an_error() {
+        use tonic::Code;
+        for code in [
+            Code::DeadlineExceeded,
+            Code::Internal,
+            Code::Unavailable,
+            Code::Unknown,
+        ] {
+            assert!(is_server_error(code), "{code:?}");
+        }
+        for code in [
+            Code::Ok,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::ResourceExhausted,
+        ] {
+            assert!(!is_server_error(code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn the_path_names_service_and_method() {
+        let request = http::Request::builder()
+            .uri("/switchyard.echo.v1.Echo/Say")
+            .body(())
+            .expect("request");
+        let request = remember_method(request);
+        assert_eq!(
+            request.extensions().get::<FullMethod>(),
+            Some(&FullMethod {
+                service: "switchyard.echo.v1.Echo".into(),
+                method: "Say".into()
+            })
+        );
     }
 
     #[test]

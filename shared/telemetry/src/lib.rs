@@ -222,9 +222,15 @@ pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, 
         }
         env::Export::Off(_) => (None, None),
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("switchyard")));
+    let otel_layer = provider.as_ref().map(|provider| {
+        // Not the source location, thread or busy/idle time of every
+        // span: attributes no convention has, on every span.
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("switchyard"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+    });
     let (text, json) = match config.log_format {
         LogFormat::Text => (
             // Colour only for a person at a terminal: not in files or pipes.
