@@ -44,6 +44,14 @@ struct Echo {
     log: mpsc::Receiver<String>,
 }
 
+impl Drop for Echo {
+    /// A test that failed half-way leaves no process behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start_echo(phase: &str) -> Echo {
     start_echo_with(phase, &[])
 }
@@ -311,4 +319,44 @@ fn metrics_pass_promtool_with_build_and_process_metrics() {
         assert!(body.contains(needle), "no `{needle}` in:\n{body}");
     }
     support::promtool_accepts(&body);
+}
+
+/// An exporter pointed at a collector that is not there says so: a
+/// warning naming the endpoint, not silence while spans are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_trace_export_is_reported() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let echo = start_echo_with(
+        "async",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("SWITCHYARD_TELEMETRY__EXPORT_DELAY_MS", "100"),
+        ],
+    );
+    let mut client = EchoClient::connect(format!("http://{}", echo.grpc))
+        .await
+        .expect("connect");
+    client
+        .say(SayRequest {
+            text: "lost".into(),
+            wait_ms: 0,
+        })
+        .await
+        .expect("say");
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = echo
+            .log
+            .recv_timeout(left)
+            .expect("a warning about the failed export");
+        if line.contains(&format!("trace export to {endpoint} failed")) {
+            assert!(line.contains("WARN"), "{line}");
+            break;
+        }
+    }
 }

@@ -312,6 +312,12 @@ fn tracer_provider(
             .build()
             .map_err(|error| failed(error.to_string()))?
     };
+    let exporter = Warned {
+        inner: exporter,
+        endpoint: endpoint.to_string(),
+        last: std::sync::Mutex::new(None),
+        failed: std::sync::atomic::AtomicU64::new(0),
+    };
     let processor = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
             BatchConfigBuilder::default()
@@ -324,4 +330,68 @@ fn tracer_provider(
         .with_resource(resource(identity))
         .build();
     Ok((provider, runtime))
+}
+
+/// How often a failing exporter is reported, at most.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// An exporter that says when its exports fail: a warning at the first
+/// failure, then at most one a minute with the count since (a collector
+/// that is down fails every batch; its spans are dropped).
+#[derive(Debug)]
+struct Warned<E> {
+    inner: E,
+    endpoint: String,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl<E> Warned<E> {
+    fn failed(&self, error: &opentelemetry_sdk::error::OTelSdkError) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let failed = self.failed.fetch_add(1, Relaxed) + 1;
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        self.failed.store(0, Relaxed);
+        tracing::warn!(
+            "trace export to {} failed: {error} ({failed} batch(es) since the last warning; their spans are dropped)",
+            self.endpoint
+        );
+    }
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for Warned<E>
+{
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        let exported = self.inner.export(batch);
+        async move {
+            let result = exported.await;
+            if let Err(error) = &result {
+                self.failed(error);
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
