@@ -171,3 +171,75 @@ async fn both_forms_answer_the_same_and_the_async_one_offloads_nothing() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("`meters`"), "{refused:?}");
 }
+
+/// The notifier evaluates the alarms one batch touches at once: in the
+/// batch's trace, the collector's statistics calls of those evaluations
+/// overlap in time (one after another, none could).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alarms_one_batch_touches_are_evaluated_at_once() {
+    use switchyard_telemetry::receiver::OtlpReceiver;
+    const ALARMS: usize = 8;
+    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("receiver");
+    let fleet = Fleet::start(FleetOptions {
+        otlp: Some(receiver.endpoint()),
+        ..FleetOptions::default()
+    })
+    .await;
+    let mut client = fleet.client().await;
+    let meter = format!("forms.{}.watched", fleet.id);
+    for n in 0..ALARMS {
+        client
+            .create_alarm(CreateAlarmRequest {
+                alarm: Some(Alarm {
+                    name: format!("watch-{n}"),
+                    meter: meter.clone(),
+                    project_id: "e2e".into(),
+                    ..support::hot_alarm(String::new())
+                }),
+            })
+            .await
+            .expect("alarm created");
+    }
+    client
+        .post_samples(PostSamplesRequest {
+            samples: vec![Sample {
+                meter: meter.clone(),
+                ..sample(String::new(), 1.0)
+            }],
+        })
+        .await
+        .expect("posted");
+    const QUERY: &str = "switchyard.collector.v1.SampleQuery/GetStatistics";
+    let spans = receiver
+        .wait_for(BOUND, |spans| {
+            spans
+                .iter()
+                .filter(|s| s.name == "dispatch evaluate_alarms")
+                .any(|evaluation| {
+                    spans
+                        .iter()
+                        .filter(|s| s.trace_id == evaluation.trace_id && s.name == QUERY)
+                        .count()
+                        >= ALARMS
+                })
+        })
+        .await
+        .unwrap_or_else(|spans| panic!("no evaluation of {ALARMS} alarms: {} spans", spans.len()));
+    let evaluation = spans
+        .iter()
+        .find(|s| s.name == "dispatch evaluate_alarms")
+        .expect("evaluation");
+    let mut queries: Vec<(u64, u64)> = spans
+        .iter()
+        .filter(|s| s.trace_id == evaluation.trace_id && s.name == QUERY)
+        .map(|s| (s.start_unix_nanos, s.end_unix_nanos))
+        .collect();
+    queries.sort_unstable();
+    assert!(
+        queries.windows(2).any(|pair| pair[1].0 < pair[0].1),
+        "the {} statistics calls ran one after another: {queries:?}",
+        queries.len()
+    );
+}
