@@ -102,10 +102,7 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
 async fn the_public_api_requires_a_bearer_token_when_configured() {
     let token = "a-token-long-enough-0123456789";
     let fleet = Fleet::start(FleetOptions {
-        api_extra: vec![(
-            "SWITCHYARD_API__AUTH_TOKENS".into(),
-            format!("[\"{token}\"]"),
-        )],
+        api_extra: support::api_token(token),
         ..FleetOptions::default()
     })
     .await;
@@ -302,10 +299,7 @@ async fn secrets_never_appear_in_logs_printed_config_errors_or_traces() {
     let fleet = Fleet::start(FleetOptions {
         otlp: Some(receiver.endpoint()),
         extra: vec![("SWITCHYARD_AMQP__URL".into(), amqp_url.clone())],
-        api_extra: vec![(
-            "SWITCHYARD_API__AUTH_TOKENS".into(),
-            format!("[\"{token}\"]"),
-        )],
+        api_extra: support::api_token(&token),
         ..FleetOptions::default()
     })
     .await;

@@ -8,23 +8,14 @@ mod support;
 use std::collections::BTreeSet;
 
 use support::{BOUND, Fleet, FleetOptions};
-use switchyard_messaging::{AmqpConfig, CallError, RpcClient, Target, Transport};
+use switchyard_messaging::{CallError, RpcClient, Target};
 use switchyard_proto::catalogue::{self, Kind};
 use switchyard_proto::messaging::v1::PromoteCanary;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_server_serves_exactly_the_catalogued_methods_of_its_topic() {
     let fleet = Fleet::start(FleetOptions::default()).await;
-    let transport = Transport::connect(
-        &AmqpConfig {
-            exchange: fleet.exchange.clone(),
-            ..Default::default()
-        },
-        "e2e",
-        "catalogue",
-    )
-    .await
-    .expect("broker");
+    let transport = fleet.transport("catalogue").await;
     let client = RpcClient::new(&transport).await.expect("client");
 
     for topic in [

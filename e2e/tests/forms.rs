@@ -8,7 +8,7 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use support::{BOUND, Fleet, FleetOptions, sample};
 use switchyard_proto::metering::v1::metering_client::MeteringClient;
@@ -57,23 +57,10 @@ fn meters(id: &str) -> Vec<String> {
 }
 
 async fn statistics(client: &mut MeteringClient<Channel>, meters: &[String]) -> Vec<(String, u64)> {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
     let answer = client
         .get_statistics(GetStatisticsRequest {
             meters: meters.to_vec(),
-            project_id: "e2e".into(),
-            start: Some(prost_types::Timestamp {
-                seconds: now - 3600,
-                nanos: 0,
-            }),
-            end: Some(prost_types::Timestamp {
-                seconds: now + 3600,
-                nanos: 0,
-            }),
-            ..GetStatisticsRequest::default()
+            ..support::statistics_this_hour()
         })
         .await
         .expect("statistics")

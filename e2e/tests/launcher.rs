@@ -231,16 +231,7 @@ async fn rollbacks(
     fleet: &Fleet,
     stop: &CancellationToken,
 ) -> (mpsc::UnboundedReceiver<RolledBack>, NotificationListener) {
-    let transport = switchyard_messaging::Transport::connect(
-        &switchyard_messaging::AmqpConfig {
-            exchange: fleet.exchange.clone(),
-            ..Default::default()
-        },
-        "e2e",
-        "rollbacks",
-    )
-    .await
-    .expect("broker");
+    let transport = fleet.transport("rollbacks").await;
     let executor = Executor::new(
         "e2e",
         ExecutorConfig {

@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use support::{BOUND, Fleet, FleetOptions, Webhook, sample};
 use switchyard_proto::metering::v1::metering_client::MeteringClient;
@@ -18,23 +18,10 @@ use switchyard_telemetry::receiver::OtlpReceiver;
 use tonic::transport::Channel;
 
 async fn statistics(client: &mut MeteringClient<Channel>) -> Statistics {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
     let request = GetStatisticsRequest {
         meter: "cpu_util".into(),
-        project_id: "e2e".into(),
-        start: Some(prost_types::Timestamp {
-            seconds: now - 3600,
-            nanos: 0,
-        }),
-        end: Some(prost_types::Timestamp {
-            seconds: now + 3600,
-            nanos: 0,
-        }),
         period_seconds: 0,
-        ..GetStatisticsRequest::default()
+        ..support::statistics_this_hour()
     };
     let buckets = client
         .get_statistics(request)

@@ -15,10 +15,7 @@ use support::{Fleet, FleetOptions, python};
 async fn the_python_client_written_from_the_documents_runs_every_step() {
     let token = format!("py-{}", switchyard_messaging::wire::new_id());
     let fleet = Fleet::start(FleetOptions {
-        api_extra: vec![(
-            "SWITCHYARD_API__AUTH_TOKENS".into(),
-            format!("[\"{token}\"]"),
-        )],
+        api_extra: support::api_token(&token),
         ..FleetOptions::default()
     })
     .await;

@@ -350,6 +350,14 @@ pub struct FleetOptions {
     pub api_extra: Vec<(String, String)>,
 }
 
+/// The api's environment for accepting only `token` (`api.auth_tokens`).
+pub fn api_token(token: &str) -> Vec<(String, String)> {
+    vec![(
+        "SWITCHYARD_API__AUTH_TOKENS".into(),
+        format!("[\"{token}\"]"),
+    )]
+}
+
 /// The three services on a fresh exchange and database. Dropping it stops
 /// the services, then removes the exchange's objects and the database.
 pub struct Fleet {
@@ -467,6 +475,21 @@ impl Fleet {
         self.collector = Some(Service::start("collector", &self.dir, &env));
     }
 
+    /// A connection of the test's own to the fleet's exchange, named
+    /// `name` in the broker's connection list.
+    pub async fn transport(&self, name: &str) -> switchyard_messaging::Transport {
+        switchyard_messaging::Transport::connect(
+            &switchyard_messaging::AmqpConfig {
+                exchange: self.exchange.clone(),
+                ..Default::default()
+            },
+            "e2e",
+            name,
+        )
+        .await
+        .expect("broker")
+    }
+
     /// A client of the api.
     pub async fn client(
         &self,
@@ -538,6 +561,22 @@ pub fn sample(id: String, volume: f64) -> switchyard_proto::metering::v1::Sample
         }),
         resource_id: "vm-1".into(),
         project_id: "e2e".into(),
+        ..Default::default()
+    }
+}
+
+/// A statistics request over the project `e2e` from an hour ago to an hour
+/// ahead (samples are stamped now); the caller names the meter(s).
+pub fn statistics_this_hour() -> switchyard_proto::metering::v1::GetStatisticsRequest {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    switchyard_proto::metering::v1::GetStatisticsRequest {
+        project_id: "e2e".into(),
+        start: at(now - 3600),
+        end: at(now + 3600),
         ..Default::default()
     }
 }

@@ -13,18 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use support::free_port;
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
 
 const ECHO: &str = env!("CARGO_BIN_EXE_switchyard-echo");
 const BOUND: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// The configuration file: `[executor]` with `executor` (e.g. the phase, from
 /// [`phase`]), two workers, `extra` appended.

@@ -56,16 +56,62 @@ fn start_echo(phase: &str) -> Echo {
     start_echo_with(phase, &[])
 }
 
-fn start_echo_with(phase: &str, env: &[(&str, &str)]) -> Echo {
+impl Echo {
+    /// One `Say` on a fresh connection; it must succeed.
+    async fn say(&self, text: &str) {
+        let mut client = EchoClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect");
+        client
+            .say(SayRequest {
+                text: text.into(),
+                wait_ms: 0,
+            })
+            .await
+            .expect("say");
+    }
+
+    /// SIGTERM; the process must exit 0 (having flushed its spans).
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("exits");
+        assert!(status.success(), "{status:?}");
+    }
+
+    /// Reads log lines until `pick` returns something; gives up after
+    /// [`BOUND`], saying it waited for `what`.
+    fn line<T>(&self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .log
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what} in the log within {BOUND:?}"));
+            if let Some(picked) = pick(&line) {
+                return picked;
+            }
+        }
+    }
+}
+
+/// The echo binary with none of this process's `SWITCHYARD_` or `OTEL_`
+/// variables: each test says what it sets.
+fn echo_command() -> Command {
     let mut command = Command::new(ECHO);
     for (key, _) in std::env::vars() {
         if key.starts_with("SWITCHYARD_") || key.starts_with("OTEL_") {
             command.env_remove(key);
         }
     }
-    let mut child = command
+    command.current_dir(std::env::temp_dir());
+    command
+}
+
+fn start_echo_with(phase: &str, env: &[(&str, &str)]) -> Echo {
+    let mut child = echo_command()
         .envs(env.iter().copied())
-        .current_dir(std::env::temp_dir())
         .env("SWITCHYARD_EXECUTOR__PHASE", phase)
         .env("SWITCHYARD_EXECUTOR__POOL_SIZE", "2")
         .env("SWITCHYARD_METRICS__LISTEN", "127.0.0.1:0")
@@ -167,25 +213,6 @@ async fn sigterm_drains_the_call_in_flight_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_otel_environment_variables_decide_where_spans_go() {
     use switchyard_telemetry::receiver::OtlpReceiver;
-    let call = |grpc: String| async move {
-        let mut client = EchoClient::connect(format!("http://{grpc}"))
-            .await
-            .expect("connect");
-        client
-            .say(SayRequest {
-                text: "traced".into(),
-                wait_ms: 0,
-            })
-            .await
-            .expect("say");
-    };
-    let stop = |mut echo: Echo| {
-        let pid = echo.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let status = echo.child.wait().expect("exits");
-        assert!(status.success(), "{status:?}");
-    };
-
     let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
         .await
         .expect("receiver");
@@ -194,8 +221,8 @@ async fn the_otel_environment_variables_decide_where_spans_go() {
         "async",
         &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces.as_str())],
     );
-    call(echo.grpc.clone()).await;
-    stop(echo);
+    echo.say("traced").await;
+    echo.stop();
     receiver
         .wait_for(BOUND, |spans| spans.iter().any(|s| s.service == "echo"))
         .await
@@ -212,16 +239,15 @@ async fn the_otel_environment_variables_decide_where_spans_go() {
             ("OTEL_SDK_DISABLED", "true"),
         ],
     );
-    call(echo.grpc.clone()).await;
+    echo.say("traced").await;
     // A clean exit flushes whatever was to be exported: nothing.
-    stop(echo);
+    echo.stop();
     assert!(
         quiet.spans().is_empty(),
         "OTEL_SDK_DISABLED=true exported spans"
     );
 
-    let refused = Command::new(ECHO)
-        .current_dir(std::env::temp_dir())
+    let refused = echo_command()
         .env("SWITCHYARD_GRPC__LISTEN", "127.0.0.1:0")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &traces)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
@@ -257,30 +283,16 @@ async fn json_logs_lead_to_their_trace() {
             ("SWITCHYARD_ECHO__BLOCK_MS", "30"),
         ],
     );
-    let mut client = EchoClient::connect(format!("http://{}", echo.grpc))
-        .await
-        .expect("connect");
-    client
-        .say(SayRequest {
-            text: "blocking".into(),
-            wait_ms: 0,
-        })
-        .await
-        .expect("say");
-    let deadline = Instant::now() + BOUND;
-    let line = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = echo.log.recv_timeout(left).expect("a slow-poll warning");
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+    echo.say("blocking").await;
+    let line = echo.line("slow-poll warning", |line| {
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(line) else {
             panic!("not a JSON line: {line}");
         };
-        if json["message"]
+        json["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("slow poll"))
-        {
-            break json;
-        }
-    };
+            .then_some(json)
+    });
     assert_eq!(line["service"], "echo", "{line}");
     assert_eq!(line["level"], "WARN", "{line}");
     assert!(
@@ -325,11 +337,7 @@ fn metrics_pass_promtool_with_build_and_process_metrics() {
 /// warning naming the endpoint, not silence while spans are dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_trace_export_is_reported() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let endpoint = format!("http://127.0.0.1:{closed}");
+    let endpoint = format!("http://127.0.0.1:{}", support::free_port());
     let echo = start_echo_with(
         "async",
         &[
@@ -337,26 +345,10 @@ async fn a_failing_trace_export_is_reported() {
             ("SWITCHYARD_TELEMETRY__EXPORT_DELAY_MS", "100"),
         ],
     );
-    let mut client = EchoClient::connect(format!("http://{}", echo.grpc))
-        .await
-        .expect("connect");
-    client
-        .say(SayRequest {
-            text: "lost".into(),
-            wait_ms: 0,
-        })
-        .await
-        .expect("say");
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = echo
-            .log
-            .recv_timeout(left)
-            .expect("a warning about the failed export");
-        if line.contains(&format!("trace export to {endpoint} failed")) {
-            assert!(line.contains("WARN"), "{line}");
-            break;
-        }
-    }
+    echo.say("lost").await;
+    let needle = format!("trace export to {endpoint} failed");
+    let line = echo.line("warning about the failed export", |line| {
+        line.contains(&needle).then(|| line.to_string())
+    });
+    assert!(line.contains("WARN"), "{line}");
 }

@@ -131,3 +131,11 @@ pub fn promtool_accepts(text: &str) {
         String::from_utf8_lossy(&checked.stderr)
     );
 }
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
