@@ -319,8 +319,8 @@ impl MeteringApi {
             }
             self.board.call(Trace {
                 at_ms: crate::dashboard::now_ms(),
-                method: finished.method,
-                trace_id: finished.trace_id.unwrap_or_default(),
+                method: finished.method.to_string(),
+                trace_id: finished.trace_id().unwrap_or_default(),
                 code: switchyard_grpc::code_name(finished.code).to_string(),
                 millis: finished.elapsed.as_secs_f64() * 1000.0,
             });

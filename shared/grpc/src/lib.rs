@@ -194,17 +194,25 @@ where
     unary_observed(endpoint, request, overload_wait, |_| {}).await
 }
 
-/// One finished unary call, as [`unary_observed`] reports it.
-#[derive(Debug, Clone)]
-pub struct Finished {
+/// One finished unary call, as [`unary_observed`] reports it. Borrowed,
+/// and the trace id looked up only when asked: [`unary`]'s calls, which
+/// observe nothing, pay for nothing.
+#[derive(Debug)]
+pub struct Finished<'a> {
     /// The endpoint's name, e.g. `Metering/PostSamples`.
-    pub method: String,
-    /// The server span's trace id, when traced.
-    pub trace_id: Option<String>,
+    pub method: &'a str,
     /// The status the caller got.
     pub code: tonic::Code,
     /// From the request's arrival to the answer.
     pub elapsed: Duration,
+    span: &'a tracing::Span,
+}
+
+impl Finished<'_> {
+    /// The server span's trace id, when traced.
+    pub fn trace_id(&self) -> Option<String> {
+        switchyard_telemetry::propagation::trace_id(self.span)
+    }
 }
 
 /// [`unary`], then `observe` is told how the call ended.
@@ -212,7 +220,7 @@ pub async fn unary_observed<Req, Resp>(
     endpoint: &BoundEndpoint<Req, GrpcOutcome<Resp>>,
     request: Request<Req>,
     overload_wait: Duration,
-    observe: impl FnOnce(Finished),
+    observe: impl FnOnce(Finished<'_>),
 ) -> Result<Response<Resp>, Status>
 where
     Req: Send + 'static,
@@ -267,10 +275,10 @@ where
         span.record("error.type", code_name(code));
     }
     observe(Finished {
-        method: endpoint.name().to_string(),
-        trace_id: switchyard_telemetry::propagation::trace_id(&span),
+        method: endpoint.name(),
         code,
         elapsed: received.elapsed(),
+        span: &span,
     });
     result
 }

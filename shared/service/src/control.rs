@@ -142,14 +142,22 @@ struct Link {
     /// The connection's write half: the queue's writer and
     /// [`SupervisorLink::last_stats`] take turns, a whole line each.
     write: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
+    /// Whether the supervisor wants executor snapshots (it serves metrics).
+    stats: bool,
     note: watch::Receiver<String>,
     announcements: tokio::sync::Mutex<mpsc::UnboundedReceiver<RolledBack>>,
 }
 
 impl SupervisorLink {
     /// Connects to the supervisor named in the environment, if any, and
-    /// reports `executor`'s totals every second until `shutdown`.
-    pub(crate) async fn connect(executor: Executor, shutdown: CancellationToken) -> Self {
+    /// reports `executor`'s totals every second until `shutdown`; with
+    /// `stats` (the supervisor serves `metrics.listen`) also its whole
+    /// snapshot.
+    pub(crate) async fn connect(
+        executor: Executor,
+        shutdown: CancellationToken,
+        stats: bool,
+    ) -> Self {
         let (Some(path), Some(worker)) = (
             std::env::var_os(SUPERVISOR_VARIABLE),
             std::env::var(crate::WORKER_VARIABLE)
@@ -198,7 +206,7 @@ impl SupervisorLink {
                 let snapshot = executor.snapshot();
                 let report = Report::of(&snapshot, run_times);
                 if reports.send(FromWorker::Report(report)).is_err()
-                    || reports.send(FromWorker::Stats(Box::new(snapshot))).is_err()
+                    || (stats && reports.send(FromWorker::Stats(Box::new(snapshot))).is_err())
                 {
                     return;
                 }
@@ -213,6 +221,7 @@ impl SupervisorLink {
                 role: std::env::var(ROLE_VARIABLE).unwrap_or_default(),
                 send,
                 write,
+                stats,
                 note,
                 announcements: tokio::sync::Mutex::new(announcements),
             })),
@@ -257,7 +266,9 @@ impl SupervisorLink {
     /// until they are written: the supervisor's `/metrics` then keeps every
     /// call this worker counted after it exits.
     pub async fn last_stats(&self, snapshot: switchyard_executor::stats::ExecutorSnapshot) {
-        let Some(link) = &self.inner else { return };
+        let Some(link) = self.inner.as_ref().filter(|link| link.stats) else {
+            return;
+        };
         let written = tokio::time::timeout(
             Duration::from_secs(1),
             write_line(&link.write, &FromWorker::Stats(Box::new(snapshot))),

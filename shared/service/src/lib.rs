@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use canary::CanaryConfig;
 pub use control::{ROLE_VARIABLE, RolledBack, SUPERVISOR_VARIABLE, SupervisorLink};
 pub use launcher::{LauncherConfig, WORKER_VARIABLE, is_worker};
-pub use metrics::serve_metrics;
+pub use metrics::{serve_http, serve_metrics};
 pub use switchyard_executor::ExecutorConfig;
 pub use switchyard_telemetry::TelemetryConfig;
 
@@ -337,7 +337,12 @@ where
         tracing::info!("metrics on http://{bound}/metrics");
     }
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let supervisor = SupervisorLink::connect(executor.clone(), shutdown.clone()).await;
+    let supervisor = SupervisorLink::connect(
+        executor.clone(),
+        shutdown.clone(),
+        !settings.metrics().listen.is_empty(),
+    )
+    .await;
     tracing::info!(
         phase = %executor_config.phase,
         instance = %identity.instance_id,

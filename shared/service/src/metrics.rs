@@ -12,6 +12,7 @@
 //! Collector can scrape it with its Prometheus receiver.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -56,31 +57,61 @@ where
     socket.bind(address)?;
     let listener = socket.listen(1024)?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        tracing::warn!("metrics endpoint: accept failed: {error}");
-                        continue;
-                    }
-                },
-                _ = shutdown.cancelled() => return,
-            };
-            let render = render.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let render = render.clone();
-                    async move { Ok::<_, std::convert::Infallible>(respond(&request, &render)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(serve_http(
+        listener,
+        "metrics endpoint",
+        move |request| respond(&request, &render),
+        shutdown,
+    ));
     Ok(bound)
+}
+
+/// A small HTTP/1 server: answers every request on `listener` with
+/// `answer` until `shutdown`, then lets each open connection (a scrape, a
+/// page's event stream) finish for up to two seconds. `what` names it in
+/// the log when an accept fails (then it waits a moment: a full descriptor
+/// table would otherwise make it spin).
+pub async fn serve_http<A, B>(
+    listener: tokio::net::TcpListener,
+    what: &'static str,
+    answer: A,
+    shutdown: CancellationToken,
+) where
+    A: Fn(Request<hyper::body::Incoming>) -> Response<B> + Clone + Send + Sync + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!("{what}: accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let (answer, shutdown) = (answer.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let response = answer(request);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+                }
+            }
+        });
+    }
 }
 
 fn respond<B>(request: &Request<B>, render: &impl Fn() -> String) -> Response<Full<Bytes>> {

@@ -25,9 +25,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -137,37 +135,14 @@ pub async fn serve(
     dashboard: Dashboard,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::warn!("dashboard: accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        let (dashboard, shutdown) = (dashboard.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let connection_shutdown = shutdown.clone();
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let response = respond(&request, &dashboard, &shutdown);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = connection_shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
-                }
-            }
-        });
-    }
+    let stop = shutdown.clone();
+    switchyard_service::serve_http(
+        listener,
+        "dashboard",
+        move |request| respond(&request, &dashboard, &stop),
+        shutdown,
+    )
+    .await;
 }
 
 type Body = BoxBody<Bytes, Infallible>;
