@@ -23,6 +23,9 @@ async fn statistics(client: &mut MeteringClient<Channel>) -> Statistics {
         period_seconds: 0,
         ..support::statistics_this_hour()
     };
+    // A caller with a deadline: the api passes what is left on to the collector.
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(Duration::from_secs(10));
     let buckets = client
         .get_statistics(request)
         .await
@@ -201,6 +204,64 @@ async fn three_services_in_three_phases() {
             );
         }
     }
+
+    // The api's call to the collector is a CLIENT span (RPC conventions),
+    // the parent of the collector's server span, and it carried the rest
+    // of the caller's deadline (10 s) as `grpc-timeout`.
+    let query = "switchyard.collector.v1.SampleQuery/GetStatistics";
+    let under = |spans: &[switchyard_telemetry::receiver::ReceivedSpan], parent: &str| {
+        spans.iter().any(|s| s.parent_span_id == parent)
+    };
+    let spans = receiver
+        .wait_for(BOUND, |spans| {
+            spans.iter().any(|c| {
+                c.service == "api"
+                    && c.name == query
+                    && spans
+                        .iter()
+                        .any(|s| s.parent_span_id == c.span_id && under(spans, &s.span_id))
+            })
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("no api CLIENT span `{query}` with the collector's spans under it")
+        });
+    let client_span = spans
+        .iter()
+        .find(|c| {
+            c.service == "api"
+                && c.name == query
+                && spans
+                    .iter()
+                    .any(|s| s.parent_span_id == c.span_id && under(&spans, &s.span_id))
+        })
+        .unwrap_or_else(|| panic!("no CLIENT span `{query}` from the api"));
+    assert_eq!(client_span.kind, "client");
+    assert_eq!(client_span.attribute("rpc.grpc.status_code"), Some("0"));
+    assert_eq!(client_span.attribute("server.address"), Some("127.0.0.1"));
+    let server_span = spans
+        .iter()
+        .find(|s| s.parent_span_id == client_span.span_id)
+        .unwrap_or_else(|| panic!("the collector's span is not under the api's {client_span:?}"));
+    assert_eq!(
+        (
+            server_span.service.as_str(),
+            server_span.name.as_str(),
+            server_span.kind
+        ),
+        ("collector", query, "server")
+    );
+    let dispatch = spans
+        .iter()
+        .find(|s| s.parent_span_id == server_span.span_id)
+        .unwrap_or_else(|| panic!("no dispatch under {server_span:?}"));
+    let left: u64 = dispatch
+        .attribute("switchyard.deadline_ms")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("the caller's deadline did not reach the collector: {dispatch:?}")
+        });
+    assert!(left > 0 && left <= 10_000, "{left} ms");
 
     // Restart the collector into the async phase while samples keep coming.
     let posting = Arc::new(AtomicBool::new(true));

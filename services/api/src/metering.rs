@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use prost::Message;
 use switchyard_executor::{
-    BoundEndpoint, Endpoint, EndpointKind, EndpointSpec, Executor, PhaseMismatch,
+    BoundEndpoint, Context, Endpoint, EndpointKind, EndpointSpec, Executor, PhaseMismatch,
 };
-use switchyard_grpc::{GrpcOutcome, TraceInterceptor, invalid_argument, retry_unsent};
+use switchyard_grpc::client::{Traced, deadline};
+use switchyard_grpc::{GrpcOutcome, invalid_argument, retry_unsent};
 use switchyard_messaging::{CallError, MessagingError, RpcClient, Target, heartbeat, wire};
 use switchyard_proto::catalogue;
 use switchyard_proto::collector::v1::sample_query_client::SampleQueryClient;
 use switchyard_proto::messaging::v1::{PromoteCanary, RecordSamples};
 use switchyard_proto::metering::v1::metering_server::Metering;
 use switchyard_proto::metering::v1::*;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -24,7 +24,7 @@ use crate::dashboard::Board;
 use crate::dashboard::board::Trace;
 use crate::rollout::Rollout;
 
-type QueryClient = SampleQueryClient<InterceptedService<Channel, TraceInterceptor>>;
+type QueryClient = SampleQueryClient<Traced<Channel>>;
 
 /// The method names, as endpoints (what `--check-config` checks).
 pub const METHODS: [&str; 10] = [
@@ -69,10 +69,7 @@ pub fn collector_client(
     url: &str,
 ) -> Result<QueryClient, switchyard_grpc::GrpcError> {
     let channel = grpc.client_endpoint(url)?.connect_lazy();
-    Ok(SampleQueryClient::with_interceptor(
-        channel,
-        TraceInterceptor,
-    ))
+    Ok(SampleQueryClient::new(Traced::new(channel, url)))
 }
 
 fn call_status(error: CallError) -> Status {
@@ -98,13 +95,18 @@ fn call_status(error: CallError) -> Status {
 
 async fn alarm_call<Req: Message, Resp: Message + Default>(
     backends: &Backends,
+    cx: &Context,
     method: &str,
     request: Req,
 ) -> Result<Resp, Status> {
     let target = Target::topic(&backends.exchange, catalogue::topic::ALARMS);
+    // No longer than the caller waits.
+    let timeout = cx.remaining().map_or(backends.alarm_timeout, |left| {
+        left.min(backends.alarm_timeout)
+    });
     backends
         .rpc
-        .call(&target, method, &request, backends.alarm_timeout)
+        .call(&target, method, &request, timeout)
         .await
         .map_err(call_status)
 }
@@ -118,6 +120,7 @@ fn unix_now() -> i64 {
 
 async fn post_samples(
     backends: Backends,
+    _: Context,
     mut request: PostSamplesRequest,
 ) -> GrpcOutcome<PostSamplesResponse> {
     switchyard_proto::validate::samples(&request.samples, unix_now())
@@ -164,6 +167,7 @@ async fn post_samples(
 /// act on it), when the rollout table shows a canary of that service.
 async fn promote_canary(
     backends: Backends,
+    _: Context,
     request: PromoteCanaryRequest,
 ) -> GrpcOutcome<PromoteCanaryResponse> {
     let service = request.service.trim().to_string();
@@ -229,12 +233,12 @@ fn bind<Req, Resp, F, Fut>(
 where
     Req: Send + 'static,
     Resp: Send + 'static,
-    F: Fn(Backends, Req) -> Fut + Send + Sync + 'static,
+    F: Fn(Backends, Context, Req) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = GrpcOutcome<Resp>> + Send + 'static,
 {
     let backends = backends.clone();
-    executor.register(Endpoint::from_async(METHODS[index], move |_, request| {
-        body(backends.clone(), request)
+    executor.register(Endpoint::from_async(METHODS[index], move |cx, request| {
+        body(backends.clone(), cx, request)
     }))
 }
 
@@ -251,9 +255,10 @@ impl MeteringApi {
                 executor,
                 1,
                 backends,
-                |b, r: ListMetersRequest| async move {
+                |b, cx, r: ListMetersRequest| async move {
                     let reply = retry_unsent(|| {
                         let (mut collector, r) = (b.collector.clone(), r.clone());
+                        let r = deadline(tonic::Request::new(r), cx.remaining());
                         async move { collector.list_meters(r).await }
                     });
                     Ok(reply.await?.into_inner())
@@ -263,38 +268,39 @@ impl MeteringApi {
                 executor,
                 2,
                 backends,
-                |b, r: GetStatisticsRequest| async move {
+                |b, cx, r: GetStatisticsRequest| async move {
                     // The rest is checked where the queries run.
                     if r.meter.is_empty() && r.meters.is_empty() {
                         return Err(invalid_argument("meter", "is required (or `meters`)"));
                     }
                     let reply = retry_unsent(|| {
                         let (mut collector, r) = (b.collector.clone(), r.clone());
+                        let r = deadline(tonic::Request::new(r), cx.remaining());
                         async move { collector.get_statistics(r).await }
                     });
                     Ok(reply.await?.into_inner())
                 },
             )?,
-            create_alarm: bind(executor, 3, backends, |b, r| async move {
-                alarm_call(&b, catalogue::method::CREATE_ALARM, r).await
+            create_alarm: bind(executor, 3, backends, |b, cx, r| async move {
+                alarm_call(&b, &cx, catalogue::method::CREATE_ALARM, r).await
             })?,
-            get_alarm: bind(executor, 4, backends, |b, r| async move {
-                alarm_call(&b, catalogue::method::GET_ALARM, r).await
+            get_alarm: bind(executor, 4, backends, |b, cx, r| async move {
+                alarm_call(&b, &cx, catalogue::method::GET_ALARM, r).await
             })?,
-            list_alarms: bind(executor, 5, backends, |b, r| async move {
-                alarm_call(&b, catalogue::method::LIST_ALARMS, r).await
+            list_alarms: bind(executor, 5, backends, |b, cx, r| async move {
+                alarm_call(&b, &cx, catalogue::method::LIST_ALARMS, r).await
             })?,
-            delete_alarm: bind(executor, 6, backends, |b, r| async move {
-                alarm_call(&b, catalogue::method::DELETE_ALARM, r).await
+            delete_alarm: bind(executor, 6, backends, |b, cx, r| async move {
+                alarm_call(&b, &cx, catalogue::method::DELETE_ALARM, r).await
             })?,
-            alarm_history: bind(executor, 7, backends, |b, r| async move {
-                alarm_call(&b, catalogue::method::GET_ALARM_HISTORY, r).await
+            alarm_history: bind(executor, 7, backends, |b, cx, r| async move {
+                alarm_call(&b, &cx, catalogue::method::GET_ALARM_HISTORY, r).await
             })?,
             rollout: bind(
                 executor,
                 8,
                 backends,
-                |b, _: GetRolloutRequest| async move { Ok(b.rollout.table(b.heartbeat_interval)) },
+                |b, _, _: GetRolloutRequest| async move { Ok(b.rollout.table(b.heartbeat_interval)) },
             )?,
             promote: bind(executor, 9, backends, promote_canary)?,
             overload_wait,

@@ -247,19 +247,124 @@ async fn the_otel_environment_variables_decide_where_spans_go() {
         "OTEL_SDK_DISABLED=true exported spans"
     );
 
-    let refused = echo_command()
-        .env("SWITCHYARD_GRPC__LISTEN", "127.0.0.1:0")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &traces)
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        .output()
-        .expect("runs");
-    assert_eq!(refused.status.code(), Some(2));
-    let text = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        text.contains("OTEL_EXPORTER_OTLP_PROTOCOL (from the environment): `http/protobuf`")
-            && text.contains("accepted: grpc"),
-        "{text}"
-    );
+    // What this build cannot honour is refused by name, with what it takes.
+    for (variable, value, accepted) in [
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "http/json",
+            "accepted: grpc, http/protobuf",
+        ),
+        (
+            "OTEL_PROPAGATORS",
+            "tracecontext,b3",
+            "accepted: a comma-separated list of tracecontext, baggage; or none",
+        ),
+        (
+            "OTEL_METRICS_EXPORTER",
+            "statsd",
+            "accepted: prometheus, otlp, none",
+        ),
+    ] {
+        let refused = echo_command()
+            .env("SWITCHYARD_GRPC__LISTEN", "127.0.0.1:0")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &traces)
+            .env(variable, value)
+            .output()
+            .expect("runs");
+        assert_eq!(refused.status.code(), Some(2), "{variable}={value}");
+        let text = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            text.contains(&format!("{variable} (from the environment): `{value}`"))
+                && text.contains(accepted),
+            "{text}"
+        );
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`: spans go to `/v1/traces`
+/// of the endpoint; with `OTEL_METRICS_EXPORTER=otlp` the executor's
+/// counters and histograms go to `/v1/metrics`, cumulative, with the status
+/// code of each answer. Over gRPC the same metrics arrive too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_metrics_go_over_otlp_http_and_grpc() {
+    use switchyard_telemetry::receiver::{OtlpReceiver, Protocol, ReceivedPoint};
+    let said = |points: &[ReceivedPoint], name: &str| {
+        points
+            .iter()
+            .filter(|p| {
+                p.service == "echo"
+                    && p.name == name
+                    && p.attributes.get("endpoint").map(String::as_str) == Some("Echo/Say")
+            })
+            .map(|p| p.value)
+            .fold(0.0, f64::max)
+    };
+    for protocol in [Protocol::HttpProtobuf, Protocol::Grpc] {
+        let receiver = OtlpReceiver::start_with("127.0.0.1:0".parse().expect("address"), protocol)
+            .await
+            .expect("receiver");
+        let endpoint = receiver.endpoint();
+        let wire = match protocol {
+            Protocol::HttpProtobuf => "http/protobuf",
+            Protocol::Grpc => "grpc",
+        };
+        let echo = start_echo_with(
+            "async",
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", wire),
+                ("OTEL_METRICS_EXPORTER", "otlp"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+                ("SWITCHYARD_TELEMETRY__EXPORT_DELAY_MS", "100"),
+            ],
+        );
+        echo.say("one").await;
+        echo.say("two").await;
+        let points = receiver
+            .wait_for_points(BOUND, |points| {
+                said(points, "switchyard.endpoint.completed") >= 2.0
+                    && said(points, "switchyard.endpoint.run") >= 2.0
+                    && said(points, "switchyard.endpoint.responses") >= 2.0
+            })
+            .await
+            .unwrap_or_else(|points| panic!("{wire}: metrics never arrived: {points:#?}"));
+        let completed = points
+            .iter()
+            .find(|p| p.name == "switchyard.endpoint.completed")
+            .expect("completed");
+        assert!(
+            completed.kind == "sum" && completed.monotonic,
+            "{completed:?}"
+        );
+        assert_eq!(
+            completed.attributes.get("phase").map(String::as_str),
+            Some("async")
+        );
+        let responses = points
+            .iter()
+            .find(|p| p.name == "switchyard.endpoint.responses")
+            .expect("responses");
+        assert_eq!(
+            responses.attributes.get("code").map(String::as_str),
+            Some("OK"),
+            "{responses:?}"
+        );
+        assert!(
+            points
+                .iter()
+                .any(|p| p.name == "switchyard.endpoint.run" && p.kind == "histogram"),
+            "{points:#?}"
+        );
+        receiver
+            .wait_for(BOUND, |spans| {
+                spans
+                    .iter()
+                    .any(|s| s.service == "echo" && s.name == "switchyard.echo.v1.Echo/Say")
+            })
+            .await
+            .unwrap_or_else(|spans| panic!("{wire}: no server span arrived: {spans:#?}"));
+        echo.stop();
+    }
 }
 
 /// JSON logs carry the message, the service, the instance and — inside a
@@ -311,9 +416,10 @@ async fn json_logs_lead_to_their_trace() {
 
 /// The metrics text passes `promtool check metrics` (format and naming
 /// lint), with a dozen buckets per histogram, the build and the process.
-#[test]
-fn metrics_pass_promtool_with_build_and_process_metrics() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_with_build_and_process_metrics() {
     let mut echo = start_echo("bridged");
+    echo.say("counted").await;
     let response = get_metrics(&echo.metrics);
     let body = response
         .split_once("\r\n\r\n")
@@ -327,6 +433,8 @@ fn metrics_pass_promtool_with_build_and_process_metrics() {
         "\nprocess_open_fds ",
         "\nprocess_cpu_seconds_total ",
         "\nprocess_start_time_seconds ",
+        // Answers by gRPC status code.
+        "\nswitchyard_endpoint_responses_total{service=\"echo\",phase=\"bridged\",endpoint=\"Echo/Say\",form=\"async\",code=\"OK\"} 1\n",
     ] {
         assert!(body.contains(needle), "no `{needle}` in:\n{body}");
     }

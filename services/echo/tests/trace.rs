@@ -1,12 +1,14 @@
-//! Trace context crosses a gRPC call: the server's spans join the client's
-//! trace. Its own test binary: it installs the global subscriber.
+//! Trace context crosses a gRPC call: the caller's CLIENT span is the parent
+//! of the server's span, the caller's remaining deadline reaches the server,
+//! and both sides mark a failed call by the RPC conventions. Its own test
+//! binary: it installs the global subscriber.
 
 mod support;
 
 use std::time::Duration;
 
 use switchyard_executor::Phase;
-use switchyard_grpc::TraceInterceptor;
+use switchyard_grpc::client::{Traced, deadline};
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
 use tracing::Instrument;
@@ -23,41 +25,92 @@ async fn server_spans_join_the_callers_trace() {
         .connect()
         .await
         .expect("connect");
-    let mut client = EchoClient::with_interceptor(channel, TraceInterceptor);
+    let url = server.url();
+    let mut client = EchoClient::new(Traced::new(channel, &url));
     let caller = tracing::info_span!("caller");
-    client
-        .say(SayRequest {
+    // The caller has 5 s left and says so.
+    let request = deadline(
+        tonic::Request::new(SayRequest {
             text: "traced".into(),
             wait_ms: 0,
-        })
+        }),
+        Some(Duration::from_secs(5)),
+    );
+    client
+        .say(request)
         .instrument(caller.clone())
         .await
         .expect("reply");
     drop(caller);
+    // 100 ms left for a call that takes 2 s: the server gives up first.
+    let late = tracing::info_span!("late caller");
+    let request = deadline(
+        tonic::Request::new(SayRequest {
+            text: "late".into(),
+            wait_ms: 2000,
+        }),
+        Some(Duration::from_millis(100)),
+    );
+    let status = client
+        .say(request)
+        .instrument(late.clone())
+        .await
+        .expect_err("past its deadline");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    drop(late);
     telemetry.flush();
 
+    let name = "switchyard.echo.v1.Echo/Say";
     let spans = receiver
         .wait_for(Duration::from_secs(10), |spans| {
-            ["caller", "switchyard.echo.v1.Echo/Say", "dispatch Echo/Say"]
+            ["caller", "late caller", "dispatch Echo/Say"]
                 .iter()
                 .all(|name| spans.iter().any(|s| s.name == *name))
+                && spans.iter().filter(|s| s.name == name).count() == 4
         })
         .await
         .unwrap_or_else(|spans| panic!("spans never arrived: {spans:#?}"));
-    let caller = spans.iter().find(|s| s.name == "caller").expect("caller");
-    let server_span = spans
-        .iter()
-        .find(|s| s.name == "switchyard.echo.v1.Echo/Say")
-        .expect("server span, named package.Service/Method");
-    let dispatch = spans
-        .iter()
-        .find(|s| s.name == "dispatch Echo/Say")
-        .expect("dispatch");
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no span {name}"))
+    };
+    let child_of = |parent: &switchyard_telemetry::receiver::ReceivedSpan| {
+        spans
+            .iter()
+            .find(|s| s.parent_span_id == parent.span_id)
+            .unwrap_or_else(|| panic!("no child of {parent:?}"))
+    };
+    let caller = find("caller");
+    let client_span = child_of(caller);
+    assert_eq!(client_span.name, name, "{client_span:?}");
+    assert_eq!(client_span.kind, "client");
+    assert_eq!(client_span.attribute("rpc.system"), Some("grpc"));
+    assert_eq!(
+        client_span.attribute("rpc.service"),
+        Some("switchyard.echo.v1.Echo")
+    );
+    assert_eq!(client_span.attribute("rpc.method"), Some("Say"));
+    assert_eq!(client_span.attribute("server.address"), Some("127.0.0.1"));
+    assert_eq!(client_span.value_type("server.port"), Some("int"));
+    assert_eq!(client_span.attribute("rpc.grpc.status_code"), Some("0"));
+    assert_eq!(client_span.status, "unset");
+    let server_span = child_of(client_span);
+    assert_eq!(server_span.name, name, "{server_span:?}");
+    assert_eq!(server_span.kind, "server");
+    let dispatch = child_of(server_span);
+    assert_eq!(dispatch.name, "dispatch Echo/Say");
+    // The deadline crossed as `grpc-timeout`: the server knew what was left.
+    let left: u64 = dispatch
+        .attribute("switchyard.deadline_ms")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no deadline reached the server: {dispatch:?}"));
+    assert!(left > 0 && left <= 5000, "{left} ms");
     assert_eq!(
         server_span.trace_id, caller.trace_id,
         "the server joined the caller's trace"
     );
-    assert_eq!(server_span.parent_span_id, caller.span_id);
     assert_eq!(dispatch.trace_id, caller.trace_id);
     assert_eq!(dispatch.parent_span_id, server_span.span_id);
     assert_eq!(dispatch.attribute("switchyard.phase"), Some("bridged"));
@@ -68,6 +121,24 @@ async fn server_spans_join_the_callers_trace() {
     );
     assert_eq!(server_span.attribute("rpc.method"), Some("Say"));
     assert_eq!(server_span.attribute("error.type"), None);
+
+    // The late call: both sides say how it ended, as an error.
+    let late = find("late caller");
+    let late_client = child_of(late);
+    assert_eq!(late_client.kind, "client");
+    assert_eq!(late_client.status, "error");
+    assert_eq!(late_client.attribute("rpc.grpc.status_code"), Some("4"));
+    assert_eq!(
+        late_client.attribute("error.type"),
+        Some("DEADLINE_EXCEEDED")
+    );
+    let late_server = child_of(late_client);
+    assert_eq!(late_server.kind, "server");
+    assert_eq!(late_server.status, "error");
+    assert_eq!(
+        late_server.attribute("error.type"),
+        Some("DEADLINE_EXCEEDED")
+    );
     // None of the default noise (the executor still says on which thread
     // a body ran: `thread.name` on the dispatch span).
     for span in &spans {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt as _;
 use futures_util::future::try_join_all;
 use switchyard_executor::Endpoint;
-use switchyard_grpc::TraceInterceptor;
+use switchyard_grpc::client::Traced;
 use switchyard_messaging::{EndpointError, Handled, Notification, Notifier, Priority};
 use switchyard_proto::collector::v1::sample_query_client::SampleQueryClient;
 use switchyard_proto::messaging::v1::{AlarmStateChanged, SampleRecorded};
@@ -16,7 +16,6 @@ use switchyard_proto::metering::v1::{
     Alarm, AlarmState, Comparison, GetStatisticsRequest, Statistic, Statistics,
 };
 use switchyard_storage::Database;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::alarms;
@@ -24,8 +23,8 @@ use crate::alarms;
 /// The notification this endpoint publishes on a transition.
 pub use switchyard_proto::catalogue::event::ALARM_STATE_CHANGED;
 
-/// A query client that carries the trace context.
-pub type QueryClient = SampleQueryClient<InterceptedService<Channel, TraceInterceptor>>;
+/// A query client whose calls make CLIENT spans and carry their context.
+pub type QueryClient = SampleQueryClient<Traced<Channel>>;
 
 /// Connects (lazily) to the collector's query API (TLS for `https://`).
 pub fn query_client(
@@ -36,10 +35,7 @@ pub fn query_client(
         .client_endpoint(url)?
         .timeout(Duration::from_secs(10))
         .connect_lazy();
-    Ok(SampleQueryClient::with_interceptor(
-        channel,
-        TraceInterceptor,
-    ))
+    Ok(SampleQueryClient::new(Traced::new(channel, url)))
 }
 
 fn value(statistic: i32, bucket: &Statistics) -> f64 {

@@ -309,6 +309,19 @@ where
         &self.executor
     }
 
+    /// Counts one answer with status `code` (gRPC's numbering, 0 to 16;
+    /// others are not counted), for the `code` label of the endpoint's
+    /// response counter: the transport knows the status, the executor only
+    /// whether the body failed.
+    pub fn count_status(&self, code: i32) {
+        if let Some(counter) = usize::try_from(code)
+            .ok()
+            .and_then(|code| self.counters.statuses.get(code))
+        {
+            counter.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Runs the endpoint on `request` in the executor's phase. Waits for
     /// capacity first (back-pressure), bounded by the deadline and the wait
     /// budget.
@@ -327,6 +340,7 @@ where
             switchyard.phase = phase.as_str(),
             switchyard.endpoint = &*self.name,
             switchyard.endpoint.kind = %self.counters.kind,
+            switchyard.deadline_ms = field::Empty,
             switchyard.queue_wait_us = field::Empty,
             switchyard.offloaded = field::Empty,
             switchyard.overdue = field::Empty,
@@ -334,6 +348,11 @@ where
             otel.status_code = field::Empty,
             error.message = field::Empty,
         );
+        if let Some(deadline) = options.deadline {
+            // What the caller left it, as it arrived.
+            let left = deadline.saturating_duration_since(Instant::now());
+            span.record("switchyard.deadline_ms", left.as_millis() as i64);
+        }
         let admitted = self
             .admit(options.deadline, options.wait_budget, span.clone())
             .await;

@@ -129,6 +129,9 @@ pub(crate) struct EndpointCounters {
     pub hung: AtomicU64,
     pub queue_wait: Histogram,
     pub run_time: Histogram,
+    /// Answers by status code, as the transport reports them
+    /// ([`crate::BoundEndpoint::count_status`]): gRPC's 17 codes.
+    pub statuses: [AtomicU64; STATUS_CODES],
     /// The executor's ring of recent run times (shared by its endpoints).
     pub recent: std::sync::Arc<crate::recent::RecentRunTimes>,
 }
@@ -156,6 +159,7 @@ impl EndpointCounters {
             hung: AtomicU64::new(0),
             queue_wait: Histogram::default(),
             run_time: Histogram::default(),
+            statuses: std::array::from_fn(|_| AtomicU64::new(0)),
             recent,
         }
     }
@@ -179,9 +183,35 @@ impl EndpointCounters {
             },
             queue_wait: self.queue_wait.snapshot(),
             run_time: self.run_time.snapshot(),
+            statuses: self.statuses.iter().map(|c| c.load(Relaxed)).collect(),
         }
     }
 }
+
+/// How many status codes are counted: gRPC's, 0 (OK) to 16 (UNAUTHENTICATED).
+pub const STATUS_CODES: usize = 17;
+
+/// gRPC's status code names, by number (the gRPC spec, "Status codes and
+/// their use in gRPC").
+pub const STATUS_NAMES: [&str; STATUS_CODES] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
 
 /// Counters of an endpoint or a whole executor.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -239,6 +269,33 @@ pub struct EndpointSnapshot {
     pub queue_wait: HistogramSnapshot,
     /// Time the body ran.
     pub run_time: HistogramSnapshot,
+    /// Answers by gRPC status code (index = code); all zero for endpoints
+    /// no gRPC server answers for.
+    #[serde(default)]
+    pub statuses: Vec<u64>,
+}
+
+impl EndpointSnapshot {
+    /// The status codes answered, by name, with their counts (only those seen).
+    pub fn statuses(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.statuses
+            .iter()
+            .zip(STATUS_NAMES)
+            .filter(|(count, _)| **count > 0)
+            .map(|(count, name)| (name, *count))
+    }
+
+    fn add(&mut self, other: &EndpointSnapshot) {
+        self.counts.add(&other.counts);
+        self.queue_wait.merge(&other.queue_wait);
+        self.run_time.merge(&other.run_time);
+        if self.statuses.len() < other.statuses.len() {
+            self.statuses.resize(other.statuses.len(), 0);
+        }
+        for (mine, theirs) in self.statuses.iter_mut().zip(&other.statuses) {
+            *mine += theirs;
+        }
+    }
 }
 
 /// Statistics of one executor at one moment.
@@ -313,11 +370,7 @@ impl ExecutorSnapshot {
                     .iter_mut()
                     .find(|e| e.name == endpoint.name && e.kind == endpoint.kind)
                 {
-                    Some(mine) => {
-                        mine.counts.add(&endpoint.counts);
-                        mine.queue_wait.merge(&endpoint.queue_wait);
-                        mine.run_time.merge(&endpoint.run_time);
-                    }
+                    Some(mine) => mine.add(endpoint),
                     None => into.endpoints.push(endpoint.clone()),
                 }
             }
@@ -348,7 +401,7 @@ impl ExecutorSnapshot {
 /// 1 s, 4.2 s, 16.8 s, then +Inf): a dozen series per histogram instead of
 /// 32, each bound exact (a cumulative count of whole log2 buckets). The
 /// executor keeps all of them for its own quantiles.
-const EXPOSED_BUCKETS: [usize; 11] = [4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24];
+pub const EXPOSED_BUCKETS: [usize; 11] = [4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24];
 
 /// Renders snapshots (of one service, one per phase) in the Prometheus text
 /// exposition format (0.0.4): each metric's HELP and TYPE once, then its
@@ -379,8 +432,90 @@ pub fn render_prometheus(snapshots: &[ExecutorSnapshot]) -> String {
             s.name, s.phase, s.capacity
         );
     }
-    type Counter = (&'static str, &'static str, &'static str, fn(&Counts) -> u64);
-    let counters: [Counter; 10] = [
+    for (metric, kind, help, read) in counters() {
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} {kind}"
+        );
+        for s in snapshots {
+            for endpoint in &s.endpoints {
+                let _ = writeln!(
+                    out,
+                    "switchyard_endpoint_{metric}{{service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\"}} {}",
+                    s.name,
+                    s.phase,
+                    escape_label(&endpoint.name),
+                    endpoint.kind,
+                    read(&endpoint.counts)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_endpoint_responses_total Answers by gRPC status code.\n\
+         # TYPE switchyard_endpoint_responses_total counter"
+    );
+    for s in snapshots {
+        for endpoint in &s.endpoints {
+            for (code, count) in endpoint.statuses() {
+                let _ = writeln!(
+                    out,
+                    "switchyard_endpoint_responses_total{{service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\",code=\"{code}\"}} {count}",
+                    s.name,
+                    s.phase,
+                    escape_label(&endpoint.name),
+                    endpoint.kind,
+                );
+            }
+        }
+    }
+    for (metric, help, pick) in histograms() {
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} histogram"
+        );
+        for (s, endpoint) in snapshots
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
+        {
+            let labels = format!(
+                "service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\"",
+                s.name,
+                s.phase,
+                escape_label(&endpoint.name),
+                endpoint.kind
+            );
+            let histogram = pick(endpoint);
+            for index in EXPOSED_BUCKETS {
+                let cumulative: u64 = histogram.buckets.iter().take(index + 1).sum();
+                let bound = HistogramSnapshot::bucket_bound_us(index) as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "switchyard_endpoint_{metric}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "switchyard_endpoint_{metric}_bucket{{{labels},le=\"+Inf\"}} {}\n\
+                 switchyard_endpoint_{metric}_sum{{{labels}}} {}\n\
+                 switchyard_endpoint_{metric}_count{{{labels}}} {}",
+                histogram.count,
+                histogram.sum_us as f64 / 1e6,
+                histogram.count
+            );
+        }
+    }
+    out
+}
+
+/// One counter of [`Counts`]: its metric name (after `switchyard_endpoint_`),
+/// Prometheus type, help, and how to read it.
+pub type Counter = (&'static str, &'static str, &'static str, fn(&Counts) -> u64);
+
+/// The [`Counts`] fields as metrics.
+pub fn counters() -> [Counter; 10] {
+    [
         ("queued", "gauge", "Requests waiting for a worker.", |c| {
             c.queued
         }),
@@ -421,70 +556,26 @@ pub fn render_prometheus(snapshots: &[ExecutorSnapshot]) -> String {
             "Work past the hung threshold.",
             |c| c.hung,
         ),
-    ];
-    for (metric, kind, help, read) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} {kind}"
-        );
-        for s in snapshots {
-            for endpoint in &s.endpoints {
-                let _ = writeln!(
-                    out,
-                    "switchyard_endpoint_{metric}{{service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\"}} {}",
-                    s.name,
-                    s.phase,
-                    escape_label(&endpoint.name),
-                    endpoint.kind,
-                    read(&endpoint.counts)
-                );
-            }
-        }
-    }
-    for (metric, help, pick) in [
+    ]
+}
+
+/// The histograms of an endpoint: metric name, help, which one.
+pub type HistogramOf = (
+    &'static str,
+    &'static str,
+    fn(&EndpointSnapshot) -> &HistogramSnapshot,
+);
+
+/// The endpoint histograms as metrics.
+pub fn histograms() -> [HistogramOf; 2] {
+    [
         (
             "queue_wait_seconds",
             "Time from dispatch until the body started.",
-            (|e: &EndpointSnapshot| &e.queue_wait) as fn(&EndpointSnapshot) -> &HistogramSnapshot,
+            |e| &e.queue_wait,
         ),
         ("run_seconds", "Time the body ran.", |e| &e.run_time),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} histogram"
-        );
-        for (s, endpoint) in snapshots
-            .iter()
-            .flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
-        {
-            let labels = format!(
-                "service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\"",
-                s.name,
-                s.phase,
-                escape_label(&endpoint.name),
-                endpoint.kind
-            );
-            let histogram = pick(endpoint);
-            for index in EXPOSED_BUCKETS {
-                let cumulative: u64 = histogram.buckets.iter().take(index + 1).sum();
-                let bound = HistogramSnapshot::bucket_bound_us(index) as f64 / 1e6;
-                let _ = writeln!(
-                    out,
-                    "switchyard_endpoint_{metric}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "switchyard_endpoint_{metric}_bucket{{{labels},le=\"+Inf\"}} {}\n\
-                 switchyard_endpoint_{metric}_sum{{{labels}}} {}\n\
-                 switchyard_endpoint_{metric}_count{{{labels}}} {}",
-                histogram.count,
-                histogram.sum_us as f64 / 1e6,
-                histogram.count
-            );
-        }
-    }
-    out
+    ]
 }
 
 fn escape_label(value: &str) -> String {

@@ -9,6 +9,7 @@
 #![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+pub mod client;
 mod connections;
 mod readiness;
 mod retry;
@@ -270,6 +271,7 @@ where
         Err(status) => status.code(),
     };
     span.record("rpc.grpc.status_code", code as i64);
+    endpoint.count_status(code as i32);
     if is_server_error(code) {
         span.record("otel.status_code", "ERROR");
         span.record("error.type", code_name(code));

@@ -173,25 +173,42 @@ where
     }))
 }
 
+/// The span name the messaging conventions give an operation on a
+/// destination: `{operation} {destination}`, or the operation alone for the
+/// default exchange (its name is empty).
+fn messaging_span_name(operation: &str, exchange: &str) -> String {
+    if exchange.is_empty() {
+        operation.to_string()
+    } else {
+        format!("{operation} {exchange}")
+    }
+}
+
 /// The consumer-side span of one delivery, parented on the producer's
 /// context from the message headers (before it is first entered).
+///
+/// By the OpenTelemetry messaging conventions for RabbitMQ: named
+/// `process {exchange}`, `messaging.destination.name` is the exchange (the
+/// queue it came through is `messaging.destination.subscription.name`).
 pub(crate) fn process_span(queue: &str, delivery: &Delivery) -> Span {
     let span = tracing::info_span!(
         "process",
-        otel.name = %format_args!("{queue} process"),
+        otel.name = %messaging_span_name("process", delivery.exchange.as_str()),
         otel.kind = "consumer",
         messaging.system = "rabbitmq",
+        messaging.operation.name = "process",
         messaging.operation.type = "process",
         messaging.destination.name = %delivery.exchange,
+        messaging.destination.subscription.name = queue,
         messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag as i64,
         messaging.message.id = delivery
             .properties
             .message_id()
             .as_ref()
             .map(|id| id.as_str())
             .unwrap_or(""),
-        messaging.message.body.size = delivery.data.len() as u64,
-        switchyard.queue = queue,
+        messaging.message.body.size = delivery.data.len() as i64,
     );
     let headers = wire::string_headers(&delivery.properties);
     switchyard_telemetry::propagation::set_parent_from(
@@ -201,17 +218,25 @@ pub(crate) fn process_span(queue: &str, delivery: &Delivery) -> Span {
     span
 }
 
-/// The producer-side span of one publish.
-pub(crate) fn publish_span(exchange: &str, routing_key: &str, message_id: &str) -> Span {
+/// The producer-side span of one publish: `publish {exchange}`, a `send`
+/// operation by the messaging conventions.
+pub(crate) fn publish_span(
+    exchange: &str,
+    routing_key: &str,
+    message_id: &str,
+    body_size: usize,
+) -> Span {
     tracing::info_span!(
         "publish",
-        otel.name = %format_args!("{exchange} publish"),
+        otel.name = %messaging_span_name("publish", exchange),
         otel.kind = "producer",
         messaging.system = "rabbitmq",
-        messaging.operation.type = "publish",
+        messaging.operation.name = "publish",
+        messaging.operation.type = "send",
         messaging.destination.name = exchange,
         messaging.rabbitmq.destination.routing_key = routing_key,
         messaging.message.id = message_id,
+        messaging.message.body.size = body_size as i64,
     )
 }
 

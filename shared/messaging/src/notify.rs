@@ -114,7 +114,8 @@ impl Notifier {
     ) -> Result<(), MessagingError> {
         let key = wire::notification_key(priority.as_str(), event_type);
         let message_id = wire::new_id();
-        let span = consume::publish_span(&self.exchange, &key, &message_id);
+        let body = payload.encode_to_vec();
+        let span = consume::publish_span(&self.exchange, &key, &message_id, body.len());
         let mut headers = FieldTable::default();
         wire::set_str(&mut headers, wire::KIND, "notification");
         wire::set_str(&mut headers, wire::EVENT_TYPE, event_type);
@@ -132,7 +133,7 @@ impl Notifier {
             &self.exchange,
             &key,
             false,
-            &payload.encode_to_vec(),
+            &body,
             properties,
         )
         .instrument(span)

@@ -827,11 +827,11 @@ impl RpcClient {
             .as_ref()
             .map(|m| m.as_str().to_string())
             .unwrap_or_default();
-        let span = consume::publish_span(exchange, routing_key, &message_id);
+        let body = request.encode_to_vec();
+        let span = consume::publish_span(exchange, routing_key, &message_id, body.len());
         let mut headers = properties.headers().clone().unwrap_or_default();
         wire::inject_trace(&mut headers, &span);
         let properties = properties.with_headers(headers);
-        let body = request.encode_to_vec();
         consume::publish(
             &self.channel,
             exchange,

@@ -35,10 +35,11 @@ async fn the_servers_spans_carry_the_callers_trace() {
     echo.stop().await;
     telemetry.flush();
 
-    let queue = format!("{}.echo process", rig.exchange());
+    // Named by the messaging conventions: operation, then the exchange.
+    let process_name = format!("process {}", rig.exchange());
     let spans = receiver
         .wait_for(Duration::from_secs(10), |spans| {
-            ["caller", "dispatch say", queue.as_str()]
+            ["caller", "dispatch say", process_name.as_str()]
                 .iter()
                 .all(|name| spans.iter().any(|s| s.name == *name))
         })
@@ -53,9 +54,9 @@ async fn the_servers_spans_carry_the_callers_trace() {
     let caller = find("caller");
     let publish = spans
         .iter()
-        .find(|s| s.name == format!("{} publish", rig.exchange()))
+        .find(|s| s.name == format!("publish {}", rig.exchange()))
         .expect("publish span");
-    let process = find(&queue);
+    let process = find(&process_name);
     let dispatch = find("dispatch say");
     assert_eq!(publish.parent_span_id, caller.span_id);
     assert_eq!(
@@ -75,6 +76,32 @@ async fn the_servers_spans_carry_the_callers_trace() {
     assert_eq!(
         process.attribute("messaging.operation.type"),
         Some("process")
+    );
+    assert_eq!(
+        process.attribute("messaging.operation.name"),
+        Some("process")
+    );
+    assert_eq!(publish.attribute("messaging.operation.type"), Some("send"));
+    assert_eq!(
+        publish.attribute("messaging.operation.name"),
+        Some("publish")
+    );
+    for span in [publish, process] {
+        assert_eq!(
+            span.attribute("messaging.destination.name"),
+            Some(rig.exchange()),
+            "{span:?}"
+        );
+        // The OTLP value type: a number, not a string.
+        assert_eq!(
+            span.value_type("messaging.message.body.size"),
+            Some("int"),
+            "{span:?}"
+        );
+    }
+    assert_eq!(
+        process.attribute("messaging.destination.subscription.name"),
+        Some(format!("{}.echo", rig.exchange()).as_str())
     );
     assert_eq!(
         publish.attribute("messaging.rabbitmq.destination.routing_key"),

@@ -13,6 +13,7 @@ pub mod canary;
 mod control;
 mod launcher;
 mod metrics;
+mod otlp_metrics;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -335,6 +336,16 @@ where
             .await
             .with_context(|| format!("binding the metrics endpoint on {address}"))?;
         tracing::info!("metrics on http://{bound}/metrics");
+    }
+    // Checked at start-up by telemetry's init; read again here.
+    if let Ok(Some(target)) = settings.telemetry().metrics_push() {
+        otlp_metrics::spawn(
+            &target,
+            identity.clone(),
+            executor.clone(),
+            shutdown.clone(),
+        )
+        .context("starting the OTLP metrics push")?;
     }
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let supervisor = SupervisorLink::connect(

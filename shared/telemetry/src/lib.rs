@@ -1,5 +1,7 @@
 //! One telemetry init for every Switchyard service: human or JSON logs,
-//! OpenTelemetry traces over OTLP/gRPC, and W3C trace-context propagation.
+//! OpenTelemetry traces over OTLP (gRPC or HTTP/protobuf), and W3C
+//! trace-context and baggage propagation, all configurable by the
+//! OpenTelemetry environment variables ([`env`]).
 //!
 //! The OTLP exporter runs on a small runtime of its own. That is what lets a
 //! service flush its spans on shutdown from any thread — including from inside
@@ -10,6 +12,7 @@
 
 pub mod env;
 pub mod json;
+pub mod otlp;
 pub mod propagation;
 pub mod receiver;
 
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use serde::{Deserialize, Serialize};
@@ -47,8 +50,10 @@ pub struct TelemetryConfig {
     /// A tracing filter directive such as `info` or `switchyard=debug,info`;
     /// `RUST_LOG` overrides it when set.
     pub log_filter: String,
-    /// The OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`. Empty means the
-    /// OpenTelemetry environment variables decide ([`env`]), else no export.
+    /// The OTLP collector's base URL, e.g. `http://127.0.0.1:4317` (gRPC) or
+    /// `http://127.0.0.1:4318` with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`.
+    /// Empty means the OpenTelemetry environment variables decide ([`env`]),
+    /// else no export.
     pub otlp_endpoint: String,
     /// How long spans wait in the batch before export, in milliseconds.
     pub export_delay_ms: u64,
@@ -66,10 +71,24 @@ impl Default for TelemetryConfig {
 }
 
 impl TelemetryConfig {
-    /// Where spans go: the setting, else the OpenTelemetry environment
+    /// Where `signal` goes: the setting, else the OpenTelemetry environment
     /// variables ([`env`]).
-    pub fn export(&self) -> Result<env::Export, env::EnvProblem> {
-        env::export(&self.otlp_endpoint, |name| std::env::var(name).ok())
+    pub fn export(&self, signal: env::Signal) -> Result<env::Export, env::EnvProblem> {
+        env::export(signal, &self.otlp_endpoint, |name| std::env::var(name).ok())
+    }
+
+    /// Where and how often metrics are pushed over OTLP, when
+    /// `OTEL_METRICS_EXPORTER=otlp` asks for it ([`env`]).
+    pub fn metrics_push(&self) -> Result<Option<MetricsPushTarget>, env::EnvProblem> {
+        let var = |name: &str| std::env::var(name).ok();
+        match self.export(env::Signal::Metrics)? {
+            env::Export::Off(_) => Ok(None),
+            env::Export::Otlp { endpoint, protocol } => Ok(Some(MetricsPushTarget {
+                endpoint,
+                protocol,
+                interval: env::metric_interval(var)?,
+            })),
+        }
     }
 
     /// Range checks, as `(key, problem)` pairs relative to the section.
@@ -97,6 +116,17 @@ impl TelemetryConfig {
         }
         problems
     }
+}
+
+/// Where metrics are pushed, and how often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsPushTarget {
+    /// The URL (full, with `/v1/metrics`, over HTTP).
+    pub endpoint: String,
+    /// The transport.
+    pub protocol: env::Protocol,
+    /// The push period.
+    pub interval: Duration,
 }
 
 /// Who is emitting: becomes the OpenTelemetry resource of every span.
@@ -214,10 +244,14 @@ pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, 
         reason: error.to_string(),
     })?;
 
-    let export = config.export()?;
+    let export = config.export(env::Signal::Traces)?;
+    let propagators = env::propagators(|name| std::env::var(name).ok())?;
+    // Checked here so that a bad value is a configuration error at start-up;
+    // the service's metrics push reads them again ([`TelemetryConfig::metrics_push`]).
+    config.metrics_push()?;
     let (provider, export_runtime) = match &export {
-        env::Export::Otlp(endpoint) => {
-            let (provider, runtime) = tracer_provider(identity, endpoint, config)?;
+        env::Export::Otlp { endpoint, protocol } => {
+            let (provider, runtime) = tracer_provider(identity, endpoint, *protocol, config)?;
             (Some(provider), Some(runtime))
         }
         env::Export::Off(_) => (None, None),
@@ -262,11 +296,11 @@ pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, 
         .with(json)
         .try_init()
         .map_err(|error| TelemetryError::AlreadyInstalled(error.to_string()))?;
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
+    propagation::install(&propagators);
     match &export {
-        env::Export::Otlp(endpoint) => tracing::info!("trace export: OTLP/gRPC to {endpoint}"),
+        env::Export::Otlp { endpoint, protocol } => {
+            tracing::info!("trace export: {protocol} to {endpoint}")
+        }
         env::Export::Off(why) => tracing::debug!("trace export off: {why}"),
     }
     Ok(Telemetry {
@@ -289,6 +323,7 @@ pub fn resource(identity: &Identity) -> Resource {
 fn tracer_provider(
     identity: &Identity,
     endpoint: &str,
+    protocol: env::Protocol,
     config: &TelemetryConfig,
 ) -> Result<(SdkTracerProvider, tokio::runtime::Runtime), TelemetryError> {
     let failed = |reason: String| TelemetryError::Exporter {
@@ -301,16 +336,32 @@ fn tracer_provider(
         .enable_all()
         .build()
         .map_err(|error| failed(error.to_string()))?;
-    // The exporter's channel spawns its connection task on the runtime that is
-    // current while it is built.
+    // The exporter's channel (or HTTP client) spawns its connection tasks on
+    // the runtime that is current while it is built.
     let exporter = {
         let _entered = runtime.enter();
-        opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|error| failed(error.to_string()))?
+        match protocol {
+            env::Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(Duration::from_secs(5))
+                .build(),
+            // The endpoint is the full URL (env::export added the path).
+            env::Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(OnRuntime {
+                    client: opentelemetry_http::hyper::HyperClient::with_default_connector(
+                        Duration::from_secs(5),
+                        None,
+                    ),
+                    runtime: runtime.handle().clone(),
+                })
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .with_timeout(Duration::from_secs(5))
+                .build(),
+        }
+        .map_err(|error| failed(error.to_string()))?
     };
     let exporter = Warned {
         inner: exporter,
@@ -330,6 +381,32 @@ fn tracer_provider(
         .with_resource(resource(identity))
         .build();
     Ok((provider, runtime))
+}
+
+/// An HTTP client whose requests run on the exporter's runtime. The batch
+/// processor exports from a thread of its own, outside any Tokio runtime,
+/// where hyper's connector cannot run ("no reactor running"); each request
+/// is handed to the runtime and awaited from there.
+#[derive(Debug, Clone)]
+struct OnRuntime {
+    client: opentelemetry_http::hyper::HyperClient,
+    runtime: tokio::runtime::Handle,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_http::HttpClient for OnRuntime {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<
+        opentelemetry_http::Response<opentelemetry_http::Bytes>,
+        opentelemetry_http::HttpError,
+    > {
+        let client = self.client.clone();
+        self.runtime
+            .spawn(async move { client.send_bytes(request).await })
+            .await?
+    }
 }
 
 /// How often a failing exporter is reported, at most.

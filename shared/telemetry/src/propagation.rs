@@ -1,25 +1,63 @@
-//! W3C trace-context (`traceparent`, `tracestate`) across process boundaries.
+//! Context across process boundaries: W3C trace context (`traceparent`,
+//! `tracestate`) and W3C baggage, as `OTEL_PROPAGATORS` chooses ([`install`];
+//! both until then).
 //!
 //! Transports carry the context as string pairs: AMQP message headers, gRPC
-//! metadata. These helpers convert between a tracing span and such pairs; they
-//! use the W3C propagator directly, so they work the same whether or not a
-//! global propagator was installed.
+//! metadata. These helpers convert between a tracing span and such pairs with
+//! this module's propagator, so they work the same whether or not telemetry
+//! was initialised.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
+};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The header names this propagation writes and reads.
-pub const FIELDS: [&str; 2] = ["traceparent", "tracestate"];
+use crate::env::Propagator;
 
-/// The trace context of `span` as header pairs (empty when the span is not traced).
+static PROPAGATOR: OnceLock<TextMapCompositePropagator> = OnceLock::new();
+
+fn composite(chosen: &[Propagator]) -> TextMapCompositePropagator {
+    let propagators: Vec<Box<dyn TextMapPropagator + Send + Sync>> = chosen
+        .iter()
+        .map(|propagator| -> Box<dyn TextMapPropagator + Send + Sync> {
+            match propagator {
+                Propagator::TraceContext => Box::new(TraceContextPropagator::new()),
+                Propagator::Baggage => Box::new(BaggagePropagator::new()),
+            }
+        })
+        .collect();
+    TextMapCompositePropagator::new(propagators)
+}
+
+/// Chooses the propagators for this process (and installs them as the
+/// OpenTelemetry global one). The first call wins; `false` when one had
+/// already been made (or a helper here already used the default).
+pub fn install(chosen: &[Propagator]) -> bool {
+    let installed = PROPAGATOR.set(composite(chosen)).is_ok();
+    opentelemetry::global::set_text_map_propagator(composite(chosen));
+    installed
+}
+
+fn propagator() -> &'static TextMapCompositePropagator {
+    PROPAGATOR.get_or_init(|| composite(&[Propagator::TraceContext, Propagator::Baggage]))
+}
+
+/// The header names the chosen propagators write and read.
+pub fn fields() -> Vec<&'static str> {
+    propagator().fields().collect()
+}
+
+/// The context of `span` (trace context, baggage) as header pairs (empty
+/// when the span is not traced and carries no baggage).
 pub fn inject(span: &Span) -> BTreeMap<String, String> {
     let mut headers = BTreeMap::new();
-    TraceContextPropagator::new().inject_context(&span.context(), &mut MapInjector(&mut headers));
+    propagator().inject_context(&span.context(), &mut MapInjector(&mut headers));
     headers
 }
 
@@ -31,12 +69,14 @@ pub fn set_parent_from<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> bool {
     use opentelemetry::trace::TraceContextExt;
+    let fields = fields();
     let map: BTreeMap<String, String> = headers
         .into_iter()
-        .filter(|(key, _)| FIELDS.contains(&key.to_ascii_lowercase().as_str()))
-        .map(|(key, value)| (key.to_ascii_lowercase(), value.to_string()))
+        .map(|(key, value)| (key.to_ascii_lowercase(), value))
+        .filter(|(key, _)| fields.contains(&key.as_str()))
+        .map(|(key, value)| (key, value.to_string()))
         .collect();
-    let context = TraceContextPropagator::new().extract(&MapExtractor(&map));
+    let context = propagator().extract(&MapExtractor(&map));
     if !context.span().span_context().is_valid() {
         return false;
     }
@@ -78,9 +118,9 @@ pub fn inject_metadata(span: &Span, metadata: &mut MetadataMap) {
 
 /// Parents `span` on the trace context in gRPC request metadata, if any.
 pub fn set_parent_from_metadata(span: &Span, metadata: &MetadataMap) -> bool {
-    let pairs: Vec<(&str, &str)> = FIELDS
-        .iter()
-        .filter_map(|key| Some((*key, metadata.get(*key)?.to_str().ok()?)))
+    let pairs: Vec<(&str, &str)> = fields()
+        .into_iter()
+        .filter_map(|key| Some((key, metadata.get(key)?.to_str().ok()?)))
         .collect();
     set_parent_from(span, pairs)
 }

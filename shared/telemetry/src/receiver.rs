@@ -1,14 +1,21 @@
-//! A small OTLP/gRPC trace receiver: what tests assert on and what the CLI's
-//! `traces` command prints — tracing without Jaeger.
+//! A small OTLP receiver, over gRPC or over HTTP with protobuf bodies (the
+//! two protocols the exporters speak): what tests assert on and what the
+//! CLI's `traces` command prints — tracing without Jaeger.
 //!
-//! It keeps every span it receives in memory, flattened with its resource's
-//! service name and attributes as strings.
+//! It keeps every span and metric point it receives in memory, flattened
+//! with its resource's service name and attributes as strings.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -16,6 +23,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use prost::Message as _;
 use tokio::sync::{oneshot, watch};
 
 /// One received span, flattened for reading.
@@ -37,8 +45,14 @@ pub struct ReceivedSpan {
     pub start_unix_nanos: u64,
     /// End, nanoseconds since the Unix epoch.
     pub end_unix_nanos: u64,
+    /// `internal`, `server`, `client`, `producer`, `consumer` (or `unspecified`).
+    pub kind: &'static str,
+    /// The span status: `unset`, `ok` or `error`.
+    pub status: &'static str,
     /// Span attributes rendered as strings.
     pub attributes: BTreeMap<String, String>,
+    /// Each attribute's OTLP value type: `string`, `int`, `double`, `bool`, …
+    pub value_types: BTreeMap<String, &'static str>,
     /// Event names with their attributes.
     pub events: Vec<(String, BTreeMap<String, String>)>,
 }
@@ -51,45 +65,126 @@ impl ReceivedSpan {
             .or_else(|| self.resource.get(key))
             .map(String::as_str)
     }
+
+    /// The OTLP value type of a span attribute (`int`, `string`, …).
+    pub fn value_type(&self, key: &str) -> Option<&'static str> {
+        self.value_types.get(key).copied()
+    }
+}
+
+/// One received metric data point, flattened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedPoint {
+    /// The resource's `service.name`.
+    pub service: String,
+    /// The metric's name.
+    pub name: String,
+    /// `sum`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    /// For a sum, whether it is monotonic.
+    pub monotonic: bool,
+    /// The point's attributes, as strings.
+    pub attributes: BTreeMap<String, String>,
+    /// The value; for a histogram, its count.
+    pub value: f64,
 }
 
 /// A running receiver. Dropping it stops the server.
 #[derive(Debug)]
 pub struct OtlpReceiver {
     address: SocketAddr,
-    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    protocol: Protocol,
+    store: Arc<Store>,
     received: watch::Receiver<usize>,
     _stop: oneshot::Sender<()>,
+}
+
+/// The two OTLP transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (`grpc`).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (`http/protobuf`): `POST /v1/traces`,
+    /// `POST /v1/metrics`.
+    HttpProtobuf,
+}
+
+/// What was received, shared by the servers.
+#[derive(Debug)]
+struct Store {
+    spans: Mutex<Vec<ReceivedSpan>>,
+    points: Mutex<Vec<ReceivedPoint>>,
+    /// Counts batches, so waiters wake on every arrival.
+    count: watch::Sender<usize>,
+}
+
+impl Store {
+    fn add_spans(&self, request: ExportTraceServiceRequest) -> Result<(), &'static str> {
+        let flattened = flatten_spans(request);
+        self.spans
+            .lock()
+            .map_err(|_| "span store poisoned")?
+            .extend(flattened);
+        self.count.send_modify(|count| *count += 1);
+        Ok(())
+    }
+
+    fn add_points(&self, request: ExportMetricsServiceRequest) -> Result<(), &'static str> {
+        let flattened = flatten_points(request);
+        self.points
+            .lock()
+            .map_err(|_| "metric store poisoned")?
+            .extend(flattened);
+        self.count.send_modify(|count| *count += 1);
+        Ok(())
+    }
 }
 
 impl OtlpReceiver {
     /// Serves OTLP/gRPC on `address` (use port 0 for any free port).
     pub async fn start(address: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(address, Protocol::Grpc).await
+    }
+
+    /// Serves OTLP on `address` over `protocol`.
+    pub async fn start_with(address: SocketAddr, protocol: Protocol) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
-        let spans = Arc::new(Mutex::new(Vec::new()));
         let (count, received) = watch::channel(0);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let service = TraceServiceServer::new(Collect {
-            spans: Arc::clone(&spans),
+        let store = Arc::new(Store {
+            spans: Mutex::new(Vec::new()),
+            points: Mutex::new(Vec::new()),
             count,
-        })
-        .max_decoding_message_size(64 * 1024 * 1024);
-        tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let result = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(error) = result {
-                tracing::warn!("OTLP receiver stopped: {error}");
-            }
         });
+        let (stop, stopped) = oneshot::channel::<()>();
+        match protocol {
+            Protocol::Grpc => {
+                let traces = TraceServiceServer::new(Collect(Arc::clone(&store)))
+                    .max_decoding_message_size(64 * 1024 * 1024);
+                let metrics = MetricsServiceServer::new(Collect(Arc::clone(&store)))
+                    .max_decoding_message_size(64 * 1024 * 1024);
+                tokio::spawn(async move {
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                    let result = tonic::transport::Server::builder()
+                        .add_service(traces)
+                        .add_service(metrics)
+                        .serve_with_incoming_shutdown(incoming, async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                    if let Err(error) = result {
+                        tracing::warn!("OTLP receiver stopped: {error}");
+                    }
+                });
+            }
+            Protocol::HttpProtobuf => {
+                tokio::spawn(serve_http(listener, Arc::clone(&store), stopped));
+            }
+        }
         Ok(Self {
             address,
-            spans,
+            protocol,
+            store,
             received,
             _stop: stop,
         })
@@ -100,17 +195,57 @@ impl OtlpReceiver {
         self.address
     }
 
-    /// The URL to give an exporter (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    /// The URL to give an exporter (`OTEL_EXPORTER_OTLP_ENDPOINT`): the
+    /// base URL for either protocol (an HTTP exporter adds `/v1/traces`).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.address)
     }
 
+    /// The protocol it speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans
+        self.store
+            .spans
             .lock()
             .map(|spans| spans.clone())
             .unwrap_or_default()
+    }
+
+    /// Every metric point received so far.
+    pub fn points(&self) -> Vec<ReceivedPoint> {
+        self.store
+            .points
+            .lock()
+            .map(|points| points.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until `done` holds for the metric points received, at most
+    /// `timeout`. Returns the points either way; `Err` when the time ran out.
+    pub async fn wait_for_points(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedPoint]) -> bool,
+    ) -> Result<Vec<ReceivedPoint>, Vec<ReceivedPoint>> {
+        let mut received = self.received.clone();
+        let waiting = async {
+            loop {
+                let points = self.points();
+                if done(&points) {
+                    return points;
+                }
+                if received.changed().await.is_err() {
+                    return points;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, waiting)
+            .await
+            .map_err(|_elapsed| self.points())
     }
 
     /// Waits until `done` holds for the spans received, at most `timeout`.
@@ -138,7 +273,7 @@ impl OtlpReceiver {
     }
 
     /// A receiver that changes each time a batch arrives (its value is the
-    /// number of spans held), for printing as they come.
+    /// number of batches received), for printing as they come.
     pub fn changes(&self) -> watch::Receiver<usize> {
         self.received.clone()
     }
@@ -161,10 +296,7 @@ pub async fn capture(
     Ok((receiver, telemetry))
 }
 
-struct Collect {
-    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
-    count: watch::Sender<usize>,
-}
+struct Collect(Arc<Store>);
 
 #[tonic::async_trait]
 impl TraceService for Collect {
@@ -172,45 +304,221 @@ impl TraceService for Collect {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut flattened = Vec::new();
-        for resource_spans in request.into_inner().resource_spans {
-            let resource = resource_spans
-                .resource
-                .map(|r| attributes(&r.attributes))
-                .unwrap_or_default();
-            let service = resource.get("service.name").cloned().unwrap_or_default();
-            for scope_spans in resource_spans.scope_spans {
-                for span in scope_spans.spans {
-                    flattened.push(ReceivedSpan {
-                        service: service.clone(),
-                        resource: resource.clone(),
-                        name: span.name,
-                        trace_id: hex(&span.trace_id),
-                        span_id: hex(&span.span_id),
-                        parent_span_id: hex(&span.parent_span_id),
-                        start_unix_nanos: span.start_time_unix_nano,
-                        end_unix_nanos: span.end_time_unix_nano,
-                        attributes: attributes(&span.attributes),
-                        events: span
-                            .events
-                            .into_iter()
-                            .map(|event| (event.name, attributes(&event.attributes)))
-                            .collect(),
-                    });
-                }
-            }
-        }
-        let total = match self.spans.lock() {
-            Ok(mut spans) => {
-                spans.extend(flattened);
-                spans.len()
-            }
-            Err(_) => return Err(tonic::Status::internal("span store poisoned")),
-        };
-        self.count.send_replace(total);
+        self.0
+            .add_spans(request.into_inner())
+            .map_err(tonic::Status::internal)?;
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collect {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0
+            .add_points(request.into_inner())
+            .map_err(tonic::Status::internal)?;
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// OTLP/HTTP: `POST /v1/traces` and `POST /v1/metrics` with
+/// `application/x-protobuf` bodies (the OTLP specification, "OTLP/HTTP").
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    store: Arc<Store>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    use http_body_util::BodyExt as _;
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!("OTLP/HTTP receiver: accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => return,
+        };
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let store = Arc::clone(&store);
+                    async move {
+                        let path = request.uri().path().to_string();
+                        let post = request.method() == hyper::Method::POST;
+                        let body = request.into_body().collect().await.map(|b| b.to_bytes());
+                        let outcome = match (post, path.as_str(), body) {
+                            (_, _, Err(error)) => Err((400, error.to_string())),
+                            (true, "/v1/traces", Ok(body)) => {
+                                ExportTraceServiceRequest::decode(body)
+                                    .map_err(|error| (400, error.to_string()))
+                                    .and_then(|r| {
+                                        store.add_spans(r).map_err(|e| (500, e.to_string()))
+                                    })
+                            }
+                            (true, "/v1/metrics", Ok(body)) => {
+                                ExportMetricsServiceRequest::decode(body)
+                                    .map_err(|error| (400, error.to_string()))
+                                    .and_then(|r| {
+                                        store.add_points(r).map_err(|e| (500, e.to_string()))
+                                    })
+                            }
+                            _ => Err((404, format!("no OTLP endpoint at {path}"))),
+                        };
+                        let (status, body) = match outcome {
+                            // An empty ExportServiceResponse: full success.
+                            Ok(()) => (200, bytes::Bytes::new()),
+                            Err((status, message)) => (status, bytes::Bytes::from(message)),
+                        };
+                        hyper::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/x-protobuf")
+                            .body(http_body_util::Full::new(body))
+                    }
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn flatten_spans(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
+    let mut flattened = Vec::new();
+    for resource_spans in request.resource_spans {
+        let resource = resource_spans
+            .resource
+            .map(|r| attributes(&r.attributes))
+            .unwrap_or_default();
+        let service = resource.get("service.name").cloned().unwrap_or_default();
+        for scope_spans in resource_spans.scope_spans {
+            for span in scope_spans.spans {
+                flattened.push(ReceivedSpan {
+                    service: service.clone(),
+                    resource: resource.clone(),
+                    kind: match span.kind {
+                        1 => "internal",
+                        2 => "server",
+                        3 => "client",
+                        4 => "producer",
+                        5 => "consumer",
+                        _ => "unspecified",
+                    },
+                    status: match span.status.as_ref().map(|s| s.code) {
+                        Some(1) => "ok",
+                        Some(2) => "error",
+                        _ => "unset",
+                    },
+                    name: span.name,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    start_unix_nanos: span.start_time_unix_nano,
+                    end_unix_nanos: span.end_time_unix_nano,
+                    value_types: span
+                        .attributes
+                        .iter()
+                        .map(|pair| (pair.key.clone(), value_type(pair.value.as_ref())))
+                        .collect(),
+                    attributes: attributes(&span.attributes),
+                    events: span
+                        .events
+                        .into_iter()
+                        .map(|event| (event.name, attributes(&event.attributes)))
+                        .collect(),
+                });
+            }
+        }
+    }
+    flattened
+}
+
+fn flatten_points(request: ExportMetricsServiceRequest) -> Vec<ReceivedPoint> {
+    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+    let number = |value: Option<number_data_point::Value>| match value {
+        Some(number_data_point::Value::AsDouble(d)) => d,
+        Some(number_data_point::Value::AsInt(i)) => i as f64,
+        None => f64::NAN,
+    };
+    let mut flattened = Vec::new();
+    for resource_metrics in request.resource_metrics {
+        let resource = resource_metrics
+            .resource
+            .map(|r| attributes(&r.attributes))
+            .unwrap_or_default();
+        let service = resource.get("service.name").cloned().unwrap_or_default();
+        for scope in resource_metrics.scope_metrics {
+            for metric in scope.metrics {
+                let mut push = |kind, monotonic, attributes, value| {
+                    flattened.push(ReceivedPoint {
+                        service: service.clone(),
+                        name: metric.name.clone(),
+                        kind,
+                        monotonic,
+                        attributes,
+                        value,
+                    })
+                };
+                match metric.data {
+                    Some(Data::Sum(sum)) => {
+                        for point in sum.data_points {
+                            push(
+                                "sum",
+                                sum.is_monotonic,
+                                attributes(&point.attributes),
+                                number(point.value),
+                            );
+                        }
+                    }
+                    Some(Data::Gauge(gauge)) => {
+                        for point in gauge.data_points {
+                            push(
+                                "gauge",
+                                false,
+                                attributes(&point.attributes),
+                                number(point.value),
+                            );
+                        }
+                    }
+                    Some(Data::Histogram(histogram)) => {
+                        for point in histogram.data_points {
+                            push(
+                                "histogram",
+                                false,
+                                attributes(&point.attributes),
+                                point.count as f64,
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    flattened
+}
+
+fn value_type(value: Option<&AnyValue>) -> &'static str {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(_)) => "string",
+        Some(any_value::Value::BoolValue(_)) => "bool",
+        Some(any_value::Value::IntValue(_)) => "int",
+        Some(any_value::Value::DoubleValue(_)) => "double",
+        Some(any_value::Value::BytesValue(_)) => "bytes",
+        Some(any_value::Value::ArrayValue(_)) => "array",
+        Some(_) => "other",
+        None => "empty",
     }
 }
 

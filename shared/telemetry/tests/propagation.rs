@@ -1,4 +1,5 @@
-//! W3C trace context survives a trip through header pairs and gRPC metadata.
+//! W3C trace context and baggage survive a trip through header pairs and
+//! gRPC metadata (the default propagators: `OTEL_PROPAGATORS` unset).
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -37,5 +38,36 @@ fn context_crosses_header_pairs_and_metadata() {
             &orphan,
             [("traceparent", "garbage")]
         ));
+    });
+}
+
+/// Baggage set upstream crosses a hop: extracted into a consumer's span, it
+/// is injected again into what that consumer sends on.
+#[test]
+fn baggage_crosses_a_hop_with_the_trace() {
+    let provider = SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    tracing::subscriber::with_default(subscriber, || {
+        let producer = tracing::info_span!("publish");
+        let mut headers = propagation::inject(&producer);
+        headers.insert("baggage".into(), "tenant=acme,rollout=canary".into());
+        let consumer = tracing::info_span!("process");
+        let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        assert!(propagation::set_parent_from(&consumer, pairs));
+        let onward = consumer.in_scope(|| {
+            let next = tracing::info_span!("publish again");
+            propagation::inject(&next)
+        });
+        let baggage = onward.get("baggage").map(String::as_str).unwrap_or("");
+        let mut entries: Vec<&str> = baggage.split(',').collect();
+        entries.sort_unstable();
+        assert_eq!(entries, ["rollout=canary", "tenant=acme"], "{onward:?}");
+        assert_eq!(
+            onward
+                .get("traceparent")
+                .map(|t| t.contains(&trace_id(&producer))),
+            Some(true)
+        );
     });
 }
