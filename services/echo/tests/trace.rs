@@ -99,6 +99,8 @@ async fn server_spans_join_the_callers_trace() {
     let server_span = child_of(client_span);
     assert_eq!(server_span.name, name, "{server_span:?}");
     assert_eq!(server_span.kind, "server");
+    // The address the caller used, as the server saw it (`:authority`).
+    assert_eq!(server_span.attribute("server.address"), Some("127.0.0.1"));
     let dispatch = child_of(server_span);
     assert_eq!(dispatch.name, "dispatch Echo/Say");
     // The deadline crossed as `grpc-timeout`: the server knew what was left.

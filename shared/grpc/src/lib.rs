@@ -230,11 +230,16 @@ where
     let received = Instant::now();
     // Named `package.Service/Method` (OpenTelemetry RPC conventions), from
     // the request's path; the endpoint's own name when there is none.
-    let (service, method) = match request.extensions().get::<FullMethod>() {
-        Some(full) => (full.service.clone(), full.method.clone()),
+    let (service, method, host, port) = match request.extensions().get::<FullMethod>() {
+        Some(full) => (
+            full.service.clone(),
+            full.method.clone(),
+            full.host.clone(),
+            full.port,
+        ),
         None => match endpoint.name().split_once('/') {
-            Some((service, method)) => (service.to_string(), method.to_string()),
-            None => (String::new(), endpoint.name().to_string()),
+            Some((service, method)) => (service.to_string(), method.to_string(), None, None),
+            None => (String::new(), endpoint.name().to_string(), None, None),
         },
     };
     let span = tracing::info_span!(
@@ -244,6 +249,8 @@ where
         rpc.system = "grpc",
         rpc.service = %service,
         rpc.method = %method,
+        server.address = host,
+        server.port = port.map(i64::from),
         rpc.grpc.status_code = field::Empty,
         otel.status_code = field::Empty,
         error.type = field::Empty,

@@ -61,11 +61,17 @@ pub struct FullMethod {
     pub service: String,
     /// `Method`.
     pub method: String,
+    /// The host the caller addressed (HTTP/2 `:authority`), when it said:
+    /// `server.address` on the server span.
+    pub host: Option<String>,
+    /// The port the caller addressed: `server.port`.
+    pub port: Option<u16>,
 }
 
 /// Keeps the request's [`FullMethod`] in its extensions (tonic hands them
 /// on to the handler).
 pub fn remember_method<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let authority = request.uri().authority().cloned();
     let named = request
         .uri()
         .path()
@@ -74,6 +80,8 @@ pub fn remember_method<B>(mut request: http::Request<B>) -> http::Request<B> {
         .map(|(service, method)| FullMethod {
             service: service.to_string(),
             method: method.to_string(),
+            host: authority.as_ref().map(|a| a.host().to_string()),
+            port: authority.as_ref().and_then(http::uri::Authority::port_u16),
         });
     if let Some(named) = named {
         request.extensions_mut().insert(named);
@@ -155,7 +163,7 @@ mod tests {
     #[test]
     fn the_path_names_service_and_method() {
         let request = http::Request::builder()
-            .uri("/switchyard.echo.v1.Echo/Say")
+            .uri("http://10.0.0.7:50051/switchyard.echo.v1.Echo/Say")
             .body(())
             .expect("request");
         let request = remember_method(request);
@@ -163,7 +171,9 @@ mod tests {
             request.extensions().get::<FullMethod>(),
             Some(&FullMethod {
                 service: "switchyard.echo.v1.Echo".into(),
-                method: "Say".into()
+                method: "Say".into(),
+                host: Some("10.0.0.7".into()),
+                port: Some(50051),
             })
         );
     }
