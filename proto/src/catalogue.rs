@@ -56,6 +56,15 @@ pub mod event {
     pub const ROLLED_BACK: &str = "rollout.rolled_back";
 }
 
+/// Notification pools: a pool's queue is shared by its listeners, each
+/// notification goes to one of them.
+pub mod pool {
+    /// The notifier's alarm evaluation (`sample.recorded`).
+    pub const ALARM_EVALUATOR: &str = "alarm-evaluator";
+    /// The notifier's webhook delivery (`alarm.state_changed`).
+    pub const WEBHOOK_SENDER: &str = "webhook-sender";
+}
+
 /// How a method is invoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -38,4 +38,5 @@ pub mod echo {
 }
 
 pub mod catalogue;
+pub mod time;
 pub mod validate;

@@ -52,8 +52,9 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `switchyard-<name>` in `dir` with `env`, and waits for its
-    /// readiness line (`gRPC on …`, or `notifier ready`).
+    /// Starts `switchyard-<name>` in `dir` with `env`; reads the address
+    /// it bound from its log (`gRPC on …`), then waits until its gRPC health
+    /// says SERVING (every readiness probe passed: broker, database).
     pub fn start(name: &str, dir: &std::path::Path, env: &[(String, String)]) -> Self {
         let mut command = Command::new(binary(&format!("switchyard-{name}")));
         command
@@ -94,9 +95,7 @@ impl Service {
                             .chars()
                             .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                             .collect();
-                        let _ = ready_tx.send(Some(address));
-                    } else if line.contains("notifier ready") {
-                        let _ = ready_tx.send(None);
+                        let _ = ready_tx.send(address);
                     }
                     if let Ok(mut log) = log.lock() {
                         log.push(line);
@@ -104,16 +103,25 @@ impl Service {
                 }
             });
         }
+        let log_text = || log.lock().map(|l| l.join("\n")).unwrap_or_default();
+        let started = Instant::now();
         let grpc = ready.recv_timeout(BOUND).unwrap_or_else(|_| {
             panic!(
-                "{name} did not become ready; its log:\n{}",
-                log.lock().map(|l| l.join("\n")).unwrap_or_default()
+                "{name} never said where it serves gRPC; its log:\n{}",
+                log_text()
             )
         });
+        let left = BOUND.saturating_sub(started.elapsed());
+        if let Err(last) = wait_serving(&grpc, left) {
+            panic!(
+                "{name} on {grpc} was not SERVING within {BOUND:?} ({last}); its log:\n{}",
+                log_text()
+            );
+        }
         Self {
             name: name.to_string(),
             child,
-            grpc,
+            grpc: Some(grpc),
             log,
         }
     }
@@ -144,6 +152,55 @@ impl Service {
     pub fn log_text(&self) -> String {
         self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
+}
+
+/// Polls the gRPC health service at `address` until the server as a whole
+/// is SERVING, for at most `within`; `Err` with the last answer. Runs on a
+/// runtime of its own (the caller may be inside one, or not).
+fn wait_serving(address: &str, within: Duration) -> Result<(), String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let url = format!("http://{address}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                runtime.block_on(async {
+                    let deadline = Instant::now() + within;
+                    loop {
+                        let answer = async {
+                            let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+                                .connect()
+                                .await?;
+                            let mut client = HealthClient::new(channel);
+                            let status = client
+                                .check(HealthCheckRequest {
+                                    service: String::new(),
+                                })
+                                .await?
+                                .into_inner()
+                                .status;
+                            Ok::<_, Box<dyn std::error::Error>>(status)
+                        };
+                        let last = match answer.await {
+                            Ok(status) if status == ServingStatus::Serving as i32 => return Ok(()),
+                            Ok(status) => format!("status {status}"),
+                            Err(error) => error.to_string(),
+                        };
+                        if Instant::now() >= deadline {
+                            return Err(last);
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the health check panicked".to_string()))
+    })
 }
 
 impl Drop for Service {

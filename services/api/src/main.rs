@@ -17,26 +17,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
 use settings::ApiSettings;
-use switchyard_config::ConfigFlags;
+use switchyard_app::{App, Grpc, Service};
 use switchyard_executor::{EndpointKind, EndpointSpec};
-use switchyard_grpc::Readiness;
-use switchyard_messaging::{RpcClient, RpcServer, Transport, heartbeat};
+use switchyard_messaging::{RpcClient, heartbeat};
 use switchyard_proto::metering::v1::metering_server::MeteringServer;
-use switchyard_service::Running;
 use tonic::{Request, Status};
 
-const SERVICE: &str = "api";
 const GRPC_SERVICE: &str = "switchyard.metering.v1.Metering";
 
-/// The public metering API.
-#[derive(Debug, Parser)]
-#[command(name = "switchyard-api", version)]
-struct Cli {
-    #[command(flatten)]
-    config: ConfigFlags,
-}
+const API: Service<ApiSettings> = Service {
+    name: "api",
+    binary: "switchyard-api",
+    about: "The public metering API.",
+    endpoints: |_| endpoints(),
+};
 
 fn endpoints() -> Vec<EndpointSpec> {
     let mut specs = metering::endpoints();
@@ -45,13 +40,7 @@ fn endpoints() -> Vec<EndpointSpec> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let loaded =
-        match switchyard_service::configure::<ApiSettings>(SERVICE, &cli.config, |_| endpoints()) {
-            Ok(loaded) => loaded,
-            Err(code) => return code,
-        };
-    switchyard_service::run(SERVICE, loaded.settings, serve)
+    switchyard_app::main(API, serve)
 }
 
 /// Whether `presented` is one of `tokens`, in time that does not depend on
@@ -100,25 +89,15 @@ fn authenticate(
     }
 }
 
-async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
-    let Running {
-        executor,
-        identity,
-        shutdown,
-        ..
-    } = running.clone();
-    let transport = Transport::connect(&settings.amqp, SERVICE, &identity.instance_id).await?;
-    // One run of this service's messaging: ends on shutdown, or when the
-    // connection is lost for good and everything is rebuilt.
-    let attempt = transport.attempt(&shutdown);
-    let exchange = settings.amqp.exchange.clone();
+async fn serve(settings: ApiSettings, mut app: App) -> anyhow::Result<()> {
+    let messaging = app.connect(&settings).await?;
     let interval = Duration::from_millis(settings.rollout.heartbeat_interval_ms);
 
     let rollout = rollout::Rollout::default();
-    let heartbeats = RpcServer::builder(&exchange, heartbeat::TOPIC, &identity.instance_id)
-        .method(executor.register(rollout.endpoint())?)
-        .start(&transport, executor.config().capacity(), attempt.clone())
-        .await?;
+    let heartbeats = app
+        .rpc_server(heartbeat::TOPIC)?
+        .method(app.register(rollout.endpoint())?);
+    app.serve_rpc(heartbeats).await?;
     if !settings.dashboard.listen.is_empty() {
         // A read-only page: when its port is taken the api still serves.
         match switchyard_grpc::bind(&settings.dashboard.listen).await {
@@ -138,7 +117,7 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
                         settings.api.auth_tokens.clone()
                     },
                 };
-                tokio::spawn(dashboard::serve(listener, page, attempt.clone()));
+                tokio::spawn(dashboard::serve(listener, page, app.attempt()));
             }
             Err(switchyard_grpc::GrpcError::Bind { address, source }) => {
                 tracing::error!(
@@ -148,10 +127,9 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
             Err(error) => tracing::error!("no rollout page (dashboard.listen): {error}"),
         }
     }
-    let rpc = RpcClient::new(&transport).await?;
     let backends = metering::Backends {
-        rpc: rpc.clone(),
-        exchange: exchange.clone(),
+        rpc: RpcClient::new(&messaging.transport).await?,
+        exchange: messaging.exchange.clone(),
         collector: metering::collector_client(&settings.grpc, &settings.api.collector_url)
             .context("api.collector_url")?,
         alarm_timeout: Duration::from_millis(settings.api.alarm_call_timeout_ms),
@@ -159,59 +137,19 @@ async fn serve(settings: ApiSettings, running: Running) -> anyhow::Result<()> {
         heartbeat_interval: interval,
         max_body_bytes: settings.amqp.max_body_bytes,
     };
-    let api = metering::MeteringApi::register(&executor, &backends, settings.grpc.overload_wait())?;
-    let (readiness, health) = Readiness::new(&[GRPC_SERVICE]).await;
+    let api = metering::MeteringApi::register(&app, &backends, settings.grpc.overload_wait())?;
     let server = MeteringServer::new(api)
         .max_decoding_message_size(settings.grpc.max_message_bytes)
         .max_encoding_message_size(settings.grpc.max_message_bytes);
-    let routes = switchyard_grpc::base_routes(
-        health,
-        switchyard_proto::FILE_DESCRIPTOR_SET,
-        &[GRPC_SERVICE],
-        authenticate(settings.api.auth_tokens.clone()),
-    )?
-    .add_service(tonic::service::interceptor::InterceptedService::new(
-        server,
-        authenticate(settings.api.auth_tokens.clone()),
-    ));
-    let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
-    tracing::info!(
-        "gRPC on {}",
-        listener.local_addr().context("reading the gRPC address")?
-    );
-
-    heartbeat::start(
-        &transport,
-        &exchange,
-        SERVICE,
-        &running,
-        interval,
-        attempt.clone(),
-    )
-    .await?;
-    readiness.watch(
-        "amqp",
-        Duration::from_secs(1),
-        attempt.clone(),
-        transport.readiness_probe(),
-    );
-    let supervisor = running.supervisor.clone();
-    readiness.on_ready(attempt.clone(), move || supervisor.ready());
-    switchyard_grpc::serve(
-        listener,
-        routes,
-        settings.grpc.server_tls()?,
-        settings.grpc.connection_limits(),
-        readiness,
-        attempt.clone(),
-    )
-    .await?;
-    heartbeats.stopped().await;
-    transport
-        .finish(&shutdown)
-        .await
-        .map_err(|lost| switchyard_service::Restart(lost.to_string()))?;
-    Ok(())
+    let tokens = settings.api.auth_tokens.clone();
+    let grpc = Grpc::serving(&[GRPC_SERVICE], move |routes| {
+        routes.add_service(tonic::service::interceptor::InterceptedService::new(
+            server,
+            authenticate(tokens),
+        ))
+    })
+    .with_access(authenticate(settings.api.auth_tokens.clone()));
+    app.serve_grpc(&settings.grpc, grpc).await
 }
 
 #[cfg(test)]

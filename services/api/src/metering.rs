@@ -6,9 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use prost::Message;
-use switchyard_executor::{
-    BoundEndpoint, Context, Endpoint, EndpointKind, EndpointSpec, Executor, PhaseMismatch,
-};
+use switchyard_app::App;
+use switchyard_executor::{BoundEndpoint, Context, Endpoint, EndpointKind, EndpointSpec};
 use switchyard_grpc::client::{Traced, deadline};
 use switchyard_grpc::{GrpcOutcome, invalid_argument, retry_unsent};
 use switchyard_messaging::{CallError, MessagingError, RpcClient, Target, heartbeat, wire};
@@ -111,19 +110,12 @@ async fn alarm_call<Req: Message, Resp: Message + Default>(
         .map_err(call_status)
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 async fn post_samples(
     backends: Backends,
     _: Context,
     mut request: PostSamplesRequest,
 ) -> GrpcOutcome<PostSamplesResponse> {
-    switchyard_proto::validate::samples(&request.samples, unix_now())
+    switchyard_proto::validate::samples(&request.samples, switchyard_proto::time::unix_seconds())
         .map_err(|problem| invalid_argument(&problem.field, &problem.problem))?;
     for sample in &mut request.samples {
         if sample.id.is_empty() {
@@ -150,7 +142,7 @@ async fn post_samples(
         .rpc
         .cast(
             &Target::topic(&backends.exchange, catalogue::topic::COLLECTOR),
-            "record_samples",
+            catalogue::method::RECORD_SAMPLES,
             &batch,
         )
         .await
@@ -225,11 +217,11 @@ pub struct MeteringApi {
 }
 
 fn bind<Req, Resp, F, Fut>(
-    executor: &Executor,
+    app: &App,
     index: usize,
     backends: &Backends,
     body: F,
-) -> Result<BoundEndpoint<Req, GrpcOutcome<Resp>>, PhaseMismatch>
+) -> anyhow::Result<BoundEndpoint<Req, GrpcOutcome<Resp>>>
 where
     Req: Send + 'static,
     Resp: Send + 'static,
@@ -237,35 +229,30 @@ where
     Fut: Future<Output = GrpcOutcome<Resp>> + Send + 'static,
 {
     let backends = backends.clone();
-    executor.register(Endpoint::from_async(METHODS[index], move |cx, request| {
+    app.register(Endpoint::from_async(METHODS[index], move |cx, request| {
         body(backends.clone(), cx, request)
     }))
 }
 
 impl MeteringApi {
-    /// Registers every method with `executor`.
+    /// Registers every method (each one declared in [`endpoints`]).
     pub fn register(
-        executor: &Executor,
+        app: &App,
         backends: &Backends,
         overload_wait: Duration,
-    ) -> Result<Self, PhaseMismatch> {
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            post_samples: bind(executor, 0, backends, post_samples)?,
-            list_meters: bind(
-                executor,
-                1,
-                backends,
-                |b, cx, r: ListMetersRequest| async move {
-                    let reply = retry_unsent(|| {
-                        let (mut collector, r) = (b.collector.clone(), r.clone());
-                        let r = deadline(tonic::Request::new(r), cx.remaining());
-                        async move { collector.list_meters(r).await }
-                    });
-                    Ok(reply.await?.into_inner())
-                },
-            )?,
+            post_samples: bind(app, 0, backends, post_samples)?,
+            list_meters: bind(app, 1, backends, |b, cx, r: ListMetersRequest| async move {
+                let reply = retry_unsent(|| {
+                    let (mut collector, r) = (b.collector.clone(), r.clone());
+                    let r = deadline(tonic::Request::new(r), cx.remaining());
+                    async move { collector.list_meters(r).await }
+                });
+                Ok(reply.await?.into_inner())
+            })?,
             statistics: bind(
-                executor,
+                app,
                 2,
                 backends,
                 |b, cx, r: GetStatisticsRequest| async move {
@@ -281,28 +268,25 @@ impl MeteringApi {
                     Ok(reply.await?.into_inner())
                 },
             )?,
-            create_alarm: bind(executor, 3, backends, |b, cx, r| async move {
+            create_alarm: bind(app, 3, backends, |b, cx, r| async move {
                 alarm_call(&b, &cx, catalogue::method::CREATE_ALARM, r).await
             })?,
-            get_alarm: bind(executor, 4, backends, |b, cx, r| async move {
+            get_alarm: bind(app, 4, backends, |b, cx, r| async move {
                 alarm_call(&b, &cx, catalogue::method::GET_ALARM, r).await
             })?,
-            list_alarms: bind(executor, 5, backends, |b, cx, r| async move {
+            list_alarms: bind(app, 5, backends, |b, cx, r| async move {
                 alarm_call(&b, &cx, catalogue::method::LIST_ALARMS, r).await
             })?,
-            delete_alarm: bind(executor, 6, backends, |b, cx, r| async move {
+            delete_alarm: bind(app, 6, backends, |b, cx, r| async move {
                 alarm_call(&b, &cx, catalogue::method::DELETE_ALARM, r).await
             })?,
-            alarm_history: bind(executor, 7, backends, |b, cx, r| async move {
+            alarm_history: bind(app, 7, backends, |b, cx, r| async move {
                 alarm_call(&b, &cx, catalogue::method::GET_ALARM_HISTORY, r).await
             })?,
-            rollout: bind(
-                executor,
-                8,
-                backends,
-                |b, _, _: GetRolloutRequest| async move { Ok(b.rollout.table(b.heartbeat_interval)) },
-            )?,
-            promote: bind(executor, 9, backends, promote_canary)?,
+            rollout: bind(app, 8, backends, |b, _, _: GetRolloutRequest| async move {
+                Ok(b.rollout.table(b.heartbeat_interval))
+            })?,
+            promote: bind(app, 9, backends, promote_canary)?,
             overload_wait,
             board: backends.rollout.board().clone(),
         })

@@ -80,18 +80,10 @@ impl Rollout {
         seen.retain(|_, (_, received, _)| received.elapsed() < interval * FORGET_AFTER_INTERVALS);
         let instances = seen
             .values()
-            .map(|(status, received, at)| {
-                let since = at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default();
-                InstanceStatus {
-                    up: received.elapsed() < interval * 3,
-                    last_seen: Some(prost_types::Timestamp {
-                        seconds: since.as_secs() as i64,
-                        nanos: since.subsec_nanos() as i32,
-                    }),
-                    ..status.clone()
-                }
+            .map(|(status, received, at)| InstanceStatus {
+                up: received.elapsed() < interval * 3,
+                last_seen: Some(switchyard_proto::time::timestamp(*at)),
+                ..status.clone()
             })
             .collect();
         GetRolloutResponse { instances }

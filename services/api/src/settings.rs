@@ -69,23 +69,9 @@ impl Default for ApiSettings {
 
 impl Settings for ApiSettings {
     fn problems(&self) -> Vec<(String, String)> {
-        let mut problems = switchyard_service::shared_problems(self);
-        problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
-        problems.extend(switchyard_service::in_section(
-            "rollout",
-            self.rollout.problems(),
-        ));
-        problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
-        if !self.api.collector_url.starts_with("http://")
-            && !self.api.collector_url.starts_with("https://")
-        {
-            problems.push((
-                "api.collector_url".into(),
-                format!(
-                    "`{}` is not a URL; accepted: http(s)://host:port",
-                    self.api.collector_url
-                ),
-            ));
+        let mut problems = switchyard_app::fleet_problems(self);
+        if let Some(problem) = switchyard_config::check::http_url(&self.api.collector_url) {
+            problems.push(("api.collector_url".into(), problem));
         }
         if let Some(problem) = self
             .api
@@ -108,4 +94,4 @@ impl Settings for ApiSettings {
     }
 }
 
-switchyard_service::service_settings!(ApiSettings);
+switchyard_app::fleet_settings!(ApiSettings);

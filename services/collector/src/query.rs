@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use switchyard_executor::{BoundEndpoint, Endpoint, Executor, PhaseMismatch};
+use switchyard_app::App;
+use switchyard_executor::{BoundEndpoint, Endpoint};
 use switchyard_grpc::{GrpcOutcome, invalid_argument};
 use switchyard_proto::collector::v1::sample_query_server::SampleQuery;
 use switchyard_proto::metering::v1::{
@@ -132,13 +133,13 @@ async fn concurrently(
 impl Query {
     /// Registers the query endpoints.
     pub fn register(
-        executor: &Executor,
+        app: &App,
         database: &Database,
         overload_wait: Duration,
-    ) -> Result<Self, PhaseMismatch> {
+    ) -> anyhow::Result<Self> {
         let runtime = Handle::current();
         let (db, rt, db_async) = (database.clone(), runtime.clone(), database.clone());
-        let list_meters = executor.register(Endpoint::both(
+        let list_meters = app.register(Endpoint::both(
             LIST_METERS,
             move |_, request: ListMetersRequest| {
                 rt.block_on(samples::list_meters(&db, &request))
@@ -154,7 +155,7 @@ impl Query {
             },
         ))?;
         let (db, db_async) = (database.clone(), database.clone());
-        let statistics = executor.register(Endpoint::both(
+        let statistics = app.register(Endpoint::both(
             GET_STATISTICS,
             move |_, request: GetStatisticsRequest| {
                 check(&request)?;

@@ -142,11 +142,7 @@ async fn store_on(
 
 /// The checks a batch passes before anything is stored.
 fn checked(batch: &RecordSamples) -> Result<(), EndpointError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    switchyard_proto::validate::samples(&batch.samples, now)
+    switchyard_proto::validate::samples(&batch.samples, switchyard_proto::time::unix_seconds())
         .map_err(|problem| EndpointError::InvalidArgument(problem.to_string()))?;
     if let Some(index) = batch.samples.iter().position(|s| s.id.is_empty()) {
         return Err(EndpointError::InvalidArgument(format!(

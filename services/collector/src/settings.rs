@@ -46,13 +46,7 @@ impl Default for CollectorSettings {
 
 impl Settings for CollectorSettings {
     fn problems(&self) -> Vec<(String, String)> {
-        let mut problems = switchyard_service::shared_problems(self);
-        problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
-        problems.extend(switchyard_service::in_section(
-            "rollout",
-            self.rollout.problems(),
-        ));
-        problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
+        let mut problems = switchyard_app::fleet_problems(self);
         problems.extend(switchyard_service::in_section(
             "storage",
             self.storage.problems(),
@@ -61,4 +55,4 @@ impl Settings for CollectorSettings {
     }
 }
 
-switchyard_service::service_settings!(CollectorSettings);
+switchyard_app::fleet_settings!(CollectorSettings);

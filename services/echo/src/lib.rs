@@ -75,8 +75,7 @@ pub struct EchoOptions {
 
 impl Settings for EchoSettings {
     fn problems(&self) -> Vec<(String, String)> {
-        let mut problems = switchyard_service::shared_problems(self);
-        problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
+        let mut problems = switchyard_app::fleet_problems(self);
         if !(self.echo.async_slowdown.is_finite() && self.echo.async_slowdown >= 0.0) {
             problems.push((
                 "echo.async_slowdown".into(),
@@ -96,7 +95,7 @@ impl Settings for EchoSettings {
     }
 }
 
-switchyard_service::service_settings!(EchoSettings);
+switchyard_app::fleet_settings!(EchoSettings);
 
 /// What `--check-config` checks the phase against.
 pub fn endpoints(phase: Phase) -> Vec<EndpointSpec> {
@@ -207,25 +206,54 @@ pub struct EchoService {
     overload_wait: Duration,
 }
 
+/// Echo's two endpoint bodies for `phase`, unregistered: `Say` and
+/// `echo_blocking`.
+pub type Bodies = (
+    Endpoint<SayRequest, GrpcOutcome<SayReply>>,
+    Endpoint<String, Result<String, Status>>,
+);
+
 impl EchoService {
-    /// Registers echo's endpoints with `executor`.
-    pub fn register(
-        executor: &Executor,
-        grpc: &GrpcConfig,
-        options: &EchoOptions,
-    ) -> Result<Self, PhaseMismatch> {
-        Ok(Self {
-            say: executor.register(say_endpoint(
-                executor.phase(),
+    /// Echo's endpoints for `phase` with `options`, to register.
+    pub fn bodies(phase: Phase, options: &EchoOptions) -> Bodies {
+        (
+            say_endpoint(
+                phase,
                 Duration::from_millis(options.block_ms),
                 Regression {
                     slowdown: options.async_slowdown,
                     failure_rate: options.async_failure_rate,
                 },
-            ))?,
-            echo_blocking: executor.register(echo_blocking_endpoint())?,
-            overload_wait: grpc.overload_wait(),
-        })
+            ),
+            echo_blocking_endpoint(),
+        )
+    }
+
+    /// The service over its registered endpoints.
+    pub fn new(
+        say: BoundEndpoint<SayRequest, GrpcOutcome<SayReply>>,
+        echo_blocking: BoundEndpoint<String, Result<String, Status>>,
+        overload_wait: Duration,
+    ) -> Self {
+        Self {
+            say,
+            echo_blocking,
+            overload_wait,
+        }
+    }
+
+    /// Registers echo's endpoints with `executor` directly (tests).
+    pub fn register(
+        executor: &Executor,
+        grpc: &GrpcConfig,
+        options: &EchoOptions,
+    ) -> Result<Self, PhaseMismatch> {
+        let (say, echo_blocking) = Self::bodies(executor.phase(), options);
+        Ok(Self::new(
+            executor.register(say)?,
+            executor.register(echo_blocking)?,
+            grpc.overload_wait(),
+        ))
     }
 
     /// The legacy blocking endpoint (offloaded in the async phase).

@@ -45,19 +45,7 @@ use switchyard_proto::catalogue::method::{
     CREATE_ALARM, DELETE_ALARM, GET_ALARM, GET_ALARM_HISTORY, LIST_ALARMS,
 };
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
+pub(crate) use switchyard_proto::time::{from_millis as timestamp, unix_millis as now_ms};
 
 fn invalid(field: &str, problem: &str) -> EndpointError {
     EndpointError::InvalidArgument(format!("field `alarm.{field}`: {problem}"))

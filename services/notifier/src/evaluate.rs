@@ -154,6 +154,9 @@ async fn evaluate(
 /// How many alarms of one batch are evaluated at once.
 const CONCURRENT_EVALUATIONS: usize = 16;
 
+/// The endpoint that evaluates the alarms a batch of samples touches.
+pub const ENDPOINT: &str = "evaluate_alarms";
+
 /// The `sample.recorded` endpoint.
 pub fn endpoint(
     database: Database,
@@ -161,7 +164,7 @@ pub fn endpoint(
     notifier: Notifier,
 ) -> Endpoint<Notification<SampleRecorded>, Result<Handled, EndpointError>> {
     Endpoint::from_async(
-        "evaluate_alarms",
+        ENDPOINT,
         move |_, recorded: Notification<SampleRecorded>| {
             let (database, client, notifier) = (database.clone(), client.clone(), notifier.clone());
             async move {

@@ -15,35 +15,26 @@ mod settings;
 mod webhook;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
 use settings::NotifierSettings;
-use switchyard_config::ConfigFlags;
+use switchyard_app::{App, Grpc, Service};
 use switchyard_executor::{EndpointKind, EndpointSpec};
-use switchyard_grpc::Readiness;
-use switchyard_messaging::{
-    NotificationListener, Notifier, Priority, RpcServer, Transport, heartbeat,
-};
+use switchyard_messaging::Priority;
 use switchyard_proto::catalogue;
-use switchyard_service::Running;
 use switchyard_storage::Database;
 
-const SERVICE: &str = "notifier";
-
-/// Evaluates alarms and delivers their webhooks.
-#[derive(Debug, Parser)]
-#[command(name = "switchyard-notifier", version)]
-struct Cli {
-    #[command(flatten)]
-    config: ConfigFlags,
-}
+const NOTIFIER: Service<NotifierSettings> = Service {
+    name: "notifier",
+    binary: "switchyard-notifier",
+    about: "Evaluates alarms and delivers their webhooks.",
+    endpoints: |_| endpoints(),
+};
 
 fn endpoints() -> Vec<EndpointSpec> {
     let mut specs = vec![
-        EndpointSpec::new("evaluate_alarms", EndpointKind::Async),
-        EndpointSpec::new("deliver_webhook", EndpointKind::Blocking),
+        EndpointSpec::new(evaluate::ENDPOINT, EndpointKind::Async),
+        EndpointSpec::new(webhook::ENDPOINT, EndpointKind::Blocking),
     ];
     specs.extend(
         catalogue::methods_of(catalogue::topic::ALARMS)
@@ -53,119 +44,46 @@ fn endpoints() -> Vec<EndpointSpec> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let loaded =
-        match switchyard_service::configure::<NotifierSettings>(SERVICE, &cli.config, |_| {
-            endpoints()
-        }) {
-            Ok(loaded) => loaded,
-            Err(code) => return code,
-        };
-    switchyard_service::run(SERVICE, loaded.settings, serve)
+    switchyard_app::main(NOTIFIER, serve)
 }
 
-async fn serve(settings: NotifierSettings, running: Running) -> anyhow::Result<()> {
-    let Running {
-        executor,
-        identity,
-        shutdown,
-        ..
-    } = running.clone();
-    let database = Database::open(&settings.storage, SERVICE, alarms::MIGRATIONS)
+async fn serve(settings: NotifierSettings, mut app: App) -> anyhow::Result<()> {
+    let database = Database::open(&settings.storage, NOTIFIER.name, alarms::MIGRATIONS)
         .await
         .context("opening the alarm store")?;
-    let transport = Transport::connect(&settings.amqp, SERVICE, &identity.instance_id).await?;
-    // One run of this service's messaging: ends on shutdown, or when the
-    // connection is lost for good and everything is rebuilt.
-    let attempt = transport.attempt(&shutdown);
-    let exchange = settings.amqp.exchange.clone();
-    let notifier = Notifier::new(
-        &transport,
-        &exchange,
-        &format!("{SERVICE}@{}", identity.instance_id),
-    )
-    .await?;
+    app.connect(&settings).await?;
+    let notifier = app.notifier().await?;
     let runtime = tokio::runtime::Handle::current();
 
     let methods = alarms::Methods::new(&database, &runtime);
-    let rpc = RpcServer::builder(&exchange, catalogue::topic::ALARMS, &identity.instance_id)
-        .method(executor.register(methods.create)?)
-        .method(executor.register(methods.get)?)
-        .method(executor.register(methods.list)?)
-        .method(executor.register(methods.delete)?)
-        .method(executor.register(methods.history)?)
-        .start(&transport, executor.config().capacity(), attempt.clone())
-        .await?;
+    let rpc = app
+        .rpc_server(catalogue::topic::ALARMS)?
+        .method(app.register(methods.create)?)
+        .method(app.register(methods.get)?)
+        .method(app.register(methods.list)?)
+        .method(app.register(methods.delete)?)
+        .method(app.register(methods.history)?);
+    app.serve_rpc(rpc).await?;
 
     let client = evaluate::query_client(&settings.grpc, &settings.notifier.collector_url)
         .context("notifier.collector_url")?;
-    let evaluator = NotificationListener::builder(&exchange, "alarm-evaluator")
+    let evaluator = app
+        .pool(catalogue::pool::ALARM_EVALUATOR)?
         .subscribe(catalogue::event::SAMPLE_RECORDED, &[Priority::Info])
-        .coalesce_beyond(settings.notifier.evaluation_backlog)
-        .start(
-            &transport,
-            executor.register(evaluate::endpoint(database.clone(), client, notifier))?,
-            attempt.clone(),
-        )
-        .await?;
-    let webhooks = NotificationListener::builder(&exchange, "webhook-sender")
-        .subscribe(catalogue::event::ALARM_STATE_CHANGED, &[])
-        .start(
-            &transport,
-            executor.register(webhook::endpoint(&settings.notifier))?,
-            attempt.clone(),
-        )
+        .coalesce_beyond(settings.notifier.evaluation_backlog);
+    app.listen(
+        evaluator,
+        evaluate::endpoint(database.clone(), client, notifier),
+    )
+    .await?;
+    let webhooks = app
+        .pool(catalogue::pool::WEBHOOK_SENDER)?
+        .subscribe(catalogue::event::ALARM_STATE_CHANGED, &[]);
+    app.listen(webhooks, webhook::endpoint(&settings.notifier))
         .await?;
 
-    heartbeat::start(
-        &transport,
-        &exchange,
-        SERVICE,
-        &running,
-        Duration::from_millis(settings.rollout.heartbeat_interval_ms),
-        attempt.clone(),
-    )
-    .await?;
     // The notifier's API is AMQP; it serves gRPC for health (readiness:
     // broker connected, database answering) and reflection.
-    let (readiness, health) = Readiness::new(&[]).await;
-    let routes = switchyard_grpc::base_routes(
-        health,
-        switchyard_proto::FILE_DESCRIPTOR_SET,
-        &[],
-        switchyard_grpc::open_access,
-    )?;
-    let listener = switchyard_grpc::bind(&settings.grpc.listen).await?;
-    tracing::info!(
-        "health on {}",
-        listener.local_addr().context("reading the gRPC address")?
-    );
-    let every = Duration::from_secs(1);
-    readiness.watch("amqp", every, attempt.clone(), transport.readiness_probe());
-    readiness.watch(
-        "storage",
-        every,
-        attempt.clone(),
-        database.readiness_probe(),
-    );
-    tracing::info!("notifier ready");
-    let supervisor = running.supervisor.clone();
-    readiness.on_ready(attempt.clone(), move || supervisor.ready());
-    switchyard_grpc::serve(
-        listener,
-        routes,
-        settings.grpc.server_tls()?,
-        settings.grpc.connection_limits(),
-        readiness,
-        attempt.clone(),
-    )
-    .await?;
-    rpc.stopped().await;
-    evaluator.stopped().await;
-    webhooks.stopped().await;
-    transport
-        .finish(&shutdown)
-        .await
-        .map_err(|lost| switchyard_service::Restart(lost.to_string()))?;
-    Ok(())
+    app.probe("storage", database.readiness_probe());
+    app.serve_grpc(&settings.grpc, Grpc::health_only()).await
 }

@@ -82,27 +82,13 @@ impl Default for NotifierSettings {
 
 impl Settings for NotifierSettings {
     fn problems(&self) -> Vec<(String, String)> {
-        let mut problems = switchyard_service::shared_problems(self);
-        problems.extend(switchyard_service::in_section("amqp", self.amqp.problems()));
-        problems.extend(switchyard_service::in_section(
-            "rollout",
-            self.rollout.problems(),
-        ));
-        problems.extend(switchyard_service::in_section("grpc", self.grpc.problems()));
+        let mut problems = switchyard_app::fleet_problems(self);
         problems.extend(switchyard_service::in_section(
             "storage",
             self.storage.problems(),
         ));
-        if !self.notifier.collector_url.starts_with("http://")
-            && !self.notifier.collector_url.starts_with("https://")
-        {
-            problems.push((
-                "notifier.collector_url".into(),
-                format!(
-                    "`{}` is not a URL; accepted: http(s)://host:port",
-                    self.notifier.collector_url
-                ),
-            ));
+        if let Some(problem) = switchyard_config::check::http_url(&self.notifier.collector_url) {
+            problems.push(("notifier.collector_url".into(), problem));
         }
         if let Some(problem) =
             switchyard_config::check::at_least(self.notifier.webhook_timeout_ms, 1, "ms")
@@ -119,4 +105,4 @@ impl Settings for NotifierSettings {
     }
 }
 
-switchyard_service::service_settings!(NotifierSettings);
+switchyard_app::fleet_settings!(NotifierSettings);

@@ -50,6 +50,9 @@ fn refused(status: u16) -> bool {
     (400..500).contains(&status) && !matches!(status, 408 | 429)
 }
 
+/// The endpoint that delivers one state change to its webhook.
+pub const ENDPOINT: &str = "deliver_webhook";
+
 /// The `alarm.state_changed` endpoint.
 pub fn endpoint(
     config: &NotifierConfig,
@@ -62,7 +65,7 @@ pub fn endpoint(
     let attempts = config.webhook_attempts.max(1);
     let backoff = Duration::from_millis(config.webhook_backoff_ms);
     Endpoint::blocking(
-        "deliver_webhook",
+        ENDPOINT,
         move |_, changed: Notification<AlarmStateChanged>| {
             let url = changed
                 .payload

@@ -40,6 +40,12 @@ pub fn pem_file(path: &str) -> Option<String> {
     }
 }
 
+/// An `http://` or `https://` URL (a gRPC peer), else the problem.
+pub fn http_url(value: &str) -> Option<String> {
+    (!value.starts_with("http://") && !value.starts_with("https://"))
+        .then(|| format!("`{value}` is not a URL; accepted: http(s)://host:port"))
+}
+
 /// A duration or size that must be at least `min` (zero would spin, or
 /// refuse everything).
 pub fn at_least(value: u64, min: u64, unit: &str) -> Option<String> {

@@ -178,10 +178,7 @@ pub fn inject_trace(headers: &mut FieldTable, span: &tracing::Span) {
 
 /// Seconds since the Unix epoch, for the `timestamp` property.
 pub fn now_timestamp() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    switchyard_proto::time::unix_seconds().max(0) as u64
 }
 
 #[cfg(test)]

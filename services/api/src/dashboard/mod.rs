@@ -18,7 +18,7 @@ pub mod board;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -123,10 +123,7 @@ impl Dashboard {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    switchyard_proto::time::unix_millis().max(0) as u64
 }
 
 /// Serves the page on `listener` until `shutdown`.

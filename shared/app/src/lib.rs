@@ -1,0 +1,438 @@
+//! The application skeleton every Switchyard service is built on.
+//!
+//! A service declares what it is — its endpoints ([`EndpointSpec`]s, the
+//! list `--check-config` prints), its connections, what it serves over AMQP
+//! and gRPC, and what its readiness depends on — and [`App`] runs the rest,
+//! in the one order every service needs:
+//!
+//! 1. connect to the broker ([`App::connect`]); one *attempt* of the
+//!    service's messaging runs until shutdown or until the connection is
+//!    lost for good;
+//! 2. the service registers its endpoints ([`App::register`]: only declared
+//!    ones) and starts its RPC servers and notification listeners
+//!    ([`App::serve_rpc`], [`App::listen`]);
+//! 3. [`App::serve_grpc`]: bind the gRPC port (health, reflection and the
+//!    service's own routes), start the heartbeats, watch the readiness
+//!    probes (the broker's first), tell a launcher's supervisor when ready,
+//!    serve until the attempt ends, wait for the AMQP consumers to drain,
+//!    then either return (shutdown) or ask to be run again ([`Restart`]).
+//!
+//! `main` is one call: [`main`] parses the flags, loads and checks the
+//! configuration, then hands over to [`switchyard_service::run`].
+#![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, FromArgMatches};
+use switchyard_config::ConfigFlags;
+use switchyard_executor::{BoundEndpoint, Endpoint, EndpointSpec, Outcome};
+use switchyard_grpc::{GrpcConfig, Readiness};
+use switchyard_messaging::heartbeat::{self, RolloutConfig};
+use switchyard_messaging::{
+    AmqpConfig, EndpointError, Handled, Notification, NotificationListenerBuilder, Notifier,
+    RpcServerBuilder, Transport,
+};
+use switchyard_service::{Restart, Running, ServiceSettings};
+use tokio_util::sync::CancellationToken;
+
+pub use switchyard_service::shared_problems;
+
+/// The sections every service of the fleet has besides the shared ones:
+/// the broker, gRPC and rollout heartbeats.
+pub trait FleetSettings: ServiceSettings {
+    /// `[amqp]`.
+    fn amqp(&self) -> &AmqpConfig;
+    /// `[grpc]`.
+    fn grpc(&self) -> &GrpcConfig;
+    /// `[rollout]`.
+    fn rollout(&self) -> &RolloutConfig;
+}
+
+/// The range problems of the shared and fleet sections, with full dotted
+/// keys; a service's [`switchyard_config::Settings::problems`] adds its own.
+pub fn fleet_problems<C: FleetSettings>(settings: &C) -> Vec<(String, String)> {
+    use switchyard_service::in_section;
+    let mut problems = shared_problems(settings);
+    problems.extend(in_section("amqp", settings.amqp().problems()));
+    problems.extend(in_section("rollout", settings.rollout().problems()));
+    problems.extend(in_section("grpc", settings.grpc().problems()));
+    problems
+}
+
+/// Implements [`switchyard_service::ServiceSettings`] and [`FleetSettings`]
+/// for a settings struct with fields named `executor`, `telemetry`,
+/// `metrics`, `launcher`, `amqp`, `grpc` and `rollout`.
+#[macro_export]
+macro_rules! fleet_settings {
+    ($settings:ty) => {
+        switchyard_service::service_settings!($settings);
+        impl $crate::FleetSettings for $settings {
+            fn amqp(&self) -> &switchyard_messaging::AmqpConfig {
+                &self.amqp
+            }
+            fn grpc(&self) -> &switchyard_grpc::GrpcConfig {
+                &self.grpc
+            }
+            fn rollout(&self) -> &switchyard_messaging::heartbeat::RolloutConfig {
+                &self.rollout
+            }
+        }
+    };
+}
+
+/// What a service is, for [`main`].
+#[derive(Debug, Clone, Copy)]
+pub struct Service<C> {
+    /// Its name: `service.name`, the configuration file's stem, log lines.
+    pub name: &'static str,
+    /// The binary's name (`switchyard-collector`).
+    pub binary: &'static str,
+    /// One line for `--help`.
+    pub about: &'static str,
+    /// Its endpoints for the loaded settings (a service mid-migration may
+    /// pick a body by phase): what `--check-config` checks and prints, and
+    /// all that [`App::register`] accepts.
+    pub endpoints: fn(&C) -> Vec<EndpointSpec>,
+}
+
+/// A service's whole `main`: flags, configuration (exit 2 on any problem;
+/// `--check-config`, `--print-config`), then `serve` under
+/// [`switchyard_service::run`].
+pub fn main<C, F, Fut>(service: Service<C>, serve: F) -> ExitCode
+where
+    C: ServiceSettings + Clone,
+    F: Fn(C, App) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let command = ConfigFlags::augment_args(
+        clap::Command::new(service.binary)
+            .version(env!("CARGO_PKG_VERSION"))
+            .about(service.about),
+    );
+    let flags = match ConfigFlags::from_arg_matches(&command.get_matches()) {
+        Ok(flags) => flags,
+        Err(error) => error.exit(),
+    };
+    let loaded = match switchyard_service::configure::<C>(service.name, &flags, service.endpoints) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let declared = (service.endpoints)(&loaded.settings);
+    switchyard_service::run(service.name, loaded.settings, move |settings, running| {
+        let app = App::new(service.name, running, declared.clone());
+        serve(settings, app)
+    })
+}
+
+type Stopped = Pin<Box<dyn Future<Output = ()> + Send>>;
+type Probe = Box<dyn FnOnce(&Readiness, CancellationToken) + Send>;
+
+/// One run of a service: what it registered, serves and waits for.
+pub struct App {
+    service: &'static str,
+    running: Running,
+    declared: Vec<EndpointSpec>,
+    messaging: Option<Messaging>,
+    attempt: CancellationToken,
+    probes: Vec<Probe>,
+    stopped: Vec<Stopped>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("service", &self.service)
+            .field("declared", &self.declared)
+            .field("messaging", &self.messaging.is_some())
+            .field("probes", &self.probes.len())
+            .field("waiting_for", &self.stopped.len())
+            .finish()
+    }
+}
+
+/// The broker side of one attempt.
+#[derive(Clone)]
+pub struct Messaging {
+    /// The connection.
+    pub transport: Transport,
+    /// `amqp.exchange`.
+    pub exchange: String,
+    heartbeat_interval: Duration,
+}
+
+impl std::fmt::Debug for Messaging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messaging")
+            .field("exchange", &self.exchange)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often a readiness probe runs.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+impl App {
+    /// A run of `service` with `running`'s executor, accepting `declared`.
+    pub fn new(service: &'static str, running: Running, declared: Vec<EndpointSpec>) -> Self {
+        let attempt = running.shutdown.clone();
+        Self {
+            service,
+            running,
+            declared,
+            messaging: None,
+            attempt,
+            probes: Vec::new(),
+            stopped: Vec::new(),
+        }
+    }
+
+    /// What the skeleton was handed: executor, identity, shutdown, supervisor.
+    pub fn running(&self) -> &Running {
+        &self.running
+    }
+
+    /// Ends on shutdown, or (once connected) when the broker connection is
+    /// lost for good: what every server and consumer of this run stops on.
+    pub fn attempt(&self) -> CancellationToken {
+        self.attempt.clone()
+    }
+
+    /// Connects to the broker: the run now ends when the connection is lost
+    /// for good, heartbeats start with gRPC, and readiness waits for the
+    /// broker. Returns the connection, for the service's own clients.
+    pub async fn connect<C: FleetSettings>(&mut self, settings: &C) -> anyhow::Result<Messaging> {
+        let transport = Transport::connect(
+            settings.amqp(),
+            self.service,
+            &self.running.identity.instance_id,
+        )
+        .await?;
+        self.attempt = transport.attempt(&self.running.shutdown);
+        let messaging = Messaging {
+            transport: transport.clone(),
+            exchange: settings.amqp().exchange.clone(),
+            heartbeat_interval: Duration::from_millis(settings.rollout().heartbeat_interval_ms),
+        };
+        self.probe("amqp", transport.readiness_probe());
+        self.messaging = Some(messaging.clone());
+        Ok(messaging)
+    }
+
+    fn messaging(&self) -> anyhow::Result<&Messaging> {
+        self.messaging
+            .as_ref()
+            .context("the service serves AMQP but did not connect to the broker (App::connect)")
+    }
+
+    /// A publisher of notifications, named after this instance.
+    pub async fn notifier(&self) -> anyhow::Result<Notifier> {
+        let messaging = self.messaging()?;
+        Ok(Notifier::new(
+            &messaging.transport,
+            &messaging.exchange,
+            &format!("{}@{}", self.service, self.running.identity.instance_id),
+        )
+        .await?)
+    }
+
+    /// Registers `endpoint` with the executor. Only a declared endpoint is
+    /// accepted, so the list `--check-config` checks is the list that runs.
+    pub fn register<Req, Out>(
+        &self,
+        endpoint: Endpoint<Req, Out>,
+    ) -> anyhow::Result<BoundEndpoint<Req, Out>>
+    where
+        Req: Send + 'static,
+        Out: Outcome,
+    {
+        let name = endpoint.name().to_string();
+        let declared = self.declared.iter().find(|spec| spec.name == name);
+        match declared {
+            Some(spec) if spec.kind == endpoint.kind() => {
+                Ok(self.running.executor.register(endpoint)?)
+            }
+            Some(spec) => anyhow::bail!(
+                "endpoint `{name}` is written {} but declared {} in the service's endpoint list",
+                endpoint.kind(),
+                spec.kind
+            ),
+            None => anyhow::bail!(
+                "endpoint `{name}` is not in the service's endpoint list (the one --check-config checks): declare it there"
+            ),
+        }
+    }
+
+    /// An RPC server for `topic` on this run's exchange, to add methods to
+    /// and hand to [`App::serve_rpc`].
+    pub fn rpc_server(&self, topic: &str) -> anyhow::Result<RpcServerBuilder> {
+        Ok(switchyard_messaging::RpcServer::builder(
+            &self.messaging()?.exchange,
+            topic,
+            &self.running.identity.instance_id,
+        ))
+    }
+
+    /// Starts consuming for `server`; the run waits for it to drain.
+    pub async fn serve_rpc(&mut self, server: RpcServerBuilder) -> anyhow::Result<()> {
+        let transport = self.messaging()?.transport.clone();
+        let server = server
+            .start(
+                &transport,
+                self.running.executor.config().capacity(),
+                self.attempt.clone(),
+            )
+            .await?;
+        self.stopped.push(Box::pin(server.stopped()));
+        Ok(())
+    }
+
+    /// A notification pool `pool` on this run's exchange, to subscribe and
+    /// hand to [`App::listen`].
+    pub fn pool(&self, pool: &str) -> anyhow::Result<NotificationListenerBuilder> {
+        Ok(switchyard_messaging::NotificationListener::builder(
+            &self.messaging()?.exchange,
+            pool,
+        ))
+    }
+
+    /// Starts `listener` dispatching to `endpoint` (registered here, so it
+    /// must be declared); the run waits for it to drain.
+    pub async fn listen<P>(
+        &mut self,
+        listener: NotificationListenerBuilder,
+        endpoint: Endpoint<Notification<P>, Result<Handled, EndpointError>>,
+    ) -> anyhow::Result<()>
+    where
+        P: prost::Message + Default + Send + 'static,
+    {
+        let endpoint = self.register(endpoint)?;
+        let transport = self.messaging()?.transport.clone();
+        let listener = listener
+            .start(&transport, endpoint, self.attempt.clone())
+            .await?;
+        self.stopped.push(Box::pin(listener.stopped()));
+        Ok(())
+    }
+
+    /// Readiness also waits for `probe` (checked every second under `name`).
+    pub fn probe<F, Fut>(&mut self, name: &'static str, probe: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        self.probes.push(Box::new(move |readiness, attempt| {
+            readiness.watch(name, PROBE_EVERY, attempt, probe);
+        }));
+    }
+
+    /// Serves gRPC until the run ends, then drains: see the crate's
+    /// documentation for the order. `grpc` names the services served
+    /// besides health and reflection, who may call them, and adds their
+    /// routes.
+    pub async fn serve_grpc<I>(mut self, config: &GrpcConfig, grpc: Grpc<I>) -> anyhow::Result<()>
+    where
+        I: tonic::service::Interceptor + Clone + Send + Sync + 'static,
+    {
+        let (readiness, health) = Readiness::new(grpc.served).await;
+        let routes = switchyard_grpc::base_routes(
+            health,
+            switchyard_proto::FILE_DESCRIPTOR_SET,
+            grpc.served,
+            grpc.access,
+        )?;
+        let routes = (grpc.routes)(routes);
+        let listener = switchyard_grpc::bind(&config.listen).await?;
+        let address = listener.local_addr().context("reading the gRPC address")?;
+        tracing::info!("gRPC on {address}");
+        if let Some(messaging) = &self.messaging {
+            heartbeat::start(
+                &messaging.transport,
+                &messaging.exchange,
+                self.service,
+                &self.running,
+                messaging.heartbeat_interval,
+                self.attempt.clone(),
+            )
+            .await?;
+        }
+        for probe in self.probes.drain(..) {
+            probe(&readiness, self.attempt.clone());
+        }
+        let supervisor = self.running.supervisor.clone();
+        readiness.on_ready(self.attempt.clone(), move || supervisor.ready());
+        switchyard_grpc::serve(
+            listener,
+            routes,
+            config.server_tls()?,
+            config.connection_limits(),
+            readiness,
+            self.attempt.clone(),
+        )
+        .await?;
+        futures_util::future::join_all(self.stopped.drain(..)).await;
+        if let Some(messaging) = &self.messaging {
+            messaging
+                .transport
+                .finish(&self.running.shutdown)
+                .await
+                .map_err(|lost| Restart(lost.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// What a service serves over gRPC, for [`App::serve_grpc`].
+pub struct Grpc<I> {
+    served: &'static [&'static str],
+    access: I,
+    routes: Box<dyn FnOnce(tonic::service::Routes) -> tonic::service::Routes + Send>,
+}
+
+impl<I> std::fmt::Debug for Grpc<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grpc")
+            .field("served", &self.served)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Grpc<fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>> {
+    /// Health and reflection only (a service whose API is AMQP).
+    pub fn health_only() -> Self {
+        Self {
+            served: &[],
+            access: switchyard_grpc::open_access,
+            routes: Box::new(|routes| routes),
+        }
+    }
+
+    /// The services `served` (their full names), open to every caller;
+    /// `routes` adds them.
+    pub fn serving(
+        served: &'static [&'static str],
+        routes: impl FnOnce(tonic::service::Routes) -> tonic::service::Routes + Send + 'static,
+    ) -> Self {
+        Self {
+            served,
+            access: switchyard_grpc::open_access,
+            routes: Box::new(routes),
+        }
+    }
+}
+
+impl<I> Grpc<I> {
+    /// Reflection is open only to callers `access` lets through (health
+    /// stays open: probes carry no token).
+    pub fn with_access<J>(self, access: J) -> Grpc<J> {
+        Grpc {
+            served: self.served,
+            access,
+            routes: self.routes,
+        }
+    }
+}

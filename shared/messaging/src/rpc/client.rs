@@ -1,0 +1,354 @@
+//! The client side of RPC: call (wait for the reply on this connection's
+//! reply queue), cast (durable, confirmed) and fan out (every instance).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, ExchangeKind};
+use prost::Message;
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use switchyard_proto::messaging::v1::{RpcError, rpc_error};
+
+use super::Target;
+use super::topology::declare_exchange;
+use crate::consume;
+use crate::{CallError, MessagingError, Transport, wire};
+
+/// Calls, casts and fans out to RPC servers. Cheap to clone.
+#[derive(Clone)]
+pub struct RpcClient {
+    channel: Channel,
+    transport: Transport,
+    pending: Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>,
+    /// Topics seen with consumers, and when: checked again after a second.
+    seen_consumers: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Exchanges this client has declared. Publishing to a missing exchange
+    /// would make the broker close the channel; declaring first is idempotent.
+    declared: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+impl std::fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("transport", &self.transport)
+            .finish()
+    }
+}
+
+impl RpcClient {
+    /// A client with its own channel, consuming RabbitMQ's direct reply-to
+    /// pseudo queue: replies need no queue of their own, so none can leak.
+    pub async fn new(transport: &Transport) -> Result<Self, MessagingError> {
+        let channel = transport.channel().await?;
+        let mut replies = channel
+            .basic_consume(
+                wire::DIRECT_REPLY_TO.into(),
+                ShortString::from(format!("replies.{}", wire::new_id())),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(MessagingError::broker("consuming direct replies"))?;
+        let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>> = Arc::default();
+        let router = Arc::clone(&pending);
+        let recovering = channel.clone();
+        tokio::spawn(async move {
+            while let Some(next) = replies.next().await {
+                match next {
+                    Ok(delivery) => {
+                        let waiter = delivery
+                            .properties
+                            .correlation_id()
+                            .as_ref()
+                            .and_then(|id| router.lock().ok()?.remove(id.as_str()));
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(delivery);
+                        }
+                    }
+                    Err(error) => {
+                        if recovering.wait_for_recovery(error).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            channel,
+            transport: transport.clone(),
+            pending,
+            seen_consumers: Arc::default(),
+            declared: Arc::default(),
+        })
+    }
+
+    /// Calls `method` on `target` and waits at most `timeout` for the reply.
+    /// Fails fast with [`CallError::NoConsumers`] when nobody serves the target.
+    pub async fn call<Req, Resp>(
+        &self,
+        target: &Target,
+        method: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Message,
+        Resp: Message + Default,
+    {
+        let started = Instant::now();
+        if target.server.is_none() && !self.has_consumers(target, true).await {
+            return Err(CallError::NoConsumers {
+                target: target.to_string(),
+            });
+        }
+        let correlation = wire::new_id();
+        let (waiter, reply) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(correlation.clone(), waiter);
+        }
+        let forget = ForgetOnDrop {
+            pending: &self.pending,
+            correlation: &correlation,
+        };
+        let properties = self
+            .properties(method, "call", &correlation)
+            .with_correlation_id(correlation.as_str().into())
+            .with_reply_to(wire::DIRECT_REPLY_TO.into())
+            .with_expiration(timeout.as_millis().max(1).to_string().into());
+        self.send(target, properties, request).await?;
+        let remaining = timeout.saturating_sub(started.elapsed());
+        // While waiting, look again every second: if the last consumer of the
+        // topic went away, say so instead of waiting out the timeout.
+        let waiting = async {
+            tokio::pin!(reply);
+            loop {
+                tokio::select! {
+                    delivery = &mut reply => return delivery.map_err(|_| CallError::Timeout(timeout)),
+                    _ = tokio::time::sleep(Duration::from_secs(1)), if target.server.is_none() => {
+                        if !self.has_consumers(target, false).await {
+                            return Err(CallError::NoConsumers { target: target.to_string() });
+                        }
+                    }
+                }
+            }
+        };
+        let delivery = tokio::time::timeout(remaining, waiting)
+            .await
+            .map_err(|_elapsed| CallError::Timeout(timeout))??;
+        drop(forget);
+        decode_reply(&delivery)
+    }
+
+    /// Sends `method` to one instance of `target` without waiting for a
+    /// reply; the message is persistent and waits in the durable topic queue
+    /// until an instance takes it.
+    pub async fn cast<Req: Message>(
+        &self,
+        target: &Target,
+        method: &str,
+        request: &Req,
+    ) -> Result<(), CallError> {
+        let properties = self
+            .properties(method, "cast", &wire::new_id())
+            .with_delivery_mode(2);
+        self.send(target, properties, request).await
+    }
+
+    /// Sends `method` to every instance of `target.topic`.
+    pub async fn fanout<Req: Message>(
+        &self,
+        target: &Target,
+        method: &str,
+        request: &Req,
+    ) -> Result<(), CallError> {
+        let properties = self.properties(method, "cast", &wire::new_id());
+        let exchange = wire::fanout_exchange(&target.exchange, &target.topic);
+        self.ensure_exchange(&exchange, ExchangeKind::Fanout)
+            .await?;
+        self.publish_traced(&exchange, "", properties, request)
+            .await
+            .map_err(|error| match error {
+                MessagingError::Unroutable { .. } => CallError::NoConsumers {
+                    target: exchange.clone(),
+                },
+                MessagingError::Broker { source, .. } if is_not_found(&source) => {
+                    CallError::NoConsumers {
+                        target: exchange.clone(),
+                    }
+                }
+                other => CallError::Transport(other),
+            })
+    }
+
+    fn properties(&self, method: &str, kind: &str, message_id: &str) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        wire::set_str(&mut headers, wire::METHOD, method);
+        wire::set_str(&mut headers, wire::KIND, kind);
+        BasicProperties::default()
+            .with_content_type(wire::CONTENT_TYPE.into())
+            .with_message_id(message_id.into())
+            .with_timestamp(wire::now_timestamp())
+            .with_headers(headers)
+    }
+
+    /// Declares `name` once per client.
+    async fn ensure_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), MessagingError> {
+        let known = self
+            .declared
+            .lock()
+            .map(|d| d.contains(name))
+            .unwrap_or(false);
+        if !known {
+            declare_exchange(&self.channel, name, kind).await?;
+            if let Ok(mut declared) = self.declared.lock() {
+                declared.insert(name.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes to `target`, mandatory: a message no queue takes is an
+    /// error the caller sees, never a silent drop by the broker.
+    async fn send<Req: Message>(
+        &self,
+        target: &Target,
+        properties: BasicProperties,
+        request: &Req,
+    ) -> Result<(), CallError> {
+        self.ensure_exchange(&target.exchange, ExchangeKind::Topic)
+            .await?;
+        self.publish_traced(&target.exchange, &target.routing_key(), properties, request)
+            .await
+            .map_err(|error| match error {
+                MessagingError::Unroutable { .. } => CallError::NoConsumers {
+                    target: target.to_string(),
+                },
+                other => CallError::Transport(other),
+            })
+    }
+
+    async fn publish_traced<Req: Message>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: BasicProperties,
+        request: &Req,
+    ) -> Result<(), MessagingError> {
+        let message_id = properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default();
+        let body = request.encode_to_vec();
+        let span = consume::publish_span(exchange, routing_key, &message_id, body.len());
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        wire::inject_trace(&mut headers, &span);
+        let properties = properties.with_headers(headers);
+        consume::publish(
+            &self.channel,
+            exchange,
+            routing_key,
+            true,
+            &body,
+            properties,
+        )
+        .instrument(span)
+        .await
+    }
+
+    /// Whether the topic queue has consumers. With `cached`, a yes is
+    /// remembered for a second; a no is never remembered.
+    async fn has_consumers(&self, target: &Target, cached: bool) -> bool {
+        let queue = wire::topic_queue(&target.exchange, &target.topic);
+        let fresh = cached
+            && self
+                .seen_consumers
+                .lock()
+                .ok()
+                .and_then(|seen| seen.get(&queue).copied())
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        if fresh {
+            return true;
+        }
+        // A passive declare of a missing queue closes its channel: use a
+        // throwaway one.
+        let Ok(probe) = self.transport.channel().await else {
+            return true; // let the publish report the transport problem
+        };
+        let present = match probe
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(declared) => {
+                let _ = probe.close(200, "probe done".into()).await;
+                declared.consumer_count() > 0
+            }
+            Err(_) => false,
+        };
+        if present && let Ok(mut seen) = self.seen_consumers.lock() {
+            seen.insert(queue, Instant::now());
+        }
+        present
+    }
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    error.to_string().contains("NOT_FOUND")
+}
+
+/// Removes a call's waiter however the call ends.
+struct ForgetOnDrop<'a> {
+    pending: &'a Mutex<HashMap<String, oneshot::Sender<Delivery>>>,
+    correlation: &'a str,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(self.correlation);
+        }
+    }
+}
+
+fn decode_reply<Resp: Message + Default>(delivery: &Delivery) -> Result<Resp, CallError> {
+    let malformed = |what: &str| CallError::Remote {
+        code: "malformed_reply".into(),
+        message: what.to_string(),
+    };
+    match wire::header_str(&delivery.properties, wire::STATUS) {
+        Some("ok") => Resp::decode(delivery.data.as_slice()).map_err(|e| malformed(&e.to_string())),
+        Some("error") => {
+            let error = RpcError::decode(delivery.data.as_slice())
+                .map_err(|e| malformed(&e.to_string()))?;
+            Err(match rpc_error::Kind::try_from(error.kind) {
+                Ok(rpc_error::Kind::NoSuchMethod) => CallError::NoSuchMethod {
+                    message: error.message,
+                    served: error.served_methods,
+                },
+                Ok(rpc_error::Kind::InvalidArgument) => CallError::InvalidArgument(error.message),
+                _ => CallError::Remote {
+                    code: error.code,
+                    message: error.message,
+                },
+            })
+        }
+        _ => Err(malformed("reply without x-switchyard-status")),
+    }
+}

@@ -1,0 +1,151 @@
+//! What RPC and notifications declare on the broker: exchanges, durable
+//! and per-instance queues, bindings.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, ExchangeKind};
+
+use crate::{MessagingError, Transport, wire};
+
+pub(crate) async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), MessagingError> {
+    channel
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(MessagingError::broker(format!(
+            "declaring exchange `{name}`"
+        )))
+}
+
+/// How long a durable queue may grow, and what happens at the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// No limit (dead-letter queues: where messages come to rest).
+    Unbounded,
+    /// At most this many messages; a publish beyond is refused (`nack`), so
+    /// a confirmed publisher (the api) is told and tells its caller to slow
+    /// down instead of acknowledging what piles up.
+    RejectPublish(u32),
+    /// At most this many messages; the oldest is dropped for a new one. For
+    /// notifications where the newest supersedes the older (a meter's
+    /// `sample.recorded`: the evaluator reads the meter's latest periods).
+    DropHead(u32),
+}
+
+/// A queue that outlives its consumers: casts and notifications wait in it.
+///
+/// Declared on a throwaway channel: RabbitMQ refuses to declare an existing
+/// queue with other arguments (`PRECONDITION_FAILED - inequivalent arg`) and
+/// closes the channel. Such a queue (made by an earlier version, or with
+/// another `amqp.queue_type`) is used as it is, with a warning saying how to
+/// apply the new arguments, instead of stopping the service at start-up.
+pub(crate) async fn declare_durable_queue(
+    transport: &Transport,
+    name: &str,
+    bound: Bound,
+) -> Result<(), MessagingError> {
+    let config = transport.config();
+    let mut arguments = FieldTable::default();
+    if config.queue_type == crate::QueueType::Quorum {
+        wire::set_str(&mut arguments, "x-queue-type", "quorum");
+    }
+    if config.queue_expires_ms > 0 {
+        arguments.insert(
+            "x-expires".into(),
+            lapin::types::AMQPValue::LongLongInt(
+                config.queue_expires_ms.min(i64::MAX as u64) as i64
+            ),
+        );
+    }
+    let (length, overflow) = match bound {
+        Bound::Unbounded => (0, ""),
+        Bound::RejectPublish(length) => (length, "reject-publish"),
+        Bound::DropHead(length) => (length, "drop-head"),
+    };
+    if length > 0 {
+        arguments.insert(
+            "x-max-length".into(),
+            lapin::types::AMQPValue::LongLongInt(i64::from(length)),
+        );
+        wire::set_str(&mut arguments, "x-overflow", overflow);
+    }
+    let channel = transport.channel().await?;
+    let declared = channel
+        .queue_declare(name.into(), QueueDeclareOptions::durable(), arguments)
+        .await;
+    match declared {
+        Ok(_) => {
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(())
+        }
+        Err(error) if is_precondition_failed(&error) => {
+            tracing::warn!(
+                queue = name,
+                "queue `{name}` exists with other arguments ({error}); using it as it is. \
+                 To apply the configured ones (queue type, expiry, length limit), let it drain \
+                 and delete it, or set them with a RabbitMQ policy (docs/rollout.md)"
+            );
+            Ok(())
+        }
+        Err(error) => Err(MessagingError::Broker {
+            operation: format!("declaring queue `{name}`"),
+            source: error,
+        }),
+    }
+}
+
+/// RabbitMQ's 406: the declared arguments differ from the existing queue's.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+}
+
+/// A queue of one instance: gone with its connection, so nothing leaks.
+pub(crate) async fn declare_instance_queue(
+    channel: &Channel,
+    name: &str,
+) -> Result<(), MessagingError> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(MessagingError::broker(format!("declaring queue `{name}`")))
+}
+
+pub(crate) async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), MessagingError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(MessagingError::broker(format!(
+            "binding `{queue}` to `{exchange}` with `{key}`"
+        )))
+}
