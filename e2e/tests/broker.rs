@@ -38,7 +38,8 @@ async fn broker_restart_loses_nothing_acknowledged() {
         20,
         Duration::from_millis(20),
     ));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The broker goes down mid-load: once 1,000 samples are in.
+    fleet.wait_stored_at_least(1000).await;
     let restart = tokio::task::spawn_blocking(|| {
         rabbitmqctl(&["stop_app"]);
         std::thread::sleep(Duration::from_secs(3));

@@ -22,7 +22,7 @@ async fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
         10,
         Duration::from_millis(15),
     ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.wait_stored_at_least(100).await;
     let mut collector = fleet.collector.take().expect("collector");
     collector.child.kill().expect("SIGKILL");
     let _ = collector.child.wait();
@@ -43,7 +43,7 @@ async fn sigterm_under_load_exits_cleanly_and_returns_what_it_did_not_take() {
         20,
         Duration::from_millis(5),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.wait_stored_at_least(100).await;
     let started = Instant::now();
     let status = fleet.collector.take().expect("collector").stop();
     assert_eq!(status, 0, "the collector drained and exited 0");

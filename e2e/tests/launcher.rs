@@ -17,11 +17,12 @@ use support::{
     BOUND, Browser, Fleet, FleetOptions, Service, free_port, post_steadily, switchyard, text,
 };
 use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
-use switchyard_messaging::{EndpointError, Handled, Notification, NotificationListener, heartbeat};
+use switchyard_messaging::{EndpointError, Handled, Notification, NotificationListener};
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
 use switchyard_proto::messaging::v1::RolledBack;
 use switchyard_proto::metering::v1::{GetRolloutRequest, InstanceStatus, PostSamplesRequest};
+use switchyard_rollout::heartbeat;
 use switchyard_telemetry::receiver::OtlpReceiver;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -141,7 +142,7 @@ async fn a_sighup_phase_switch_of_the_collector_under_load_loses_no_sample() {
         10,
         Duration::from_millis(10),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.wait_stored_at_least(100).await;
     configure(&fleet, "collector", &file("async"), Vec::new());
     let signalled = Instant::now();
     signal(&collector, "HUP");

@@ -291,12 +291,16 @@ async fn three_services_in_three_phases() {
             sent
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stopped mid-load: once the load's first samples are stored.
+    let before = fleet.stored().await.1 as usize;
+    fleet.wait_stored_at_least(before + 10).await;
     let stopped = fleet.collector.take().expect("collector").stop();
     assert_eq!(stopped, 0, "the collector drained and exited cleanly");
     // Same port: the api and the notifier reach the new instance unchanged.
     fleet.start_collector("async");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The new collector stores what keeps coming.
+    let at_restart = fleet.stored().await.1 as usize;
+    fleet.wait_stored_at_least(at_restart + 10).await;
     posting.store(false, SeqCst);
     let sent = load.await.expect("load finished");
     assert!(!sent.is_empty());

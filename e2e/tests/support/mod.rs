@@ -572,6 +572,34 @@ impl Fleet {
     }
 
     /// Waits until `expected` distinct samples are stored; fails on duplicates.
+    /// The last `lines` lines of the collector's log (for a failure message).
+    pub fn collector_log_tail(&self, lines: usize) -> String {
+        let text = self
+            .collector
+            .as_ref()
+            .map(Service::log_text)
+            .unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until at least `count` distinct samples are stored: the load
+    /// is under way (instead of sleeping and hoping it is).
+    pub async fn wait_stored_at_least(&self, count: usize) {
+        let started = Instant::now();
+        loop {
+            let (_, distinct) = self.stored().await;
+            if distinct as usize >= count {
+                return;
+            }
+            assert!(
+                started.elapsed() < BOUND,
+                "only {distinct} samples stored after {BOUND:?}; waiting for {count}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_stored(&self, expected: usize) {
         let started = Instant::now();
         loop {
@@ -586,7 +614,8 @@ impl Fleet {
             }
             assert!(
                 started.elapsed() < Duration::from_secs(60),
-                "only {distinct} of {expected} acknowledged samples were stored"
+                "only {distinct} of {expected} acknowledged samples were stored; the collector's log ends:\n{}",
+                self.collector_log_tail(40)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -19,9 +19,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use settings::ApiSettings;
 use switchyard_app::{App, Grpc, Service};
+use switchyard_config::Secret;
 use switchyard_executor::{EndpointKind, EndpointSpec};
-use switchyard_messaging::{RpcClient, heartbeat};
+use switchyard_messaging::RpcClient;
 use switchyard_proto::metering::v1::metering_server::MeteringServer;
+use switchyard_rollout::heartbeat;
 use tonic::{Request, Status};
 
 const GRPC_SERVICE: &str = "switchyard.metering.v1.Metering";
@@ -46,12 +48,12 @@ fn main() -> ExitCode {
 /// Whether `presented` is one of `tokens`, in time that does not depend on
 /// where a guess first differs: every token is compared, each in constant
 /// time (only the lengths, which are not secret, decide early).
-fn accepted(tokens: &[String], presented: &str) -> bool {
+fn accepted(tokens: &[Secret], presented: &str) -> bool {
     use subtle::ConstantTimeEq;
     tokens
         .iter()
         .fold(subtle::Choice::from(0), |found, token| {
-            found | token.as_bytes().ct_eq(presented.as_bytes())
+            found | token.expose().as_bytes().ct_eq(presented.as_bytes())
         })
         .into()
 }
@@ -68,7 +70,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 /// Refuses calls without one of the configured bearer tokens.
 fn authenticate(
-    tokens: Vec<String>,
+    tokens: Vec<Secret>,
 ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request: Request<()>| {
         if tokens.is_empty() {
@@ -154,7 +156,7 @@ async fn serve(settings: ApiSettings, mut app: App) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{accepted, bearer_token};
+    use super::{Secret, accepted, bearer_token};
 
     #[test]
     fn the_bearer_scheme_name_is_case_insensitive() {
@@ -168,8 +170,8 @@ mod tests {
     #[test]
     fn only_a_configured_token_is_accepted() {
         let tokens = vec![
-            "0123456789abcdef".to_string(),
-            "fedcba9876543210".to_string(),
+            Secret::new("0123456789abcdef"),
+            Secret::new("fedcba9876543210"),
         ];
         assert!(accepted(&tokens, "fedcba9876543210"));
         assert!(!accepted(&tokens, "fedcba987654321"));

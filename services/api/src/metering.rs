@@ -10,12 +10,13 @@ use switchyard_app::App;
 use switchyard_executor::{BoundEndpoint, Context, Endpoint, EndpointKind, EndpointSpec};
 use switchyard_grpc::client::{Traced, deadline};
 use switchyard_grpc::{GrpcOutcome, invalid_argument, retry_unsent};
-use switchyard_messaging::{CallError, MessagingError, RpcClient, Target, heartbeat, wire};
+use switchyard_messaging::{CallError, MessagingError, RpcClient, Target, wire};
 use switchyard_proto::catalogue;
 use switchyard_proto::collector::v1::sample_query_client::SampleQueryClient;
 use switchyard_proto::messaging::v1::{PromoteCanary, RecordSamples};
 use switchyard_proto::metering::v1::metering_server::Metering;
 use switchyard_proto::metering::v1::*;
+use switchyard_rollout::heartbeat;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 

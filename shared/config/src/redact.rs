@@ -1,13 +1,16 @@
 //! Keeping secrets out of everything the loader prints.
 //!
-//! Two kinds of secret reach configuration: passwords inside URLs
-//! (`amqp://user:password@host`, `postgres://…`) and values of keys named like
-//! secrets (`api.auth_tokens`, `storage.password`). Both are replaced by `***`
-//! in messages and in `--print-config`.
+//! Secrets are typed ([`crate::Secret`], [`crate::SecretUrl`]): they print
+//! themselves redacted, and `--print-config` serialises them as `***`. Two
+//! things here are about text the types never see: a message about a value
+//! given to a secret key in the wrong shape (serde quotes what it got), and
+//! a configuration file's syntax error, which quotes the file's line (it may
+//! hold a password). The last line of defence, [`redact_text`], is also
+//! applied to errors from other crates before they are printed.
 
 use serde::Serialize;
 
-const REDACTED: &str = "***";
+use crate::secret::REDACTED;
 
 /// Whether a dotted key holds a secret by its name.
 pub(crate) fn is_secret_key(key: &str) -> bool {
@@ -65,27 +68,11 @@ pub(crate) fn redact_quoted(text: &str) -> String {
     out
 }
 
-/// The settings as TOML with every secret replaced by `***`.
+/// The settings as TOML with every secret replaced by `***`: the secret
+/// types ([`crate::Secret`], [`crate::SecretUrl`]) say which values those are.
 pub fn redacted_toml<T: Serialize>(settings: &T) -> Result<String, toml::ser::Error> {
-    let mut value = toml::Value::try_from(settings)?;
-    redact_value("", &mut value);
+    let value = crate::secret::redacting(|| toml::Value::try_from(settings))?;
     toml::to_string_pretty(&value)
-}
-
-fn redact_value(key: &str, value: &mut toml::Value) {
-    match value {
-        toml::Value::String(text) if is_secret_key(key) && !text.is_empty() => {
-            *text = REDACTED.to_string();
-        }
-        toml::Value::String(text) => *text = redact_text(text),
-        toml::Value::Array(items) => items.iter_mut().for_each(|item| redact_value(key, item)),
-        toml::Value::Table(table) => {
-            for (name, item) in table.iter_mut() {
-                redact_value(name, item);
-            }
-        }
-        _ => {}
-    }
 }
 
 #[cfg(test)]
@@ -110,10 +97,10 @@ mod tests {
     }
 
     #[test]
-    fn secret_keys_are_redacted_in_toml() {
+    fn secret_values_are_redacted_in_toml_by_their_type() {
         #[derive(Serialize)]
         struct Api {
-            auth_tokens: Vec<String>,
+            auth_tokens: Vec<crate::Secret>,
             listen: String,
         }
         #[derive(Serialize)]
@@ -122,7 +109,7 @@ mod tests {
         }
         let text = redacted_toml(&Settings {
             api: Api {
-                auth_tokens: vec!["t0ken".into()],
+                auth_tokens: vec![crate::Secret::new("t0ken")],
                 listen: "127.0.0.1:50051".into(),
             },
         })

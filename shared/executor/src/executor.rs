@@ -215,9 +215,7 @@ impl Executor {
             endpoint.kind().form_in(phase),
             Arc::clone(&self.inner.recent),
         ));
-        if let Ok(mut endpoints) = self.inner.endpoints.lock() {
-            endpoints.push(Arc::clone(&counters));
-        }
+        crate::sync::lock(&self.inner.endpoints).push(Arc::clone(&counters));
         Ok(BoundEndpoint {
             name: Arc::from(endpoint.name.as_str()),
             body: endpoint.forms.for_phase(phase),
@@ -234,12 +232,10 @@ impl Executor {
 
     /// Statistics of every endpoint at this moment.
     pub fn snapshot(&self) -> ExecutorSnapshot {
-        let endpoints = self
-            .inner
-            .endpoints
-            .lock()
-            .map(|endpoints| endpoints.iter().map(|c| c.snapshot()).collect())
-            .unwrap_or_default();
+        let endpoints = crate::sync::lock(&self.inner.endpoints)
+            .iter()
+            .map(|c| c.snapshot())
+            .collect();
         ExecutorSnapshot::from_endpoints(
             &self.inner.name,
             self.inner.config.phase,

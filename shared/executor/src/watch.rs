@@ -127,26 +127,22 @@ pub(crate) struct RunningGuard {
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        if let Ok(mut entries) = self.running.entries.lock() {
-            entries.remove(&self.id);
-        }
+        crate::sync::lock(&self.running.entries).remove(&self.id);
     }
 }
 
 impl Running {
     pub fn enter(self: &Arc<Self>, counters: &Arc<EndpointCounters>, span: &Span) -> RunningGuard {
         let id = self.next_id.fetch_add(1, Relaxed);
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(
-                id,
-                RunningEntry {
-                    counters: Arc::clone(counters),
-                    started: Instant::now(),
-                    span: span.clone(),
-                    reported_hung: false,
-                },
-            );
-        }
+        crate::sync::lock(&self.entries).insert(
+            id,
+            RunningEntry {
+                counters: Arc::clone(counters),
+                started: Instant::now(),
+                span: span.clone(),
+                reported_hung: false,
+            },
+        );
         RunningGuard {
             running: Arc::clone(self),
             id,
@@ -155,9 +151,7 @@ impl Running {
 
     /// Everything still running, longest first.
     pub fn list(&self) -> Vec<AbandonedWork> {
-        let Ok(entries) = self.entries.lock() else {
-            return Vec::new();
-        };
+        let entries = crate::sync::lock(&self.entries);
         let mut list: Vec<_> = entries
             .values()
             .map(|entry| AbandonedWork {
@@ -172,9 +166,7 @@ impl Running {
 
     /// Reports, once each, the entries running longer than `threshold`.
     fn report_hung(&self, threshold: Duration) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
+        let mut entries = crate::sync::lock(&self.entries);
         for entry in entries.values_mut() {
             let running_for = entry.started.elapsed();
             if entry.reported_hung || running_for < threshold {

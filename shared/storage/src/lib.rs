@@ -3,8 +3,7 @@
 //! through sqlx's `Any` driver; queries use `$1…` placeholders, which both
 //! databases accept. Migrations are plain SQL compiled into the binary and
 //! applied in order at startup, each once.
-#![deny(rust_2018_idioms, missing_docs, missing_debug_implementations)]
-#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::time::Duration;
 
@@ -14,13 +13,14 @@ use sqlx::any::AnyPoolOptions;
 use thiserror::Error;
 
 pub use sqlx;
+use switchyard_config::SecretUrl;
 
 /// The `[storage]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// `sqlite://path?mode=rwc` or `postgres://user:password@host/db`.
-    pub url: String,
+    pub url: SecretUrl,
     /// Connections in the pool.
     pub max_connections: u32,
     /// How long to wait for a connection.
@@ -31,7 +31,7 @@ impl StorageConfig {
     /// A default for `service`: a SQLite file in the working directory.
     pub fn sqlite_for(service: &str) -> Self {
         Self {
-            url: format!("sqlite://{service}.db?mode=rwc"),
+            url: SecretUrl::new(format!("sqlite://{service}.db?mode=rwc")),
             max_connections: 8,
             acquire_timeout_ms: 5000,
         }
@@ -47,7 +47,7 @@ impl StorageConfig {
                 "url",
                 format!(
                     "`{}` is not a supported database URL; accepted: sqlite://PATH?mode=rwc or postgres://…",
-                    switchyard_config::redact_text(&self.url)
+                    self.url
                 ),
             )]
         }
@@ -176,10 +176,10 @@ impl Database {
                     Ok(())
                 })
             })
-            .connect(&config.url)
+            .connect(config.url.expose())
             .await
             .map_err(|error| StorageError::Connect {
-                url: switchyard_config::redact_text(&config.url),
+                url: config.url.to_string(),
                 reason: switchyard_config::redact_text(&error.to_string()),
             })?;
         let database = Self { pool };

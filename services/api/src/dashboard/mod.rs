@@ -27,6 +27,7 @@ use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
+use switchyard_config::Secret;
 use tokio_util::sync::CancellationToken;
 
 use crate::rollout::Rollout;
@@ -64,7 +65,7 @@ impl Default for DashboardConfig {
 impl DashboardConfig {
     /// Range problems, with keys relative to `[dashboard]`. `tokens` are the
     /// api's bearer tokens.
-    pub fn problems(&self, tokens: &[String]) -> Vec<(&'static str, String)> {
+    pub fn problems(&self, tokens: &[Secret]) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
         if !self.listen.is_empty() {
             match self.listen.parse::<SocketAddr>() {
@@ -108,7 +109,7 @@ pub struct Dashboard {
     pub heartbeat_interval: Duration,
     pub trace_url: String,
     /// Empty when the page is served on loopback: open to every local user.
-    pub tokens: Vec<String>,
+    pub tokens: Vec<Secret>,
 }
 
 impl Dashboard {
@@ -171,7 +172,7 @@ enum Access {
     Refused,
 }
 
-fn access<B>(request: &Request<B>, tokens: &[String]) -> Access {
+fn access<B>(request: &Request<B>, tokens: &[Secret]) -> Access {
     if tokens.is_empty() {
         return Access::Granted;
     }
@@ -298,7 +299,7 @@ mod tests {
         };
         assert_eq!(open.problems(&[])[0].0, "listen");
         assert!(
-            open.problems(&["a-token-of-sixteen-chars".into()])
+            open.problems(&[Secret::new("a-token-of-sixteen-chars")])
                 .is_empty()
         );
         assert!(DashboardConfig::default().problems(&[]).is_empty());
@@ -312,7 +313,7 @@ mod tests {
 
     #[test]
     fn the_token_comes_from_the_header_the_cookie_or_once_from_the_query() {
-        let tokens = vec!["sixteen-chars-token".to_string()];
+        let tokens = vec![Secret::new("sixteen-chars-token")];
         let granted = |r: &Request<()>| matches!(access(r, &tokens), Access::Granted);
         assert!(granted(&request(
             "/",

@@ -16,6 +16,8 @@ use tracing::Instrument;
 
 use switchyard_proto::messaging::v1::{RpcError, rpc_error};
 
+use switchyard_executor::sync::lock;
+
 use super::Target;
 use super::topology::declare_exchange;
 use crate::consume;
@@ -70,7 +72,7 @@ impl RpcClient {
                             .properties
                             .correlation_id()
                             .as_ref()
-                            .and_then(|id| router.lock().ok()?.remove(id.as_str()));
+                            .and_then(|id| lock(&router).remove(id.as_str()));
                         if let Some(waiter) = waiter {
                             let _ = waiter.send(delivery);
                         }
@@ -113,9 +115,7 @@ impl RpcClient {
         }
         let correlation = wire::new_id();
         let (waiter, reply) = oneshot::channel();
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(correlation.clone(), waiter);
-        }
+        lock(&self.pending).insert(correlation.clone(), waiter);
         let forget = ForgetOnDrop {
             pending: &self.pending,
             correlation: &correlation,
@@ -203,16 +203,10 @@ impl RpcClient {
 
     /// Declares `name` once per client.
     async fn ensure_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), MessagingError> {
-        let known = self
-            .declared
-            .lock()
-            .map(|d| d.contains(name))
-            .unwrap_or(false);
+        let known = lock(&self.declared).contains(name);
         if !known {
             declare_exchange(&self.channel, name, kind).await?;
-            if let Ok(mut declared) = self.declared.lock() {
-                declared.insert(name.to_string());
-            }
+            lock(&self.declared).insert(name.to_string());
         }
         Ok(())
     }
@@ -271,11 +265,8 @@ impl RpcClient {
     async fn has_consumers(&self, target: &Target, cached: bool) -> bool {
         let queue = wire::topic_queue(&target.exchange, &target.topic);
         let fresh = cached
-            && self
-                .seen_consumers
-                .lock()
-                .ok()
-                .and_then(|seen| seen.get(&queue).copied())
+            && lock(&self.seen_consumers)
+                .get(&queue)
                 .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
         if fresh {
             return true;
@@ -302,15 +293,16 @@ impl RpcClient {
             }
             Err(_) => false,
         };
-        if present && let Ok(mut seen) = self.seen_consumers.lock() {
-            seen.insert(queue, Instant::now());
+        if present {
+            lock(&self.seen_consumers).insert(queue, Instant::now());
         }
         present
     }
 }
 
+/// RabbitMQ's 404 (a passive declare of a queue that does not exist).
 fn is_not_found(error: &lapin::Error) -> bool {
-    error.to_string().contains("NOT_FOUND")
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
 }
 
 /// Removes a call's waiter however the call ends.
@@ -321,9 +313,7 @@ struct ForgetOnDrop<'a> {
 
 impl Drop for ForgetOnDrop<'_> {
     fn drop(&mut self) {
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.remove(self.correlation);
-        }
+        lock(self.pending).remove(self.correlation);
     }
 }
 

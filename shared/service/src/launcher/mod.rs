@@ -149,11 +149,38 @@ struct Reload {
     phase: Phase,
 }
 
+/// How a worker process ended: its status, or why waiting for it failed.
+#[derive(Debug)]
+struct Exit(Result<std::process::ExitStatus, String>);
+
+impl Exit {
+    /// Exit 0, or killed by the SIGTERM it was sent: a worker still starting
+    /// has no handler yet and dies of the signal itself, before it took work.
+    fn clean_after_sigterm(&self) -> bool {
+        use std::os::unix::process::ExitStatusExt as _;
+        match &self.0 {
+            Ok(status) => {
+                status.success() || status.signal() == Some(rustix::process::Signal::TERM.as_raw())
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(status) => write!(f, "{status}"),
+            Err(error) => write!(f, "unknown ({error})"),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Event {
     Exited {
         id: u64,
-        status: String,
+        status: Exit,
     },
     Connected {
         id: u64,

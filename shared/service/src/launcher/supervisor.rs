@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use switchyard_executor::Phase;
 use tokio::sync::mpsc;
 
-use super::{Event, LauncherConfig, Reload, Start, WORKER_VARIABLE, host, signal};
+use super::{Event, Exit, LauncherConfig, Reload, Start, WORKER_VARIABLE, host, signal};
 use crate::canary::{self, CanaryConfig, Verdict, Window};
 use crate::control::{FromWorker, ROLE_VARIABLE, RolledBack, SUPERVISOR_VARIABLE, ToWorker};
 
@@ -282,10 +282,7 @@ impl Supervisor {
             .or_insert((Duration::ZERO, Instant::now()));
         let events = self.events.clone();
         tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(status) => status.to_string(),
-                Err(error) => format!("unknown ({error})"),
-            };
+            let status = Exit(child.wait().await.map_err(|error| error.to_string()));
             let _ = events.send(Event::Exited { id, status });
         });
         Some(id)
@@ -298,7 +295,7 @@ impl Supervisor {
         }
     }
 
-    fn exited(&mut self, id: u64, status: String) {
+    fn exited(&mut self, id: u64, status: Exit) {
         let Some(worker) = self.workers.remove(&id) else {
             return;
         };
@@ -745,9 +742,7 @@ impl Supervisor {
                     let Some(worker) = self.workers.remove(&id) else {
                         continue;
                     };
-                    // A worker still starting has no SIGTERM handler yet and
-                    // so dies of the signal itself — before it took any work.
-                    if status != "exit status: 0" && !status.contains("SIGTERM") {
+                    if !status.clean_after_sigterm() {
                         clean = false;
                     }
                     tracing::info!(

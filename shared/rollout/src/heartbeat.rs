@@ -19,7 +19,7 @@ use switchyard_proto::metering::v1::InstanceStatus;
 use switchyard_service::{Running, SupervisorLink, canary};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
+use switchyard_messaging::{
     CallError, EndpointError, MessagingError, Notifier, Priority, RpcClient, RpcServer, Target,
     Transport,
 };
