@@ -5,7 +5,14 @@
 //! lapin's own recovery does not always bring a consumer or a connection
 //! back after `stop_app`/`start_app`; the services then rebuild their
 //! messaging (`amqp.recovery_timeout_ms`, `switchyard_service::Restart`).
-//! This test is what showed it and what proves the rebuild.
+//! This test is what showed it and what proves the rebuild: the collector
+//! gives lapin 2 s (less than the broker is down), so it always rebuilds —
+//! while the broker is still down, so its first rebuilds fail and are tried
+//! again — and a batch whose `sample.recorded` publish was written just
+//! before the connection died must not hold the rebuild up (its confirm
+//! never comes: the publish gives up after 20 s and the batch is delivered
+//! again). The api and the notifier keep the default and recover through
+//! lapin.
 
 mod support;
 
@@ -29,7 +36,11 @@ fn rabbitmqctl(args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing_acknowledged() {
-    let mut fleet = Fleet::start(FleetOptions::default()).await;
+    let mut fleet = Fleet::start(FleetOptions {
+        collector_extra: vec![("SWITCHYARD_AMQP__RECOVERY_TIMEOUT_MS".into(), "2000".into())],
+        ..FleetOptions::default()
+    })
+    .await;
     // 10,000 samples: 500 batches of 20, one batch every 20 ms.
     let load = tokio::spawn(post_steadily(
         fleet.client().await,
@@ -53,6 +64,18 @@ async fn broker_restart_loses_nothing_acknowledged() {
         "10,000 samples acknowledged; {retries} batch posts were refused during the outage and retried"
     );
     fleet.wait_stored(acknowledged.len()).await;
+    // The collector went the rebuild path (2 s < the outage), in-process.
+    let log = fleet
+        .collector
+        .as_ref()
+        .map(|c| c.log_text())
+        .unwrap_or_default();
+    assert!(
+        log.contains("rebuilding messaging")
+            && log.contains("restarting the service's connections"),
+        "the collector never rebuilt its messaging:\n{}",
+        fleet.collector_log_tail(40)
+    );
     for service in [&mut fleet.api, &mut fleet.collector, &mut fleet.notifier] {
         let service = service.as_mut().expect("running");
         assert!(

@@ -401,6 +401,8 @@ pub struct FleetOptions {
     pub otlp: Option<String>,
     /// Extra environment for every service.
     pub extra: Vec<(String, String)>,
+    /// Extra environment for the collector.
+    pub collector_extra: Vec<(String, String)>,
     /// Extra environment for the notifier.
     pub notifier_extra: Vec<(String, String)>,
     /// Extra environment for the api.
@@ -523,6 +525,7 @@ impl Fleet {
             format!("127.0.0.1:{}", self.collector_port),
         ));
         env.push(("SWITCHYARD_STORAGE__URL".into(), self.database_url.clone()));
+        env.extend(self.options.collector_extra.clone());
         env
     }
 

@@ -100,9 +100,9 @@ async fn serve(settings: ApiSettings, mut app: App) -> anyhow::Result<()> {
         .rpc_server(heartbeat::TOPIC)?
         .method(app.register(rollout.endpoint())?);
     app.serve_rpc(heartbeats).await?;
-    if !settings.dashboard.listen.is_empty() {
+    if let Some(listen) = settings.dashboard.listen.address() {
         // A read-only page: when its port is taken the api still serves.
-        match switchyard_grpc::bind(&settings.dashboard.listen).await {
+        match switchyard_grpc::bind(&listen.to_string()).await {
             Ok(listener) => {
                 let address = listener
                     .local_addr()
@@ -132,7 +132,7 @@ async fn serve(settings: ApiSettings, mut app: App) -> anyhow::Result<()> {
     let backends = metering::Backends {
         rpc: RpcClient::new(&messaging.transport).await?,
         exchange: messaging.exchange.clone(),
-        collector: metering::collector_client(&settings.grpc, &settings.api.collector_url)
+        collector: metering::collector_client(&settings.grpc, settings.api.collector_url.as_str())
             .context("api.collector_url")?,
         alarm_timeout: Duration::from_millis(settings.api.alarm_call_timeout_ms),
         rollout,

@@ -14,7 +14,7 @@ use switchyard_telemetry::TelemetryConfig;
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// The collector's query API.
-    pub collector_url: String,
+    pub collector_url: switchyard_config::HttpUrl,
     /// How long an alarm call to the notifier may take.
     pub alarm_call_timeout_ms: u64,
     /// Bearer tokens accepted on the public API; empty accepts every caller.
@@ -24,7 +24,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
-            collector_url: "http://127.0.0.1:50052".into(),
+            collector_url: switchyard_config::HttpUrl::loopback(50052),
             alarm_call_timeout_ms: 5000,
             auth_tokens: Vec::new(),
         }
@@ -70,9 +70,6 @@ impl Default for ApiSettings {
 impl Settings for ApiSettings {
     fn problems(&self) -> Vec<(String, String)> {
         let mut problems = switchyard_app::fleet_problems(self);
-        if let Some(problem) = switchyard_config::check::http_url(&self.api.collector_url) {
-            problems.push(("api.collector_url".into(), problem));
-        }
         if let Some(problem) = self
             .api
             .auth_tokens

@@ -35,7 +35,7 @@ impl Default for CollectorSettings {
             launcher: switchyard_service::LauncherConfig::default(),
             amqp: AmqpConfig::default(),
             grpc: GrpcConfig {
-                listen: "127.0.0.1:50052".into(),
+                listen: switchyard_config::Listen::loopback(50052),
                 ..GrpcConfig::default()
             },
             storage: StorageConfig::sqlite_for("collector"),

@@ -289,3 +289,47 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
         "ANSI escape in piped logs:\n{text}"
     );
 }
+
+/// Addresses are checked as they are read: a bad listen address is a
+/// problem of its key, with its source and what is accepted, beside every
+/// other problem of the run; and `--print-config` shows the broker's
+/// password as `***` because the URL is a secret type.
+#[test]
+fn addresses_are_typed_and_the_broker_url_prints_without_its_password() {
+    let scratch = Scratch::new("typed");
+    let output = echo(
+        &scratch,
+        &["--check-config"],
+        &[
+            ("SWITCHYARD_GRPC__LISTEN", "echo:50051"),
+            ("SWITCHYARD_METRICS__LISTEN", "9464"),
+            ("SWITCHYARD_EXECUTOR__POOL_SIZE", "many"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    for needle in [
+        "grpc.listen (from environment variable SWITCHYARD_GRPC__LISTEN): `echo:50051` is not a socket address; accepted: IP:port",
+        "metrics.listen (from environment variable SWITCHYARD_METRICS__LISTEN): `9464` is not a socket address; accepted: IP:port",
+        "or empty (off)",
+        "executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE)",
+    ] {
+        assert!(text.contains(needle), "no `{needle}` in:\n{text}");
+    }
+
+    let printed = echo(
+        &scratch,
+        &["--print-config"],
+        &[(
+            "SWITCHYARD_AMQP__URL",
+            "amqp://echo:p4ssw0rd@broker:5672/%2f",
+        )],
+    );
+    assert_eq!(printed.status.code(), Some(0), "{}", stderr(&printed));
+    let text = stdout(&printed);
+    assert!(
+        text.contains("url = \"amqp://echo:***@broker:5672/%2f\""),
+        "{text}"
+    );
+    assert!(!text.contains("p4ssw0rd"), "{text}");
+}

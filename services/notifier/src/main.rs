@@ -65,7 +65,7 @@ async fn serve(settings: NotifierSettings, mut app: App) -> anyhow::Result<()> {
         .method(app.register(methods.history)?);
     app.serve_rpc(rpc).await?;
 
-    let client = evaluate::query_client(&settings.grpc, &settings.notifier.collector_url)
+    let client = evaluate::query_client(&settings.grpc, settings.notifier.collector_url.as_str())
         .context("notifier.collector_url")?;
     let evaluator = app
         .pool(catalogue::pool::ALARM_EVALUATOR)?

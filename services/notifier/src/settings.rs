@@ -15,7 +15,7 @@ use switchyard_telemetry::TelemetryConfig;
 #[serde(default, deny_unknown_fields)]
 pub struct NotifierConfig {
     /// The collector's query API.
-    pub collector_url: String,
+    pub collector_url: switchyard_config::HttpUrl,
     /// POST attempts per delivery before the message is requeued (with backoff).
     pub webhook_attempts: u32,
     /// Delay before the second attempt; doubles each time.
@@ -32,7 +32,7 @@ pub struct NotifierConfig {
 impl Default for NotifierConfig {
     fn default() -> Self {
         Self {
-            collector_url: "http://127.0.0.1:50052".into(),
+            collector_url: switchyard_config::HttpUrl::loopback(50052),
             webhook_attempts: 3,
             webhook_backoff_ms: 200,
             webhook_timeout_ms: 2000,
@@ -70,7 +70,7 @@ impl Default for NotifierSettings {
             launcher: switchyard_service::LauncherConfig::default(),
             amqp: AmqpConfig::default(),
             grpc: GrpcConfig {
-                listen: "127.0.0.1:50053".into(),
+                listen: switchyard_config::Listen::loopback(50053),
                 ..GrpcConfig::default()
             },
             storage: StorageConfig::sqlite_for("notifier"),
@@ -87,9 +87,6 @@ impl Settings for NotifierSettings {
             "storage",
             self.storage.problems(),
         ));
-        if let Some(problem) = switchyard_config::check::http_url(&self.notifier.collector_url) {
-            problems.push(("notifier.collector_url".into(), problem));
-        }
         if let Some(problem) =
             switchyard_config::check::at_least(self.notifier.webhook_timeout_ms, 1, "ms")
         {

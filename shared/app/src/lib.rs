@@ -345,7 +345,7 @@ impl App {
             grpc.access,
         )?;
         let routes = (grpc.routes)(routes);
-        let listener = switchyard_grpc::bind(&config.listen).await?;
+        let listener = switchyard_grpc::bind(&config.listen.to_string()).await?;
         let address = listener.local_addr().context("reading the gRPC address")?;
         tracing::info!("gRPC on {address}");
         if let Some(messaging) = &self.messaging {
@@ -379,7 +379,7 @@ impl App {
                 .transport
                 .finish(&self.running.shutdown)
                 .await
-                .map_err(|lost| Restart(lost.to_string()))?;
+                .map_err(Restart::because)?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@
 pub mod check;
 mod redact;
 mod secret;
+mod value;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use serde::de::DeserializeOwned;
 
 pub use redact::{redact_text, redacted_toml};
 pub use secret::{REDACTED, Secret, SecretUrl};
+pub use value::{HttpUrl, Listen, OptionalListen};
 
 /// The environment variable prefix of every setting.
 pub const ENV_PREFIX: &str = "SWITCHYARD_";

@@ -14,10 +14,10 @@ mod readiness;
 mod retry;
 mod status;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use switchyard_config::Listen;
 use switchyard_executor::{BoundEndpoint, DispatchOptions};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
@@ -35,8 +35,8 @@ pub use status::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
-    /// `host:port` to listen on.
-    pub listen: String,
+    /// `IP:port` to listen on (checked as it is read).
+    pub listen: Listen,
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
     /// How long a call waits for executor capacity before RESOURCE_EXHAUSTED.
@@ -58,7 +58,7 @@ pub struct GrpcConfig {
 impl Default for GrpcConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:50051".to_string(),
+            listen: Listen::loopback(50051),
             max_message_bytes: 4 * 1024 * 1024,
             overload_wait_ms: 1000,
             tls_cert_file: String::new(),
@@ -74,15 +74,6 @@ impl GrpcConfig {
     /// Range checks, relative to the section.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
-        if self.listen.parse::<SocketAddr>().is_err() {
-            problems.push((
-                "listen",
-                format!(
-                    "`{}` is not a socket address; accepted: host:port such as 127.0.0.1:50051",
-                    self.listen
-                ),
-            ));
-        }
         if !(1024..=256 * 1024 * 1024).contains(&self.max_message_bytes) {
             problems.push((
                 "max_message_bytes",
@@ -138,9 +129,12 @@ impl GrpcConfig {
         if self.tls_cert_file.is_empty() && self.tls_key_file.is_empty() {
             return Ok(None);
         }
-        let read = |key: &str, path: &str| {
-            std::fs::read(path)
-                .map_err(|error| GrpcError::Tls(format!("grpc.{key} `{path}`: {error}")))
+        let read = |key: &'static str, path: &str| {
+            std::fs::read(path).map_err(|source| GrpcError::TlsFile {
+                key,
+                path: path.to_string(),
+                source,
+            })
         };
         let identity = tonic::transport::Identity::from_pem(
             read("tls_cert_file", &self.tls_cert_file)?,
@@ -153,26 +147,32 @@ impl GrpcConfig {
 
     /// An endpoint for calling `url`; `https://` URLs trust `tls_ca_file`.
     pub fn client_endpoint(&self, url: &str) -> Result<tonic::transport::Endpoint, GrpcError> {
+        let client = |source| GrpcError::Client {
+            url: url.to_string(),
+            source,
+        };
         let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|error| GrpcError::Tls(format!("`{url}`: {error}")))?
+            .map_err(client)?
             .connect_timeout(Duration::from_secs(5));
         if !url.starts_with("https://") {
             return Ok(endpoint);
         }
         if self.tls_ca_file.is_empty() {
-            return Err(GrpcError::Tls(format!(
-                "`{url}` is https but grpc.tls_ca_file is empty; accepted: the path of a PEM CA certificate"
-            )));
+            return Err(GrpcError::NoCa {
+                url: url.to_string(),
+            });
         }
-        let ca = std::fs::read(&self.tls_ca_file).map_err(|error| {
-            GrpcError::Tls(format!("grpc.tls_ca_file `{}`: {error}", self.tls_ca_file))
+        let ca = std::fs::read(&self.tls_ca_file).map_err(|source| GrpcError::TlsFile {
+            key: "tls_ca_file",
+            path: self.tls_ca_file.clone(),
+            source,
         })?;
         endpoint
             .tls_config(
                 tonic::transport::ClientTlsConfig::new()
                     .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
             )
-            .map_err(|error| GrpcError::Tls(format!("`{url}`: {error}")))
+            .map_err(client)
     }
 }
 
@@ -359,12 +359,8 @@ where
             |builder, name| builder.with_service_name(*name),
         )
     };
-    let v1 = builder()
-        .build_v1()
-        .map_err(|error| GrpcError::Reflection(error.to_string()))?;
-    let v1alpha = builder()
-        .build_v1alpha()
-        .map_err(|error| GrpcError::Reflection(error.to_string()))?;
+    let v1 = builder().build_v1().map_err(GrpcError::Reflection)?;
+    let v1alpha = builder().build_v1alpha().map_err(GrpcError::Reflection)?;
     use tonic::service::interceptor::InterceptedService;
     Ok(health
         .add_service(InterceptedService::new(v1, authorize.clone()))
@@ -388,14 +384,39 @@ pub enum GrpcError {
         source: std::io::Error,
     },
     /// The reflection service could not be built from the descriptors.
-    #[error("cannot build server reflection: {0}")]
-    Reflection(String),
+    #[error("cannot build server reflection")]
+    Reflection(#[source] tonic_reflection::server::Error),
     /// The server failed while serving.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
-    /// TLS settings could not be used.
-    #[error("gRPC TLS: {0}")]
-    Tls(String),
+    /// A TLS file could not be read.
+    #[error("gRPC TLS: grpc.{key} `{path}` cannot be read")]
+    TlsFile {
+        /// The key naming it (`tls_cert_file`, `tls_key_file`, `tls_ca_file`).
+        key: &'static str,
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An `https://` peer, but no CA to trust for it.
+    #[error(
+        "`{url}` is https but grpc.tls_ca_file is empty; accepted: the path of a PEM CA certificate"
+    )]
+    NoCa {
+        /// The peer.
+        url: String,
+    },
+    /// A client for `url` could not be set up (not a URI, or bad TLS material).
+    #[error("cannot call `{url}`")]
+    Client {
+        /// The peer.
+        url: String,
+        /// tonic's error.
+        #[source]
+        source: tonic::transport::Error,
+    },
 }
 
 /// Binds `address` (port 0 picks a free port). In a worker started by the

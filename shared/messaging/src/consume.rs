@@ -41,18 +41,28 @@ pub(crate) async fn publish(
     let mut attempt = 0;
     let confirmation = loop {
         attempt += 1;
-        let sent = channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                payload,
-                properties.clone(),
-            )
-            .await;
-        let result = match sent {
-            Ok(confirm) => confirm.await,
-            Err(error) => Err(error),
+        // Bounded, the send and its confirmation together: a publish
+        // caught by the connection dying (written, or waiting to be) is
+        // never confirmed, and lapin's recovery does not fail it — the
+        // caller (a handler the drain waits for, an api request) would wait
+        // forever. No answer is an error, never a confirmation.
+        let sent = async {
+            let confirm = channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    payload,
+                    properties.clone(),
+                )
+                .await?;
+            confirm.await
+        };
+        let Ok(result) = tokio::time::timeout(RECOVERY_WAIT, sent).await else {
+            return Err(MessagingError::Unavailable {
+                destination: destination(),
+                waited: RECOVERY_WAIT,
+            });
         };
         match result {
             Ok(confirmation) => break confirmation,

@@ -8,12 +8,21 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum MessagingError {
     /// Could not reach the broker (the URL's password is never included).
-    #[error("cannot connect to RabbitMQ at {url}: {reason}")]
+    #[error("cannot connect to RabbitMQ at {url}")]
     Connect {
         /// The URL with its password redacted.
         url: String,
-        /// Why.
-        reason: String,
+        /// Why: lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker did not answer the connection in time.
+    #[error("cannot connect to RabbitMQ at {url}: no answer within {waited:?}")]
+    ConnectTimeout {
+        /// The URL with its password redacted.
+        url: String,
+        /// How long it waited (`amqp.connect_timeout_ms`).
+        waited: std::time::Duration,
     },
     /// A broker operation failed.
     #[error("{operation} failed: {source}")]

@@ -83,13 +83,13 @@ impl Transport {
         let connection =
             tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms), connecting)
                 .await
-                .map_err(|_elapsed| MessagingError::Connect {
+                .map_err(|_elapsed| MessagingError::ConnectTimeout {
                     url: config.url.to_string(),
-                    reason: format!("no answer within {} ms", config.connect_timeout_ms),
+                    waited: Duration::from_millis(config.connect_timeout_ms),
                 })?
-                .map_err(|error| MessagingError::Connect {
+                .map_err(|source| MessagingError::Connect {
                     url: config.url.to_string(),
-                    reason: error.to_string(),
+                    source,
                 })?;
         let transport = Self {
             connection: Arc::new(connection),
@@ -195,19 +195,55 @@ impl Transport {
     /// end for `shutdown`): the service should rebuild its messaging.
     pub async fn finish(&self, shutdown: &CancellationToken) -> Result<(), Lost> {
         let lost = self.lost.is_cancelled();
-        self.close().await;
         if lost && !shutdown.is_cancelled() {
+            // The rebuild will declare this instance's exclusive queue on a
+            // new connection: this one must be gone first (see `close_within`).
+            self.close_within(LOST_CLOSE_WAIT).await;
             return Err(Lost(self.name.clone()));
         }
+        self.close().await;
         Ok(())
     }
 
-    /// Closes the connection.
+    /// Closes the connection (waiting at most two seconds for one that is
+    /// reconnecting; see [`Transport::close_within`]).
     pub async fn close(&self) {
+        self.close_within(Duration::from_secs(2)).await;
+    }
+
+    /// Closes the connection, waiting at most `limit`.
+    ///
+    /// lapin refuses to close a connection it is still recovering, and its
+    /// recovery, once it succeeds, declares the connection's queues and
+    /// consumers again. A connection given up for lost but left to recover
+    /// would come back holding this instance's exclusive queue
+    /// (RESOURCE_LOCKED for the rebuilt one) and a consumer nobody reads. So
+    /// a task closes it the moment it reconnects (or lets it be once lapin
+    /// gives up), however long that takes; this waits for that up to `limit`.
+    pub async fn close_within(&self, limit: Duration) {
         self.closed.cancel();
-        let _ = self.connection.close(200, "shutting down".into()).await;
+        let connection = Arc::clone(&self.connection);
+        let closing = tokio::spawn(async move {
+            loop {
+                let status = connection.status();
+                if status.connected() {
+                    let _ = connection.close(200, "shutting down".into()).await;
+                    return;
+                }
+                if status.closed() || status.closing() || status.errored() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let _ = tokio::time::timeout(limit, closing).await;
     }
 }
+
+/// How long a run whose connection was lost waits for lapin to bring the
+/// connection back so that it can be closed, before the rebuild starts
+/// (the closing goes on in the background after that).
+const LOST_CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 /// The URL with `heartbeat=<n>` added unless it already sets one.
 fn with_heartbeat(url: &str, heartbeat_s: u16) -> String {

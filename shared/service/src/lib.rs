@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use switchyard_config::{ConfigFlags, Loaded, Loader, Settings};
+use switchyard_config::{ConfigFlags, Loaded, Loader, OptionalListen, Settings};
 use switchyard_executor::{EndpointKind, EndpointSpec, Executor, Phase};
 use switchyard_telemetry::Identity;
 use tokio_util::sync::CancellationToken;
@@ -39,23 +39,15 @@ pub const EXIT_CONFIG: u8 = 2;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// `host:port` for `GET /metrics`; empty disables the endpoint.
-    pub listen: String,
+    /// `IP:port` for `GET /metrics`; empty disables the endpoint (checked
+    /// as it is read).
+    pub listen: OptionalListen,
 }
 
 impl MetricsConfig {
-    /// Range checks, relative to the section.
+    /// Range checks, relative to the section: none beyond the types'.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
-        if self.listen.is_empty() || self.listen.parse::<std::net::SocketAddr>().is_ok() {
-            return Vec::new();
-        }
-        vec![(
-            "listen",
-            format!(
-                "`{}` is not a socket address; accepted: empty (disabled) or host:port such as 127.0.0.1:9464",
-                self.listen
-            ),
-        )]
+        Vec::new()
     }
 }
 
@@ -237,8 +229,15 @@ pub struct Running {
 /// nothing yet (the messages it had not acknowledged went back to their
 /// queues).
 #[derive(Debug, thiserror::Error)]
-#[error("restarting the service's connections: {0}")]
-pub struct Restart(pub String);
+#[error("restarting the service's connections")]
+pub struct Restart(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+impl Restart {
+    /// A restart because of `cause`.
+    pub fn because(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Box::new(cause))
+    }
+}
 
 /// Runs a configured service: telemetry, executor, metrics, then `body`
 /// until it returns or a signal arrives; then drains the executor. A body
@@ -263,7 +262,7 @@ where
             launcher: settings.launcher().clone(),
             phase,
             printed: switchyard_config::redacted_toml(&settings).unwrap_or_default(),
-            metrics_listen: settings.metrics().listen.clone(),
+            metrics_listen: settings.metrics().listen.address(),
             grace: settings.executor().shutdown_grace(),
         });
         if let Some(telemetry) = telemetry {
@@ -325,12 +324,7 @@ where
         .with_context(|| format!("starting the {} executor", executor_config.phase))?;
     let shutdown = CancellationToken::new();
     // Under a launcher the supervisor serves the workers' sum (see metrics.rs).
-    if !settings.metrics().listen.is_empty() && !is_worker() {
-        let address = settings
-            .metrics()
-            .listen
-            .parse()
-            .context("metrics.listen")?;
+    if let (Some(address), false) = (settings.metrics().listen.address(), is_worker()) {
         let bound = serve_metrics(address, executor.clone(), shutdown.clone())
             .await
             .with_context(|| format!("binding the metrics endpoint on {address}"))?;
@@ -350,7 +344,7 @@ where
     let supervisor = SupervisorLink::connect(
         executor.clone(),
         shutdown.clone(),
-        !settings.metrics().listen.is_empty(),
+        !settings.metrics().listen.is_off(),
     )
     .await;
     tracing::info!(

@@ -64,12 +64,14 @@ impl Default for StorageConfig {
 #[derive(Debug, Error)]
 pub enum StorageError {
     /// Could not open the database.
-    #[error("cannot open the database at {url}: {reason}")]
+    #[error("cannot open the database at {url}")]
     Connect {
         /// The URL, password redacted.
         url: String,
-        /// Why.
-        reason: String,
+        /// Why: sqlx's error (printed through the skeleton's last-line
+        /// redaction, as every error from another crate is).
+        #[source]
+        source: sqlx::Error,
     },
     /// A query failed.
     #[error("{operation}: {}", switchyard_config::redact_text(&.source.to_string()))]
@@ -178,9 +180,9 @@ impl Database {
             })
             .connect(config.url.expose())
             .await
-            .map_err(|error| StorageError::Connect {
+            .map_err(|source| StorageError::Connect {
                 url: config.url.to_string(),
-                reason: switchyard_config::redact_text(&error.to_string()),
+                source,
             })?;
         let database = Self { pool };
         // Workers of one service start together on one database: each step

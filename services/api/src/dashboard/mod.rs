@@ -17,7 +17,6 @@
 pub mod board;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +26,7 @@ use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use switchyard_config::Secret;
+use switchyard_config::{OptionalListen, Secret};
 use tokio_util::sync::CancellationToken;
 
 use crate::rollout::Rollout;
@@ -47,7 +46,7 @@ const EVERY: Duration = Duration::from_secs(1);
 pub struct DashboardConfig {
     /// Where the page is served; empty serves none. Anywhere but loopback
     /// needs `api.auth_tokens`.
-    pub listen: String,
+    pub listen: OptionalListen,
     /// A link to the trace UI for each recent call, `{trace_id}` replaced,
     /// e.g. Jaeger's `http://localhost:16686/trace/{trace_id}`; empty: no links.
     pub trace_url: String,
@@ -56,7 +55,7 @@ pub struct DashboardConfig {
 impl Default for DashboardConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8090".into(),
+            listen: OptionalListen::loopback(8090),
             trace_url: String::new(),
         }
     }
@@ -67,24 +66,16 @@ impl DashboardConfig {
     /// api's bearer tokens.
     pub fn problems(&self, tokens: &[Secret]) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
-        if !self.listen.is_empty() {
-            match self.listen.parse::<SocketAddr>() {
-                Err(_) => problems.push((
-                    "listen",
-                    format!(
-                        "`{}` is not an address; accepted: ip:port (e.g. 127.0.0.1:8090), or empty for no page",
-                        self.listen
-                    ),
-                )),
-                Ok(address) if !address.ip().is_loopback() && tokens.is_empty() => problems.push((
-                    "listen",
-                    format!(
-                        "`{}` is not loopback: set api.auth_tokens so the page requires a token, or listen on 127.0.0.1",
-                        self.listen
-                    ),
-                )),
-                Ok(_) => {}
-            }
+        if let Some(address) = self.listen.address()
+            && !address.ip().is_loopback()
+            && tokens.is_empty()
+        {
+            problems.push((
+                "listen",
+                format!(
+                    "`{address}` is not loopback: set api.auth_tokens so the page requires a token, or listen on 127.0.0.1"
+                ),
+            ));
         }
         if !self.trace_url.is_empty()
             && !((self.trace_url.starts_with("http://") || self.trace_url.starts_with("https://"))
@@ -294,7 +285,7 @@ mod tests {
     #[test]
     fn a_page_off_loopback_needs_a_token_and_loopback_does_not() {
         let open = DashboardConfig {
-            listen: "0.0.0.0:8090".into(),
+            listen: OptionalListen(Some(std::net::SocketAddr::from(([0, 0, 0, 0], 8090)))),
             ..DashboardConfig::default()
         };
         assert_eq!(open.problems(&[])[0].0, "listen");
@@ -304,8 +295,8 @@ mod tests {
         );
         assert!(DashboardConfig::default().problems(&[]).is_empty());
         let bad = DashboardConfig {
-            listen: "here".into(),
             trace_url: "jaeger".into(),
+            ..open
         };
         let keys: Vec<&str> = bad.problems(&[]).iter().map(|p| p.0).collect();
         assert_eq!(keys, ["listen", "trace_url"]);

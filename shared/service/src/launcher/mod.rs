@@ -121,7 +121,7 @@ pub(crate) struct Start {
     /// `--print-config`'s text of the configuration, to tell a changed one.
     pub printed: String,
     /// `metrics.listen`: the supervisor serves its workers' sum there.
-    pub metrics_listen: String,
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub grace: Duration,
 }
 
@@ -236,31 +236,23 @@ async fn run(start: Start) -> ExitCode {
     let service = start.service.clone();
     let books = Books::default();
     let stop_metrics = CancellationToken::new();
-    if !start.metrics_listen.is_empty() {
-        let served = match start.metrics_listen.parse() {
-            Ok(address) => {
-                let books = Arc::clone(&books);
-                let service = service.clone();
-                crate::metrics::serve_text(
-                    address,
-                    move || {
-                        Book::lock(&books).render() + &crate::metrics::process_metrics(&service)
-                    },
-                    stop_metrics.clone(),
-                )
-                .await
-            }
-            Err(error) => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, error)),
+    if let Some(address) = start.metrics_listen {
+        let served = {
+            let books = Arc::clone(&books);
+            let service = service.clone();
+            crate::metrics::serve_text(
+                address,
+                move || Book::lock(&books).render() + &crate::metrics::process_metrics(&service),
+                stop_metrics.clone(),
+            )
+            .await
         };
         match served {
             Ok(bound) => {
                 tracing::info!("{service} launcher: its workers' metrics on http://{bound}/metrics")
             }
             Err(error) => {
-                tracing::error!(
-                    "{service} launcher: cannot serve metrics on {}: {error}",
-                    start.metrics_listen
-                );
+                tracing::error!("{service} launcher: cannot serve metrics on {address}: {error}");
                 return ExitCode::FAILURE;
             }
         }
