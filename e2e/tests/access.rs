@@ -293,9 +293,7 @@ async fn secrets_never_appear_in_logs_printed_config_errors_or_traces() {
     );
 
     // A running fleet with those secrets: logs and spans.
-    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("receiver");
+    let receiver = OtlpReceiver::loopback().await.expect("receiver");
     let fleet = Fleet::start(FleetOptions {
         otlp: Some(receiver.endpoint()),
         extra: vec![("SWITCHYARD_AMQP__URL".into(), amqp_url.clone())],

@@ -166,9 +166,7 @@ async fn both_forms_answer_the_same_and_the_async_one_offloads_nothing() {
 async fn the_alarms_one_batch_touches_are_evaluated_at_once() {
     use switchyard_telemetry::receiver::OtlpReceiver;
     const ALARMS: usize = 8;
-    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("receiver");
+    let receiver = OtlpReceiver::loopback().await.expect("receiver");
     let fleet = Fleet::start(FleetOptions {
         otlp: Some(receiver.endpoint()),
         ..FleetOptions::default()

@@ -389,9 +389,7 @@ async fn a_healthy_canary_is_promoted_with_the_cli() {
 /// the page logs no error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rollout_page_shows_phases_judgements_and_switches_live() {
-    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("receiver");
+    let receiver = OtlpReceiver::loopback().await.expect("receiver");
     let page_port = free_port();
     let fleet = Fleet::start(FleetOptions {
         otlp: Some(receiver.endpoint()),

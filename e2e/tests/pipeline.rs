@@ -59,9 +59,7 @@ async fn wait_for_count(client: &mut MeteringClient<Channel>, expected: u64) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_services_in_three_phases() {
-    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("receiver");
+    let receiver = OtlpReceiver::loopback().await.expect("receiver");
     let webhook = Webhook::start().await;
     let mut fleet = Fleet::start(FleetOptions {
         otlp: Some(receiver.endpoint()),

@@ -5,10 +5,11 @@
 //! table would grow by their rows forever).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use switchyard_executor::Endpoint;
+use switchyard_executor::sync::lock;
 use switchyard_messaging::EndpointError;
 use switchyard_proto::messaging::v1::Heartbeat;
 use switchyard_proto::metering::v1::{GetRolloutResponse, InstanceStatus};
@@ -49,7 +50,7 @@ impl Rollout {
                     let status = heartbeat.status.clone().ok_or_else(|| {
                         EndpointError::InvalidArgument("field `status`: is required".into())
                     })?;
-                    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut seen = lock(&seen);
                     let key = (status.service.clone(), status.instance_id.clone());
                     let now = dashboard::now_ms();
                     if status.stopped {
@@ -76,7 +77,7 @@ impl Rollout {
     pub fn table(&self, interval: Duration) -> GetRolloutResponse {
         // Every holder leaves the map whole (one insert or remove), so a
         // panic elsewhere while holding it leaves nothing to repair.
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = lock(&self.seen);
         seen.retain(|_, (_, received, _)| received.elapsed() < interval * FORGET_AFTER_INTERVALS);
         let instances = seen
             .values()

@@ -213,9 +213,7 @@ async fn sigterm_drains_the_call_in_flight_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_otel_environment_variables_decide_where_spans_go() {
     use switchyard_telemetry::receiver::OtlpReceiver;
-    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("receiver");
+    let receiver = OtlpReceiver::loopback().await.expect("receiver");
     let traces = receiver.endpoint();
     let echo = start_echo_with(
         "async",
@@ -228,9 +226,7 @@ async fn the_otel_environment_variables_decide_where_spans_go() {
         .await
         .expect("spans exported with only the traces endpoint set");
 
-    let quiet = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("receiver");
+    let quiet = OtlpReceiver::loopback().await.expect("receiver");
     let quiet_endpoint = quiet.endpoint();
     let echo = start_echo_with(
         "async",
@@ -300,7 +296,7 @@ async fn spans_and_metrics_go_over_otlp_http_and_grpc() {
             .fold(0.0, f64::max)
     };
     for protocol in [Protocol::HttpProtobuf, Protocol::Grpc] {
-        let receiver = OtlpReceiver::start_with("127.0.0.1:0".parse().expect("address"), protocol)
+        let receiver = OtlpReceiver::loopback_with(protocol)
             .await
             .expect("receiver");
         let endpoint = receiver.endpoint();
@@ -373,9 +369,7 @@ async fn spans_and_metrics_go_over_otlp_http_and_grpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_lead_to_their_trace() {
     use switchyard_telemetry::receiver::OtlpReceiver;
-    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("receiver");
+    let receiver = OtlpReceiver::loopback().await.expect("receiver");
     let traces = receiver.endpoint();
     // A Say that blocks its thread in `async`: the slow-poll warning is
     // logged inside the request's dispatch span.

@@ -96,19 +96,20 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// A URL whose user-info may hold a password (`amqp://user:password@host`,
-/// `postgres://…`). `Display` shows it with the password as `***`.
-#[derive(Clone)]
-pub struct SecretUrl(SecretString);
+/// `postgres://…`): a [`Secret`] that `Display`s itself with the password as
+/// `***`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretUrl(Secret);
 
 impl SecretUrl {
     /// Wraps `url`.
     pub fn new(url: impl Into<String>) -> Self {
-        Self(SecretString::from(url.into()))
+        Self(Secret::new(url))
     }
 
     /// The whole URL, password included, for the one place that connects.
     pub fn expose(&self) -> &str {
-        self.0.expose_secret()
+        self.0.expose()
     }
 
     /// Whether the URL starts with `prefix` (a scheme check).
@@ -118,39 +119,9 @@ impl SecretUrl {
 
     /// The URL with the password of its user-info replaced by `***`.
     pub fn redacted(&self) -> String {
-        let url = self.expose();
-        let Some(scheme_end) = url.find("://") else {
-            return url.to_string();
-        };
-        let authority_start = scheme_end + 3;
-        let rest = &url[authority_start..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => format!(
-                "{}{}{REDACTED}{}",
-                &url[..authority_start],
-                &authority[..=colon],
-                &url[authority_start + at..]
-            ),
-            _ => url.to_string(),
-        }
+        crate::redact_text(self.expose())
     }
 }
-
-impl Default for SecretUrl {
-    fn default() -> Self {
-        Self::new(String::new())
-    }
-}
-
-impl PartialEq for SecretUrl {
-    fn eq(&self, other: &Self) -> bool {
-        self.expose() == other.expose()
-    }
-}
-
-impl Eq for SecretUrl {}
 
 impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

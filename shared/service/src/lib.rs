@@ -292,7 +292,10 @@ where
         .thread_name(format!("{service}-io"))
         .build()
         .context("building the Tokio runtime")
-        .and_then(|runtime| runtime.block_on(serve(service, settings, identity, body)));
+        .and_then(|runtime| {
+            let metrics_push = telemetry.metrics_push().cloned();
+            runtime.block_on(serve(service, settings, identity, metrics_push, body))
+        });
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -312,6 +315,7 @@ async fn serve<C, F, Fut>(
     service: &str,
     settings: C,
     identity: Identity,
+    metrics_push: Option<switchyard_telemetry::MetricsPushTarget>,
     body: F,
 ) -> anyhow::Result<()>
 where
@@ -330,8 +334,7 @@ where
             .with_context(|| format!("binding the metrics endpoint on {address}"))?;
         tracing::info!("metrics on http://{bound}/metrics");
     }
-    // Checked at start-up by telemetry's init; read again here.
-    if let Ok(Some(target)) = settings.telemetry().metrics_push() {
+    if let Some(target) = metrics_push {
         otlp_metrics::spawn(
             &target,
             identity.clone(),

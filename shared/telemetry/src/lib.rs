@@ -202,9 +202,17 @@ pub struct Telemetry {
     /// Drives the exporter's gRPC client. Kept apart from the service's
     /// runtime so flushing never waits on a runtime that is blocked waiting for it.
     export_runtime: Option<tokio::runtime::Runtime>,
+    /// Where the executor's metrics are pushed, when they are.
+    metrics_push: Option<MetricsPushTarget>,
 }
 
 impl Telemetry {
+    /// Where metrics are pushed over OTLP (`OTEL_METRICS_EXPORTER=otlp`),
+    /// as resolved at start-up.
+    pub fn metrics_push(&self) -> Option<&MetricsPushTarget> {
+        self.metrics_push.as_ref()
+    }
+
     /// Exports every span finished so far. Blocks the calling thread, never a runtime.
     pub fn flush(&self) {
         if let Some(provider) = &self.provider
@@ -245,9 +253,9 @@ pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, 
 
     let export = config.export(env::Signal::Traces)?;
     let propagators = env::propagators(|name| std::env::var(name).ok())?;
-    // Checked here so that a bad value is a configuration error at start-up;
-    // the service's metrics push reads them again ([`TelemetryConfig::metrics_push`]).
-    config.metrics_push()?;
+    // Resolved here, once, so that a bad value is a configuration error at
+    // start-up; the service starts the push from it ([`Telemetry::metrics_push`]).
+    let metrics_push = config.metrics_push()?;
     let (provider, export_runtime) = match &export {
         env::Export::Otlp { endpoint, protocol } => {
             let (provider, runtime) = tracer_provider(identity, endpoint, *protocol, config)?;
@@ -305,6 +313,7 @@ pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, 
     Ok(Telemetry {
         provider,
         export_runtime,
+        metrics_push,
     })
 }
 

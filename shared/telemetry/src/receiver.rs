@@ -146,6 +146,16 @@ impl OtlpReceiver {
         Self::start_with(address, Protocol::Grpc).await
     }
 
+    /// Serves OTLP/gRPC on a free loopback port (what tests use).
+    pub async fn loopback() -> std::io::Result<Self> {
+        Self::loopback_with(Protocol::Grpc).await
+    }
+
+    /// Serves OTLP over `protocol` on a free loopback port.
+    pub async fn loopback_with(protocol: Protocol) -> std::io::Result<Self> {
+        Self::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), protocol).await
+    }
+
     /// Serves OTLP on `address` over `protocol`.
     pub async fn start_with(address: SocketAddr, protocol: Protocol) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(address).await?;
@@ -286,7 +296,7 @@ pub async fn capture(
     service: &str,
     phase: &str,
 ) -> Result<(OtlpReceiver, crate::Telemetry), Box<dyn std::error::Error + Send + Sync>> {
-    let receiver = OtlpReceiver::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let receiver = OtlpReceiver::loopback().await?;
     let config = crate::TelemetryConfig {
         otlp_endpoint: receiver.endpoint(),
         export_delay_ms: 50,

@@ -15,7 +15,7 @@ fn shutdown_inside_a_current_thread_runtime_flushes_without_deadlock() {
         .build()
         .expect("collector runtime");
     let receiver = collector
-        .block_on(OtlpReceiver::start("127.0.0.1:0".parse().expect("address")))
+        .block_on(OtlpReceiver::loopback())
         .expect("receiver");
     let config = TelemetryConfig {
         otlp_endpoint: receiver.endpoint(),

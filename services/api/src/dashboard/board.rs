@@ -6,7 +6,7 @@
 //! [`Board::snapshot`].
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use switchyard_proto::metering::v1::InstanceStatus;
@@ -144,7 +144,7 @@ impl Board {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Every holder leaves the state whole, so a panic elsewhere while
         // holding it leaves nothing to repair.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        switchyard_executor::sync::lock(&self.inner)
     }
 
     /// A heartbeat arrived: count its calls into its phase's bin and note a

@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -213,7 +213,7 @@ type Books = Arc<Mutex<Book>>;
 impl Book {
     fn lock(books: &Books) -> std::sync::MutexGuard<'_, Book> {
         // Every holder leaves the book whole: one insert, remove or merge.
-        books.lock().unwrap_or_else(PoisonError::into_inner)
+        switchyard_executor::sync::lock(books)
     }
 
     fn gone(&mut self, id: u64) {
