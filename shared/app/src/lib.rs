@@ -349,11 +349,17 @@ impl App {
         let address = listener.local_addr().context("reading the gRPC address")?;
         tracing::info!("gRPC on {address}");
         if let Some(messaging) = &self.messaging {
+            let instance = heartbeat::Instance {
+                service: self.service.to_string(),
+                instance_id: self.running.identity.instance_id.clone(),
+                executor: self.running.executor.clone(),
+                supervisor: self.running.supervisor.clone(),
+                shutdown: self.running.shutdown.clone(),
+            };
             heartbeat::start(
                 &messaging.transport,
                 &messaging.exchange,
-                self.service,
-                &self.running,
+                &instance,
                 messaging.heartbeat_interval,
                 self.attempt.clone(),
             )

@@ -16,13 +16,31 @@ use switchyard_executor::{Endpoint, EndpointKind, Executor, Phase};
 use switchyard_proto::catalogue;
 use switchyard_proto::messaging::v1::{Heartbeat, PromoteCanary, RolledBack};
 use switchyard_proto::metering::v1::InstanceStatus;
-use switchyard_service::{Running, SupervisorLink, canary};
 use tokio_util::sync::CancellationToken;
 
 use switchyard_messaging::{
     CallError, EndpointError, MessagingError, Notifier, Priority, RpcClient, RpcServer, Target,
     Transport,
 };
+
+use crate::canary;
+use crate::control::SupervisorLink;
+
+/// The running instance a heartbeat speaks for.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Its service.
+    pub service: String,
+    /// Its instance id (the same in its traces and logs).
+    pub instance_id: String,
+    /// Its executor, whose totals the heartbeat carries.
+    pub executor: Executor,
+    /// Its launcher's supervisor (does nothing without one).
+    pub supervisor: SupervisorLink,
+    /// Cancelled when the process itself stops, not only an attempt: the
+    /// last heartbeat then says goodbye.
+    pub shutdown: CancellationToken,
+}
 
 /// The topic heartbeats fan out on.
 pub const TOPIC: &str = catalogue::topic::ROLLOUT;
@@ -111,16 +129,15 @@ pub fn status(
 pub async fn start(
     transport: &Transport,
     exchange: &str,
-    service: &str,
-    running: &Running,
+    running: &Instance,
     interval: Duration,
     attempt: CancellationToken,
 ) -> Result<(), MessagingError> {
     let client = RpcClient::new(transport).await?;
+    let service = running.service.as_str();
     spawn_heartbeats(
         client,
         exchange.to_string(),
-        service.to_string(),
         running.clone(),
         interval,
         attempt.clone(),
@@ -128,23 +145,19 @@ pub async fn start(
     if running.supervisor.role().is_empty() {
         return Ok(());
     }
-    let control = RpcServer::builder(
-        exchange,
-        &control_topic(service),
-        &running.identity.instance_id,
-    )
-    .method(running.executor.register(promote_endpoint(
-        running.executor.phase(),
-        service,
-        running.supervisor.clone(),
-    ))?)
-    .start(transport, 1, attempt.clone())
-    .await?;
+    let control = RpcServer::builder(exchange, &control_topic(service), &running.instance_id)
+        .method(running.executor.register(promote_endpoint(
+            running.executor.phase(),
+            service,
+            running.supervisor.clone(),
+        ))?)
+        .start(transport, 1, attempt.clone())
+        .await?;
     tokio::spawn(control.stopped());
     let notifier = Notifier::new(
         transport,
         exchange,
-        &format!("{service}@{}", running.identity.instance_id),
+        &format!("{service}@{}", running.instance_id),
     )
     .await?;
     let supervisor = running.supervisor.clone();
@@ -155,15 +168,7 @@ pub async fn start(
                 event = supervisor.next_announcement() => event,
             };
             let Some(event) = event else { return };
-            let payload = RolledBack {
-                service: event.service,
-                canary_phase: event.canary_phase,
-                main_phase: event.main_phase,
-                signal: event.signal,
-                detail: event.detail,
-                supervisor_pid: event.supervisor_pid,
-                host: event.host,
-            };
+            let payload = RolledBack::from(event);
             if let Err(error) = notifier.notify(Priority::Warn, ROLLED_BACK, &payload).await {
                 tracing::warn!("{ROLLED_BACK} not published: {error}");
             }
@@ -211,8 +216,7 @@ const GOODBYE_WITHIN: Duration = Duration::from_secs(1);
 fn spawn_heartbeats(
     client: RpcClient,
     exchange: String,
-    service: String,
-    running: Running,
+    running: Instance,
     interval: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -221,8 +225,8 @@ fn spawn_heartbeats(
         let target = Target::topic(&exchange, TOPIC);
         let now = || {
             status(
-                &service,
-                &running.identity.instance_id,
+                &running.service,
+                &running.instance_id,
                 &running.executor,
                 &running.supervisor,
                 started,

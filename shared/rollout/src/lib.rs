@@ -1,13 +1,24 @@
-//! The rollout over the wire, between a fleet's instances, their launchers
-//! and the api: every instance's heartbeat (who it is, its phase and role,
-//! how it is doing), promote requests passed to the launchers, and the
-//! launchers' rollback notices ([`heartbeat`]).
+//! The rollout: how a fleet moves from one phase to the next and who
+//! decides whether it may.
 //!
-//! Its own crate so that messaging (AMQP) does not depend on the service
-//! skeleton: this crate joins the two. The launcher and its canary judge
-//! are still in `switchyard-service` (see `docs/architecture.md`).
+//! - [`canary`]: the judge — pure statistics over two sides' executor
+//!   totals, the same rule wherever a canary is compared with the main phase;
+//! - [`control`]: a worker's line to its launcher's supervisor (readiness,
+//!   the totals the judge reads, promote requests, rollback notices);
+//! - [`heartbeat`]: every instance's heartbeat over AMQP, the promote
+//!   listener, and the launcher's rollbacks published as notifications;
+//! - [`table`]: the rollout table the api keeps from the heartbeats.
+//!
+//! Layers point one way: `switchyard-launcher` (the supervisor) and
+//! `switchyard-service` (the skeleton) depend on this crate, and this one
+//! on messaging, never the reverse (see `docs/architecture.md`).
 #![deny(missing_docs)]
 
+pub mod canary;
+pub mod control;
 pub mod heartbeat;
+pub mod table;
 
+pub use canary::CanaryConfig;
+pub use control::{RolledBack, SupervisorLink};
 pub use heartbeat::RolloutConfig;

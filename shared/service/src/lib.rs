@@ -8,13 +8,10 @@
 //! failure at run time.
 #![deny(missing_docs)]
 
-pub mod canary;
-mod control;
-mod launcher;
-mod metrics;
 mod otlp_metrics;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,12 +22,12 @@ use switchyard_executor::{EndpointKind, EndpointSpec, Executor, Phase};
 use switchyard_telemetry::Identity;
 use tokio_util::sync::CancellationToken;
 
-pub use canary::CanaryConfig;
-pub use control::{ROLE_VARIABLE, RolledBack, SUPERVISOR_VARIABLE, SupervisorLink};
-pub use launcher::{LauncherConfig, WORKER_VARIABLE, is_worker};
-pub use metrics::{serve_http, serve_metrics};
 pub use switchyard_executor::ExecutorConfig;
+pub use switchyard_launcher::{LauncherConfig, WORKER_VARIABLE, is_worker};
+pub use switchyard_rollout::control::{ROLE_VARIABLE, SUPERVISOR_VARIABLE};
+pub use switchyard_rollout::{CanaryConfig, RolledBack, SupervisorLink};
 pub use switchyard_telemetry::TelemetryConfig;
+pub use switchyard_telemetry::exposition::serve_http;
 
 /// Exit status for configuration problems (the usage status).
 pub const EXIT_CONFIG: u8 = 2;
@@ -257,7 +254,7 @@ where
             ..settings.telemetry().clone()
         };
         let telemetry = switchyard_telemetry::init(&identity, &logs_only).ok();
-        let code = launcher::supervise(launcher::Start {
+        let code = switchyard_launcher::supervise(switchyard_launcher::Start {
             service: service.to_string(),
             launcher: settings.launcher().clone(),
             phase,
@@ -285,7 +282,7 @@ where
         }
     };
     if is_worker() {
-        launcher::follow_supervisor();
+        switchyard_launcher::follow_supervisor();
     }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -424,6 +421,25 @@ where
         );
     }
     outcome
+}
+
+/// Serves `GET /metrics` on `address` until `shutdown`: the executor's
+/// snapshot and the process's own series; returns the bound address.
+pub async fn serve_metrics(
+    address: SocketAddr,
+    executor: Executor,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    use switchyard_telemetry::exposition::{process_metrics, serve_text};
+    serve_text(
+        address,
+        move || {
+            let snapshot = executor.snapshot();
+            snapshot.render_prometheus() + &process_metrics(&snapshot.name)
+        },
+        shutdown,
+    )
+    .await
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod env;
+pub mod exposition;
 pub mod json;
 pub mod otlp;
 pub mod propagation;

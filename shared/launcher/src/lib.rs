@@ -12,10 +12,10 @@
 //! (`SWITCHYARD_EXECUTOR__PHASE`), which decides main and canary phases.
 //!
 //! The supervisor talks to its workers over an abstract Unix socket
-//! ([`crate::control`]; nothing in the file system to leave behind, and only
+//! ([`switchyard_rollout::control`]; nothing in the file system to leave behind, and only
 //! the processes it started are heard):
 //! a worker says when it is ready and reports its executor's totals every
-//! second, which is what the canary is judged on ([`crate::canary`]).
+//! second, which is what the canary is judged on ([`switchyard_rollout::canary`]).
 //!
 //! - A worker that dies is started again with doubling backoff.
 //! - SIGTERM or SIGINT: every worker drains; exit 0 when all did in time.
@@ -28,6 +28,7 @@
 //!   than the main workers beyond a margin its workers are replaced by
 //!   main-phase ones and a worker publishes `rollout.rolled_back`.
 //!   A promote request makes the canary phase the main phase.
+#![deny(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -45,11 +46,10 @@ mod supervisor;
 
 use supervisor::Supervisor;
 
-use crate::canary::CanaryConfig;
-use crate::control::{FromWorker, ToWorker, write_lines};
-
-/// Set in a worker's environment: its number.
-pub const WORKER_VARIABLE: &str = "SWITCHYARD_WORKER";
+use switchyard_rollout::canary::CanaryConfig;
+pub use switchyard_rollout::control::WORKER_VARIABLE;
+use switchyard_rollout::control::{self, FromWorker, ToWorker, write_lines};
+use switchyard_telemetry::exposition;
 
 /// The `[launcher]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,7 +104,7 @@ pub fn is_worker() -> bool {
 
 /// In a worker: asks the kernel for SIGTERM (a drain) when the supervisor
 /// dies, so no worker outlives it.
-pub(crate) fn follow_supervisor() {
+pub fn follow_supervisor() {
     if let Err(error) =
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
     {
@@ -114,20 +114,24 @@ pub(crate) fn follow_supervisor() {
 
 /// What the supervisor starts with: the configuration it was started with.
 #[derive(Debug, Clone)]
-pub(crate) struct Start {
+pub struct Start {
+    /// The service's name.
     pub service: String,
+    /// `[launcher]`.
     pub launcher: LauncherConfig,
+    /// The main phase.
     pub phase: Phase,
     /// `--print-config`'s text of the configuration, to tell a changed one.
     pub printed: String,
     /// `metrics.listen`: the supervisor serves its workers' sum there.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `executor.shutdown_grace_ms`: how long a worker may take to drain.
     pub grace: Duration,
 }
 
 /// Runs the supervisor until SIGTERM/SIGINT; exits 0 when every worker
 /// drained within the grace period.
-pub(crate) fn supervise(start: Start) -> ExitCode {
+pub fn supervise(start: Start) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -240,9 +244,9 @@ async fn run(start: Start) -> ExitCode {
         let served = {
             let books = Arc::clone(&books);
             let service = service.clone();
-            crate::metrics::serve_text(
+            exposition::serve_text(
                 address,
-                move || Book::lock(&books).render() + &crate::metrics::process_metrics(&service),
+                move || Book::lock(&books).render() + &exposition::process_metrics(&service),
                 stop_metrics.clone(),
             )
             .await
@@ -265,7 +269,7 @@ async fn run(start: Start) -> ExitCode {
 async fn supervise_workers(start: Start, books: Books) -> ExitCode {
     let service = start.service.clone();
     let socket = format!("switchyard-{service}-{}", std::process::id());
-    let listener = match crate::control::listen(&socket) {
+    let listener = match control::listen(&socket) {
         Ok(listener) => listener,
         Err(error) => {
             tracing::error!("{service} launcher: cannot listen on @{socket}: {error}");

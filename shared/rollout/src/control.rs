@@ -25,16 +25,21 @@ use crate::canary::Report;
 pub const SUPERVISOR_VARIABLE: &str = "SWITCHYARD_SUPERVISOR";
 /// Set in a worker's environment: `main` or `canary`.
 pub const ROLE_VARIABLE: &str = "SWITCHYARD_ROLE";
+/// Set in a worker's environment: its number.
+pub const WORKER_VARIABLE: &str = "SWITCHYARD_WORKER";
 
 /// How often a worker reports its totals.
-pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(1);
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Worker → supervisor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub(crate) enum FromWorker {
+pub enum FromWorker {
     /// First line: which worker this connection is.
-    Hello { worker: u64 },
+    Hello {
+        /// The worker's number (`SWITCHYARD_WORKER`).
+        worker: u64,
+    },
     /// Serving and consuming.
     Ready,
     /// The executor's totals so far.
@@ -48,9 +53,12 @@ pub(crate) enum FromWorker {
 /// Supervisor → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub(crate) enum ToWorker {
+pub enum ToWorker {
     /// The rollout state, for heartbeats.
-    Rollout { note: String },
+    Rollout {
+        /// What the heartbeats say of the rollout.
+        note: String,
+    },
     /// Publish this as a `rollout.rolled_back` notification.
     Announce(RolledBack),
 }
@@ -74,13 +82,27 @@ pub struct RolledBack {
     pub host: String,
 }
 
+impl From<RolledBack> for switchyard_proto::messaging::v1::RolledBack {
+    fn from(event: RolledBack) -> Self {
+        Self {
+            service: event.service,
+            canary_phase: event.canary_phase,
+            main_phase: event.main_phase,
+            signal: event.signal,
+            detail: event.detail,
+            supervisor_pid: event.supervisor_pid,
+            host: event.host,
+        }
+    }
+}
+
 fn address(name: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
     use std::os::linux::net::SocketAddrExt;
     std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
 }
 
 /// Listens on the abstract socket `name`.
-pub(crate) fn listen(name: &str) -> std::io::Result<tokio::net::UnixListener> {
+pub fn listen(name: &str) -> std::io::Result<tokio::net::UnixListener> {
     let listener = std::os::unix::net::UnixListener::bind_addr(&address(name)?)?;
     listener.set_nonblocking(true)?;
     tokio::net::UnixListener::from_std(listener)
@@ -113,7 +135,7 @@ async fn write_queued(mut outgoing: mpsc::UnboundedReceiver<FromWorker>, write: 
 }
 
 /// Writes each message from `outgoing` as one JSON line until either end closes.
-pub(crate) async fn write_lines<T: Serialize>(
+pub async fn write_lines<T: Serialize>(
     mut outgoing: mpsc::UnboundedReceiver<T>,
     mut write: impl tokio::io::AsyncWrite + Unpin,
 ) {
@@ -153,14 +175,10 @@ impl SupervisorLink {
     /// reports `executor`'s totals every second until `shutdown`; with
     /// `stats` (the supervisor serves `metrics.listen`) also its whole
     /// snapshot.
-    pub(crate) async fn connect(
-        executor: Executor,
-        shutdown: CancellationToken,
-        stats: bool,
-    ) -> Self {
+    pub async fn connect(executor: Executor, shutdown: CancellationToken, stats: bool) -> Self {
         let (Some(path), Some(worker)) = (
             std::env::var_os(SUPERVISOR_VARIABLE),
-            std::env::var(crate::WORKER_VARIABLE)
+            std::env::var(WORKER_VARIABLE)
                 .ok()
                 .and_then(|w| w.parse::<u64>().ok()),
         ) else {

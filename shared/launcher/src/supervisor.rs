@@ -12,8 +12,10 @@ use switchyard_executor::Phase;
 use tokio::sync::mpsc;
 
 use super::{Event, Exit, LauncherConfig, Reload, Start, WORKER_VARIABLE, host, signal};
-use crate::canary::{self, CanaryConfig, Verdict, Window};
-use crate::control::{FromWorker, ROLE_VARIABLE, RolledBack, SUPERVISOR_VARIABLE, ToWorker};
+use switchyard_rollout::canary::{self, CanaryConfig, Verdict, Window};
+use switchyard_rollout::control::{
+    FromWorker, ROLE_VARIABLE, RolledBack, SUPERVISOR_VARIABLE, ToWorker,
+};
 
 /// A worker runs the main phase or the canary phase (`SWITCHYARD_ROLE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

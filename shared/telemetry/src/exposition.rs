@@ -1,8 +1,9 @@
-//! The Prometheus text endpoint: `GET /metrics` renders the executor's
-//! snapshot; under a launcher, the supervisor serves the sum of its
-//! workers' snapshots instead (workers answering on a shared port in turn
-//! would make every counter jump back and forth between them, and every
-//! `rate()` wrong).
+//! The Prometheus text endpoint: `GET /metrics` answers with what a render
+//! function returns — a service renders its executor's snapshot
+//! (`switchyard_service::serve_metrics`); under a launcher, the supervisor
+//! serves the sum of its workers' snapshots instead (workers answering on a
+//! shared port in turn would make every counter jump back and forth
+//! between them, and every `rate()` wrong) — plus the `process_*` series.
 //!
 //! Why Prometheus text rather than OpenTelemetry metrics over OTLP: the
 //! executor already keeps exact counters and histograms for its snapshot API,
@@ -19,28 +20,10 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use switchyard_executor::Executor;
 use tokio_util::sync::CancellationToken;
 
-/// Serves `GET /metrics` on `address` until `shutdown`; returns the bound address.
-pub async fn serve_metrics(
-    address: SocketAddr,
-    executor: Executor,
-    shutdown: CancellationToken,
-) -> std::io::Result<SocketAddr> {
-    serve_text(
-        address,
-        move || {
-            let snapshot = executor.snapshot();
-            snapshot.render_prometheus() + &process_metrics(&snapshot.name)
-        },
-        shutdown,
-    )
-    .await
-}
-
 /// Serves `GET /metrics` with what `render` returns on each scrape.
-pub(crate) async fn serve_text<R>(
+pub async fn serve_text<R>(
     address: SocketAddr,
     render: R,
     shutdown: CancellationToken,
@@ -145,7 +128,7 @@ fn respond<B>(request: &Request<B>, render: &impl Fn() -> String) -> Response<Fu
 /// `switchyard_build_info` and the standard `process_*` metrics of this
 /// process (the names every Prometheus client library uses), read from
 /// `/proc`; a value that cannot be read is left out.
-pub(crate) fn process_metrics(service: &str) -> String {
+pub fn process_metrics(service: &str) -> String {
     let mut out = format!(
         "# HELP switchyard_build_info The build running, as labels.\n\
          # TYPE switchyard_build_info gauge\n\
