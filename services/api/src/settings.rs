@@ -3,11 +3,6 @@
 use serde::{Deserialize, Serialize};
 use switchyard_config::{Secret, Settings};
 use switchyard_executor::{ExecutorConfig, Phase};
-use switchyard_grpc::GrpcConfig;
-use switchyard_messaging::AmqpConfig;
-use switchyard_rollout::heartbeat::RolloutConfig;
-use switchyard_service::MetricsConfig;
-use switchyard_telemetry::TelemetryConfig;
 
 /// `[api]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,39 +26,18 @@ impl Default for ApiConfig {
     }
 }
 
-/// Everything the api reads from defaults, its TOML file and the environment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ApiSettings {
-    pub executor: ExecutorConfig,
-    pub telemetry: TelemetryConfig,
-    pub metrics: MetricsConfig,
-    /// `[launcher]`: worker processes under one supervisor.
-    pub launcher: switchyard_service::LauncherConfig,
-    pub amqp: AmqpConfig,
-    pub grpc: GrpcConfig,
-    pub rollout: RolloutConfig,
-    pub api: ApiConfig,
-    /// `[dashboard]`: the rollout page.
-    pub dashboard: crate::dashboard::DashboardConfig,
-}
-
-impl Default for ApiSettings {
-    fn default() -> Self {
-        Self {
-            executor: ExecutorConfig {
-                phase: Phase::Async,
-                ..ExecutorConfig::default()
-            },
-            telemetry: TelemetryConfig::default(),
-            metrics: MetricsConfig::default(),
-            launcher: switchyard_service::LauncherConfig::default(),
-            amqp: AmqpConfig::default(),
-            grpc: GrpcConfig::default(),
-            rollout: RolloutConfig::default(),
-            api: ApiConfig::default(),
-            dashboard: crate::dashboard::DashboardConfig::default(),
-        }
+switchyard_app::fleet_settings! {
+    /// Everything the api reads from defaults, its TOML file and the environment.
+    pub struct ApiSettings {
+        executor: ExecutorConfig {
+            phase: Phase::Async,
+            ..ExecutorConfig::default()
+        },
+        ;
+        /// `[api]`.
+        pub api: ApiConfig = ApiConfig::default(),
+        /// `[dashboard]`: the rollout page.
+        pub dashboard: crate::dashboard::DashboardConfig = crate::dashboard::DashboardConfig::default(),
     }
 }
 
@@ -90,5 +64,3 @@ impl Settings for ApiSettings {
         problems
     }
 }
-
-switchyard_app::fleet_settings!(ApiSettings);

@@ -12,14 +12,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchyard_config::Settings;
-use switchyard_executor::{
-    BoundEndpoint, Endpoint, EndpointSpec, Executor, ExecutorConfig, Phase, PhaseMismatch,
-};
+use switchyard_executor::{BoundEndpoint, Endpoint, EndpointSpec, Executor, Phase, PhaseMismatch};
 use switchyard_grpc::{GrpcConfig, GrpcOutcome, invalid_argument, not_found};
 use switchyard_proto::echo::v1::echo_server::{Echo, EchoServer};
 use switchyard_proto::echo::v1::{SayReply, SayRequest};
-use switchyard_service::MetricsConfig;
-use switchyard_telemetry::TelemetryConfig;
 use tonic::{Request, Response, Status};
 
 /// The service name: config file `deploy/config/echo.toml`, metrics label, spans.
@@ -31,26 +27,14 @@ pub const GRPC_SERVICE: &str = "switchyard.echo.v1.Echo";
 /// Longest text `Say` accepts, in bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
 
-/// Echo's configuration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EchoSettings {
-    /// `[executor]`.
-    pub executor: ExecutorConfig,
-    /// `[telemetry]`.
-    pub telemetry: TelemetryConfig,
-    /// `[metrics]`.
-    pub metrics: MetricsConfig,
-    /// `[launcher]`: worker processes under one supervisor.
-    pub launcher: switchyard_service::LauncherConfig,
-    /// `[grpc]`.
-    pub grpc: GrpcConfig,
-    /// `[echo]`.
-    pub echo: EchoOptions,
-    /// `[amqp]`: used only with `echo.rollout = true`.
-    pub amqp: switchyard_messaging::AmqpConfig,
-    /// `[rollout]`: used only with `echo.rollout = true`.
-    pub rollout: switchyard_rollout::heartbeat::RolloutConfig,
+switchyard_app::fleet_settings! {
+    /// Echo's configuration. `[amqp]` and `[rollout]` are used only with
+    /// `echo.rollout = true`.
+    pub struct EchoSettings {
+        ;
+        /// `[echo]`.
+        pub echo: EchoOptions = EchoOptions::default(),
+    }
 }
 
 /// The `[echo]` section: knobs for tests and demonstrations.
@@ -94,8 +78,6 @@ impl Settings for EchoSettings {
         problems
     }
 }
-
-switchyard_app::fleet_settings!(EchoSettings);
 
 /// What `--check-config` checks the phase against.
 pub fn endpoints(phase: Phase) -> Vec<EndpointSpec> {

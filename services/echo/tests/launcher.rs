@@ -574,7 +574,7 @@ async fn metrics_under_the_launcher_only_grow_through_a_switch() {
     loop {
         let (completed, _) = scrape_completed(metrics).await;
         if completed == answered {
-            support::promtool_accepts(&scrape(metrics).await);
+            support::openmetrics_accepts(&scrape(metrics).await);
             break;
         }
         assert!(

@@ -408,10 +408,10 @@ async fn json_logs_lead_to_their_trace() {
         .expect("the log line's trace was exported");
 }
 
-/// The metrics text passes `promtool check metrics` (format and naming
-/// lint), with a dozen buckets per histogram, the build and the process.
+/// The metrics page is OpenMetrics that the Prometheus project's parser
+/// accepts, served as such, with the build and the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_pass_promtool_with_build_and_process_metrics() {
+async fn metrics_are_openmetrics_with_build_and_process_metrics() {
     let mut echo = start_echo("bridged");
     echo.say("counted").await;
     let response = get_metrics(&echo.metrics);
@@ -432,7 +432,12 @@ async fn metrics_pass_promtool_with_build_and_process_metrics() {
     ] {
         assert!(body.contains(needle), "no `{needle}` in:\n{body}");
     }
-    support::promtool_accepts(&body);
+    assert!(
+        response.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{response}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    support::openmetrics_accepts(&body);
 }
 
 /// An exporter pointed at a collector that is not there says so: a

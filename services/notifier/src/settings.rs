@@ -4,11 +4,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_config::Settings;
 use switchyard_executor::ExecutorConfig;
 use switchyard_grpc::GrpcConfig;
-use switchyard_messaging::AmqpConfig;
-use switchyard_rollout::heartbeat::RolloutConfig;
-use switchyard_service::MetricsConfig;
 use switchyard_storage::StorageConfig;
-use switchyard_telemetry::TelemetryConfig;
 
 /// `[notifier]`: where statistics come from and how webhooks are sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,42 +37,24 @@ impl Default for NotifierConfig {
     }
 }
 
-/// Everything the notifier reads from defaults, its TOML file and the environment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NotifierSettings {
-    pub executor: ExecutorConfig,
-    pub telemetry: TelemetryConfig,
-    pub metrics: MetricsConfig,
-    /// `[launcher]`: worker processes under one supervisor.
-    pub launcher: switchyard_service::LauncherConfig,
-    pub amqp: AmqpConfig,
-    /// Health and reflection only: the notifier's API is AMQP.
-    pub grpc: GrpcConfig,
-    pub storage: StorageConfig,
-    pub rollout: RolloutConfig,
-    pub notifier: NotifierConfig,
-}
-
-impl Default for NotifierSettings {
-    fn default() -> Self {
-        Self {
-            executor: ExecutorConfig {
-                phase: switchyard_executor::Phase::Bridged,
-                ..ExecutorConfig::default()
-            },
-            telemetry: TelemetryConfig::default(),
-            metrics: MetricsConfig::default(),
-            launcher: switchyard_service::LauncherConfig::default(),
-            amqp: AmqpConfig::default(),
-            grpc: GrpcConfig {
-                listen: switchyard_config::Listen::loopback(50053),
-                ..GrpcConfig::default()
-            },
-            storage: StorageConfig::sqlite_for("notifier"),
-            rollout: RolloutConfig::default(),
-            notifier: NotifierConfig::default(),
-        }
+switchyard_app::fleet_settings! {
+    /// Everything the notifier reads from defaults, its TOML file and the
+    /// environment. `[grpc]` serves health and reflection only: the
+    /// notifier's API is AMQP.
+    pub struct NotifierSettings {
+        executor: ExecutorConfig {
+            phase: switchyard_executor::Phase::Bridged,
+            ..ExecutorConfig::default()
+        },
+        grpc: GrpcConfig {
+            listen: switchyard_config::Listen::loopback(50053),
+            ..GrpcConfig::default()
+        },
+        ;
+        /// `[storage]`: where alarms are kept.
+        pub storage: StorageConfig = StorageConfig::sqlite_for("notifier"),
+        /// `[notifier]`.
+        pub notifier: NotifierConfig = NotifierConfig::default(),
     }
 }
 
@@ -101,5 +79,3 @@ impl Settings for NotifierSettings {
         problems
     }
 }
-
-switchyard_app::fleet_settings!(NotifierSettings);

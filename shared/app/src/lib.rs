@@ -63,26 +63,102 @@ pub fn fleet_problems<C: FleetSettings>(settings: &C) -> Vec<(String, String)> {
     problems
 }
 
-/// Implements [`switchyard_service::ServiceSettings`] and [`FleetSettings`]
-/// for a settings struct with fields named `executor`, `telemetry`,
-/// `metrics`, `launcher`, `amqp`, `grpc` and `rollout`.
+/// The sections every fleet service's settings hold, by the names
+/// [`fleet_settings!`] gives them.
+pub mod sections {
+    pub use switchyard_executor::{ExecutorConfig, Phase};
+    pub use switchyard_grpc::GrpcConfig;
+    pub use switchyard_messaging::AmqpConfig;
+    pub use switchyard_rollout::heartbeat::RolloutConfig;
+    pub use switchyard_service::{LauncherConfig, MetricsConfig};
+    pub use switchyard_telemetry::TelemetryConfig;
+}
+
+/// Declares a fleet service's settings: the shared sections (`executor`,
+/// `telemetry`, `metrics`, `launcher`, `amqp`, `grpc`, `rollout`), then the
+/// service's own, each with its default; implements `Default`,
+/// [`switchyard_service::ServiceSettings`] and [`FleetSettings`]. The
+/// service still implements [`switchyard_config::Settings`] (its range
+/// checks, starting from [`fleet_problems`]).
+///
+/// ```ignore
+/// switchyard_app::fleet_settings! {
+///     /// Everything the collector reads.
+///     pub struct CollectorSettings {
+///         executor: ExecutorConfig { phase: Phase::Async, ..Default::default() },
+///         grpc: GrpcConfig { listen: Listen::loopback(50052), ..Default::default() };
+///         /// `[storage]`.
+///         pub storage: StorageConfig = StorageConfig::sqlite_for("collector"),
+///     }
+/// }
+/// ```
 #[macro_export]
 macro_rules! fleet_settings {
-    ($settings:ty) => {
-        switchyard_service::service_settings!($settings);
-        impl $crate::FleetSettings for $settings {
-            fn amqp(&self) -> &switchyard_messaging::AmqpConfig {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $(executor: $executor:expr,)?
+            $(grpc: $grpc:expr,)?
+            ;
+            $( $(#[$field_meta:meta])* $field_vis:vis $field:ident : $type:ty = $default:expr ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, ::serde::Serialize, ::serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        $vis struct $name {
+            /// `[executor]`.
+            pub executor: $crate::sections::ExecutorConfig,
+            /// `[telemetry]`.
+            pub telemetry: $crate::sections::TelemetryConfig,
+            /// `[metrics]`.
+            pub metrics: $crate::sections::MetricsConfig,
+            /// `[launcher]`: worker processes under one supervisor.
+            pub launcher: $crate::sections::LauncherConfig,
+            /// `[amqp]`.
+            pub amqp: $crate::sections::AmqpConfig,
+            /// `[grpc]`.
+            pub grpc: $crate::sections::GrpcConfig,
+            /// `[rollout]`: heartbeats.
+            pub rollout: $crate::sections::RolloutConfig,
+            $( $(#[$field_meta])* $field_vis $field: $type, )*
+        }
+
+        impl ::std::default::Default for $name {
+            fn default() -> Self {
+                Self {
+                    executor: $crate::fleet_settings!(@or $($executor)?),
+                    telemetry: ::std::default::Default::default(),
+                    metrics: ::std::default::Default::default(),
+                    launcher: ::std::default::Default::default(),
+                    amqp: ::std::default::Default::default(),
+                    grpc: $crate::fleet_settings!(@or $($grpc)?),
+                    rollout: ::std::default::Default::default(),
+                    $( $field: $default, )*
+                }
+            }
+        }
+
+        $crate::__service_settings!($name);
+
+        impl $crate::FleetSettings for $name {
+            fn amqp(&self) -> &$crate::sections::AmqpConfig {
                 &self.amqp
             }
-            fn grpc(&self) -> &switchyard_grpc::GrpcConfig {
+            fn grpc(&self) -> &$crate::sections::GrpcConfig {
                 &self.grpc
             }
-            fn rollout(&self) -> &switchyard_rollout::heartbeat::RolloutConfig {
+            fn rollout(&self) -> &$crate::sections::RolloutConfig {
                 &self.rollout
             }
         }
     };
+    (@or) => { ::std::default::Default::default() };
+    (@or $value:expr) => { $value };
 }
+
+#[doc(hidden)]
+pub use switchyard_service::service_settings as __service_settings;
 
 /// What a service is, for [`main`].
 #[derive(Debug, Clone, Copy)]

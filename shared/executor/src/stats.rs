@@ -5,10 +5,16 @@
 //! reads them without stopping dispatch. The same snapshot feeds the metrics
 //! endpoint, heartbeats and tests, so every consumer sees one set of numbers.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::{EndpointKind, Phase};
@@ -71,6 +77,26 @@ impl HistogramSnapshot {
     /// Upper bound of bucket `index` in microseconds.
     pub fn bucket_bound_us(index: usize) -> u64 {
         1u64 << index
+    }
+
+    /// The [`EXPOSED_BUCKETS`] as (upper bound in seconds, observations in
+    /// it and not in the one before), then everything above as `+Inf`
+    /// (`f64::MAX`, as prometheus-client writes it): each bound exact, a
+    /// sum of whole log2 buckets.
+    pub fn exposed_buckets(&self) -> Vec<(f64, u64)> {
+        let mut below = 0;
+        let mut exposed: Vec<(f64, u64)> = EXPOSED_BUCKETS
+            .iter()
+            .map(|&index| {
+                let cumulative: u64 = self.buckets.iter().take(index + 1).sum();
+                let bound = Self::bucket_bound_us(index) as f64 / 1e6;
+                let in_it = cumulative.saturating_sub(below);
+                below = cumulative;
+                (bound, in_it)
+            })
+            .collect();
+        exposed.push((f64::MAX, self.count.saturating_sub(below)));
+        exposed
     }
 
     /// Estimated quantile `q` (0..=1), as the upper bound of the bucket where
@@ -348,9 +374,9 @@ impl ExecutorSnapshot {
         self.endpoints.iter().find(|e| e.name == name)
     }
 
-    /// Renders the snapshot in the Prometheus text exposition format (0.0.4).
-    pub fn render_prometheus(&self) -> String {
-        render_prometheus(std::slice::from_ref(self))
+    /// The snapshot alone as OpenMetrics text.
+    pub fn render_openmetrics(&self) -> String {
+        render_openmetrics(std::slice::from_ref(self))
     }
 
     /// Sums snapshots of one service's executors (the workers of a launcher,
@@ -403,110 +429,132 @@ impl ExecutorSnapshot {
 /// executor keeps all of them for its own quantiles.
 pub const EXPOSED_BUCKETS: [usize; 11] = [4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24];
 
-/// Renders snapshots (of one service, one per phase) in the Prometheus text
-/// exposition format (0.0.4): each metric's HELP and TYPE once, then its
-/// series for every snapshot.
-pub fn render_prometheus(snapshots: &[ExecutorSnapshot]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP switchyard_executor_info The executor's phase and capacity.\n\
-         # TYPE switchyard_executor_info gauge"
-    );
-    for s in snapshots {
-        let _ = writeln!(
-            out,
-            "switchyard_executor_info{{service=\"{}\",phase=\"{}\"}} 1",
-            s.name, s.phase
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP switchyard_executor_capacity Requests the executor runs at once.\n\
-         # TYPE switchyard_executor_capacity gauge"
-    );
-    for s in snapshots {
-        let _ = writeln!(
-            out,
-            "switchyard_executor_capacity{{service=\"{}\",phase=\"{}\"}} {}",
-            s.name, s.phase, s.capacity
-        );
-    }
-    for (metric, kind, help, read) in counters() {
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} {kind}"
-        );
-        for s in snapshots {
-            for endpoint in &s.endpoints {
-                let _ = writeln!(
-                    out,
-                    "switchyard_endpoint_{metric}{{service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\"}} {}",
-                    s.name,
-                    s.phase,
-                    escape_label(&endpoint.name),
-                    endpoint.kind,
-                    read(&endpoint.counts)
-                );
-            }
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP switchyard_endpoint_responses_total Answers by gRPC status code.\n\
-         # TYPE switchyard_endpoint_responses_total counter"
-    );
-    for s in snapshots {
-        for endpoint in &s.endpoints {
-            for (code, count) in endpoint.statuses() {
-                let _ = writeln!(
-                    out,
-                    "switchyard_endpoint_responses_total{{service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\",code=\"{code}\"}} {count}",
-                    s.name,
-                    s.phase,
-                    escape_label(&endpoint.name),
-                    endpoint.kind,
-                );
-            }
-        }
-    }
-    for (metric, help, pick) in histograms() {
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_endpoint_{metric} {help}\n# TYPE switchyard_endpoint_{metric} histogram"
-        );
-        for (s, endpoint) in snapshots
-            .iter()
-            .flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
+/// The executor series of one service's snapshots (one per phase: a
+/// launcher's supervisor sums its workers with
+/// [`ExecutorSnapshot::merged_by_phase`]), encoded by prometheus-client on
+/// each scrape: each family's HELP and TYPE once, then its series for every
+/// snapshot. Register it with the process's own series and encode the
+/// registry (OpenMetrics text, `# EOF` once at the end).
+#[derive(Debug, Clone)]
+pub struct SnapshotCollector(pub Vec<ExecutorSnapshot>);
+
+/// The labels of one endpoint's series (values escaped as the text format
+/// wants: prometheus-client writes them as given).
+fn endpoint_labels(
+    s: &ExecutorSnapshot,
+    endpoint: &EndpointSnapshot,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("service", escape_label(&s.name)),
+        ("phase", s.phase.to_string()),
+        ("endpoint", escape_label(&endpoint.name)),
+        ("form", endpoint.kind.to_string()),
+    ]
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let snapshots = &self.0;
+        let executor = |s: &ExecutorSnapshot| {
+            [
+                ("service", escape_label(&s.name)),
+                ("phase", s.phase.to_string()),
+            ]
+        };
         {
-            let labels = format!(
-                "service=\"{}\",phase=\"{}\",endpoint=\"{}\",form=\"{}\"",
-                s.name,
-                s.phase,
-                escape_label(&endpoint.name),
-                endpoint.kind
-            );
-            let histogram = pick(endpoint);
-            for index in EXPOSED_BUCKETS {
-                let cumulative: u64 = histogram.buckets.iter().take(index + 1).sum();
-                let bound = HistogramSnapshot::bucket_bound_us(index) as f64 / 1e6;
-                let _ = writeln!(
-                    out,
-                    "switchyard_endpoint_{metric}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                );
+            let mut family = encoder.encode_descriptor(
+                "switchyard_executor",
+                "The executor's phase.",
+                None,
+                MetricType::Info,
+            )?;
+            for s in snapshots {
+                family.encode_info(&executor(s))?;
             }
-            let _ = writeln!(
-                out,
-                "switchyard_endpoint_{metric}_bucket{{{labels},le=\"+Inf\"}} {}\n\
-                 switchyard_endpoint_{metric}_sum{{{labels}}} {}\n\
-                 switchyard_endpoint_{metric}_count{{{labels}}} {}",
-                histogram.count,
-                histogram.sum_us as f64 / 1e6,
-                histogram.count
-            );
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "switchyard_executor_capacity",
+                "Requests the executor runs at once.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for s in snapshots {
+                ConstGauge::new(s.capacity as i64).encode(family.encode_family(&executor(s))?)?;
+            }
+        }
+        for (metric, kind, help, read) in counters() {
+            let counter = kind == "counter";
+            let name = format!("switchyard_endpoint_{}", metric.trim_end_matches("_total"));
+            let kind = if counter {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            };
+            let mut family = encoder.encode_descriptor(&name, help, None, kind)?;
+            for s in snapshots {
+                for endpoint in &s.endpoints {
+                    let labels = endpoint_labels(s, endpoint);
+                    let series = family.encode_family(&labels)?;
+                    let value = read(&endpoint.counts);
+                    if counter {
+                        ConstCounter::new(value).encode(series)?;
+                    } else {
+                        ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(series)?;
+                    }
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "switchyard_endpoint_responses",
+                "Answers by gRPC status code.",
+                None,
+                MetricType::Counter,
+            )?;
+            for s in snapshots {
+                for endpoint in &s.endpoints {
+                    for (code, count) in endpoint.statuses() {
+                        let mut labels = endpoint_labels(s, endpoint);
+                        labels.push(("code", code.to_string()));
+                        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        for (metric, help, pick) in histograms() {
+            let name = format!("switchyard_endpoint_{metric}");
+            let mut family = encoder.encode_descriptor(&name, help, None, MetricType::Histogram)?;
+            for s in snapshots {
+                for endpoint in &s.endpoints {
+                    let histogram = pick(endpoint);
+                    family
+                        .encode_family(&endpoint_labels(s, endpoint))?
+                        .encode_histogram::<NoLabels>(
+                            histogram.sum_us as f64 / 1e6,
+                            histogram.count,
+                            &histogram.exposed_buckets(),
+                            None,
+                        )?;
+                }
+            }
+        }
+        Ok(())
     }
-    out
+}
+
+/// No exemplar labels.
+type NoLabels = Vec<(&'static str, String)>;
+
+/// `snapshots` alone as OpenMetrics text (tests and tools; a service's
+/// page adds its process series, see `switchyard_telemetry::exposition`).
+pub fn render_openmetrics(snapshots: &[ExecutorSnapshot]) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(snapshots.to_vec())));
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
 }
 
 /// One counter of [`Counts`]: its metric name (after `switchyard_endpoint_`),
@@ -617,12 +665,21 @@ mod tests {
         counters.run_time.record(Duration::from_micros(5));
         let snapshot =
             ExecutorSnapshot::from_endpoints("svc", Phase::Async, 8, vec![counters.snapshot()]);
-        let text = snapshot.render_prometheus();
+        let text = snapshot.render_openmetrics();
         assert!(text.contains(
             "switchyard_endpoint_completed_total{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\"} 2"
         ));
-        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\",le=\"0.000016\"} 2"));
-        assert!(text.contains("switchyard_endpoint_run_seconds_bucket{service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\",le=\"16.777216\"} 2"));
+        let labels = "service=\"svc\",phase=\"async\",endpoint=\"say \\\"hi\\\"\",form=\"async\"";
+        assert!(text.contains(&format!(
+            "switchyard_endpoint_run_seconds_bucket{{le=\"0.000016\",{labels}}} 2\n"
+        )));
+        assert!(text.contains(&format!(
+            "switchyard_endpoint_run_seconds_bucket{{le=\"16.777216\",{labels}}} 2\n"
+        )));
+        assert!(text.contains(&format!(
+            "switchyard_endpoint_run_seconds_bucket{{le=\"+Inf\",{labels}}} 2\n"
+        )));
+        assert!(text.ends_with("# EOF\n"), "one OpenMetrics exposition");
         // A dozen buckets per histogram: 11 bounds and +Inf.
         assert_eq!(
             text.matches("switchyard_endpoint_run_seconds_bucket{")
@@ -669,9 +726,9 @@ mod tests {
             by_phase,
             [(Phase::Threaded, 12, 1, 2, 4), (Phase::Async, 11, 1, 1, 4)]
         );
-        let text = render_prometheus(&merged);
+        let text = render_openmetrics(&merged);
         assert_eq!(
-            text.matches("# TYPE switchyard_endpoint_completed_total counter")
+            text.matches("# TYPE switchyard_endpoint_completed counter")
                 .count(),
             1,
             "one TYPE line per metric"

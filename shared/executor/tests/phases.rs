@@ -152,22 +152,35 @@ fn gated(
     (endpoint, started)
 }
 
-async fn back_pressure_holds(phase: Phase) {
-    let executor = executor(phase, 2);
-    let (endpoint, mut started) = gated(&executor);
+type Job = tokio::task::JoinHandle<Result<(), DispatchError>>;
+
+/// Starts `count` jobs on a [`gated`] endpoint and waits until each runs;
+/// each gate lets its job finish.
+async fn start_gated(
+    endpoint: &switchyard_executor::BoundEndpoint<oneshot::Receiver<()>, ()>,
+    started: &mut mpsc::UnboundedReceiver<()>,
+    count: usize,
+) -> (Vec<oneshot::Sender<()>>, Vec<Job>) {
     let mut gates = Vec::new();
-    let mut running = Vec::new();
-    for _ in 0..2 {
+    let mut jobs = Vec::new();
+    for _ in 0..count {
         let (gate, wait) = oneshot::channel();
         gates.push(gate);
         let endpoint = endpoint.clone();
-        running.push(tokio::spawn(async move {
+        jobs.push(tokio::spawn(async move {
             endpoint.dispatch(wait, DispatchOptions::default()).await
         }));
         tokio::time::timeout(BOUND, started.recv())
             .await
             .expect("job started");
     }
+    (gates, jobs)
+}
+
+async fn back_pressure_holds(phase: Phase) {
+    let executor = executor(phase, 2);
+    let (endpoint, mut started) = gated(&executor);
+    let (mut gates, running) = start_gated(&endpoint, &mut started, 2).await;
 
     // Full: a caller with a wait budget is told so instead of queueing forever.
     let (_never, wait) = oneshot::channel();
@@ -397,19 +410,7 @@ async fn shutdown_drains_in_flight_work_and_refuses_new_work() {
     for phase in Phase::ALL {
         let executor = executor(phase, 4);
         let (endpoint, mut started) = gated(&executor);
-        let mut gates = Vec::new();
-        let mut jobs = Vec::new();
-        for _ in 0..3 {
-            let (gate, wait) = oneshot::channel();
-            gates.push(gate);
-            let endpoint = endpoint.clone();
-            jobs.push(tokio::spawn(async move {
-                endpoint.dispatch(wait, DispatchOptions::default()).await
-            }));
-            tokio::time::timeout(BOUND, started.recv())
-                .await
-                .expect("started");
-        }
+        let (gates, jobs) = start_gated(&endpoint, &mut started, 3).await;
         let shutdown = {
             let executor = executor.clone();
             tokio::spawn(async move { executor.shutdown(Duration::from_secs(10)).await })
@@ -442,20 +443,17 @@ async fn shutdown_reports_work_that_outlives_the_grace_period() {
     for phase in Phase::ALL {
         let executor = executor(phase, 2);
         let (endpoint, mut started) = gated(&executor);
-        let (gate, wait) = oneshot::channel();
-        let job = {
-            let endpoint = endpoint.clone();
-            tokio::spawn(async move { endpoint.dispatch(wait, DispatchOptions::default()).await })
-        };
-        tokio::time::timeout(BOUND, started.recv())
-            .await
-            .expect("started");
+        let (gates, jobs) = start_gated(&endpoint, &mut started, 1).await;
         let report = executor.shutdown(Duration::from_millis(50)).await;
         assert_eq!(report.abandoned.len(), 1, "{phase}: {report:?}");
         assert_eq!(report.abandoned[0].endpoint, "gated");
         assert!(report.abandoned[0].running_for >= Duration::from_millis(50));
-        gate.send(()).expect("gate");
-        let _ = job.await;
+        for gate in gates {
+            gate.send(()).expect("gate");
+        }
+        for job in jobs {
+            let _ = job.await;
+        }
     }
 }
 

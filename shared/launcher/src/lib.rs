@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchyard_executor::Phase;
-use switchyard_executor::stats::{ExecutorSnapshot, render_prometheus};
+use switchyard_executor::stats::{ExecutorSnapshot, SnapshotCollector};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -229,8 +229,8 @@ impl Book {
         }
     }
 
-    fn render(&self) -> String {
-        render_prometheus(&ExecutorSnapshot::merged_by_phase(
+    fn collector(&self) -> SnapshotCollector {
+        SnapshotCollector(ExecutorSnapshot::merged_by_phase(
             self.retired.iter().chain(self.live.values()),
         ))
     }
@@ -246,7 +246,12 @@ async fn run(start: Start) -> ExitCode {
             let service = service.clone();
             exposition::serve_text(
                 address,
-                move || Book::lock(&books).render() + &exposition::process_metrics(&service),
+                move || {
+                    exposition::openmetrics([
+                        Box::new(Book::lock(&books).collector()) as _,
+                        Box::new(exposition::ProcessCollector::new(&service)) as _,
+                    ])
+                },
                 stop_metrics.clone(),
             )
             .await

@@ -430,12 +430,16 @@ pub async fn serve_metrics(
     executor: Executor,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    use switchyard_telemetry::exposition::{process_metrics, serve_text};
+    use switchyard_executor::stats::SnapshotCollector;
+    use switchyard_telemetry::exposition::{ProcessCollector, openmetrics, serve_text};
+    let process = ProcessCollector::new(&executor.snapshot().name);
     serve_text(
         address,
         move || {
-            let snapshot = executor.snapshot();
-            snapshot.render_prometheus() + &process_metrics(&snapshot.name)
+            openmetrics([
+                Box::new(SnapshotCollector(vec![executor.snapshot()])) as _,
+                Box::new(process.clone()) as _,
+            ])
         },
         shutdown,
     )

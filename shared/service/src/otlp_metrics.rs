@@ -71,7 +71,7 @@ pub(crate) fn spawn(
 }
 
 /// Records snapshots (of one service, one per phase) as OTLP metrics: the
-/// same series as [`switchyard_executor::stats::render_prometheus`], named by OpenTelemetry's
+/// same series as [`switchyard_executor::stats::SnapshotCollector`], named by OpenTelemetry's
 /// conventions (`switchyard.endpoint.completed` with unit `{request}`
 /// becomes `switchyard_endpoint_completed_total` again in a Prometheus
 /// backend), histograms with the same bounds in seconds.

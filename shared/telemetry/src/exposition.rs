@@ -1,11 +1,16 @@
-//! The Prometheus text endpoint: `GET /metrics` answers with what a render
-//! function returns — a service renders its executor's snapshot
+//! The metrics endpoint: `GET /metrics` answers with what a render function
+//! returns — a service renders its executor's snapshot
 //! (`switchyard_service::serve_metrics`); under a launcher, the supervisor
 //! serves the sum of its workers' snapshots instead (workers answering on a
 //! shared port in turn would make every counter jump back and forth
 //! between them, and every `rate()` wrong) — plus the `process_*` series.
 //!
-//! Why Prometheus text rather than OpenTelemetry metrics over OTLP: the
+//! The text is OpenMetrics 1.0, written by prometheus-client (the
+//! Prometheus project's Rust client) from collectors that read the
+//! snapshot at scrape time ([`openmetrics`]); Prometheus asks for it by
+//! default, and the sample names are those of the classic format.
+//!
+//! Why a Prometheus scrape rather than OpenTelemetry metrics over OTLP: the
 //! executor already keeps exact counters and histograms for its snapshot API,
 //! and rendering that same snapshot means one set of numbers with no second
 //! aggregation; it needs no collector (Jaeger, our trace backend, takes no
@@ -20,6 +25,12 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 /// Serves `GET /metrics` with what `render` returns on each scrape.
@@ -99,11 +110,7 @@ pub async fn serve_http<A, B>(
 
 fn respond<B>(request: &Request<B>, render: &impl Fn() -> String) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method().as_str(), request.uri().path()) {
-        ("GET", "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(),
-        ),
+        ("GET", "/metrics") => (StatusCode::OK, CONTENT_TYPE, render()),
         (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
@@ -125,23 +132,67 @@ fn respond<B>(request: &Request<B>, render: &impl Fn() -> String) -> Response<Fu
     response
 }
 
-/// `switchyard_build_info` and the standard `process_*` metrics of this
+/// The content type of [`openmetrics`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Encodes `collectors` as one OpenMetrics exposition (each family's HELP
+/// and TYPE once, `# EOF` at the end), by prometheus-client.
+pub fn openmetrics(collectors: impl IntoIterator<Item = Box<dyn Collector>>) -> String {
+    let mut registry = Registry::default();
+    for collector in collectors {
+        registry.register_collector(collector);
+    }
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}
+
+/// `switchyard_build_info` and the standard `process_*` series of this
 /// process (the names every Prometheus client library uses), read from
-/// `/proc`; a value that cannot be read is left out.
-pub fn process_metrics(service: &str) -> String {
-    let mut out = format!(
-        "# HELP switchyard_build_info The build running, as labels.\n\
-         # TYPE switchyard_build_info gauge\n\
-         switchyard_build_info{{service=\"{service}\",version=\"{}\"}} 1\n",
-        env!("CARGO_PKG_VERSION")
-    );
-    let mut gauge = |name: &str, kind: &str, help: &str, value: Option<f64>| {
-        if let Some(value) = value {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
+/// `/proc` on each scrape; a value that cannot be read is left out.
+#[derive(Debug, Clone)]
+pub struct ProcessCollector {
+    service: String,
+}
+
+impl ProcessCollector {
+    /// The series of this process, labelled with `service`.
+    pub fn new(service: &str) -> Self {
+        Self {
+            service: service.to_string(),
         }
-    };
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder
+            .encode_descriptor(
+                "switchyard_build",
+                "The build running, as labels.",
+                None,
+                MetricType::Info,
+            )?
+            .encode_info(&[
+                ("service", self.service.as_str()),
+                ("version", env!("CARGO_PKG_VERSION")),
+            ])?;
+        for (name, kind, help, value) in process_series() {
+            let Some(value) = value else { continue };
+            let series = encoder.encode_descriptor(name, help, None, kind)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(value).encode(series)?,
+                _ => ConstGauge::new(value).encode(series)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `process_*` families: name (a counter's without `_total`), type,
+/// help and value now.
+fn process_series() -> [(&'static str, MetricType, &'static str, Option<f64>); 6] {
     let stat = std::fs::read_to_string("/proc/self/stat").ok();
     // The fields after the command name (which may hold spaces), from
     // field 3 (`state`) on, as proc(5) numbers them.
@@ -158,46 +209,47 @@ pub fn process_metrics(service: &str) -> String {
             .find_map(|l| l.strip_prefix("btime "))
             .and_then(|b| b.trim().parse::<f64>().ok())
     });
-    gauge(
-        "process_cpu_seconds_total",
-        "counter",
-        "User and system CPU time spent, in seconds.",
-        field(14).zip(field(15)).map(|(u, s)| (u + s) / ticks),
-    );
-    gauge(
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory size in bytes.",
-        field(24).map(|pages| pages * page),
-    );
-    gauge(
-        "process_virtual_memory_bytes",
-        "gauge",
-        "Virtual memory size in bytes.",
-        field(23),
-    );
-    gauge(
-        "process_start_time_seconds",
-        "gauge",
-        "Start time of the process since the Unix epoch, in seconds.",
-        boot.zip(field(22))
-            .map(|(boot, start)| boot + start / ticks),
-    );
-    gauge(
-        "process_open_fds",
-        "gauge",
-        "Open file descriptors.",
-        std::fs::read_dir("/proc/self/fd")
-            .ok()
-            .map(|dir| dir.count() as f64),
-    );
-    gauge(
-        "process_max_fds",
-        "gauge",
-        "The limit on open file descriptors.",
-        rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .map(|limit| limit as f64),
-    );
-    out
+    [
+        (
+            "process_cpu_seconds",
+            MetricType::Counter,
+            "User and system CPU time spent, in seconds.",
+            field(14).zip(field(15)).map(|(u, s)| (u + s) / ticks),
+        ),
+        (
+            "process_resident_memory_bytes",
+            MetricType::Gauge,
+            "Resident memory size in bytes.",
+            field(24).map(|pages| pages * page),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            MetricType::Gauge,
+            "Virtual memory size in bytes.",
+            field(23),
+        ),
+        (
+            "process_start_time_seconds",
+            MetricType::Gauge,
+            "Start time of the process since the Unix epoch, in seconds.",
+            boot.zip(field(22))
+                .map(|(boot, start)| boot + start / ticks),
+        ),
+        (
+            "process_open_fds",
+            MetricType::Gauge,
+            "Open file descriptors.",
+            std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|dir| dir.count() as f64),
+        ),
+        (
+            "process_max_fds",
+            MetricType::Gauge,
+            "The limit on open file descriptors.",
+            rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .map(|limit| limit as f64),
+        ),
+    ]
 }

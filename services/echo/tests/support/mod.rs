@@ -97,36 +97,52 @@ pub fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<S
     log
 }
 
-/// Asserts that `promtool check metrics` (Debian's, extracted by
-/// `scripts/test`; `E2E_PROMTOOL`) accepts `text`.
-pub fn promtool_accepts(text: &str) {
+/// The OpenMetrics parser of the Prometheus project's Python client,
+/// strict about the format (HELP and TYPE once per family, counter and
+/// histogram sample names, bucket order, escaping, `# EOF`), and a few
+/// naming rules besides: every family has help text and no name is typed
+/// twice.
+const CHECK_OPENMETRICS: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+names = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    assert family.documentation, f"{family.name}: no help text"
+    assert family.name not in names, f"{family.name}: two families"
+    names.append(family.name)
+print(len(names), "families")
+"#;
+
+/// Asserts that the Prometheus project's OpenMetrics parser accepts `text`
+/// (Python, from the test environment `scripts/test` makes; `E2E_PYTHON`).
+pub fn openmetrics_accepts(text: &str) {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
-    let path = std::env::var_os("E2E_PROMTOOL")
+    let python = std::env::var_os("E2E_PYTHON")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/var/tmp/switchyard-promtool/usr/bin/promtool".into());
+        .unwrap_or_else(|| "/var/tmp/switchyard-venv/bin/python".into());
     assert!(
-        path.exists(),
-        "{} is missing: scripts/test extracts it from Debian's prometheus package; or set E2E_PROMTOOL",
-        path.display()
+        python.exists(),
+        "{} is missing: scripts/test makes it (examples/python/requirements.txt); or set E2E_PYTHON",
+        python.display()
     );
-    let mut check = Command::new(path)
-        .args(["check", "metrics"])
+    let mut check = Command::new(python)
+        .args(["-c", CHECK_OPENMETRICS])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool runs");
+        .expect("python runs");
     check
         .stdin
         .take()
         .expect("stdin")
         .write_all(text.as_bytes())
         .expect("metrics written");
-    let checked = check.wait_with_output().expect("promtool finished");
+    let checked = check.wait_with_output().expect("the parser finished");
     assert!(
         checked.status.success(),
-        "promtool check metrics: {}{}\n{text}",
+        "the OpenMetrics parser refused the text: {}{}\n{text}",
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
