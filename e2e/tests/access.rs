@@ -194,20 +194,8 @@ struct BrokerUser {
 
 impl BrokerUser {
     fn create(name: &str, password: &str) -> Self {
-        let run = |args: &[&str]| {
-            let output = Command::new("rabbitmqctl")
-                .arg("-q")
-                .args(args)
-                .output()
-                .expect("rabbitmqctl");
-            assert!(
-                output.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        };
-        run(&["add_user", name, password]);
-        run(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
+        support::rabbitmqctl(&["add_user", name, password]);
+        support::rabbitmqctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
         Self {
             name: name.to_string(),
         }

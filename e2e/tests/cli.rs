@@ -5,6 +5,14 @@ mod support;
 
 use support::{Fleet, FleetOptions, switchyard, text};
 
+/// Runs `switchyard args` against `api`, asserts it succeeded, and returns
+/// what it printed.
+fn succeeds(api: &str, args: &[&str]) -> String {
+    let output = switchyard(api, args);
+    assert!(output.status.success(), "{args:?}: {}", text(&output));
+    text(&output)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_posts_files_and_reads_the_pipeline_back() {
     let fleet = Fleet::start(FleetOptions::default()).await;
@@ -24,34 +32,27 @@ async fn the_cli_posts_files_and_reads_the_pipeline_back() {
     .expect("write");
 
     for file in [&json, &csv] {
-        let posted = switchyard(
+        let posted = succeeds(
             &api,
             &["samples", "post", "--file", file.to_str().expect("utf-8")],
         );
-        assert!(posted.status.success(), "{}", text(&posted));
-        assert!(
-            text(&posted).contains("posted 2 samples"),
-            "{}",
-            text(&posted)
-        );
+        assert!(posted.contains("posted 2 samples"), "{posted}");
     }
     // Posting the file with fixed ids again stores nothing new for those.
-    let again = switchyard(
+    succeeds(
         &api,
         &["samples", "post", "--file", csv.to_str().expect("utf-8")],
     );
-    assert!(again.status.success());
     fleet.wait_stored(5).await;
 
-    let meters = switchyard(&api, &["meters", "--project", "cli"]);
+    let meters = succeeds(&api, &["meters", "--project", "cli"]);
     assert!(
-        text(&meters)
+        meters
             .lines()
             .any(|l| l.starts_with("disk_io") && l.trim_end().ends_with(" 5")),
-        "{}",
-        text(&meters)
+        "{meters}"
     );
-    let stats = switchyard(
+    let stats = succeeds(
         &api,
         &[
             "stats",
@@ -63,14 +64,9 @@ async fn the_cli_posts_files_and_reads_the_pipeline_back() {
             "0",
         ],
     );
-    assert!(stats.status.success(), "{}", text(&stats));
-    assert!(
-        text(&stats).contains(" 5 "),
-        "five samples in one bucket: {}",
-        text(&stats)
-    );
+    assert!(stats.contains(" 5 "), "five samples in one bucket: {stats}");
 
-    let alarm = switchyard(
+    succeeds(
         &api,
         &[
             "alarms",
@@ -85,9 +81,8 @@ async fn the_cli_posts_files_and_reads_the_pipeline_back() {
             "1",
         ],
     );
-    assert!(alarm.status.success(), "{}", text(&alarm));
-    let listed = switchyard(&api, &["alarms", "list", "--project", "cli"]);
-    assert!(text(&listed).contains("busy-disk"), "{}", text(&listed));
+    let listed = succeeds(&api, &["alarms", "list", "--project", "cli"]);
+    assert!(listed.contains("busy-disk"), "{listed}");
 
     // Heartbeats arrive every 300 ms; wait (bounded) until all three are in.
     let started = std::time::Instant::now();

@@ -7,34 +7,25 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
 
-pub mod metering {
-    pub mod v1 {
-        tonic::include_proto!("switchyard.metering.v1");
-    }
+/// One module per protobuf package, `name::v1`, with its generated types.
+macro_rules! packages {
+    ($($name:ident => $package:literal),* $(,)?) => {
+        $(
+            pub mod $name {
+                pub mod v1 {
+                    tonic::include_proto!($package);
+                }
+            }
+        )*
+    };
 }
 
-pub mod collector {
-    pub mod v1 {
-        tonic::include_proto!("switchyard.collector.v1");
-    }
-}
-
-pub mod alarms {
-    pub mod v1 {
-        tonic::include_proto!("switchyard.alarms.v1");
-    }
-}
-
-pub mod messaging {
-    pub mod v1 {
-        tonic::include_proto!("switchyard.messaging.v1");
-    }
-}
-
-pub mod echo {
-    pub mod v1 {
-        tonic::include_proto!("switchyard.echo.v1");
-    }
+packages! {
+    metering => "switchyard.metering.v1",
+    collector => "switchyard.collector.v1",
+    alarms => "switchyard.alarms.v1",
+    messaging => "switchyard.messaging.v1",
+    echo => "switchyard.echo.v1",
 }
 
 pub mod catalogue;

@@ -315,6 +315,21 @@ pub async fn drop_database(name: &str) {
     }
 }
 
+/// Runs `rabbitmqctl -q` with `args` against the local broker; asserts it
+/// succeeded.
+pub fn rabbitmqctl(args: &[&str]) {
+    let output = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Deletes every queue and exchange whose name is `prefix` or starts with `prefix.`.
 pub async fn delete_broker_objects(prefix: &str) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};

@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -57,17 +57,12 @@ impl Launcher {
                 command.env_remove(key);
             }
         }
-        let mut child = command
-            .arg("--config")
-            .arg(&file)
-            .current_dir(std::env::temp_dir())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("echo starts");
-        let lines = support::log_lines(&mut child);
+        let (child, lines) = support::spawn_logged(
+            command
+                .arg("--config")
+                .arg(&file)
+                .current_dir(std::env::temp_dir()),
+        );
         let mut launcher = Self {
             child,
             port,

@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -110,19 +110,14 @@ fn echo_command() -> Command {
 }
 
 fn start_echo_with(phase: &str, env: &[(&str, &str)]) -> Echo {
-    let mut child = echo_command()
-        .envs(env.iter().copied())
-        .env("SWITCHYARD_EXECUTOR__PHASE", phase)
-        .env("SWITCHYARD_EXECUTOR__POOL_SIZE", "2")
-        .env("SWITCHYARD_METRICS__LISTEN", "127.0.0.1:0")
-        .env("SWITCHYARD_GRPC__LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("echo starts");
-    let log = support::log_lines(&mut child);
+    let (child, log) = support::spawn_logged(
+        echo_command()
+            .envs(env.iter().copied())
+            .env("SWITCHYARD_EXECUTOR__PHASE", phase)
+            .env("SWITCHYARD_EXECUTOR__POOL_SIZE", "2")
+            .env("SWITCHYARD_METRICS__LISTEN", "127.0.0.1:0")
+            .env("SWITCHYARD_GRPC__LISTEN", "127.0.0.1:0"),
+    );
     let (mut grpc, mut metrics) = (None, None);
     while grpc.is_none() || metrics.is_none() {
         let line = log

@@ -70,19 +70,7 @@ async fn pools_each_get_everything_and_members_share() {
         .await
         .expect("notifier");
     const N: u32 = 40;
-    for stored in 0..N {
-        notifier
-            .notify(
-                Priority::Info,
-                "sample.recorded",
-                &SampleRecorded {
-                    stored,
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("confirmed");
-    }
+    publish_recorded(&notifier, N).await;
     // Another priority and another event type: nobody subscribed.
     notifier
         .notify(
@@ -236,19 +224,7 @@ async fn batch_mode_hands_over_full_batches_and_a_late_remainder() {
     let notifier = Notifier::new(&rig.transport, rig.exchange(), "collector@test")
         .await
         .expect("notifier");
-    for stored in 0..12 {
-        notifier
-            .notify(
-                Priority::Info,
-                "sample.recorded",
-                &SampleRecorded {
-                    stored,
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("sent");
-    }
+    publish_recorded(&notifier, 12).await;
     let mut all = Vec::new();
     let mut sizes = Vec::new();
     while all.len() < 12 {
@@ -266,4 +242,22 @@ async fn batch_mode_hands_over_full_batches_and_a_late_remainder() {
     stop.cancel();
     listener.stopped().await;
     rig.cleanup(&[], &["batcher"]).await;
+}
+
+/// Publishes `count` `sample.recorded` notifications at `info`, numbered
+/// from 0 in `stored`, each confirmed by the broker.
+async fn publish_recorded(notifier: &Notifier, count: u32) {
+    for stored in 0..count {
+        notifier
+            .notify(
+                Priority::Info,
+                "sample.recorded",
+                &SampleRecorded {
+                    stored,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("confirmed");
+    }
 }
