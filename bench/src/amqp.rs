@@ -4,7 +4,6 @@
 //! reply-to) with no executor, no tracing and no envelope handling.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -297,61 +296,106 @@ pub async fn raw_calls(
     Ok(result)
 }
 
-/// Publishes `count` messages 64 at a time and waits until all were handled;
-/// returns messages per second.
-async fn pump<P, Fut>(count: usize, publish: P, done: Arc<Notify>, seen: Arc<AtomicUsize>) -> f64
-where
-    P: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let started = Instant::now();
-    let mut in_flight = tokio::task::JoinSet::new();
-    for index in 0..count {
-        if in_flight.len() >= 64 {
-            in_flight.join_next().await;
-        }
-        in_flight.spawn(publish(index));
-    }
-    while in_flight.join_next().await.is_some() {}
-    while seen.load(SeqCst) < count {
-        if tokio::time::timeout(Duration::from_secs(60), done.notified())
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    count as f64 / started.elapsed().as_secs_f64()
+/// Publish → handled latency of one-way messages (casts, notifications,
+/// raw): the publisher writes the time since `epoch` into the payload's
+/// text (zero-padded to the 100 bytes every workload sends), the handler
+/// reads it back when it runs.
+#[derive(Debug, Clone)]
+pub struct Stamps {
+    epoch: Instant,
+    count: usize,
+    micros: Arc<Mutex<Vec<u64>>>,
+    done: Arc<Notify>,
 }
 
-fn counter(
-    count: usize,
-) -> (
-    Arc<AtomicUsize>,
-    Arc<Notify>,
-    impl Fn() + Clone + Send + Sync + 'static,
-) {
-    let (seen, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
-    let (s, d) = (Arc::clone(&seen), Arc::clone(&done));
-    (seen, done, move || {
-        if s.fetch_add(1, SeqCst) + 1 >= count {
-            d.notify_one();
+impl Stamps {
+    fn new(count: usize) -> Self {
+        Self {
+            epoch: Instant::now(),
+            count,
+            micros: Arc::new(Mutex::new(Vec::with_capacity(count))),
+            done: Arc::new(Notify::new()),
         }
-    })
+    }
+
+    /// A 100-byte payload stamped now.
+    fn payload(&self) -> SayRequest {
+        SayRequest {
+            text: format!("{:0>100}", self.epoch.elapsed().as_nanos()),
+            wait_ms: 0,
+        }
+    }
+
+    /// A message stamped `text` was handled now.
+    fn handled(&self, text: &str) {
+        let Ok(sent) = text.parse::<u128>() else {
+            return;
+        };
+        let latency = self.epoch.elapsed().as_nanos().saturating_sub(sent) / 1_000;
+        let seen = match self.micros.lock() {
+            Ok(mut micros) => {
+                micros.push(latency as u64);
+                micros.len()
+            }
+            Err(_) => return,
+        };
+        if seen >= self.count {
+            self.done.notify_one();
+        }
+    }
+
+    fn seen(&self) -> usize {
+        self.micros.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Publishes `count` messages, 64 in flight at a time, and waits (a
+    /// minute at most) until all were handled: the rate over the whole,
+    /// and the publish → handled latencies.
+    async fn pump<P, Fut>(self, publish: P) -> Latencies
+    where
+        P: Fn(SayRequest) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let started = Instant::now();
+        let mut in_flight = tokio::task::JoinSet::new();
+        for _ in 0..self.count {
+            if in_flight.len() >= 64 {
+                in_flight.join_next().await;
+            }
+            in_flight.spawn(publish(self.payload()));
+        }
+        while in_flight.join_next().await.is_some() {}
+        while self.seen() < self.count {
+            if tokio::time::timeout(Duration::from_secs(60), self.done.notified())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let micros = self.micros.lock().map(|m| m.clone()).unwrap_or_default();
+        let lost = self.count.saturating_sub(micros.len()) as u64;
+        Latencies::of(micros, started.elapsed(), lost)
+    }
 }
 
 /// Casts through a Switchyard server in `phase`.
-pub async fn switchyard_casts(broker: &Broker, phase: Phase, count: usize) -> anyhow::Result<f64> {
+pub async fn switchyard_casts(
+    broker: &Broker,
+    phase: Phase,
+    count: usize,
+) -> anyhow::Result<Latencies> {
     let stop = CancellationToken::new();
     let executor = executor(phase)?;
-    let (seen, done, count_one) = counter(count);
+    let stamps = Stamps::new(count);
+    let handled = stamps.clone();
     let endpoint = match phase {
-        Phase::Threaded => Endpoint::blocking("say", move |_, _: SayRequest| {
-            count_one();
+        Phase::Threaded => Endpoint::blocking("say", move |_, request: SayRequest| {
+            handled.handled(&request.text);
             Ok::<_, EndpointError>(SayReply::default())
         }),
-        _ => Endpoint::from_async("say", move |_, _: SayRequest| {
-            count_one();
+        _ => Endpoint::from_async("say", move |_, request: SayRequest| {
+            handled.handled(&request.text);
             async { Ok::<_, EndpointError>(SayReply::default()) }
         }),
     };
@@ -365,21 +409,17 @@ pub async fn switchyard_casts(broker: &Broker, phase: Phase, count: usize) -> an
         .await?;
     let client = RpcClient::new(&broker.transport).await?;
     let target = Target::topic(&broker.exchange, "casts");
-    let rate = pump(
-        count,
-        |_| {
+    let result = stamps
+        .pump(|request| {
             let (client, target) = (client.clone(), target.clone());
             async move {
-                let _ = client.cast(&target, "say", &payload(0)).await;
+                let _ = client.cast(&target, "say", &request).await;
             }
-        },
-        done,
-        seen,
-    )
-    .await;
+        })
+        .await;
     stop.cancel();
     server.stopped().await;
-    Ok(rate)
+    Ok(result)
 }
 
 /// Notifications through a Switchyard listener in `phase`.
@@ -387,19 +427,26 @@ pub async fn switchyard_notifications(
     broker: &Broker,
     phase: Phase,
     count: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Latencies> {
     let stop = CancellationToken::new();
     let executor = executor(phase)?;
-    let (seen, done, count_one) = counter(count);
+    let stamps = Stamps::new(count);
+    let handled = stamps.clone();
     let endpoint = match phase {
-        Phase::Threaded => Endpoint::blocking("sample", move |_, _: Notification<SayRequest>| {
-            count_one();
-            Ok::<_, EndpointError>(Handled::Handled)
-        }),
-        _ => Endpoint::from_async("sample", move |_, _: Notification<SayRequest>| {
-            count_one();
-            async { Ok::<_, EndpointError>(Handled::Handled) }
-        }),
+        Phase::Threaded => Endpoint::blocking(
+            "sample",
+            move |_, notification: Notification<SayRequest>| {
+                handled.handled(&notification.payload.text);
+                Ok::<_, EndpointError>(Handled::Handled)
+            },
+        ),
+        _ => Endpoint::from_async(
+            "sample",
+            move |_, notification: Notification<SayRequest>| {
+                handled.handled(&notification.payload.text);
+                async { Ok::<_, EndpointError>(Handled::Handled) }
+            },
+        ),
     };
     let listener = NotificationListener::builder(&broker.exchange, "bench")
         .subscribe("bench.sample", &[])
@@ -410,33 +457,30 @@ pub async fn switchyard_notifications(
         )
         .await?;
     let notifier = Notifier::new(&broker.transport, &broker.exchange, "bench").await?;
-    let rate = pump(
-        count,
-        |_| {
+    let result = stamps
+        .pump(|request| {
             let notifier = notifier.clone();
             async move {
                 let _ = notifier
-                    .notify(Priority::Sample, "bench.sample", &payload(0))
+                    .notify(Priority::Sample, "bench.sample", &request)
                     .await;
             }
-        },
-        done,
-        seen,
-    )
-    .await;
+        })
+        .await;
     stop.cancel();
     listener.stopped().await;
-    Ok(rate)
+    Ok(result)
 }
 
-/// Raw: confirmed persistent publishes, a consumer acking each message.
-pub async fn raw_messages(broker: &Broker, count: usize) -> anyhow::Result<f64> {
+/// Raw: confirmed persistent publishes, a consumer acking each message
+/// (after decoding it, as every contender does).
+pub async fn raw_messages(broker: &Broker, count: usize) -> anyhow::Result<Latencies> {
     let stop = CancellationToken::new();
     let consumer_channel = broker.transport.channel().await?;
     consumer_channel
         .basic_qos(1024, BasicQosOptions::default())
         .await?;
-    let (seen, done, count_one) = counter(count);
+    let stamps = Stamps::new(count);
     let mut consumer = consumer_channel
         .basic_consume(
             broker.raw_queue.as_str().into(),
@@ -447,31 +491,32 @@ pub async fn raw_messages(broker: &Broker, count: usize) -> anyhow::Result<f64> 
         .await?;
     {
         let stop = stop.clone();
+        let handled = stamps.clone();
         tokio::spawn(async move {
             loop {
                 let delivery = tokio::select! {
                     _ = stop.cancelled() => return,
                     next = consumer.next() => match next { Some(Ok(d)) => d, _ => return },
                 };
+                if let Ok(request) = SayRequest::decode(delivery.data.as_slice()) {
+                    handled.handled(&request.text);
+                }
                 let _ = delivery.ack(BasicAckOptions::default()).await;
-                count_one();
             }
         });
     }
     let publisher: Channel = broker.transport.channel().await?;
-    let body = Arc::new(payload(0).encode_to_vec());
     let queue = broker.raw_queue.clone();
-    let rate = pump(
-        count,
-        |_| {
-            let (publisher, body, queue) = (publisher.clone(), Arc::clone(&body), queue.clone());
+    let result = stamps
+        .pump(|request| {
+            let (publisher, queue) = (publisher.clone(), queue.clone());
             async move {
                 if let Ok(confirm) = publisher
                     .basic_publish(
                         "".into(),
                         queue.as_str().into(),
                         BasicPublishOptions::default(),
-                        &body,
+                        &request.encode_to_vec(),
                         BasicProperties::default().with_delivery_mode(2),
                     )
                     .await
@@ -479,11 +524,8 @@ pub async fn raw_messages(broker: &Broker, count: usize) -> anyhow::Result<f64> 
                     let _ = confirm.await;
                 }
             }
-        },
-        done,
-        seen,
-    )
-    .await;
+        })
+        .await;
     stop.cancel();
-    Ok(rate)
+    Ok(result)
 }

@@ -3,7 +3,8 @@
 //!
 //! Workloads (each bounded in time; `--quick` shrinks them to under a minute):
 //! 1. RPC echo (100-byte payload) at 1, 16, 64 and 256 callers: calls/s, p50, p99, p99.9;
-//! 2. casts and notifications, 10,000 and 100,000 confirmed persistent messages;
+//! 2. casts and notifications, 10,000 and 100,000 confirmed persistent
+//!    messages: messages/s and publish → handled latency;
 //! 3. I/O-bound RPC: the endpoint waits 20 ms, at 64, 256 and 1024 callers;
 //! 4. gRPC unary echo;
 //! 5. the raw contenders beside each, as a ratio;
@@ -12,10 +13,18 @@
 //!    the real collector binary in each phase (blocking form one query after
 //!    another, async form all at once), written to `statistics.md`.
 //!
+//! Every cell runs `--repeat` times (3 in a full run) and reports the run
+//! with the median rate, and the spread between the runs as its noise.
+//! `--only rpc-echo:16:async` (repeatable) runs single cells and prints each
+//! as one JSON line; `--compare OLD.json` prints every cell's change against
+//! an earlier run and flags drops beyond the noise of the two runs.
+//!
 //! Writes `run-<unix>.json`, `README.md` (the table) and `throughput.svg`
 //! under `--out` (default `docs/bench`).
 
 mod amqp;
+mod cell;
+mod compare;
 mod grpc;
 mod measure;
 mod memory;
@@ -26,9 +35,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
-use switchyard_executor::Phase;
+use indicatif::{ProgressBar, ProgressStyle};
 
-use measure::Latencies;
+use cell::{CONTENDERS, Cell, Workload, contender_name};
 use report::{Row, Run};
 
 /// Benchmarks every phase against the raw limit.
@@ -44,9 +53,20 @@ struct Args {
     /// Internal: measure memory for one contender and print KiB.
     #[arg(long, hide = true)]
     memory_probe: Option<String>,
-    /// Run only `async` RPC echo with this many callers for 5 s (for a profiler).
-    #[arg(long, value_name = "CALLERS")]
-    profile_echo: Option<usize>,
+    /// Run only this cell, `WORKLOAD:SIZE:CONTENDER` (e.g.
+    /// `rpc-echo:16:async`; workloads rpc-echo, rpc-wait, casts,
+    /// notifications, grpc-echo; contenders raw, threaded, bridged, async),
+    /// and print it as one JSON line; repeatable. Writes nothing.
+    #[arg(long, value_name = "CELL")]
+    only: Vec<Cell>,
+    /// Runs of each cell; the median is reported, the spread is its noise
+    /// (default 3 in a full run, 1 with `--quick` or `--only`).
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// After the run, print each cell's change against this earlier
+    /// `run-*.json` and flag drops beyond the noise of the two runs.
+    #[arg(long, value_name = "OLD.json")]
+    compare: Option<PathBuf>,
     /// Run only the statistics workload (the collector binary against
     /// PostgreSQL) and write `statistics.md` under `--out`.
     #[arg(long)]
@@ -56,41 +76,29 @@ struct Args {
     collector: Option<PathBuf>,
 }
 
-const CONTENDERS: [Option<Phase>; 4] = [
-    None,
-    Some(Phase::Threaded),
-    Some(Phase::Bridged),
-    Some(Phase::Async),
-];
-
-fn name(contender: Option<Phase>) -> String {
-    contender
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "raw".into())
-}
-
-/// A one-line progress bar on stderr.
-struct Progress {
-    done: usize,
-    total: usize,
-}
-
-impl Progress {
-    fn step(&mut self, what: &str) {
-        self.done += 1;
-        let width = 30;
-        let filled = width * self.done / self.total.max(1);
-        eprint!(
-            "\r[{}{}] {:>3}/{} {what:<48}",
-            "#".repeat(filled),
-            "-".repeat(width - filled),
-            self.done,
-            self.total
-        );
-        if self.done == self.total {
-            eprintln!();
+/// Runs each cell `repeat` times (contenders alternating inside each group
+/// of cells, so drift hits all alike) and keeps the median of each.
+async fn measure_all(
+    cells: &[Cell],
+    repeat: usize,
+    cell_time: Duration,
+    progress: &ProgressBar,
+) -> anyhow::Result<Vec<Row>> {
+    let broker = amqp::Broker::connect().await?;
+    let mut runs: Vec<Vec<measure::Latencies>> = vec![Vec::new(); cells.len()];
+    for round in 0..repeat {
+        for (cell, runs) in cells.iter().zip(&mut runs) {
+            progress.set_message(format!("{cell} (run {} of {repeat})", round + 1));
+            runs.push(cell.measure(&broker, cell_time).await?);
+            progress.inc(1);
         }
     }
+    broker.clean_up().await;
+    Ok(cells
+        .iter()
+        .zip(runs)
+        .map(|(cell, runs)| Row::median_of(cell, runs))
+        .collect())
 }
 
 fn with_ratios(mut rows: Vec<Row>) -> Vec<Row> {
@@ -114,6 +122,14 @@ fn with_ratios(mut rows: Vec<Row>) -> Vec<Row> {
     rows
 }
 
+fn progress_bar(total: usize) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    if let Ok(style) = ProgressStyle::with_template("[{bar:30}] {pos:>3}/{len} {msg}") {
+        bar.set_style(style.progress_chars("#>-"));
+    }
+    bar
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -123,16 +139,14 @@ fn main() -> anyhow::Result<()> {
         println!("{}", runtime.block_on(memory::probe(contender))?);
         return Ok(());
     }
-    if let Some(callers) = args.profile_echo {
-        let result = runtime.block_on(async {
-            let broker = amqp::Broker::connect().await?;
-            let result =
-                amqp::switchyard_calls(&broker, Phase::Async, callers, 0, Duration::from_secs(5))
-                    .await;
-            broker.clean_up().await;
-            result
-        })?;
-        println!("{result:?}");
+    if !args.only.is_empty() {
+        let repeat = args.repeat.unwrap_or(1).max(1);
+        let cell_time = Duration::from_secs(if args.quick { 1 } else { 5 });
+        let progress = ProgressBar::hidden();
+        let rows = runtime.block_on(measure_all(&args.only, repeat, cell_time, &progress))?;
+        for row in with_ratios(rows) {
+            println!("{}", serde_json::to_string(&row)?);
+        }
         return Ok(());
     }
     if args.statistics {
@@ -157,7 +171,7 @@ fn main() -> anyhow::Result<()> {
         println!("{text}");
         return Ok(());
     }
-    let (cell, echo_callers, io_callers, sizes) = if args.quick {
+    let (cell_time, echo_callers, io_callers, sizes) = if args.quick {
         (
             Duration::from_millis(400),
             vec![1, 16, 64],
@@ -172,116 +186,47 @@ fn main() -> anyhow::Result<()> {
             vec![10_000, 100_000],
         )
     };
-    let total = CONTENDERS.len()
-        * (echo_callers.len() + io_callers.len() + 2 * sizes.len() + echo_callers.len().min(3))
-        + CONTENDERS.len();
-    let mut progress = Progress { done: 0, total };
+    let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let mut cells = Vec::new();
+    let mut group = |workload: Workload, sizes: &[usize]| {
+        for &size in sizes {
+            for contender in CONTENDERS {
+                cells.push(Cell {
+                    workload,
+                    size,
+                    contender,
+                });
+            }
+        }
+    };
+    group(Workload::RpcEcho, &echo_callers);
+    group(Workload::RpcWait, &io_callers);
+    for &count in &sizes {
+        group(Workload::Casts, &[count]);
+        group(Workload::Notifications, &[count]);
+    }
+    group(
+        Workload::GrpcEcho,
+        &echo_callers[..echo_callers.len().min(3)],
+    );
+    let progress = progress_bar(cells.len() * repeat + CONTENDERS.len());
     let started_unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)?
         .as_secs();
-
-    let rows = runtime.block_on(async {
-        let broker = amqp::Broker::connect().await?;
-        let mut rows = Vec::new();
-        let mut push =
-            |workload: &str, size: usize, contender: Option<Phase>, latencies: Latencies| {
-                rows.push(Row {
-                    workload: workload.into(),
-                    size,
-                    contender: name(contender),
-                    latencies,
-                    ratio: 1.0,
-                });
-            };
-        // Contenders alternate inside each cell group, so drift hits all alike.
-        for &callers in &echo_callers {
-            for contender in CONTENDERS {
-                progress.step(&format!("rpc echo, {callers} callers, {}", name(contender)));
-                let result = match contender {
-                    None => amqp::raw_calls(&broker, callers, 0, cell).await?,
-                    Some(phase) => amqp::switchyard_calls(&broker, phase, callers, 0, cell).await?,
-                };
-                push("rpc echo", callers, contender, result);
-            }
-        }
-        for &callers in &io_callers {
-            for contender in CONTENDERS {
-                progress.step(&format!(
-                    "rpc waiting 20 ms, {callers} callers, {}",
-                    name(contender)
-                ));
-                let result = match contender {
-                    None => amqp::raw_calls(&broker, callers, 20, cell).await?,
-                    Some(phase) => {
-                        amqp::switchyard_calls(&broker, phase, callers, 20, cell).await?
-                    }
-                };
-                push("rpc waiting 20 ms", callers, contender, result);
-            }
-        }
-        for &count in &sizes {
-            for contender in CONTENDERS {
-                progress.step(&format!("casts, {count} messages, {}", name(contender)));
-                let rate = match contender {
-                    None => amqp::raw_messages(&broker, count).await?,
-                    Some(phase) => amqp::switchyard_casts(&broker, phase, count).await?,
-                };
-                push(
-                    "casts",
-                    count,
-                    contender,
-                    Latencies {
-                        rate,
-                        ..Latencies::default()
-                    },
-                );
-            }
-            for contender in CONTENDERS {
-                progress.step(&format!(
-                    "notifications, {count} messages, {}",
-                    name(contender)
-                ));
-                let rate = match contender {
-                    None => amqp::raw_messages(&broker, count).await?,
-                    Some(phase) => amqp::switchyard_notifications(&broker, phase, count).await?,
-                };
-                push(
-                    "notifications",
-                    count,
-                    contender,
-                    Latencies {
-                        rate,
-                        ..Latencies::default()
-                    },
-                );
-            }
-        }
-        for &callers in echo_callers.iter().take(3) {
-            for contender in CONTENDERS {
-                progress.step(&format!(
-                    "grpc echo, {callers} callers, {}",
-                    name(contender)
-                ));
-                push(
-                    "grpc echo",
-                    callers,
-                    contender,
-                    grpc::echo(contender, callers, cell).await?,
-                );
-            }
-        }
-        broker.clean_up().await;
-        anyhow::Ok(rows)
-    })?;
+    let rows = runtime.block_on(measure_all(&cells, repeat, cell_time, &progress))?;
     let mut memory_kib = Vec::new();
     for contender in CONTENDERS {
-        progress.step(&format!("memory, 1000 dispatched, {}", name(contender)));
-        memory_kib.push((name(contender), memory::measure(&name(contender))?));
+        let name = contender_name(contender);
+        progress.set_message(format!("memory, 1000 dispatched, {name}"));
+        memory_kib.push((name.clone(), memory::measure(&name)?));
+        progress.inc(1);
     }
+    progress.finish_and_clear();
 
     let run = Run {
         started_unix,
         quick: args.quick,
+        repeat,
         machine: report::machine(),
         rows: with_ratios(rows),
         memory_kib,
@@ -302,5 +247,9 @@ fn main() -> anyhow::Result<()> {
         json.display(),
         args.out.display()
     );
+    if let Some(old) = &args.compare {
+        let old: Run = serde_json::from_slice(&std::fs::read(old)?)?;
+        print!("{}", compare::changes(&old, &run));
+    }
     Ok(())
 }

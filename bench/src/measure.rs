@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a closed-loop run measured.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latencies {
     /// Completed operations per second.
     pub rate: f64,
@@ -50,18 +50,25 @@ where
         all.append(&mut some);
         failed += lost;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let at = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    Latencies {
-        rate: all.len() as f64 / elapsed,
-        p50_us: at(0.5),
-        p99_us: at(0.99),
-        p999_us: at(0.999),
-        failed,
+    Latencies::of(all, started.elapsed(), failed)
+}
+
+impl Latencies {
+    /// The figures of `micros` (one per completed operation) over `elapsed`.
+    pub fn of(mut micros: Vec<u64>, elapsed: Duration, failed: u64) -> Self {
+        micros.sort_unstable();
+        let at = |q: f64| {
+            micros
+                .get(((micros.len() as f64 * q) as usize).min(micros.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        Self {
+            rate: micros.len() as f64 / elapsed.as_secs_f64(),
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+            failed,
+        }
     }
 }

@@ -4,12 +4,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::cell::{Cell, contender_name};
 use crate::measure::Latencies;
 
 /// One measured cell.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub workload: String,
     /// Concurrent callers, or messages for throughput workloads.
@@ -17,15 +18,56 @@ pub struct Row {
     pub contender: String,
     #[serde(flatten)]
     pub latencies: Latencies,
-    /// `rate` divided by the raw contender's in the same run.
+    /// `rate` divided by the raw contender's in the same run (0 when raw
+    /// was not measured).
     pub ratio: f64,
+    /// How many times the cell ran (runs before repeats existed: 1).
+    #[serde(default = "one")]
+    pub repeats: usize,
+    /// The spread of the rate between those runs: (max − min) / median.
+    #[serde(default)]
+    pub noise: f64,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Row {
+    /// The run of `cell` with the median rate, and the spread of `runs`.
+    pub fn median_of(cell: &Cell, mut runs: Vec<Latencies>) -> Self {
+        runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        let repeats = runs.len();
+        let (low, high) = (
+            runs.first().map(|l| l.rate).unwrap_or(0.0),
+            runs.last().map(|l| l.rate).unwrap_or(0.0),
+        );
+        let latencies = runs.swap_remove(repeats / 2);
+        let noise = if latencies.rate > 0.0 {
+            (high - low) / latencies.rate
+        } else {
+            0.0
+        };
+        Self {
+            workload: cell.workload.title().into(),
+            size: cell.size,
+            contender: contender_name(cell.contender),
+            ratio: if cell.contender.is_none() { 1.0 } else { 0.0 },
+            latencies,
+            repeats,
+            noise,
+        }
+    }
 }
 
 /// Everything one run produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
     pub started_unix: u64,
     pub quick: bool,
+    /// Runs of each cell (the median is reported).
+    #[serde(default = "one")]
+    pub repeat: usize,
     pub machine: String,
     pub rows: Vec<Row>,
     /// Resident growth with 1,000 requests dispatched, KiB, per contender.
@@ -62,10 +104,14 @@ impl Run {
     pub fn markdown(&self, command: &str) -> String {
         let mut out = format!(
             "# Benchmark results\n\nProduced by `{command}` ({}), {} — Unix time {}.\n\
-             Every ratio compares with the raw contender measured in the same run.\n",
+             Every ratio compares with the raw contender measured in the same run; \
+             each cell is the median of {} run(s), its noise the spread between them \
+             ((max − min) / median). For casts and notifications the latencies are \
+             publish → handled.\n",
             if self.quick { "quick mode" } else { "full run" },
             self.machine,
-            self.started_unix
+            self.started_unix,
+            self.repeat
         );
         let mut workloads: Vec<&str> = Vec::new();
         for row in &self.rows {
@@ -76,17 +122,18 @@ impl Run {
         for workload in workloads {
             let _ = write!(
                 out,
-                "\n## {workload}\n\n| size | contender | rate /s | ratio to raw | p50 µs | p99 µs | p99.9 µs | failed |\n|---:|---|---:|---:|---:|---:|---:|---:|\n"
+                "\n## {workload}\n\n| size | contender | rate /s | ratio to raw | noise | p50 µs | p99 µs | p99.9 µs | failed |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
             );
             for row in self.rows.iter().filter(|r| r.workload == workload) {
                 let l = &row.latencies;
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.0} | {:.2} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.0} | {:.2} | {:.0} % | {} | {} | {} | {} |",
                     row.size,
                     row.contender,
                     l.rate,
                     row.ratio,
+                    row.noise * 100.0,
                     l.p50_us,
                     l.p99_us,
                     l.p999_us,
