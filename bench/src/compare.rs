@@ -5,7 +5,8 @@
 //! broker and the machine drift between runs; the ratio cancels most of
 //! that), a raw cell on its rate (a slower raw says the machine or the
 //! broker changed, not Switchyard). The noise of a cell is the spread of
-//! its repeated runs, (max − min) / median; the larger of the two runs'
+//! its repeated runs, (max − min) / median — for a ratio, the larger of its
+//! own and its raw cell's, since both move it; the larger of the two runs'
 //! counts, and a run measured once is taken to be [`UNREPEATED_NOISE`].
 
 use std::fmt::Write as _;
@@ -38,12 +39,21 @@ impl Change {
     }
 }
 
-fn noise(row: &Row) -> f64 {
-    if row.repeats > 1 {
-        row.noise
-    } else {
-        UNREPEATED_NOISE
-    }
+fn noise(run: &Run, row: &Row) -> f64 {
+    let own = |row: &Row| {
+        if row.repeats > 1 {
+            row.noise
+        } else {
+            UNREPEATED_NOISE
+        }
+    };
+    let raw = run
+        .rows
+        .iter()
+        .find(|r| r.contender == "raw" && r.workload == row.workload && r.size == row.size)
+        .map(own)
+        .unwrap_or(0.0);
+    own(row).max(raw)
 }
 
 /// Every cell of `new` that `old` measured too, in `new`'s order.
@@ -69,7 +79,7 @@ pub fn compare(old: &Run, new: &Run) -> Vec<Change> {
                 before: b,
                 after: a,
                 change: a / b - 1.0,
-                noise: noise(before).max(noise(after)),
+                noise: noise(old, before).max(noise(new, after)),
             })
         })
         .collect()
@@ -161,6 +171,21 @@ mod tests {
         let beyond = run(vec![row("async", 0.0, 0.80, 3, 0.03)]);
         assert!(!compare(&old, &within)[0].dropped());
         assert!(compare(&old, &beyond)[0].dropped());
+    }
+
+    #[test]
+    fn a_ratio_is_as_noisy_as_its_raw_cell() {
+        let old = run(vec![
+            row("raw", 10_000.0, 1.0, 3, 0.30),
+            row("async", 0.0, 0.90, 3, 0.02),
+        ]);
+        let new = run(vec![
+            row("raw", 12_000.0, 1.0, 3, 0.02),
+            row("async", 0.0, 0.72, 3, 0.02),
+        ]);
+        let change = &compare(&old, &new)[1];
+        assert_eq!(change.noise, 0.30);
+        assert!(!change.dropped(), "{change:?}");
     }
 
     #[test]

@@ -429,25 +429,31 @@ where
         admitted: Admitted,
     ) -> Result<Out, DispatchError> {
         let inner = &self.executor.inner;
-        let (reply, outcome) = oneshot::channel();
         let job = self.job(request, deadline, admitted);
-        match (&inner.pool, &self.body) {
-            (Some(pool), _) => pool.submit(Box::new(move |worker| {
-                let _ = reply.send(job.run(Some(worker)));
-            })),
+        let outcome = match (&inner.pool, &self.body) {
+            (Some(pool), _) => {
+                let (reply, outcome) = oneshot::channel();
+                pool.submit(Box::new(move |worker| {
+                    let _ = reply.send(job.run(Some(worker)));
+                }));
+                outcome
+            }
             (None, Body::Blocking(_)) => {
+                let (reply, outcome) = oneshot::channel();
                 self.counters.offloaded.fetch_add(1, Relaxed);
                 tokio::task::spawn_blocking(move || {
                     let _ = reply.send(job.run(None));
                 });
+                outcome
             }
-            (None, Body::Async(_)) => {
-                let future = self.async_task(job);
-                tokio::spawn(async move {
-                    let _ = reply.send(future.await);
-                });
-            }
-        }
+            // In the caller's own task: a spawned task and a reply channel
+            // per request cost a wake-up and a thread hop each, the largest
+            // share of a small request's time (47 % in the kernel,
+            // docs/benchmarks.md). The body is the caller's future now: a
+            // caller that gives up (a gRPC client gone) drops it, and
+            // `Unfinished` counts it as failed.
+            (None, Body::Async(_)) => return self.async_task(job).await,
+        };
         // The sender is dropped without a value only when the work was
         // abandoned at the end of a shutdown.
         outcome.await.unwrap_or(Err(DispatchError::ShuttingDown))
@@ -483,6 +489,7 @@ where
             if let Some(expired) = this.expired_before_start(deadline) {
                 return expired;
             }
+            let unfinished = Unfinished(&this.counters);
             let _running = this
                 .executor
                 .inner
@@ -500,6 +507,7 @@ where
                 _ = abandon.cancelled() => Err(DispatchError::ShuttingDown),
                 result = with_deadline(&this.name, deadline, watched) => result,
             };
+            std::mem::forget(unfinished);
             this.finish(started, deadline, &admitted.span, result)
         }
     }
@@ -664,6 +672,20 @@ where
 
 /// Runs `watched` until it finishes or the deadline passes (then it is
 /// dropped: cancellation).
+/// An async body that started and has not finished: dropped armed (its
+/// caller gave up and dropped the future), it takes the request out of
+/// `in_flight` and counts it finished and failed, as `finish` would have.
+/// `finish` is reached by forgetting it.
+struct Unfinished<'a>(&'a EndpointCounters);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+        self.0.completed.fetch_add(1, Relaxed);
+        self.0.failed.fetch_add(1, Relaxed);
+    }
+}
+
 async fn with_deadline<T>(
     endpoint: &str,
     deadline: Option<Instant>,

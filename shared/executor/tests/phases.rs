@@ -684,3 +684,34 @@ async fn an_endpoint_in_both_forms_runs_the_form_its_phase_picks() {
         assert_eq!(stats.counts.offloaded, 0, "{phase}: nothing offloaded");
     }
 }
+
+/// In the async phase the body runs in its caller's task: a caller that
+/// gives up drops it, and the request is counted finished and failed, not
+/// left in flight for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_body_dropped_by_its_caller_is_counted_failed_not_left_in_flight() {
+    let executor = executor(Phase::Async, 4);
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let endpoint = executor
+        .register(Endpoint::from_async("forever", move |_, ()| {
+            let started_tx = started_tx.clone();
+            async move {
+                let _ = started_tx.send(());
+                std::future::pending::<()>().await;
+            }
+        }))
+        .expect("registered");
+    let call = tokio::spawn(async move { endpoint.dispatch((), DispatchOptions::default()).await });
+    tokio::time::timeout(BOUND, started.recv())
+        .await
+        .expect("the body started");
+    assert_eq!(executor.snapshot().totals.in_flight, 1);
+    call.abort();
+    assert!(call.await.is_err_and(|e| e.is_cancelled()));
+    let totals = executor.snapshot().totals;
+    assert_eq!(
+        (totals.in_flight, totals.completed, totals.failed),
+        (0, 1, 1),
+        "{totals:?}"
+    );
+}
