@@ -315,6 +315,60 @@ pub async fn drop_database(name: &str) {
     }
 }
 
+/// A TCP proxy on loopback in front of `target`: a broker "node" that can
+/// be cut off. [`Proxy::cut`] closes its port and every connection through
+/// it at once, as a node that died would.
+pub struct Proxy {
+    /// Where it listens.
+    pub port: u16,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl Proxy {
+    /// Listens on a free loopback port and forwards each connection to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let port = listener.local_addr().expect("bound").port();
+        let cut = tokio_util::sync::CancellationToken::new();
+        let stop = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((mut inbound, _)) = accepted else {
+                    continue;
+                };
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Self { port, cut }
+    }
+
+    /// Closes the port and drops every connection through it.
+    pub fn cut(&self) {
+        self.cut.cancel();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut.cancel();
+    }
+}
+
 /// Runs `rabbitmqctl -q` with `args` against the local broker; asserts it
 /// succeeded.
 pub fn rabbitmqctl(args: &[&str]) {

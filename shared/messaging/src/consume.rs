@@ -25,7 +25,30 @@ const RECOVERY_WAIT: Duration = Duration::from_secs(20);
 
 /// Publishes and waits for the broker's confirm. A publish that fails
 /// because the connection is down waits for recovery and is tried once more.
+/// Once the transport is declared `lost` it fails at once: the service is
+/// rebuilding its messaging, and its drain waits for this publish's caller
+/// (a handler whose delivery goes back to its queue unacknowledged).
 pub(crate) async fn publish(
+    channel: &Channel,
+    lost: &CancellationToken,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<(), MessagingError> {
+    let started = std::time::Instant::now();
+    tokio::select! {
+        biased;
+        () = lost.cancelled() => Err(MessagingError::Unavailable {
+            destination: format!("exchange `{exchange}` key `{routing_key}`"),
+            waited: started.elapsed(),
+        }),
+        published = publish_confirmed(channel, exchange, routing_key, mandatory, payload, properties) => published,
+    }
+}
+
+async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,
@@ -161,7 +184,16 @@ where
                     }
                     Some(Err(error)) => {
                         tracing::warn!("consumer of `{queue}` lost its connection: {error}; waiting for recovery");
-                        if let Err(error) = channel.wait_for_recovery(error).await {
+                        // Not past a stop or a connection declared lost:
+                        // the node may never come back (the service then
+                        // rebuilds on another, and its drain waits for this
+                        // task).
+                        let recovered = tokio::select! {
+                            recovered = channel.wait_for_recovery(error) => recovered,
+                            _ = shutdown.cancelled() => return,
+                            _ = lost.cancelled() => return,
+                        };
+                        if let Err(error) = recovered {
                             // Running on without this consumer would look
                             // healthy while taking no work: declare the
                             // connection lost, so the service rebuilds it.
@@ -270,6 +302,8 @@ pub(crate) enum Settle {
 #[derive(Clone)]
 pub(crate) struct Settler {
     pub channel: Channel,
+    /// The transport's: cancelled when its connection is lost for good.
+    pub lost: CancellationToken,
     pub queue: String,
     /// Where dead letters go: the topic's or the pool's `.dlq`, durable, so
     /// that instance queues (exclusive, auto-delete) leave nothing behind.
@@ -343,6 +377,7 @@ impl Settler {
     ) -> Result<(), lapin::Error> {
         match publish(
             &self.channel,
+            &self.lost,
             exchange,
             routing_key,
             false,

@@ -24,6 +24,18 @@ pub enum MessagingError {
         /// How long it waited (`amqp.connect_timeout_ms`).
         waited: std::time::Duration,
     },
+    /// None of the brokers (`amqp.url`, then `amqp.failover_urls`) could
+    /// be reached; the last one's failure is the source.
+    #[error("cannot connect to any of {tried} RabbitMQ brokers (the others: {others})")]
+    NoBroker {
+        /// How many were tried.
+        tried: usize,
+        /// The failures before the last, one line each, passwords redacted.
+        others: String,
+        /// The last broker's failure.
+        #[source]
+        last: Box<MessagingError>,
+    },
     /// A broker operation failed.
     #[error("{operation} failed: {source}")]
     Broker {

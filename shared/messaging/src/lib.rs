@@ -43,6 +43,11 @@ pub enum QueueType {
 pub struct AmqpConfig {
     /// `amqp://user:password@host:port/vhost` or `amqps://…` (TLS via rustls).
     pub url: SecretUrl,
+    /// The other nodes of the broker's cluster, in the same form: a service
+    /// that cannot reach `url`, or loses it for longer than
+    /// `recovery_timeout_ms`, connects to the next one (in turn, wrapping
+    /// around) and declares its topology and consumers there.
+    pub failover_urls: Vec<SecretUrl>,
     /// Heartbeat interval in seconds (added to the URL unless it sets one).
     pub heartbeat_s: u16,
     /// How long the first connection may take.
@@ -77,6 +82,7 @@ impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
             url: SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            failover_urls: Vec::new(),
             heartbeat_s: 30,
             connect_timeout_ms: 10_000,
             exchange: "switchyard".to_string(),
@@ -93,19 +99,25 @@ impl Default for AmqpConfig {
 }
 
 impl AmqpConfig {
+    /// Every broker address: `url`, then `failover_urls`.
+    pub fn brokers(&self) -> impl Iterator<Item = &SecretUrl> {
+        std::iter::once(&self.url).chain(&self.failover_urls)
+    }
+
     /// Range checks, relative to the section.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
-        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
-            problems.push((
-                "url",
-                format!(
-                    "`{}` is not an AMQP URL; accepted: amqp://… or amqps://…",
-                    self.url
-                ),
-            ));
+        let keys = std::iter::once(("url", &self.url))
+            .chain(self.failover_urls.iter().map(|url| ("failover_urls", url)));
+        for (key, url) in keys {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                problems.push((
+                    key,
+                    format!("`{url}` is not an AMQP URL; accepted: amqp://… or amqps://…"),
+                ));
+            }
         }
-        if self.url.starts_with("amqps://") && self.tls_ca_file.is_empty() {
+        if self.brokers().any(|url| url.starts_with("amqps://")) && self.tls_ca_file.is_empty() {
             problems.push((
                 "tls_ca_file",
                 "an amqps:// URL needs the broker's CA; accepted: the path of a PEM CA certificate"
@@ -146,5 +158,41 @@ impl AmqpConfig {
                 .filter_map(|(key, problem)| Some((key, problem?))),
         );
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failover_address_is_checked_like_the_first() {
+        let config = AmqpConfig {
+            failover_urls: vec![
+                SecretUrl::new("amqp://guest:secret@node-2:5672/%2f"),
+                SecretUrl::new("http://node-3:15672/"),
+                SecretUrl::new("amqps://guest:secret@node-4:5671/%2f"),
+            ],
+            ..AmqpConfig::default()
+        };
+        let problems = config.problems();
+        let keys: Vec<&str> = problems.iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys, ["failover_urls", "tls_ca_file"], "{problems:?}");
+        assert!(
+            problems[0].1.contains("http://node-3:15672/"),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .all(|(_, message)| !message.contains("secret")),
+            "{problems:?}"
+        );
+        let brokers: Vec<String> = config.brokers().map(ToString::to_string).collect();
+        assert_eq!(brokers.len(), 4);
+        assert!(
+            brokers.iter().all(|url| !url.contains("secret")),
+            "{brokers:?}"
+        );
     }
 }

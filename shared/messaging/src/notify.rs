@@ -73,6 +73,8 @@ impl Priority {
 #[derive(Clone)]
 pub struct Notifier {
     channel: Channel,
+    /// The transport's: publishes fail at once when it is lost for good.
+    lost: tokio_util::sync::CancellationToken,
     exchange: String,
     publisher_id: String,
 }
@@ -98,6 +100,7 @@ impl Notifier {
         declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
         Ok(Self {
             channel,
+            lost: transport.lost(),
             exchange,
             publisher_id: publisher_id.to_string(),
         })
@@ -130,6 +133,7 @@ impl Notifier {
             .with_headers(headers);
         consume::publish(
             &self.channel,
+            &self.lost,
             &self.exchange,
             &key,
             false,
@@ -366,6 +370,7 @@ impl NotificationListenerBuilder {
         }
         let settler = Settler {
             channel: channel.clone(),
+            lost: transport.lost(),
             dead_letters: wire::dead_letter_queue(&queue),
             queue,
             max_deliveries: config.max_deliveries,

@@ -5,15 +5,28 @@
 //! not reconnect in lockstep), a connection name made of service and
 //! instance, publisher confirms on every channel, and `is_connected` for
 //! readiness. Publishers retry once after recovery (see `publish`).
+//!
+//! Failover across a cluster: lapin recovers to the node it was connected
+//! to. When that node stays away longer than `amqp.recovery_timeout_ms`
+//! the connection is declared lost, the service rebuilds its messaging, and
+//! the new connection tries the next broker of `amqp.url` and
+//! `amqp.failover_urls` first, then the others in turn ([`NEXT_BROKER`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
+use switchyard_config::SecretUrl;
 use tokio_util::sync::CancellationToken;
 
 use crate::{AmqpConfig, MessagingError};
+
+/// Which of the configured brokers a new connection tries first: the one
+/// that last answered, or the one after a broker that was lost. Process-wide
+/// because a lost transport is rebuilt from nothing by the service.
+static NEXT_BROKER: AtomicUsize = AtomicUsize::new(0);
 
 /// The broker connection of `<service>@<instance>` was lost for good.
 #[derive(Debug, thiserror::Error)]
@@ -43,68 +56,70 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// Connects as `<service>@<instance>`.
+    /// Connects as `<service>@<instance>` to the first broker that answers,
+    /// starting from [`NEXT_BROKER`]; each is given `amqp.connect_timeout_ms`.
     pub async fn connect(
         config: &AmqpConfig,
         service: &str,
         instance: &str,
     ) -> Result<Self, MessagingError> {
         let name = format!("{service}@{instance}");
-        let properties = ConnectionProperties::default()
-            .with_connection_name(name.clone().into())
-            .enable_auto_recover()
-            .configure_backoff(|backoff| {
-                backoff
-                    .with_jitter()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_max_times(usize::MAX)
-            });
-        let url = with_heartbeat(config.url.expose(), config.heartbeat_s);
-        let connecting = async {
-            if config.tls_ca_file.is_empty() {
-                return Connection::connect(&url, properties).await;
-            }
-            let ca = std::fs::read_to_string(&config.tls_ca_file).map_err(|error| {
-                lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(error)))
-            })?;
-            let tls = lapin::tcp::OwnedTLSConfig {
-                identity: None,
-                cert_chain: Some(ca),
+        let brokers: Vec<&SecretUrl> = config.brokers().collect();
+        let count = brokers.len();
+        let first = NEXT_BROKER.load(Relaxed) % count;
+        let mut earlier: Vec<MessagingError> = Vec::new();
+        let mut index = first;
+        loop {
+            let failure = match connect_to(brokers[index], config, &name).await {
+                Ok(connection) => {
+                    NEXT_BROKER.store(index, Relaxed);
+                    if count > 1 {
+                        tracing::info!(
+                            "connected to RabbitMQ at {} (broker {} of {count}; {} failed first)",
+                            brokers[index],
+                            index + 1,
+                            earlier.len()
+                        );
+                    }
+                    let transport = Self {
+                        connection: Arc::new(connection),
+                        config: config.clone(),
+                        name,
+                        lost: CancellationToken::new(),
+                        closed: CancellationToken::new(),
+                    };
+                    transport.watch_recovery(
+                        Duration::from_millis(config.recovery_timeout_ms),
+                        (index + 1) % count,
+                    );
+                    return Ok(transport);
+                }
+                Err(failure) => failure,
             };
-            Connection::connect_with_config(
-                &url,
-                properties,
-                tls,
-                lapin::runtime::default_runtime()?,
-            )
-            .await
-        };
-        let connection =
-            tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms), connecting)
-                .await
-                .map_err(|_elapsed| MessagingError::ConnectTimeout {
-                    url: config.url.to_string(),
-                    waited: Duration::from_millis(config.connect_timeout_ms),
-                })?
-                .map_err(|source| MessagingError::Connect {
-                    url: config.url.to_string(),
-                    source,
-                })?;
-        let transport = Self {
-            connection: Arc::new(connection),
-            config: config.clone(),
-            name,
-            lost: CancellationToken::new(),
-            closed: CancellationToken::new(),
-        };
-        transport.watch_recovery(Duration::from_millis(config.recovery_timeout_ms));
-        Ok(transport)
+            index = (index + 1) % count;
+            if index == first {
+                return Err(match earlier.is_empty() {
+                    true => failure,
+                    false => MessagingError::NoBroker {
+                        tried: count,
+                        others: earlier
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        last: Box::new(failure),
+                    },
+                });
+            }
+            tracing::warn!("{failure}; trying the next broker");
+            earlier.push(failure);
+        }
     }
 
     /// Declares the connection lost when it stays down longer than `limit`
-    /// (lapin's own recovery sometimes gives up, e.g. after a broker restart).
-    fn watch_recovery(&self, limit: Duration) {
+    /// (lapin's own recovery sometimes gives up, e.g. after a broker restart);
+    /// the rebuilt connection then tries broker `next` first.
+    fn watch_recovery(&self, limit: Duration, next: usize) {
         let (connection, lost, closed) = (
             Arc::clone(&self.connection),
             self.lost.clone(),
@@ -125,6 +140,7 @@ impl Transport {
                 }
                 let since = *down_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() >= limit {
+                    NEXT_BROKER.store(next, Relaxed);
                     tracing::error!(
                         "the broker connection `{name}` did not come back within {limit:?}; rebuilding messaging"
                     );
@@ -198,7 +214,15 @@ impl Transport {
         if lost && !shutdown.is_cancelled() {
             // The rebuild will declare this instance's exclusive queue on a
             // new connection: this one must be gone first (see `close_within`).
-            self.close_within(LOST_CLOSE_WAIT).await;
+            // With failover addresses the rebuild goes to another node, where
+            // a node that is down holds no queue of this connection; closing
+            // it, should its node come back, goes on in the background.
+            let wait = if self.config.failover_urls.is_empty() {
+                LOST_CLOSE_WAIT
+            } else {
+                Duration::from_secs(2)
+            };
+            self.close_within(wait).await;
             return Err(Lost(self.name.clone()));
         }
         self.close().await;
@@ -246,6 +270,54 @@ impl Transport {
 const LOST_CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 /// The URL with `heartbeat=<n>` added unless it already sets one.
+/// One connection attempt to `url`, bounded by `amqp.connect_timeout_ms`.
+async fn connect_to(
+    url: &SecretUrl,
+    config: &AmqpConfig,
+    name: &str,
+) -> Result<Connection, MessagingError> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(name.to_string().into())
+        .enable_auto_recover()
+        .configure_backoff(|backoff| {
+            backoff
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_max_times(usize::MAX)
+        });
+    let address = with_heartbeat(url.expose(), config.heartbeat_s);
+    let connecting = async {
+        if config.tls_ca_file.is_empty() {
+            return Connection::connect(&address, properties).await;
+        }
+        let ca = std::fs::read_to_string(&config.tls_ca_file).map_err(|error| {
+            lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(error)))
+        })?;
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(ca),
+        };
+        Connection::connect_with_config(
+            &address,
+            properties,
+            tls,
+            lapin::runtime::default_runtime()?,
+        )
+        .await
+    };
+    tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms), connecting)
+        .await
+        .map_err(|_elapsed| MessagingError::ConnectTimeout {
+            url: url.to_string(),
+            waited: Duration::from_millis(config.connect_timeout_ms),
+        })?
+        .map_err(|source| MessagingError::Connect {
+            url: url.to_string(),
+            source,
+        })
+}
+
 fn with_heartbeat(url: &str, heartbeat_s: u16) -> String {
     if url.contains("heartbeat=") {
         return url.to_string();

@@ -250,6 +250,7 @@ impl RpcClient {
         let properties = properties.with_headers(headers);
         consume::publish(
             &self.channel,
+            &self.transport.lost(),
             exchange,
             routing_key,
             true,

@@ -135,6 +135,7 @@ impl RpcServerBuilder {
         for queue in [topic_queue, server_queue, fanout_queue] {
             let settler = Settler {
                 channel: channel.clone(),
+                lost: transport.lost(),
                 queue: queue.clone(),
                 dead_letters: dead_letters.clone(),
                 max_deliveries: config.max_deliveries,
@@ -384,8 +385,16 @@ fn reply_properties(delivery: &Delivery, status: &str) -> BasicProperties {
 
 async fn reply_ok(settler: &Settler, delivery: &Delivery, reply_to: &str, body: Vec<u8>) {
     let properties = reply_properties(delivery, "ok");
-    if let Err(error) =
-        consume::publish(&settler.channel, "", reply_to, false, &body, properties).await
+    if let Err(error) = consume::publish(
+        &settler.channel,
+        &settler.lost,
+        "",
+        reply_to,
+        false,
+        &body,
+        properties,
+    )
+    .await
     {
         tracing::warn!("could not reply to {reply_to}: {error}");
     }
@@ -409,8 +418,16 @@ async fn reply_error(
     .encode_to_vec();
     let properties =
         reply_properties(delivery, "error").with_type("switchyard.messaging.v1.RpcError".into());
-    if let Err(error) =
-        consume::publish(&settler.channel, "", reply_to, false, &body, properties).await
+    if let Err(error) = consume::publish(
+        &settler.channel,
+        &settler.lost,
+        "",
+        reply_to,
+        false,
+        &body,
+        properties,
+    )
+    .await
     {
         tracing::warn!("could not reply to {reply_to}: {error}");
     }

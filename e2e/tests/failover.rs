@@ -1,0 +1,71 @@
+//! Broker failover (`amqp.failover_urls`): a service whose broker node dies
+//! connects to the next one and loses nothing. The "node" is a TCP proxy in
+//! front of the local RabbitMQ that the test cuts — port and connections —
+//! so the queues the collector finds on the next address are the same ones
+//! (a cluster's quorum queues are, too).
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Fleet, FleetOptions, Proxy, post_steadily};
+
+/// `amqp.failover_urls`: the collector's broker node dies (here: the
+/// proxy it connects through is cut, connections and port), and once
+/// `recovery_timeout_ms` has passed it connects to the next address,
+/// declares its queues and consumers there and stores every sample the api
+/// acknowledged meanwhile — without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_whose_broker_dies_fails_over_to_the_next_one() {
+    let node = Proxy::start(([127, 0, 0, 1], 5672).into()).await;
+    let mut fleet = Fleet::start(FleetOptions {
+        collector_extra: vec![
+            (
+                "SWITCHYARD_AMQP__URL".into(),
+                format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port),
+            ),
+            (
+                "SWITCHYARD_AMQP__FAILOVER_URLS".into(),
+                "[\"amqp://guest:guest@127.0.0.1:5672/%2f\"]".into(),
+            ),
+            ("SWITCHYARD_AMQP__RECOVERY_TIMEOUT_MS".into(), "2000".into()),
+        ],
+        ..FleetOptions::default()
+    })
+    .await;
+    // 4,000 samples: 200 batches of 20, one batch every 20 ms.
+    let load = tokio::spawn(post_steadily(
+        fleet.client().await,
+        format!("{}-f", fleet.id),
+        200,
+        20,
+        Duration::from_millis(20),
+    ));
+    fleet.wait_stored_at_least(500).await;
+    node.cut();
+    let cut_at = std::time::Instant::now();
+    let (acknowledged, _retries) = load.await.expect("load");
+    assert_eq!(acknowledged.len(), 4_000);
+    fleet.wait_stored(acknowledged.len()).await;
+    eprintln!(
+        "every acknowledged sample stored {:.1} s after the collector's node died",
+        cut_at.elapsed().as_secs_f64()
+    );
+    let log = fleet
+        .collector
+        .as_ref()
+        .map(|c| c.log_text())
+        .unwrap_or_default();
+    assert!(
+        log.contains("(broker 1 of 2; 0 failed first)")
+            && log.contains("the broker connection")
+            && log.contains("(broker 2 of 2; 0 failed first)"),
+        "the collector never failed over:\n{}",
+        fleet.collector_log_tail(40)
+    );
+    let collector = fleet.collector.as_mut().expect("running");
+    assert!(
+        collector.child.try_wait().expect("status").is_none(),
+        "the collector failed over without a restart"
+    );
+}
