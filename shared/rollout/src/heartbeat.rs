@@ -129,27 +129,27 @@ pub fn status(
 pub async fn start(
     transport: &Transport,
     exchange: &str,
-    running: &Instance,
+    instance: &Instance,
     interval: Duration,
     attempt: CancellationToken,
 ) -> Result<(), MessagingError> {
     let client = RpcClient::new(transport).await?;
-    let service = running.service.as_str();
+    let service = instance.service.as_str();
     spawn_heartbeats(
         client,
         exchange.to_string(),
-        running.clone(),
+        instance.clone(),
         interval,
         attempt.clone(),
     );
-    if running.supervisor.role().is_empty() {
+    if instance.supervisor.role().is_empty() {
         return Ok(());
     }
-    let control = RpcServer::builder(exchange, &control_topic(service), &running.instance_id)
-        .method(running.executor.register(promote_endpoint(
-            running.executor.phase(),
+    let control = RpcServer::builder(exchange, &control_topic(service), &instance.instance_id)
+        .method(instance.executor.register(promote_endpoint(
+            instance.executor.phase(),
             service,
-            running.supervisor.clone(),
+            instance.supervisor.clone(),
         ))?)
         .start(transport, 1, attempt.clone())
         .await?;
@@ -157,10 +157,10 @@ pub async fn start(
     let notifier = Notifier::new(
         transport,
         exchange,
-        &format!("{service}@{}", running.instance_id),
+        &format!("{service}@{}", instance.instance_id),
     )
     .await?;
-    let supervisor = running.supervisor.clone();
+    let supervisor = instance.supervisor.clone();
     tokio::spawn(async move {
         loop {
             let event = tokio::select! {
@@ -216,7 +216,7 @@ const GOODBYE_WITHIN: Duration = Duration::from_secs(1);
 fn spawn_heartbeats(
     client: RpcClient,
     exchange: String,
-    running: Instance,
+    instance: Instance,
     interval: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -225,16 +225,16 @@ fn spawn_heartbeats(
         let target = Target::topic(&exchange, TOPIC);
         let now = || {
             status(
-                &running.service,
-                &running.instance_id,
-                &running.executor,
-                &running.supervisor,
+                &instance.service,
+                &instance.instance_id,
+                &instance.executor,
+                &instance.supervisor,
                 started,
             )
         };
         let mut cursor = 0;
         loop {
-            let (mut run_times, next) = running.executor.recent_run_times(cursor);
+            let (mut run_times, next) = instance.executor.recent_run_times(cursor);
             cursor = next;
             run_times.sort_unstable();
             let micros = |q| canary::quantile(&run_times, q).as_micros() as u64;
@@ -258,7 +258,7 @@ fn spawn_heartbeats(
                 _ = tokio::time::sleep(interval) => {}
             }
         }
-        if !running.shutdown.is_cancelled() {
+        if !instance.shutdown.is_cancelled() {
             return;
         }
         let goodbye = Heartbeat {
