@@ -304,6 +304,10 @@ pub(crate) struct Settler {
     pub channel: Channel,
     /// The transport's: cancelled when its connection is lost for good.
     pub lost: CancellationToken,
+    /// For declaring retry queues on channels of their own.
+    pub transport: crate::Transport,
+    /// The retry queues declared so far (one per delay).
+    pub retry_queues: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     pub queue: String,
     /// Where dead letters go: the topic's or the pool's `.dlq`, durable, so
     /// that instance queues (exclusive, auto-delete) leave nothing behind.
@@ -339,11 +343,23 @@ impl Settler {
                     "delivery {count} of a message on `{}` failed: {reason}; retrying in {delay:?}",
                     self.queue
                 );
-                tokio::time::sleep(delay).await;
                 let mut headers = delivery.properties.headers().clone().unwrap_or_default();
                 headers.insert(wire::DELIVERY_COUNT.into(), AMQPValue::LongUInt(count + 1));
                 let properties = delivery.properties.clone().with_headers(headers);
-                self.republish(delivery, "", &self.queue, properties).await
+                // The broker keeps it for `delay` in a retry queue that
+                // dead-letters it back: no handler sleeps holding a prefetch
+                // slot meanwhile, so the messages behind it go on.
+                match self.retry_queue(delay).await {
+                    Ok(retry_queue) => self.republish(delivery, "", &retry_queue, properties).await,
+                    Err(error) => {
+                        tracing::warn!(
+                            "no retry queue for `{}` ({error}); waiting {delay:?} in the handler instead",
+                            self.queue
+                        );
+                        tokio::time::sleep(delay).await;
+                        self.republish(delivery, "", &self.queue, properties).await
+                    }
+                }
             }
             Settle::DeadLetter(reason) => {
                 let dlq = &self.dead_letters;
@@ -364,6 +380,38 @@ impl Settler {
             // channel recovers: at least once, never lost.
             tracing::warn!("could not settle a delivery from `{}`: {error}", self.queue);
         }
+    }
+
+    /// The queue where this queue's messages wait `delay` (declared once
+    /// per settler, on a channel of its own: a declaration the broker
+    /// refuses closes its channel). It expires a minute after its last use.
+    async fn retry_queue(&self, delay: Duration) -> Result<String, MessagingError> {
+        let name = wire::retry_queue(&self.queue, delay);
+        if switchyard_executor::sync::lock(&self.retry_queues).contains(&name) {
+            return Ok(name);
+        }
+        let mut arguments = FieldTable::default();
+        let millis =
+            |d: Duration| AMQPValue::LongLongInt(d.as_millis().min(i64::MAX as u128) as i64);
+        arguments.insert("x-message-ttl".into(), millis(delay));
+        arguments.insert("x-expires".into(), millis(delay + Duration::from_secs(60)));
+        wire::set_str(&mut arguments, "x-dead-letter-exchange", "");
+        wire::set_str(&mut arguments, "x-dead-letter-routing-key", &self.queue);
+        if self.transport.config().queue_type == crate::QueueType::Quorum {
+            wire::set_str(&mut arguments, "x-queue-type", "quorum");
+        }
+        let channel = self.transport.channel().await?;
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                lapin::options::QueueDeclareOptions::durable(),
+                arguments,
+            )
+            .await
+            .map_err(MessagingError::broker(format!("declaring queue `{name}`")))?;
+        let _ = channel.close(200, "declared".into()).await;
+        switchyard_executor::sync::lock(&self.retry_queues).insert(name.clone());
+        Ok(name)
     }
 
     /// Publishes a copy, then acks the original; if the copy cannot be

@@ -371,6 +371,8 @@ impl NotificationListenerBuilder {
         let settler = Settler {
             channel: channel.clone(),
             lost: transport.lost(),
+            transport: transport.clone(),
+            retry_queues: Default::default(),
             dead_letters: wire::dead_letter_queue(&queue),
             queue,
             max_deliveries: config.max_deliveries,

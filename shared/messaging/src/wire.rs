@@ -86,6 +86,13 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dlq")
 }
 
+/// Where a queue's messages wait `delay` before they are delivered again:
+/// one queue per delay (a queue-wide TTL; per-message TTLs would wait
+/// behind a longer one at the head), dead-lettering back to `queue`.
+pub fn retry_queue(queue: &str, delay: std::time::Duration) -> String {
+    format!("{queue}.retry.{}ms", delay.as_millis())
+}
+
 /// A process-unique id: 64 random bits and a counter, hex.
 pub fn new_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

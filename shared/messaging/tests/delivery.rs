@@ -66,6 +66,48 @@ async fn transient_failures_are_retried_then_dead_lettered() {
     rig.cleanup(&["echo"], &[]).await;
 }
 
+/// A message waiting for its retry waits in the broker (a retry queue that
+/// dead-letters it back), not in a handler: with a single prefetch slot the
+/// message behind it is handled at once, and the retry still comes after
+/// its delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_waiting_for_its_retry_holds_no_prefetch_slot() {
+    let mut rig = Rig::new().await;
+    rig.config.retry_delay_ms = 3_000;
+    rig.transport = switchyard_messaging::Transport::connect(&rig.config, "test", &rig.id)
+        .await
+        .expect("transport");
+    let mut echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 1).await;
+    let client = RpcClient::new(&rig.transport).await.expect("client");
+    let target = Target::topic(rig.exchange(), "echo");
+
+    client
+        .cast(&target, "say", &text("flaky"))
+        .await
+        .expect("cast");
+    assert_eq!(recv(&mut echo.seen).await, "flaky");
+    let failed_at = std::time::Instant::now();
+    client
+        .cast(&target, "say", &text("fine"))
+        .await
+        .expect("cast");
+    assert_eq!(recv(&mut echo.seen).await, "fine");
+    assert!(
+        failed_at.elapsed() < std::time::Duration::from_millis(2_000),
+        "the message behind a retry waited {:?}",
+        failed_at.elapsed()
+    );
+    assert_eq!(recv(&mut echo.seen).await, "flaky", "the retry came");
+    assert!(
+        failed_at.elapsed() >= std::time::Duration::from_millis(2_900),
+        "retried after {:?}, not the 3 s delay",
+        failed_at.elapsed()
+    );
+
+    echo.stop().await;
+    rig.cleanup(&["echo"], &[]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_are_dead_lettered_with_their_reason() {
     let mut rig = Rig::new().await;

@@ -136,6 +136,8 @@ impl RpcServerBuilder {
             let settler = Settler {
                 channel: channel.clone(),
                 lost: transport.lost(),
+                transport: transport.clone(),
+                retry_queues: Default::default(),
                 queue: queue.clone(),
                 dead_letters: dead_letters.clone(),
                 max_deliveries: config.max_deliveries,

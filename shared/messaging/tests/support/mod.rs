@@ -58,7 +58,14 @@ impl Rig {
             queues.push(wire::dead_letter_queue(&queue));
             queues.push(queue);
         }
-        for queue in queues {
+        // The retry queues of each (one per delay; they would expire a
+        // minute after their last use anyway).
+        let retry = std::time::Duration::from_millis(self.config.retry_delay_ms);
+        let retry_queues: Vec<String> = queues
+            .iter()
+            .flat_map(|queue| (0..6).map(move |k| wire::retry_queue(queue, retry * 2u32.pow(k))))
+            .collect();
+        for queue in queues.into_iter().chain(retry_queues) {
             let _ = channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
