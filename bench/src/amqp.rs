@@ -49,7 +49,7 @@ impl Broker {
             .queue_declare(
                 raw_queue.as_str().into(),
                 QueueDeclareOptions::durable(),
-                FieldTable::default(),
+                raw_arguments(&config),
             )
             .await?;
         Ok(Self {
@@ -90,6 +90,16 @@ impl Broker {
         }
         self.transport.close().await;
     }
+}
+
+/// The raw contender's queue is of the type Switchyard's durable queues
+/// are (`amqp.queue_type`, quorum by default): same broker work.
+fn raw_arguments(config: &AmqpConfig) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if config.queue_type == switchyard_messaging::QueueType::Quorum {
+        wire::set_str(&mut arguments, "x-queue-type", "quorum");
+    }
+    arguments
 }
 
 pub fn executor(phase: Phase) -> anyhow::Result<Executor> {

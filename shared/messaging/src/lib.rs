@@ -30,10 +30,13 @@ pub use transport::{Lost, Transport};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
-    /// RabbitMQ's classic queues.
-    #[default]
+    /// RabbitMQ's classic queues (one node holds each).
     Classic,
-    /// Replicated quorum queues.
+    /// Replicated quorum queues (Raft over the cluster's nodes): the
+    /// default, as RabbitMQ's production checklist recommends for durable
+    /// queues. Instance queues (exclusive, gone with their connection) stay
+    /// classic.
+    #[default]
     Quorum,
 }
 
@@ -89,7 +92,7 @@ impl Default for AmqpConfig {
             max_deliveries: 5,
             max_body_bytes: 1024 * 1024,
             retry_delay_ms: 200,
-            queue_type: QueueType::Classic,
+            queue_type: QueueType::Quorum,
             queue_expires_ms: 0,
             tls_ca_file: String::new(),
             recovery_timeout_ms: 15_000,

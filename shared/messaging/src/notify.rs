@@ -358,13 +358,9 @@ impl NotificationListenerBuilder {
             0 => Bound::Unbounded,
             length => Bound::DropHead(length),
         };
-        declare_durable_queue(transport, &queue, bound).await?;
-        declare_durable_queue(
-            transport,
-            &wire::dead_letter_queue(&queue),
-            Bound::Unbounded,
-        )
-        .await?;
+        let dead_letters = wire::dead_letter_queue(&queue);
+        declare_durable_queue(transport, &queue, bound, Some(&dead_letters)).await?;
+        declare_durable_queue(transport, &dead_letters, Bound::Unbounded, None).await?;
         for key in &self.bindings {
             bind(&channel, &queue, &exchange, key).await?;
         }

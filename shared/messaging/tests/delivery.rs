@@ -108,6 +108,100 @@ async fn a_message_waiting_for_its_retry_holds_no_prefetch_slot() {
     rig.cleanup(&["echo"], &[]).await;
 }
 
+/// Quorum queues (the default) count deliveries themselves: a message
+/// returned unacknowledged over and over — as one that kills every consumer
+/// would be — is dead-lettered by RabbitMQ after its delivery limit, not
+/// delivered for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_returned_past_the_delivery_limit_is_dead_lettered_by_the_broker() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    let rig = Rig::new().await;
+    assert_eq!(
+        rig.config.queue_type,
+        switchyard_messaging::QueueType::Quorum
+    );
+    // Declares the topic queue and its dead-letter queue, then leaves them.
+    EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 1)
+        .await
+        .stop()
+        .await;
+    let queue = wire::topic_queue(rig.exchange(), "echo");
+    let channel = rig.transport.channel().await.expect("channel");
+    channel
+        .basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &text("poison").encode_to_vec(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirmed");
+    let mut returned = 0;
+    while let Some(message) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("get")
+    {
+        returned += 1;
+        assert!(returned <= 30, "still delivered after {returned} returns");
+        message
+            .delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .expect("returned");
+    }
+    assert!(returned > 5, "gone after {returned} returns");
+    let dead = rig.drain(&wire::dead_letter_queue(&queue), 1).await;
+    assert_eq!(
+        wire::header_str(&dead[0].delivery.properties, "x-first-death-reason"),
+        Some("delivery_limit"),
+        "{:?}",
+        dead[0].delivery.properties.headers()
+    );
+    assert!(returned <= 21, "returned {returned} times, limit 20");
+
+    rig.cleanup(&["echo"], &[]).await;
+}
+
+/// The migration path: a topic queue an earlier version made classic stays
+/// in use when the configuration says quorum — a warning, no
+/// `PRECONDITION_FAILED` stopping the service at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_queue_left_by_an_earlier_version_is_used_as_it_is() {
+    use lapin::options::QueueDeclareOptions;
+    let rig = Rig::new().await;
+    let queue = wire::topic_queue(rig.exchange(), "echo");
+    let channel = rig.transport.channel().await.expect("channel");
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("a classic queue");
+    let mut echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 2).await;
+    let client = RpcClient::new(&rig.transport).await.expect("client");
+    client
+        .cast(
+            &Target::topic(rig.exchange(), "echo"),
+            "say",
+            &text("still served"),
+        )
+        .await
+        .expect("cast");
+    assert_eq!(recv(&mut echo.seen).await, "still served");
+
+    echo.stop().await;
+    rig.cleanup(&["echo"], &[]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_are_dead_lettered_with_their_reason() {
     let mut rig = Rig::new().await;

@@ -108,13 +108,9 @@ impl RpcServerBuilder {
             0 => Bound::Unbounded,
             length => Bound::RejectPublish(length),
         };
-        declare_durable_queue(transport, &topic_queue, bound).await?;
-        declare_durable_queue(
-            transport,
-            &wire::dead_letter_queue(&topic_queue),
-            Bound::Unbounded,
-        )
-        .await?;
+        let dead_letters = wire::dead_letter_queue(&topic_queue);
+        declare_durable_queue(transport, &topic_queue, bound, Some(&dead_letters)).await?;
+        declare_durable_queue(transport, &dead_letters, Bound::Unbounded, None).await?;
         bind(&channel, &topic_queue, &exchange, &self.topic).await?;
         for (queue, source, key) in [
             (
@@ -131,7 +127,6 @@ impl RpcServerBuilder {
         let methods = Arc::new(self.methods);
         let handlers = TaskTracker::new();
         let mut consumers = Vec::new();
-        let dead_letters = wire::dead_letter_queue(&topic_queue);
         for queue in [topic_queue, server_queue, fanout_queue] {
             let settler = Settler {
                 channel: channel.clone(),

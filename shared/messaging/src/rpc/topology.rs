@@ -43,6 +43,11 @@ pub(crate) enum Bound {
     DropHead(u32),
 }
 
+/// Deliveries of one message without an acknowledgement before a quorum
+/// queue dead-letters it: well above `amqp.max_deliveries`, which counts
+/// failures the service saw; this counts crashes and returns it did not.
+pub(crate) const DELIVERY_LIMIT: i32 = 20;
+
 /// A queue that outlives its consumers: casts and notifications wait in it.
 ///
 /// Declared on a throwaway channel: RabbitMQ refuses to declare an existing
@@ -50,15 +55,32 @@ pub(crate) enum Bound {
 /// closes the channel. Such a queue (made by an earlier version, or with
 /// another `amqp.queue_type`) is used as it is, with a warning saying how to
 /// apply the new arguments, instead of stopping the service at start-up.
+///
+/// A quorum queue with `dead_letters` also gets RabbitMQ's own delivery
+/// limit: a message the broker delivered [`DELIVERY_LIMIT`] times without
+/// an acknowledgement — its consumers died on it, or returned it while
+/// stopping — is dead-lettered there by the broker (`x-death` says
+/// `delivery_limit`), so a message that kills every consumer cannot loop
+/// for ever. Not for a `DropHead` queue: the messages it drops by design
+/// would be dead-lettered too.
 pub(crate) async fn declare_durable_queue(
     transport: &Transport,
     name: &str,
     bound: Bound,
+    dead_letters: Option<&str>,
 ) -> Result<(), MessagingError> {
     let config = transport.config();
     let mut arguments = FieldTable::default();
     if config.queue_type == crate::QueueType::Quorum {
         wire::set_str(&mut arguments, "x-queue-type", "quorum");
+        if let (Some(dead_letters), false) = (dead_letters, matches!(bound, Bound::DropHead(_))) {
+            arguments.insert(
+                "x-delivery-limit".into(),
+                lapin::types::AMQPValue::LongInt(DELIVERY_LIMIT),
+            );
+            wire::set_str(&mut arguments, "x-dead-letter-exchange", "");
+            wire::set_str(&mut arguments, "x-dead-letter-routing-key", dead_letters);
+        }
     }
     if config.queue_expires_ms > 0 {
         arguments.insert(
