@@ -1,6 +1,9 @@
 #!/bin/sh
 # Writes the broker's default user from the environment, then runs RabbitMQ
 # in the foreground as the rabbitmq user (it receives the container's signals).
+# With RABBITMQ_CLUSTER_NODES ("rabbit@rabbit-1 rabbit@rabbit-2 …") the node
+# joins those by static peer discovery (classic_config); the nodes share the
+# Erlang cookie read from RABBITMQ_ERLANG_COOKIE_FILE (a compose secret).
 set -eu
 pass=${RABBITMQ_DEFAULT_PASS:-}
 if [ -n "${RABBITMQ_DEFAULT_PASS_FILE:-}" ]; then pass=$(cat "$RABBITMQ_DEFAULT_PASS_FILE"); fi
@@ -13,5 +16,21 @@ default_pass = $pass
 loopback_users = none
 listeners.tcp.default = 5672
 CONF
+if [ -n "${RABBITMQ_CLUSTER_NODES:-}" ]; then
+    [ -n "${RABBITMQ_ERLANG_COOKIE_FILE:-}" ] || { echo "RABBITMQ_CLUSTER_NODES needs RABBITMQ_ERLANG_COOKIE_FILE" >&2; exit 2; }
+    {
+        echo "cluster_formation.peer_discovery_backend = classic_config"
+        i=1
+        for node in $RABBITMQ_CLUSTER_NODES; do
+            echo "cluster_formation.classic_config.nodes.$i = $node"
+            i=$((i + 1))
+        done
+        # A node cut off from the majority pauses instead of serving a split brain.
+        echo "cluster_partition_handling = pause_minority"
+    } >> /etc/rabbitmq/rabbitmq.conf
+    tr -d '\n' < "$RABBITMQ_ERLANG_COOKIE_FILE" > /var/lib/rabbitmq/.erlang.cookie
+    chown rabbitmq:rabbitmq /var/lib/rabbitmq/.erlang.cookie
+    chmod 400 /var/lib/rabbitmq/.erlang.cookie
+fi
 chown rabbitmq:rabbitmq /etc/rabbitmq/rabbitmq.conf /var/lib/rabbitmq
 exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups env HOME=/var/lib/rabbitmq rabbitmq-server

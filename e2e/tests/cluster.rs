@@ -1,0 +1,192 @@
+//! The cluster deployment (`deploy/compose.cluster.yaml`, issue 20): three
+//! RabbitMQ nodes with quorum queues, PostgreSQL, the api, the notifier and
+//! the collector on two hosts, from the images `scripts/images` builds.
+//! Skipped, with one line saying so, where no Docker engine answers.
+//!
+//! Fault scenario 1, under a steady stream of samples through the api: the
+//! node that the api and the first collector host are connected to is
+//! killed, then started again. Checked against PostgreSQL: every sample the
+//! api acknowledged is stored, none twice; refused posts are retried by the
+//! client (the api answered them with an error, none hung); no container
+//! was restarted. Reports how long the collector host took to consume again
+//! from another node.
+//!
+//! Fault scenario 3: one collector host killed under load; the other stores
+//! everything acknowledged; started again, its workers consume beside the
+//! other host's again.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::compose::{Project, engine_answers, inspect, leftovers, root};
+
+const SERVICES: [&str; 8] = [
+    "rabbit-1",
+    "rabbit-2",
+    "rabbit-3",
+    "postgres",
+    "collector-a",
+    "collector-b",
+    "notifier",
+    "api",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
+    if !engine_answers() {
+        eprintln!("cluster suite skipped: no Docker engine answers (`docker info` failed)");
+        return;
+    }
+    let id = switchyard_messaging::wire::new_id();
+    let name = format!("sycl{}", &id[..id.len().min(12)]);
+    let env_file = std::env::temp_dir().join(format!("{name}.env"));
+    let api_port = support::free_port();
+    std::fs::write(&env_file, format!("API_PORT={api_port}\n")).expect("env file");
+    let token = std::fs::read_to_string(root().join("deploy/secrets/api_token"))
+        .expect("deploy/secrets/api_token (scripts/secrets makes it; scripts/test runs it)")
+        .trim()
+        .to_string();
+    let project = Project {
+        name: name.clone(),
+        files: "deploy/compose.cluster.yaml".into(),
+        scratch: Vec::new(),
+        env_file,
+        api_port,
+        token,
+    };
+
+    let started = Instant::now();
+    project.ok(&["up", "-d"], Duration::from_secs(600));
+    project.wait_healthy(&SERVICES, Duration::from_secs(420));
+    eprintln!(
+        "cluster: three nodes clustered and the fleet healthy in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let running = project.ok(
+        &[
+            "exec",
+            "-T",
+            "rabbit-2",
+            "rabbitmqctl",
+            "-q",
+            "eval",
+            "length(rabbit_nodes:all_running()).",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(running.trim(), "3", "nodes running in the cluster");
+
+    // 400 batches of 10, one every 20 ms: about 8 s of samples.
+    let load = project.load("node", 400);
+    let wait = Instant::now();
+    while project.stored().1 < 500 {
+        assert!(
+            wait.elapsed() < Duration::from_secs(120),
+            "no samples stored"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let killed = Instant::now();
+    project.ok(&["kill", "rabbit-1"], Duration::from_secs(60));
+    let failed_over = loop {
+        let log = project.ok(
+            &["logs", "--no-color", "collector-a"],
+            Duration::from_secs(60),
+        );
+        if log.contains("(broker 2 of 3") || log.contains("(broker 3 of 3") {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(120),
+            "collector-a never connected to another node:\n{}",
+            log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    project.ok(&["start", "rabbit-1"], Duration::from_secs(60));
+    let acknowledged = load.await.expect("load");
+    assert_eq!(
+        acknowledged.len(),
+        4_000,
+        "every batch acknowledged in the end"
+    );
+    project.wait_stored(acknowledged.len());
+    eprintln!(
+        "cluster: rabbit-1 killed; collector-a consumed from another node after {:.1} s; \
+         all 4,000 acknowledged samples stored once, {:.1} s after the kill",
+        failed_over.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+    for service in ["collector-a", "collector-b", "notifier", "api"] {
+        let container = project.container(service);
+        assert_eq!(
+            inspect(&container, "{{.RestartCount}}"),
+            "0",
+            "{service} was restarted"
+        );
+    }
+
+    // Scenario 3: one collector host killed under load; the other takes all
+    // the work; started again, it consumes beside it again.
+    project.wait_healthy(&SERVICES, Duration::from_secs(180));
+    let before = project.stored().1 as usize;
+    let load = project.load("host", 300);
+    while (project.stored().1 as usize) < before + 300 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(600),
+            "no samples stored"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let host_killed = Instant::now();
+    project.ok(&["kill", "collector-a"], Duration::from_secs(60));
+    let acknowledged = load.await.expect("load");
+    assert_eq!(acknowledged.len(), 3_000);
+    project.wait_stored(before + acknowledged.len());
+    eprintln!(
+        "cluster: collector-a killed; collector-b stored all 3,000 samples of the load, {:.1} s after the kill",
+        host_killed.elapsed().as_secs_f64()
+    );
+    project.ok(&["start", "collector-a"], Duration::from_secs(60));
+    project.wait_healthy(&["collector-a"], Duration::from_secs(120));
+    // Both hosts' workers consume the collector's queue again: 2 × 2.
+    let queue = switchyard_messaging::wire::topic_queue(
+        "switchyard",
+        switchyard_proto::catalogue::topic::COLLECTOR,
+    );
+    let queue_consumers = || -> u64 {
+        project
+            .ok(
+                &[
+                    "exec",
+                    "-T",
+                    "rabbit-2",
+                    "rabbitmqctl",
+                    "-q",
+                    "list_queues",
+                    "name",
+                    "consumers",
+                ],
+                Duration::from_secs(60),
+            )
+            .lines()
+            .filter_map(|line| {
+                let (name, consumers) = line.split_once('\t')?;
+                (name.trim() == queue).then(|| consumers.trim().parse::<u64>().ok())?
+            })
+            .sum()
+    };
+    let wait = Instant::now();
+    while queue_consumers() < 4 {
+        assert!(
+            wait.elapsed() < Duration::from_secs(120),
+            "collector-a's workers never consumed again ({} consumers)",
+            queue_consumers()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    drop(project);
+    assert_eq!(leftovers(&name), Vec::<String>::new(), "left behind");
+}

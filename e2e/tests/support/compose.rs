@@ -1,0 +1,235 @@
+//! A compose project of a test's own, on the images `scripts/images`
+//! builds: up, health, the samples table from inside the database
+//! container, a steady load through the api, and `down -v` when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The workspace root (compose files are given relative to it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A compose project of the test's own; `down -v` when dropped.
+pub struct Project {
+    /// `COMPOSE_PROJECT_NAME`: unique per test run.
+    pub name: String,
+    /// `COMPOSE_FILE`: the deploy files and the test's overrides, `:`-separated.
+    pub files: String,
+    /// The `--env-file` (ports, phases).
+    pub env_file: PathBuf,
+    /// Files the test wrote for the project, removed with it.
+    pub scratch: Vec<PathBuf>,
+    /// The api's published port on 127.0.0.1.
+    pub api_port: u16,
+    /// A token the api accepts.
+    pub token: String,
+}
+
+impl Project {
+    pub fn compose(&self, args: &[&str], bound: Duration) -> Output {
+        let child = Command::new("docker-compose")
+            .current_dir(root())
+            .env("COMPOSE_PROJECT_NAME", &self.name)
+            .env("COMPOSE_FILE", &self.files)
+            .arg("--env-file")
+            .arg(&self.env_file)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker-compose runs (scripts/test installs it)");
+        // Read the output while it runs: a log larger than the pipe would
+        // otherwise block docker-compose for ever.
+        let pid = child.id();
+        let (done, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(child.wait_with_output());
+        });
+        match output.recv_timeout(bound) {
+            Ok(output) => output.expect("docker-compose output"),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("docker-compose {args:?} took more than {bound:?}");
+            }
+        }
+    }
+
+    pub fn ok(&self, args: &[&str], bound: Duration) -> String {
+        let output = self.compose(args, bound);
+        assert!(
+            output.status.success(),
+            "docker-compose {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn container(&self, service: &str) -> String {
+        self.ok(&["ps", "-q", service], Duration::from_secs(30))
+            .trim()
+            .to_string()
+    }
+
+    pub fn health(&self, service: &str) -> String {
+        let id = self.container(service);
+        if id.is_empty() {
+            return "absent".into();
+        }
+        inspect(&id, "{{.State.Health.Status}}")
+    }
+
+    pub fn wait_healthy(&self, services: &[&str], bound: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let states: Vec<String> = services.iter().map(|s| self.health(s)).collect();
+            if states.iter().all(|s| s == "healthy") {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < bound,
+                "not healthy after {bound:?}: {services:?} = {states:?}\n{}",
+                self.ok(&["logs", "--tail", "20"], Duration::from_secs(30))
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `(rows, distinct ids)` in the samples table, from inside the database container.
+    pub fn stored(&self) -> (u64, u64) {
+        let text = self.ok(
+            &[
+                "exec",
+                "-T",
+                "postgres",
+                "psql",
+                "-U",
+                "switchyard",
+                "-d",
+                "switchyard",
+                "-tAc",
+                "SELECT COUNT(*), COUNT(DISTINCT id) FROM samples",
+            ],
+            Duration::from_secs(30),
+        );
+        let mut parts = text.trim().split('|').map(|n| n.parse().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    }
+
+    pub fn wait_stored(&self, expected: usize) {
+        let started = Instant::now();
+        loop {
+            let (rows, distinct) = self.stored();
+            assert_eq!(rows, distinct, "a sample was stored twice");
+            assert!(
+                distinct as usize <= expected,
+                "more stored than acknowledged"
+            );
+            if distinct as usize == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "only {distinct} of {expected} acknowledged samples were stored"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Posts `batches` batches of 10 on a task; the acknowledged ids.
+    pub fn load(&self, label: &str, batches: usize) -> tokio::task::JoinHandle<Vec<String>> {
+        let (token, name, port) = (self.token.clone(), self.name.clone(), self.api_port);
+        let label = label.to_string();
+        tokio::spawn(async move {
+            let client = switchyard_proto::metering::v1::metering_client::MeteringClient::connect(
+                format!("http://127.0.0.1:{port}"),
+            )
+            .await
+            .expect("api");
+            let (acknowledged, _) = super::post_steadily_as(
+                client,
+                Some(&token),
+                format!("{name}-{label}"),
+                batches,
+                10,
+                Duration::from_millis(20),
+            )
+            .await;
+            acknowledged
+        })
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let output = self.compose(
+            &["down", "-v", "--remove-orphans", "--timeout", "20"],
+            Duration::from_secs(180),
+        );
+        if !output.status.success() {
+            eprintln!(
+                "docker-compose down failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let _ = std::fs::remove_file(&self.env_file);
+        for file in &self.scratch {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port` with extra header lines; the whole answer.
+pub fn http_get(port: u16, path: &str, headers: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("page port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{headers}connection: close\r\n\r\n"
+    )
+    .expect("request sent");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+/// One field of a container, as `docker inspect --format` prints it.
+pub fn inspect(container: &str, format: &str) -> String {
+    let output = Command::new("docker")
+        .args(["inspect", "--format", format, container])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+pub fn engine_answers() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub fn leftovers(project: &str) -> Vec<String> {
+    let label = format!("label=com.docker.compose.project={project}");
+    let mut left = Vec::new();
+    for (kind, args) in [
+        ("container", vec!["ps", "-aq", "--filter", &label]),
+        ("network", vec!["network", "ls", "-q", "--filter", &label]),
+        ("volume", vec!["volume", "ls", "-q", "--filter", &label]),
+    ] {
+        let output = Command::new("docker").args(&args).output().expect("docker");
+        for id in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+            left.push(format!("{kind} {id}"));
+        }
+    }
+    left
+}
