@@ -380,21 +380,27 @@ fn reply_properties(delivery: &Delivery, status: &str) -> BasicProperties {
     properties
 }
 
-async fn reply_ok(settler: &Settler, delivery: &Delivery, reply_to: &str, body: Vec<u8>) {
-    let properties = reply_properties(delivery, "ok");
-    if let Err(error) = consume::publish(
+/// Publishes a reply to the caller's `reply_to` (direct reply-to, through
+/// the default exchange); a reply that cannot be sent is logged: the
+/// caller times out.
+async fn reply(settler: &Settler, reply_to: &str, body: &[u8], properties: BasicProperties) {
+    let published = consume::publish(
         &settler.channel,
         &settler.lost,
         "",
         reply_to,
         false,
-        &body,
+        body,
         properties,
     )
-    .await
-    {
+    .await;
+    if let Err(error) = published {
         tracing::warn!("could not reply to {reply_to}: {error}");
     }
+}
+
+async fn reply_ok(settler: &Settler, delivery: &Delivery, reply_to: &str, body: Vec<u8>) {
+    reply(settler, reply_to, &body, reply_properties(delivery, "ok")).await;
 }
 
 async fn reply_error(
@@ -415,17 +421,5 @@ async fn reply_error(
     .encode_to_vec();
     let properties =
         reply_properties(delivery, "error").with_type("switchyard.messaging.v1.RpcError".into());
-    if let Err(error) = consume::publish(
-        &settler.channel,
-        &settler.lost,
-        "",
-        reply_to,
-        false,
-        &body,
-        properties,
-    )
-    .await
-    {
-        tracing::warn!("could not reply to {reply_to}: {error}");
-    }
+    reply(settler, reply_to, &body, properties).await;
 }
