@@ -97,18 +97,18 @@ impl Transport {
                 Err(failure) => failure,
             };
             index = (index + 1) % count;
+            if index == first && earlier.is_empty() {
+                return Err(failure);
+            }
             if index == first {
-                return Err(match earlier.is_empty() {
-                    true => failure,
-                    false => MessagingError::NoBroker {
-                        tried: count,
-                        others: earlier
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                        last: Box::new(failure),
-                    },
+                return Err(MessagingError::NoBroker {
+                    tried: count,
+                    others: earlier
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    last: Box::new(failure),
                 });
             }
             tracing::warn!("{failure}; trying the next broker");
