@@ -382,34 +382,15 @@ impl Settler {
         }
     }
 
-    /// The queue where this queue's messages wait `delay` (declared once
-    /// per settler, on a channel of its own: a declaration the broker
-    /// refuses closes its channel). It expires a minute after its last use.
+    /// The queue where this queue's messages wait `delay`, declared once
+    /// per settler.
     async fn retry_queue(&self, delay: Duration) -> Result<String, MessagingError> {
         let name = wire::retry_queue(&self.queue, delay);
         if switchyard_executor::sync::lock(&self.retry_queues).contains(&name) {
             return Ok(name);
         }
-        let mut arguments = FieldTable::default();
-        let millis =
-            |d: Duration| AMQPValue::LongLongInt(d.as_millis().min(i64::MAX as u128) as i64);
-        arguments.insert("x-message-ttl".into(), millis(delay));
-        arguments.insert("x-expires".into(), millis(delay + Duration::from_secs(60)));
-        wire::set_str(&mut arguments, "x-dead-letter-exchange", "");
-        wire::set_str(&mut arguments, "x-dead-letter-routing-key", &self.queue);
-        if self.transport.config().queue_type == crate::QueueType::Quorum {
-            wire::set_str(&mut arguments, "x-queue-type", "quorum");
-        }
-        let channel = self.transport.channel().await?;
-        channel
-            .queue_declare(
-                name.as_str().into(),
-                lapin::options::QueueDeclareOptions::durable(),
-                arguments,
-            )
-            .await
-            .map_err(MessagingError::broker(format!("declaring queue `{name}`")))?;
-        let _ = channel.close(200, "declared".into()).await;
+        let name =
+            crate::rpc::topology::declare_retry_queue(&self.transport, &self.queue, delay).await?;
         switchyard_executor::sync::lock(&self.retry_queues).insert(name.clone());
         Ok(name)
     }

@@ -1,6 +1,8 @@
 //! What RPC and notifications declare on the broker: exchanges, durable
 //! and per-instance queues, bindings.
 
+use std::time::Duration;
+
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, ExchangeKind};
@@ -70,17 +72,16 @@ pub(crate) async fn declare_durable_queue(
     dead_letters: Option<&str>,
 ) -> Result<(), MessagingError> {
     let config = transport.config();
-    let mut arguments = FieldTable::default();
-    if config.queue_type == crate::QueueType::Quorum {
-        wire::set_str(&mut arguments, "x-queue-type", "quorum");
-        if let (Some(dead_letters), false) = (dead_letters, matches!(bound, Bound::DropHead(_))) {
-            arguments.insert(
-                "x-delivery-limit".into(),
-                lapin::types::AMQPValue::LongInt(DELIVERY_LIMIT),
-            );
-            wire::set_str(&mut arguments, "x-dead-letter-exchange", "");
-            wire::set_str(&mut arguments, "x-dead-letter-routing-key", dead_letters);
-        }
+    let mut arguments = typed_arguments(config);
+    if config.queue_type == crate::QueueType::Quorum
+        && let (Some(dead_letters), false) = (dead_letters, matches!(bound, Bound::DropHead(_)))
+    {
+        arguments.insert(
+            "x-delivery-limit".into(),
+            lapin::types::AMQPValue::LongInt(DELIVERY_LIMIT),
+        );
+        wire::set_str(&mut arguments, "x-dead-letter-exchange", "");
+        wire::set_str(&mut arguments, "x-dead-letter-routing-key", dead_letters);
     }
     if config.queue_expires_ms > 0 {
         arguments.insert(
@@ -102,29 +103,65 @@ pub(crate) async fn declare_durable_queue(
         );
         wire::set_str(&mut arguments, "x-overflow", overflow);
     }
-    let channel = transport.channel().await?;
-    let declared = channel
-        .queue_declare(name.into(), QueueDeclareOptions::durable(), arguments)
-        .await;
-    match declared {
-        Ok(_) => {
-            let _ = channel.close(200, "declared".into()).await;
-            Ok(())
-        }
-        Err(error) if is_precondition_failed(&error) => {
+    match declare_alone(transport, name, arguments).await {
+        Err(MessagingError::Broker { source, .. }) if is_precondition_failed(&source) => {
             tracing::warn!(
                 queue = name,
-                "queue `{name}` exists with other arguments ({error}); using it as it is. \
+                "queue `{name}` exists with other arguments ({source}); using it as it is. \
                  To apply the configured ones (queue type, expiry, length limit), let it drain \
                  and delete it, or set them with a RabbitMQ policy (docs/rollout.md)"
             );
             Ok(())
         }
-        Err(error) => Err(MessagingError::Broker {
-            operation: format!("declaring queue `{name}`"),
-            source: error,
-        }),
+        declared => declared,
     }
+}
+
+/// Declares the queue where `queue`'s messages wait `delay` before they
+/// are delivered again ([`wire::retry_queue`]): a queue-wide TTL,
+/// dead-lettering back to `queue` through the default exchange, of the
+/// configured type, gone a minute after its last use. Returns its name.
+pub(crate) async fn declare_retry_queue(
+    transport: &Transport,
+    queue: &str,
+    delay: Duration,
+) -> Result<String, MessagingError> {
+    let name = wire::retry_queue(queue, delay);
+    let millis = |d: Duration| {
+        lapin::types::AMQPValue::LongLongInt(d.as_millis().min(i64::MAX as u128) as i64)
+    };
+    let mut arguments = typed_arguments(transport.config());
+    arguments.insert("x-message-ttl".into(), millis(delay));
+    arguments.insert("x-expires".into(), millis(delay + Duration::from_secs(60)));
+    wire::set_str(&mut arguments, "x-dead-letter-exchange", "");
+    wire::set_str(&mut arguments, "x-dead-letter-routing-key", queue);
+    declare_alone(transport, &name, arguments).await?;
+    Ok(name)
+}
+
+/// The arguments every durable queue starts from: its type.
+fn typed_arguments(config: &crate::AmqpConfig) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if config.queue_type == crate::QueueType::Quorum {
+        wire::set_str(&mut arguments, "x-queue-type", "quorum");
+    }
+    arguments
+}
+
+/// Declares durable queue `name` on a channel of its own: a declaration the
+/// broker refuses closes the channel it came on.
+async fn declare_alone(
+    transport: &Transport,
+    name: &str,
+    arguments: FieldTable,
+) -> Result<(), MessagingError> {
+    let channel = transport.channel().await?;
+    channel
+        .queue_declare(name.into(), QueueDeclareOptions::durable(), arguments)
+        .await
+        .map_err(MessagingError::broker(format!("declaring queue `{name}`")))?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
 }
 
 /// RabbitMQ's 406: the declared arguments differ from the existing queue's.
