@@ -51,11 +51,7 @@ async fn broker_restart_loses_nothing_acknowledged() {
     );
     fleet.wait_stored(acknowledged.len()).await;
     // The collector went the rebuild path (2 s < the outage), in-process.
-    let log = fleet
-        .collector
-        .as_ref()
-        .map(|c| c.log_text())
-        .unwrap_or_default();
+    let log = fleet.collector_log();
     assert!(
         log.contains("rebuilding messaging")
             && log.contains("restarting the service's connections"),

@@ -79,14 +79,7 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
 
     // 400 batches of 10, one every 20 ms: about 8 s of samples.
     let load = project.load("node", 400);
-    let wait = Instant::now();
-    while project.stored().1 < 500 {
-        assert!(
-            wait.elapsed() < Duration::from_secs(120),
-            "no samples stored"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    project.wait_stored_at_least(500, Instant::now() + Duration::from_secs(120));
     let killed = Instant::now();
     project.ok(&["kill", "rabbit-1"], Duration::from_secs(60));
     let failed_over = loop {
@@ -132,13 +125,7 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
     project.wait_healthy(&SERVICES, Duration::from_secs(180));
     let before = project.stored().1 as usize;
     let load = project.load("host", 300);
-    while (project.stored().1 as usize) < before + 300 {
-        assert!(
-            killed.elapsed() < Duration::from_secs(600),
-            "no samples stored"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    project.wait_stored_at_least(before + 300, killed + Duration::from_secs(600));
     let host_killed = Instant::now();
     project.ok(&["kill", "collector-a"], Duration::from_secs(60));
     let acknowledged = load.await.expect("load");

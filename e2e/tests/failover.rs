@@ -51,11 +51,7 @@ async fn a_collector_whose_broker_dies_fails_over_to_the_next_one() {
         "every acknowledged sample stored {:.1} s after the collector's node died",
         cut_at.elapsed().as_secs_f64()
     );
-    let log = fleet
-        .collector
-        .as_ref()
-        .map(|c| c.log_text())
-        .unwrap_or_default();
+    let log = fleet.collector_log();
     assert!(
         log.contains("(broker 1 of 2; 0 failed first)")
             && log.contains("the broker connection")

@@ -122,6 +122,22 @@ impl Project {
         (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
     }
 
+    /// Waits until at least `count` distinct samples are stored (the load
+    /// is under way), failing at `deadline`.
+    pub fn wait_stored_at_least(&self, count: usize, deadline: Instant) {
+        loop {
+            let (_, distinct) = self.stored();
+            if distinct as usize >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {distinct} samples stored; waiting for {count}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn wait_stored(&self, expected: usize) {
         let started = Instant::now();
         loop {

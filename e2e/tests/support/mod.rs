@@ -658,12 +658,16 @@ impl Fleet {
 
     /// Waits until `expected` distinct samples are stored; fails on duplicates.
     /// The last `lines` lines of the collector's log (for a failure message).
-    pub fn collector_log_tail(&self, lines: usize) -> String {
-        let text = self
-            .collector
+    /// Everything the collector logged so far.
+    pub fn collector_log(&self) -> String {
+        self.collector
             .as_ref()
             .map(Service::log_text)
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    pub fn collector_log_tail(&self, lines: usize) -> String {
+        let text = self.collector_log();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
