@@ -302,9 +302,8 @@ pub(crate) enum Settle {
 #[derive(Clone)]
 pub(crate) struct Settler {
     pub channel: Channel,
-    /// The transport's: cancelled when its connection is lost for good.
-    pub lost: CancellationToken,
-    /// For declaring retry queues on channels of their own.
+    /// Its connection: for declaring retry queues on channels of their
+    /// own, and to know when the connection is lost for good.
     pub transport: crate::Transport,
     /// The retry queues declared so far (one per delay).
     pub retry_queues: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -406,7 +405,7 @@ impl Settler {
     ) -> Result<(), lapin::Error> {
         match publish(
             &self.channel,
-            &self.lost,
+            &self.transport.lost(),
             exchange,
             routing_key,
             false,

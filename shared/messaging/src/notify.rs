@@ -366,7 +366,6 @@ impl NotificationListenerBuilder {
         }
         let settler = Settler {
             channel: channel.clone(),
-            lost: transport.lost(),
             transport: transport.clone(),
             retry_queues: Default::default(),
             dead_letters: wire::dead_letter_queue(&queue),

@@ -130,7 +130,6 @@ impl RpcServerBuilder {
         for queue in [topic_queue, server_queue, fanout_queue] {
             let settler = Settler {
                 channel: channel.clone(),
-                lost: transport.lost(),
                 transport: transport.clone(),
                 retry_queues: Default::default(),
                 queue: queue.clone(),
@@ -386,7 +385,7 @@ fn reply_properties(delivery: &Delivery, status: &str) -> BasicProperties {
 async fn reply(settler: &Settler, reply_to: &str, body: &[u8], properties: BasicProperties) {
     let published = consume::publish(
         &settler.channel,
-        &settler.lost,
+        &settler.transport.lost(),
         "",
         reply_to,
         false,
