@@ -89,6 +89,7 @@ fn call_status(error: CallError) -> Status {
         CallError::NoConsumers { target } => {
             Status::unavailable(format!("no notifier is running ({target})"))
         }
+        error @ CallError::ReplyLost => Status::unavailable(error.to_string()),
         CallError::Transport(error) => Status::unavailable(error.to_string()),
     }
 }

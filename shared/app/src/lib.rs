@@ -11,11 +11,14 @@
 //! 2. the service registers its endpoints ([`App::register`]: only declared
 //!    ones) and starts its RPC servers and notification listeners
 //!    ([`App::serve_rpc`], [`App::listen`]);
-//! 3. [`App::serve_grpc`]: bind the gRPC port (health, reflection and the
+//! 3. [`App::serve_grpc`]: serve gRPC (health, reflection and the
 //!    service's own routes), start the heartbeats, watch the readiness
 //!    probes (the broker's first), tell a launcher's supervisor when ready,
 //!    serve until the attempt ends, wait for the AMQP consumers to drain,
 //!    then either return (shutdown) or ask to be run again ([`Restart`]).
+//!    The gRPC port is bound once per process and outlives the attempts
+//!    ([`Host`]): between them, callers keep their connections and get
+//!    `UNAVAILABLE` at once.
 //!
 //! `main` is one call: [`main`] parses the flags, loads and checks the
 //! configuration, then hands over to [`switchyard_service::run`].
@@ -198,8 +201,9 @@ where
         Err(code) => return code,
     };
     let declared = (service.endpoints)(&loaded.settings);
+    let host = Host::default();
     switchyard_service::run(service.name, loaded.settings, move |settings, running| {
-        let app = App::new(service.name, running, declared.clone());
+        let app = App::new(service.name, running, host.clone(), declared.clone());
         serve(settings, app)
     })
 }
@@ -211,6 +215,7 @@ type Probe = Box<dyn FnOnce(&Readiness, CancellationToken) + Send>;
 pub struct App {
     service: &'static str,
     running: Running,
+    host: Host,
     declared: Vec<EndpointSpec>,
     messaging: Option<Messaging>,
     attempt: CancellationToken,
@@ -253,11 +258,20 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl App {
     /// A run of `service` with `running`'s executor, accepting `declared`.
-    pub fn new(service: &'static str, running: Running, declared: Vec<EndpointSpec>) -> Self {
+    ///
+    /// `host` is the process's gRPC server: hand every run a clone of the
+    /// same one.
+    pub fn new(
+        service: &'static str,
+        running: Running,
+        host: Host,
+        declared: Vec<EndpointSpec>,
+    ) -> Self {
         let attempt = running.shutdown.clone();
         Self {
             service,
             running,
+            host,
             declared,
             messaging: None,
             attempt,
@@ -409,21 +423,29 @@ impl App {
     /// documentation for the order. `grpc` names the services served
     /// besides health and reflection, who may call them, and adds their
     /// routes.
+    ///
+    /// The port is bound by the process's first run and kept to shutdown
+    /// ([`Host`]): when a run ends because its broker connection was lost,
+    /// callers keep their connections, health says NOT_SERVING and every
+    /// other method answers `UNAVAILABLE` at once until the next run
+    /// installs its routes.
     pub async fn serve_grpc<I>(mut self, config: &GrpcConfig, grpc: Grpc<I>) -> anyhow::Result<()>
     where
         I: tonic::service::Interceptor + Clone + Send + Sync + 'static,
     {
-        let (readiness, health) = Readiness::new(grpc.served).await;
+        let host = self.host.clone();
+        let mut slot = host.0.lock().await;
+        let hosted = match &mut *slot {
+            Some(hosted) => hosted,
+            None => slot.insert(Hosted::new(grpc.served).await),
+        };
         let routes = switchyard_grpc::base_routes(
-            health,
+            hosted.health.clone(),
             switchyard_proto::FILE_DESCRIPTOR_SET,
             grpc.served,
             grpc.access,
         )?;
         let routes = (grpc.routes)(routes);
-        let listener = switchyard_grpc::bind(&config.listen.to_string()).await?;
-        let address = listener.local_addr().context("reading the gRPC address")?;
-        tracing::info!("gRPC on {address}");
         if let Some(messaging) = &self.messaging {
             let instance = heartbeat::Instance {
                 service: self.service.to_string(),
@@ -441,20 +463,45 @@ impl App {
             )
             .await?;
         }
+        let readiness = hosted.readiness.clone();
         for probe in self.probes.drain(..) {
             probe(&readiness, self.attempt.clone());
         }
         let supervisor = self.running.supervisor.clone();
         readiness.on_ready(self.attempt.clone(), move || supervisor.ready());
-        switchyard_grpc::serve(
-            listener,
-            routes,
-            config.server_tls()?,
-            config.connection_limits(),
-            readiness,
-            self.attempt.clone(),
-        )
-        .await?;
+        hosted.switch.install(routes);
+        readiness.set(RUN, true).await;
+        // The first run binds the port only now, with its routes in place:
+        // a caller who finds the port open finds the service.
+        let server = hosted.listen(config, &self.running.shutdown).await?;
+        let ended = tokio::select! {
+            biased;
+            () = self.attempt.cancelled() => None,
+            ended = server => Some(ended),
+        };
+        match ended {
+            Some(ended) => {
+                *slot = None;
+                ended.context("the gRPC server task")??;
+                // Without a shutdown the server stops on its own only when
+                // it fails: the process stops with the error.
+                anyhow::ensure!(
+                    self.running.shutdown.is_cancelled(),
+                    "the gRPC server stopped before its shutdown"
+                );
+            }
+            None if self.running.shutdown.is_cancelled() => {
+                // The server drains the calls in flight (see switchyard_grpc::serve).
+                if let Some(server) = slot.take().and_then(|hosted| hosted.server) {
+                    server.await.context("the gRPC server task")??;
+                }
+            }
+            None => {
+                hosted.switch.clear();
+                readiness.set(RUN, false).await;
+            }
+        }
+        drop(slot);
         futures_util::future::join_all(self.stopped.drain(..)).await;
         if let Some(messaging) = &self.messaging {
             messaging
@@ -464,6 +511,71 @@ impl App {
                 .map_err(Restart::because)?;
         }
         Ok(())
+    }
+}
+
+/// The readiness check that is false between runs.
+const RUN: &str = "run";
+
+/// The gRPC server of one process, kept across runs: bound by the first
+/// [`App::serve_grpc`], serving until shutdown. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Host(std::sync::Arc<tokio::sync::Mutex<Option<Hosted>>>);
+
+#[derive(Debug)]
+struct Hosted {
+    switch: switchyard_grpc::Switch,
+    readiness: Readiness,
+    health: tonic::service::Routes,
+    /// Serving since the first run's routes were installed.
+    server: Option<Server>,
+}
+
+type Server = tokio::task::JoinHandle<Result<(), switchyard_grpc::GrpcError>>;
+
+impl Hosted {
+    /// The server's health and switch, not listening yet.
+    async fn new(served: &'static [&'static str]) -> Self {
+        let (readiness, health) = Readiness::new(served).await;
+        Self {
+            switch: switchyard_grpc::Switch::new(health.clone()),
+            readiness,
+            health,
+            server: None,
+        }
+    }
+
+    /// Binds `config.listen` and serves the switch until `shutdown`, unless
+    /// an earlier run did.
+    async fn listen(
+        &mut self,
+        config: &GrpcConfig,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<&mut Server> {
+        if self.server.is_none() {
+            self.server = Some(self.bind(config, shutdown).await?);
+        }
+        self.server
+            .as_mut()
+            .context("the gRPC server was just started")
+    }
+
+    async fn bind(
+        &self,
+        config: &GrpcConfig,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Server> {
+        let listener = switchyard_grpc::bind(&config.listen.to_string()).await?;
+        let address = listener.local_addr().context("reading the gRPC address")?;
+        tracing::info!("gRPC on {address}");
+        Ok(tokio::spawn(switchyard_grpc::serve(
+            listener,
+            self.switch.routes(),
+            config.server_tls()?,
+            config.connection_limits(),
+            self.readiness.clone(),
+            shutdown.clone(),
+        )))
     }
 }
 

@@ -13,6 +13,7 @@ mod connections;
 mod readiness;
 mod retry;
 mod status;
+mod switch;
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ pub use retry::{never_sent, retry_unsent};
 pub use status::{
     FullMethod, code_name, from_dispatch, invalid_argument, is_server_error, not_found,
 };
+pub use switch::Switch;
 
 /// The `[grpc]` section of a service that serves gRPC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

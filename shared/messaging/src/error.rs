@@ -107,6 +107,11 @@ pub enum CallError {
         /// The target.
         target: String,
     },
+    /// The connection the reply would have come back on was lost while
+    /// the call waited: the reply can never arrive. The server may or may
+    /// not have run the call.
+    #[error("the broker connection was lost while waiting for the reply (the call may have run)")]
+    ReplyLost,
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] MessagingError),

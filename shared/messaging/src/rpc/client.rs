@@ -128,12 +128,16 @@ impl RpcClient {
         self.send(target, properties, request).await?;
         let remaining = timeout.saturating_sub(started.elapsed());
         // While waiting, look again every second: if the last consumer of the
-        // topic went away, say so instead of waiting out the timeout.
+        // topic went away, say so instead of waiting out the timeout. A
+        // connection lost for good takes its direct replies with it: say
+        // that at once, too.
+        let lost = self.transport.lost();
         let waiting = async {
             tokio::pin!(reply);
             loop {
                 tokio::select! {
                     delivery = &mut reply => return delivery.map_err(|_| CallError::Timeout(timeout)),
+                    () = lost.cancelled() => return Err(CallError::ReplyLost),
                     _ = tokio::time::sleep(Duration::from_secs(1)), if target.server.is_none() => {
                         if !self.has_consumers(target, false).await {
                             return Err(CallError::NoConsumers { target: target.to_string() });
