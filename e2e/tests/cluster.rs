@@ -11,6 +11,10 @@
 //! was restarted. Reports how long the collector host took to consume again
 //! from another node.
 //!
+//! Fault scenario 4, during the same kill: callers of a method that needs
+//! the broker (ListAlarms) get answers or UNAVAILABLE from the api within
+//! their deadlines, none a reset connection, and answers again afterwards.
+//!
 //! Fault scenario 3: one collector host killed under load; the other stores
 //! everything acknowledged; started again, its workers consume beside the
 //! other host's again.
@@ -19,6 +23,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::ListAlarmsSteadily;
 use support::compose::{Project, engine_answers, inspect, leftovers, root};
 
 const SERVICES: [&str; 8] = [
@@ -77,8 +82,15 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
     );
     assert_eq!(running.trim(), "3", "nodes running in the cluster");
 
-    // 400 batches of 10, one every 20 ms: about 8 s of samples.
+    // 400 batches of 10, one every 20 ms: about 8 s of samples; and
+    // callers of a method that needs the broker (scenario 4).
     let load = project.load("node", 400);
+    let callers = ListAlarmsSteadily::start(
+        project.client().await,
+        Some(&project.token),
+        2,
+        Duration::from_secs(3),
+    );
     project.wait_stored_at_least(500, Instant::now() + Duration::from_secs(120));
     let killed = Instant::now();
     project.ok(&["kill", "rabbit-1"], Duration::from_secs(60));
@@ -110,6 +122,23 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
          all 4,000 acknowledged samples stored once, {:.1} s after the kill",
         failed_over.as_secs_f64(),
         killed.elapsed().as_secs_f64()
+    );
+    // Scenario 4: the api lost its node too; its callers got answers or
+    // UNAVAILABLE within their deadlines, and get answers again.
+    callers
+        .wait_answered_after(Instant::now(), 10, Duration::from_secs(60))
+        .await;
+    // A call in flight when the node died may wait out the api's own
+    // deadline for the notifier's reply while lapin still tries the dead
+    // node: the api says so (DEADLINE_EXCEEDED) before the caller's
+    // deadline.
+    let (calls, refused, reasons) = callers
+        .finish(&[tonic::Code::Unavailable, tonic::Code::DeadlineExceeded])
+        .await;
+    eprintln!(
+        "cluster: {calls} ListAlarms calls across the kill, {refused} refused by the api \
+         ({}), none past its deadline",
+        reasons.join("; ")
     );
     for service in ["collector-a", "collector-b", "notifier", "api"] {
         let container = project.container(service);

@@ -159,6 +159,19 @@ impl Project {
     }
 
     /// Posts `batches` batches of 10 on a task; the acknowledged ids.
+    /// A client of the api's published port.
+    pub async fn client(
+        &self,
+    ) -> switchyard_proto::metering::v1::metering_client::MeteringClient<tonic::transport::Channel>
+    {
+        switchyard_proto::metering::v1::metering_client::MeteringClient::connect(format!(
+            "http://127.0.0.1:{}",
+            self.api_port
+        ))
+        .await
+        .expect("api")
+    }
+
     pub fn load(&self, label: &str, batches: usize) -> tokio::task::JoinHandle<Vec<String>> {
         let (token, name, port) = (self.token.clone(), self.name.clone(), self.api_port);
         let label = label.to_string();

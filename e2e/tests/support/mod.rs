@@ -957,3 +957,133 @@ pub fn artifacts() -> PathBuf {
     std::fs::create_dir_all(&dir).expect("artifacts dir");
     dir
 }
+
+/// One call of [`ListAlarmsSteadily`]: when it was sent, how long it took,
+/// and its outcome.
+pub struct Call {
+    pub sent: Instant,
+    pub took: Duration,
+    pub outcome: Result<(), tonic::Status>,
+}
+
+/// Callers asking the api for its alarms (which the api asks the notifier
+/// for over AMQP: a method that needs the broker), each with `deadline`,
+/// one after another, until stopped.
+pub struct ListAlarmsSteadily {
+    calls: std::sync::Arc<std::sync::Mutex<Vec<Call>>>,
+    stop: tokio_util::sync::CancellationToken,
+    callers: Vec<tokio::task::JoinHandle<()>>,
+    pub deadline: Duration,
+}
+
+impl ListAlarmsSteadily {
+    /// `callers` callers on `client` (cloned: one connection), with a bearer
+    /// `token` when given.
+    pub fn start(
+        client: switchyard_proto::metering::v1::metering_client::MeteringClient<
+            tonic::transport::Channel,
+        >,
+        token: Option<&str>,
+        callers: usize,
+        deadline: Duration,
+    ) -> Self {
+        use switchyard_proto::metering::v1::ListAlarmsRequest;
+        let authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+            token.and_then(|token| format!("Bearer {token}").parse().ok());
+        let calls = std::sync::Arc::<std::sync::Mutex<Vec<Call>>>::default();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let callers = (0..callers)
+            .map(|_| {
+                let (mut client, calls, stop) = (client.clone(), calls.clone(), stop.clone());
+                let authorization = authorization.clone();
+                tokio::spawn(async move {
+                    while !stop.is_cancelled() {
+                        let mut request = tonic::Request::new(ListAlarmsRequest::default());
+                        request.set_timeout(deadline);
+                        if let Some(authorization) = &authorization {
+                            request
+                                .metadata_mut()
+                                .insert("authorization", authorization.clone());
+                        }
+                        let sent = Instant::now();
+                        let outcome = client.list_alarms(request).await.map(|_| ());
+                        let took = sent.elapsed();
+                        calls.lock().expect("calls").push(Call {
+                            sent,
+                            took,
+                            outcome,
+                        });
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            calls,
+            stop,
+            callers,
+            deadline,
+        }
+    }
+
+    /// How many calls sent after `at` were answered.
+    pub fn answered_after(&self, at: Instant) -> usize {
+        self.calls
+            .lock()
+            .expect("calls")
+            .iter()
+            .filter(|call| call.sent > at && call.outcome.is_ok())
+            .count()
+    }
+
+    /// Waits (at most `bound`) until `count` calls sent after `at` were answered.
+    pub async fn wait_answered_after(&self, at: Instant, count: usize, bound: Duration) {
+        while self.answered_after(at) < count {
+            assert!(
+                at.elapsed() < bound,
+                "only {} calls answered in {bound:?}",
+                self.answered_after(at)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the callers; checks that every call ended within its
+    /// deadline, answered or refused by the api itself with one of the
+    /// `allowed` codes (not by a reset or refused connection: a status the
+    /// client made from one carries the transport error as its source).
+    /// Returns (calls, refused, the api's distinct reasons).
+    pub async fn finish(self, allowed: &[tonic::Code]) -> (usize, usize, Vec<String>) {
+        self.stop.cancel();
+        for caller in self.callers {
+            caller.await.expect("caller");
+        }
+        let calls = self.calls.lock().expect("calls");
+        let mut reasons = Vec::new();
+        let mut refused = 0;
+        for call in calls.iter() {
+            assert!(
+                call.took < self.deadline + Duration::from_millis(500),
+                "a call took {:?} (deadline {:?}): {:?}",
+                call.took,
+                self.deadline,
+                call.outcome
+            );
+            if let Err(status) = &call.outcome {
+                refused += 1;
+                assert!(
+                    allowed.contains(&status.code()),
+                    "a refused call must say why with one of {allowed:?}: {status:?}"
+                );
+                assert!(
+                    std::error::Error::source(status).is_none(),
+                    "refused by the transport, not by the api: {status:?}"
+                );
+                reasons.push(status.message().to_string());
+            }
+        }
+        reasons.sort();
+        reasons.dedup();
+        (calls.len(), refused, reasons)
+    }
+}

@@ -151,6 +151,18 @@ impl Transport {
         });
     }
 
+    /// One item each time the connection fails or lapin re-establishes it
+    /// (lapin reports a broker-closed connection it recovers only as
+    /// `Connected`): what lived on the old channels, direct replies
+    /// included, is gone.
+    pub fn drops(&self) -> impl futures_lite::Stream<Item = ()> + Send + 'static {
+        use futures_lite::StreamExt;
+        self.connection
+            .events_listener()
+            .filter(|event| matches!(event, lapin::Event::Error(_) | lapin::Event::Connected))
+            .map(|_| ())
+    }
+
     /// Cancelled when the connection (or a consumer on it) cannot come back.
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()

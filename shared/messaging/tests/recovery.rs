@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use support::{EchoServer, Rig, text};
 use switchyard_config::SecretUrl;
 use switchyard_executor::Phase;
-use switchyard_messaging::{AmqpConfig, CallError, RpcClient, Target, Transport, wire};
+use switchyard_messaging::{AmqpConfig, CallError, RpcClient, Target, Transport};
 
 /// Closes, through rabbitmqctl, every connection whose name is `name`.
 fn close_connection(name: &str) -> usize {
@@ -110,14 +110,14 @@ async fn publisher_and_consumer_recover_and_nothing_is_lost() {
     rig.cleanup(&["echo"], &[]).await;
 }
 
-/// A call waiting for its reply when its connection is lost for good can
-/// never get it (direct replies belong to the connection that sent the
-/// call): it fails with `ReplyLost` as soon as the connection is given up,
-/// not at its timeout. The connection is lost for good by deleting the
-/// broker user it logged in as: the broker closes it and refuses to let
-/// it back in.
+/// A call waiting for its reply when its connection fails can never get
+/// it: the broker drops direct replies to a channel that is gone, and a
+/// recovered connection has new ones. The call fails with `ReplyLost` at
+/// once, not at its timeout, whether the connection comes back (the broker
+/// closed it; lapin recovers it) or is lost for good (the user it logged
+/// in as was deleted: the broker closes it and refuses it back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_whose_connection_is_lost_for_good_fails_at_once_not_at_its_timeout() {
+async fn a_call_whose_connection_fails_while_waiting_fails_at_once_not_at_its_timeout() {
     let rig = Rig::new().await;
     let user = format!("sy-test-{}", rig.id);
     rabbitmqctl(&["add_user", &user, &rig.id]);
@@ -132,68 +132,64 @@ async fn a_call_whose_connection_is_lost_for_good_fails_at_once_not_at_its_timeo
         .expect("caller connects");
     let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 4).await;
     let client = RpcClient::new(&caller).await.expect("client");
-    let target = Target::topic(rig.exchange(), "echo");
-    let slow = switchyard_proto::echo::v1::SayRequest {
-        text: "slow".into(),
-        wait_ms: 6_000,
-    };
-    let call = tokio::spawn(async move {
-        let started = Instant::now();
-        let outcome = client
-            .call::<_, switchyard_proto::echo::v1::SayReply>(
-                &target,
-                "say",
-                &slow,
-                Duration::from_secs(30),
-            )
-            .await;
-        (outcome, started.elapsed())
-    });
-    // The server has the call (it is delivered, not yet acknowledged):
-    // the caller is waiting for the reply.
-    let queue = wire::topic_queue(rig.exchange(), "echo");
-    let waiting = Instant::now();
-    while unacknowledged(&queue) < 1 {
+    let caller_name = format!("caller@{}", rig.id);
+    let recovered = || assert_eq!(close_connection(&caller_name), 1, "the caller's connection");
+    let deleted = || rabbitmqctl(&["delete_user", &user]);
+    let failures: [(&str, &dyn Fn()); 2] = [
+        ("closed, then recovered", &recovered),
+        ("lost for good", &deleted),
+    ];
+    for (how, fail) in failures {
+        let (client, target) = (client.clone(), Target::topic(rig.exchange(), "echo"));
+        let call = tokio::spawn(async move {
+            let slow = switchyard_proto::echo::v1::SayRequest {
+                text: "slow".into(),
+                wait_ms: 3_000,
+            };
+            let started = Instant::now();
+            let outcome = client
+                .call::<_, switchyard_proto::echo::v1::SayReply>(
+                    &target,
+                    "say",
+                    &slow,
+                    Duration::from_secs(30),
+                )
+                .await;
+            (outcome, started.elapsed())
+        });
+        // The server runs the call: the caller is waiting for the reply.
+        let waiting = Instant::now();
+        while echo.executor.snapshot().totals.in_flight < 1 {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10) && !call.is_finished(),
+                "{how}: the server never got the call"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        fail();
+        let (outcome, took) = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .unwrap_or_else(|_| panic!("{how}: the call waited on"))
+            .expect("join");
         assert!(
-            waiting.elapsed() < Duration::from_secs(10) && !call.is_finished(),
-            "the server never got the call"
+            matches!(outcome, Err(CallError::ReplyLost)) && took < Duration::from_secs(2),
+            "{how}: {outcome:?} after {took:?} (the server answers after 3 s)"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The server finishes the call (its reply dropped) before the next.
+        let waiting = Instant::now();
+        while echo.executor.snapshot().totals.in_flight > 0 {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10),
+                "{how}: the call never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    rabbitmqctl(&["delete_user", &user]);
-    let (outcome, took) = tokio::time::timeout(Duration::from_secs(4), call)
-        .await
-        .expect("the call ended long before its reply or its timeout")
-        .expect("join");
-    assert!(
-        matches!(outcome, Err(CallError::ReplyLost)),
-        "{outcome:?} after {took:?}"
-    );
     assert!(caller.lost().is_cancelled());
 
     echo.stop().await;
     caller.close().await;
     rig.cleanup(&["echo"], &[]).await;
-}
-
-/// Messages delivered from `queue` and not yet acknowledged.
-fn unacknowledged(queue: &str) -> u64 {
-    let output = Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "list_queues",
-            "--no-table-headers",
-            "name",
-            "messages_unacknowledged",
-        ])
-        .output()
-        .expect("rabbitmqctl runs");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| line.split_once('\t'))
-        .find(|(name, _)| name.trim() == queue)
-        .and_then(|(_, count)| count.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn rabbitmqctl(args: &[&str]) {

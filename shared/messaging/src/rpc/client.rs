@@ -85,6 +85,27 @@ impl RpcClient {
                 }
             }
         });
+        // The broker drops direct replies to a channel that is gone, and a
+        // recovered connection has new channels: when the connection fails,
+        // no call waiting then can get its reply. Wake them (they fail with
+        // ReplyLost) instead of letting them wait out their timeouts.
+        let (drops, lost, waiting) = (
+            transport.drops(),
+            transport.lost(),
+            Arc::downgrade(&pending),
+        );
+        tokio::spawn(async move {
+            tokio::pin!(drops);
+            loop {
+                tokio::select! {
+                    dropped = drops.next() => match (dropped, waiting.upgrade()) {
+                        (Some(()), Some(waiting)) => lock(&waiting).clear(),
+                        _ => return,
+                    },
+                    () = lost.cancelled() => return,
+                }
+            }
+        });
         Ok(Self {
             channel,
             transport: transport.clone(),
@@ -97,6 +118,24 @@ impl RpcClient {
     /// Calls `method` on `target` and waits at most `timeout` for the reply.
     /// Fails fast with [`CallError::NoConsumers`] when nobody serves the target.
     pub async fn call<Req, Resp>(
+        &self,
+        target: &Target,
+        method: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Message,
+        Resp: Message + Default,
+    {
+        // Every step counts against the timeout — the consumer check and
+        // the publish too (during a broker outage they wait).
+        tokio::time::timeout(timeout, self.call_within(target, method, request, timeout))
+            .await
+            .map_err(|_elapsed| CallError::Timeout(timeout))?
+    }
+
+    async fn call_within<Req, Resp>(
         &self,
         target: &Target,
         method: &str,
@@ -129,14 +168,14 @@ impl RpcClient {
         let remaining = timeout.saturating_sub(started.elapsed());
         // While waiting, look again every second: if the last consumer of the
         // topic went away, say so instead of waiting out the timeout. A
-        // connection lost for good takes its direct replies with it: say
-        // that at once, too.
+        // connection that fails takes its direct replies with it (even if
+        // lapin recovers it; see `new`): say that at once, too.
         let lost = self.transport.lost();
         let waiting = async {
             tokio::pin!(reply);
             loop {
                 tokio::select! {
-                    delivery = &mut reply => return delivery.map_err(|_| CallError::Timeout(timeout)),
+                    delivery = &mut reply => return delivery.map_err(|_| CallError::ReplyLost),
                     () = lost.cancelled() => return Err(CallError::ReplyLost),
                     _ = tokio::time::sleep(Duration::from_secs(1)), if target.server.is_none() => {
                         if !self.has_consumers(target, false).await {
