@@ -15,6 +15,12 @@
 //! the broker (ListAlarms) get answers or UNAVAILABLE from the api within
 //! their deadlines, none a reset connection, and answers again afterwards.
 //!
+//! Fault scenario 2: the second node is cut off from the others and from
+//! the services (`docker network disconnect`) for 30 s under load, then
+//! connected again: the collector host that used it consumes from another
+//! node (two missed heartbeats, then `recovery_timeout_ms`), the node pauses
+//! (`pause_minority`) and rejoins; every acknowledged sample stored once.
+//!
 //! Fault scenario 3: one collector host killed under load; the other stores
 //! everything acknowledged; started again, its workers consume beside the
 //! other host's again.
@@ -148,6 +154,73 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
             "{service} was restarted"
         );
     }
+
+    // Scenario 2: one node cut off from the others and from the services
+    // for 30 s, under load; then connected again. The node is the one
+    // collector-b's workers connected to last (scenario 1 may have moved
+    // them).
+    project.wait_healthy(&SERVICES, Duration::from_secs(180));
+    let before = project.stored().1 as usize;
+    let collector_b_log = || {
+        project.ok(
+            &["logs", "--no-color", "collector-b"],
+            Duration::from_secs(60),
+        )
+    };
+    let connections = |log: &str| log.matches("connected to RabbitMQ at").count();
+    let log = collector_b_log();
+    let node = log
+        .lines()
+        // The last: one container's log is in order.
+        .rev()
+        .filter_map(|line| line.split("connected to RabbitMQ at ").nth(1))
+        .find_map(|rest| rest.split('@').nth(1)?.split(':').next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("collector-b never connected:\n{log}"));
+    let connected_before = connections(&log);
+    // 2,500 batches of 10 every 20 ms: about 50 s of samples.
+    let load = project.load("partition", 2_500);
+    project.wait_stored_at_least(before + 500, Instant::now() + Duration::from_secs(120));
+    let network = format!("{name}_broker");
+    let cut_off = project.container(&node);
+    let cut = Instant::now();
+    support::run_ok("docker", &["network", "disconnect", &network, &cut_off]);
+    let failed_over = loop {
+        if connections(&collector_b_log()) > connected_before {
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(90),
+            "collector-b never left the cut-off node {node}:\n{}",
+            collector_b_log()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let remaining = Duration::from_secs(30).saturating_sub(cut.elapsed());
+    tokio::time::sleep(remaining).await;
+    support::run_ok(
+        "docker",
+        &["network", "connect", "--alias", &node, &network, &cut_off],
+    );
+    let acknowledged = load.await.expect("load");
+    assert_eq!(
+        acknowledged.len(),
+        25_000,
+        "every batch acknowledged in the end"
+    );
+    project.wait_stored(before + acknowledged.len());
+    eprintln!(
+        "cluster: {node} cut off for 30 s; collector-b consumed from another node after {:.1} s; \
+         all 25,000 acknowledged samples stored once",
+        failed_over.as_secs_f64()
+    );
+    // The node rejoins: all three run again.
+    project.wait_healthy(&[node.as_str()], Duration::from_secs(180));
 
     // Scenario 3: one collector host killed under load; the other takes all
     // the work; started again, it consumes beside it again.

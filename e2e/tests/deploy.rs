@@ -120,38 +120,187 @@ fn every_service_environment_passes_its_config_check() {
             Some(phase),
             "{service}"
         );
-        let mut command = Command::new(support::binary(&format!("switchyard-{service}")));
-        command.current_dir(std::env::temp_dir()).args([
-            "--config",
-            root()
-                .join(format!("deploy/config/{service}.toml"))
-                .to_str()
-                .expect("utf-8"),
-            "--check-config",
-        ]);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("SWITCHYARD_") {
-                command.env_remove(key);
-            }
+        check_config(
+            &format!("switchyard-{service}"),
+            Some(&root().join(format!("deploy/config/{service}.toml"))),
+            &environment,
+        )
+        .unwrap_or_else(|refused| panic!("{service} refuses its compose environment:\n{refused}"));
+    }
+}
+
+/// Runs `binary --check-config` (with `config` when given) in exactly
+/// `environment` (no SWITCHYARD_ variable of the test's own). Each secret
+/// mounted at /run/secrets/<name> (compose and the Kubernetes manifests
+/// both do) is the file scripts/secrets made for it. `Err` holds stderr.
+fn check_config(
+    binary: &str,
+    config: Option<&Path>,
+    environment: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let mut command = Command::new(support::binary(binary));
+    command.current_dir(std::env::temp_dir());
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command.arg("--check-config");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SWITCHYARD_") {
+            command.env_remove(key);
         }
-        // Compose mounts each secret at /run/secrets/<name>: here, the file
-        // scripts/secrets made for it.
-        let secrets = root().join("deploy/secrets");
-        command.envs(environment.iter().map(|(key, value)| {
-            let value = match value.strip_prefix("/run/secrets/") {
-                Some(name) if key.ends_with("_FILE") => {
-                    secrets.join(name).to_string_lossy().into_owned()
+    }
+    let secrets = root().join("deploy/secrets");
+    command.envs(environment.iter().map(|(key, value)| {
+        let value = match value.strip_prefix("/run/secrets/") {
+            Some(name) if key.ends_with("_FILE") => {
+                secrets.join(name).to_string_lossy().into_owned()
+            }
+            _ => value.clone(),
+        };
+        (key.clone(), value)
+    }));
+    let output = command.output().expect("binary runs");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// Every document of every manifest in deploy/kubernetes/.
+fn kubernetes_documents() -> Vec<(String, serde_yaml::Value)> {
+    use serde::Deserialize as _;
+    let mut documents = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(root().join("deploy/kubernetes"))
+        .expect("deploy/kubernetes")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("manifest");
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(document)
+                .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            documents.push((path.display().to_string(), value));
+        }
+    }
+    documents
+}
+
+/// The Kubernetes manifests (not run here: no cluster): every document is
+/// YAML with a kind; every container's command is a binary the image
+/// ships, and its environment passes that binary's real configuration
+/// check, with the secrets it mounts; the secret volume covers every
+/// /run/secrets file the environment names.
+#[test]
+fn every_kubernetes_container_environment_passes_its_config_check() {
+    make_secrets();
+    let documents = kubernetes_documents();
+    let kinds: Vec<&str> = documents
+        .iter()
+        .filter_map(|(_, document)| document["kind"].as_str())
+        .collect();
+    assert_eq!(kinds.len(), documents.len(), "every document has a kind");
+    for kind in ["Rollout", "AnalysisTemplate", "Service"] {
+        assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+    }
+    let workloads = documents.iter().filter(|(_, document)| {
+        matches!(document["kind"].as_str(), Some("Rollout" | "Deployment"))
+    });
+    let mut checked = 0;
+    for (file, workload) in workloads {
+        let pod = &workload["spec"]["template"]["spec"];
+        for container in pod["containers"].as_sequence().expect("containers") {
+            let binary = container["command"][0].as_str().expect("command");
+            let environment: BTreeMap<String, String> = container["env"]
+                .as_sequence()
+                .expect("env")
+                .iter()
+                .map(|variable| {
+                    (
+                        variable["name"].as_str().expect("name").to_string(),
+                        variable["value"]
+                            .as_str()
+                            .expect("a literal value")
+                            .to_string(),
+                    )
+                })
+                .collect();
+            for (key, value) in &environment {
+                if key.ends_with("_FILE") {
+                    assert!(
+                        value.starts_with("/run/secrets/")
+                            && pod["volumes"][0]["secret"]["secretName"].is_string(),
+                        "{file}: {key} must name a file of the mounted secret"
+                    );
                 }
-                _ => value.clone(),
-            };
-            (key.clone(), value)
-        }));
-        let output = command.output().expect("binary runs");
-        assert!(
-            output.status.success(),
-            "{service} refuses its compose environment:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+            }
+            check_config(binary, None, &environment).unwrap_or_else(|refused| {
+                panic!("{file}: {binary} refuses its environment:\n{refused}")
+            });
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no container checked");
+}
+
+/// The analysis template's queries name series the services really expose,
+/// with the labels they select on: scraped from a running collector that
+/// stored samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analysis_template_queries_series_a_running_service_exposes() {
+    let metrics = format!("127.0.0.1:{}", support::free_port());
+    let fleet = support::Fleet::start(support::FleetOptions {
+        collector_extra: vec![("SWITCHYARD_METRICS__LISTEN".into(), metrics.clone())],
+        ..Default::default()
+    })
+    .await;
+    let (acknowledged, _) = support::post_steadily(
+        fleet.client().await,
+        format!("{}-k", fleet.id),
+        2,
+        5,
+        std::time::Duration::from_millis(10),
+    )
+    .await;
+    fleet.wait_stored(acknowledged.len()).await;
+    let page = support::http_get_text(&metrics, "/metrics").await;
+
+    let queries: Vec<String> = kubernetes_documents()
+        .into_iter()
+        .filter(|(_, document)| document["kind"].as_str() == Some("AnalysisTemplate"))
+        .flat_map(|(_, template)| {
+            template["spec"]["metrics"]
+                .as_sequence()
+                .expect("metrics")
+                .iter()
+                .map(|metric| {
+                    metric["provider"]["prometheus"]["query"]
+                        .as_str()
+                        .expect("query")
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!queries.is_empty());
+    for query in &queries {
+        let names = query
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("switchyard_"));
+        for name in names {
+            let series = format!("{name}{{");
+            let exposed = page.lines().find(|line| {
+                line.starts_with(&series)
+                    && line.contains("service=\"collector\"")
+                    && line.contains("phase=\"threaded\"")
+            });
+            assert!(
+                exposed.is_some(),
+                "{name} with service and phase labels is not on the collector's page"
+            );
+        }
     }
 }
 

@@ -10,6 +10,25 @@ use std::time::{Duration, Instant};
 
 use support::{Fleet, FleetOptions, ListAlarmsSteadily, Proxy, post_steadily};
 
+/// A service's environment for connecting through `node` first, then
+/// directly to the local broker once `node` stays down `recovery_ms`.
+fn through(node: &Proxy, recovery_ms: u64) -> Vec<(String, String)> {
+    vec![
+        (
+            "SWITCHYARD_AMQP__URL".into(),
+            format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port),
+        ),
+        (
+            "SWITCHYARD_AMQP__FAILOVER_URLS".into(),
+            "[\"amqp://guest:guest@127.0.0.1:5672/%2f\"]".into(),
+        ),
+        (
+            "SWITCHYARD_AMQP__RECOVERY_TIMEOUT_MS".into(),
+            recovery_ms.to_string(),
+        ),
+    ]
+}
+
 /// `amqp.failover_urls`: the collector's broker node dies (here: the
 /// proxy it connects through is cut, connections and port), and once
 /// `recovery_timeout_ms` has passed it connects to the next address,
@@ -19,17 +38,7 @@ use support::{Fleet, FleetOptions, ListAlarmsSteadily, Proxy, post_steadily};
 async fn a_collector_whose_broker_dies_fails_over_to_the_next_one() {
     let node = Proxy::start(([127, 0, 0, 1], 5672).into()).await;
     let mut fleet = Fleet::start(FleetOptions {
-        collector_extra: vec![
-            (
-                "SWITCHYARD_AMQP__URL".into(),
-                format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port),
-            ),
-            (
-                "SWITCHYARD_AMQP__FAILOVER_URLS".into(),
-                "[\"amqp://guest:guest@127.0.0.1:5672/%2f\"]".into(),
-            ),
-            ("SWITCHYARD_AMQP__RECOVERY_TIMEOUT_MS".into(), "2000".into()),
-        ],
+        collector_extra: through(&node, 2000),
         ..FleetOptions::default()
     })
     .await;
@@ -77,17 +86,7 @@ async fn a_collector_whose_broker_dies_fails_over_to_the_next_one() {
 async fn callers_of_an_api_whose_broker_dies_get_answers_or_unavailable_within_their_deadline() {
     let node = Proxy::start(([127, 0, 0, 1], 5672).into()).await;
     let mut fleet = Fleet::start(FleetOptions {
-        api_extra: vec![
-            (
-                "SWITCHYARD_AMQP__URL".into(),
-                format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port),
-            ),
-            (
-                "SWITCHYARD_AMQP__FAILOVER_URLS".into(),
-                "[\"amqp://guest:guest@127.0.0.1:5672/%2f\"]".into(),
-            ),
-            ("SWITCHYARD_AMQP__RECOVERY_TIMEOUT_MS".into(), "1000".into()),
-        ],
+        api_extra: through(&node, 1000),
         ..FleetOptions::default()
     })
     .await;

@@ -211,17 +211,9 @@ async fn database_outage_waits_with_backoff_then_stores_everything() {
 }
 
 async fn failed_record_samples(metrics: &str) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(metrics)
+    support::http_get_text(metrics, "/metrics")
         .await
-        .expect("metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.expect("response");
-    text.lines()
+        .lines()
         .find(|l| {
             l.starts_with("switchyard_endpoint_failed_total")
                 && l.contains("endpoint=\"record_samples\"")

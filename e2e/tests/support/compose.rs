@@ -197,6 +197,14 @@ impl Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the services said last, before they are removed.
+            let logs = self.compose(
+                &["logs", "--no-color", "--tail", "80"],
+                Duration::from_secs(60),
+            );
+            eprintln!("{}", String::from_utf8_lossy(&logs.stdout));
+        }
         let output = self.compose(
             &["down", "-v", "--remove-orphans", "--timeout", "20"],
             Duration::from_secs(180),

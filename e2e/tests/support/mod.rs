@@ -371,19 +371,24 @@ impl Drop for Proxy {
     }
 }
 
+/// Runs `program` with `args`; asserts it succeeded and returns its output.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("{program} runs: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Runs `rabbitmqctl -q` with `args` against the local broker; asserts it
 /// succeeded.
 pub fn rabbitmqctl(args: &[&str]) {
-    let output = Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_ok("rabbitmqctl", &[&["-q"], args].concat());
 }
 
 /// Deletes every queue and exchange whose name is `prefix` or starts with `prefix.`.
@@ -1086,4 +1091,25 @@ impl ListAlarmsSteadily {
         reasons.dedup();
         (calls.len(), refused, reasons)
     }
+}
+
+/// The body (and head) of `GET path` from `address` (`host:port`), over a
+/// fresh connection.
+pub async fn http_get_text(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("the HTTP endpoint answers");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
+        .await
+        .expect("answered in time")
+        .expect("response");
+    text
 }

@@ -43,9 +43,13 @@ pub fn topic_queue(exchange: &str, topic: &str) -> String {
     format!("{exchange}.{topic}")
 }
 
-/// The queue of one instance (exclusive, auto-delete).
-pub fn server_queue(exchange: &str, topic: &str, server: &str) -> String {
-    format!("{exchange}.{topic}.{server}")
+/// The queue of one instance (exclusive, auto-delete) for one connection
+/// `run` of it: a rebuilt connection declares a queue of its own, so one
+/// left on a node that died (RabbitMQ keeps its record until the node is
+/// back or forgotten) cannot lock it out (RESOURCE_LOCKED). The binding
+/// key, not the name, routes to it.
+pub fn server_queue(exchange: &str, topic: &str, server: &str, run: &str) -> String {
+    format!("{exchange}.{topic}.{server}.{run}")
 }
 
 /// The routing key of a topic or of one server of it.
@@ -61,9 +65,10 @@ pub fn fanout_exchange(exchange: &str, topic: &str) -> String {
     format!("{exchange}.{topic}.fanout")
 }
 
-/// One instance's queue on the fanout exchange (exclusive, auto-delete).
-pub fn fanout_queue(exchange: &str, topic: &str, server: &str) -> String {
-    format!("{exchange}.{topic}.fanout.{server}")
+/// One instance's queue on the fanout exchange (exclusive, auto-delete),
+/// for one connection `run` of it, like [`server_queue`].
+pub fn fanout_queue(exchange: &str, topic: &str, server: &str, run: &str) -> String {
+    format!("{exchange}.{topic}.fanout.{server}.{run}")
 }
 
 /// The notifications topic exchange.
@@ -199,8 +204,8 @@ mod tests {
             "switchyard.collector"
         );
         assert_eq!(
-            server_queue("switchyard", "collector", "host-1"),
-            "switchyard.collector.host-1"
+            server_queue("switchyard", "collector", "host-1", "5f1c"),
+            "switchyard.collector.host-1.5f1c"
         );
         assert_eq!(routing_key("collector", Some("host-1")), "collector.host-1");
         assert_eq!(

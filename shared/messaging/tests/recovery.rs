@@ -15,29 +15,16 @@ use switchyard_messaging::{AmqpConfig, CallError, RpcClient, Target, Transport};
 
 /// Closes, through rabbitmqctl, every connection whose name is `name`.
 fn close_connection(name: &str) -> usize {
-    let output = Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "list_connections",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .expect("rabbitmqctl runs");
-    let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let listed = rabbitmqctl(&[
+        "list_connections",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ]);
     let mut closed = 0;
     for line in listed.lines().filter(|line| line.contains(name)) {
         let pid = line.split_whitespace().next().expect("pid column");
-        let closing = Command::new("rabbitmqctl")
-            .args(["-q", "close_connection", pid, "switchyard recovery test"])
-            .output()
-            .expect("rabbitmqctl runs");
-        assert!(
-            closing.status.success(),
-            "closing {pid}: {}",
-            String::from_utf8_lossy(&closing.stderr)
-        );
+        rabbitmqctl(&["close_connection", pid, "switchyard recovery test"]);
         closed += 1;
     }
     closed
@@ -134,7 +121,9 @@ async fn a_call_whose_connection_fails_while_waiting_fails_at_once_not_at_its_ti
     let client = RpcClient::new(&caller).await.expect("client");
     let caller_name = format!("caller@{}", rig.id);
     let recovered = || assert_eq!(close_connection(&caller_name), 1, "the caller's connection");
-    let deleted = || rabbitmqctl(&["delete_user", &user]);
+    let deleted = || {
+        rabbitmqctl(&["delete_user", &user]);
+    };
     let failures: [(&str, &dyn Fn()); 2] = [
         ("closed, then recovered", &recovered),
         ("lost for good", &deleted),
@@ -192,7 +181,8 @@ async fn a_call_whose_connection_fails_while_waiting_fails_at_once_not_at_its_ti
     rig.cleanup(&["echo"], &[]).await;
 }
 
-fn rabbitmqctl(args: &[&str]) {
+/// `rabbitmqctl -q ARGS`, which must succeed; its output.
+fn rabbitmqctl(args: &[&str]) -> String {
     let output = Command::new("rabbitmqctl")
         .arg("-q")
         .args(args)
@@ -203,4 +193,5 @@ fn rabbitmqctl(args: &[&str]) {
         "rabbitmqctl {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

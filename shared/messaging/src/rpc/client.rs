@@ -128,50 +128,33 @@ impl RpcClient {
         Req: Message,
         Resp: Message + Default,
     {
-        // Every step counts against the timeout — the consumer check and
-        // the publish too (during a broker outage they wait).
-        tokio::time::timeout(timeout, self.call_within(target, method, request, timeout))
-            .await
-            .map_err(|_elapsed| CallError::Timeout(timeout))?
-    }
-
-    async fn call_within<Req, Resp>(
-        &self,
-        target: &Target,
-        method: &str,
-        request: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, CallError>
-    where
-        Req: Message,
-        Resp: Message + Default,
-    {
-        let started = Instant::now();
-        if target.server.is_none() && !self.has_consumers(target, true).await {
-            return Err(CallError::NoConsumers {
-                target: target.to_string(),
-            });
-        }
         let correlation = wire::new_id();
         let (waiter, reply) = oneshot::channel();
         lock(&self.pending).insert(correlation.clone(), waiter);
-        let forget = ForgetOnDrop {
+        let _forget = ForgetOnDrop {
             pending: &self.pending,
             correlation: &correlation,
         };
-        let properties = self
-            .properties(method, "call", &correlation)
-            .with_correlation_id(correlation.as_str().into())
-            .with_reply_to(wire::DIRECT_REPLY_TO.into())
-            .with_expiration(timeout.as_millis().max(1).to_string().into());
-        self.send(target, properties, request).await?;
-        let remaining = timeout.saturating_sub(started.elapsed());
-        // While waiting, look again every second: if the last consumer of the
-        // topic went away, say so instead of waiting out the timeout. A
-        // connection that fails takes its direct replies with it (even if
-        // lapin recovers it; see `new`): say that at once, too.
-        let lost = self.transport.lost();
-        let waiting = async {
+        // Every step counts against the timeout: the consumer check and the
+        // publish too (during a broker outage they wait).
+        let calling = async {
+            if target.server.is_none() && !self.has_consumers(target, true).await {
+                return Err(CallError::NoConsumers {
+                    target: target.to_string(),
+                });
+            }
+            let properties = self
+                .properties(method, "call", &correlation)
+                .with_correlation_id(correlation.as_str().into())
+                .with_reply_to(wire::DIRECT_REPLY_TO.into())
+                .with_expiration(timeout.as_millis().max(1).to_string().into());
+            self.send(target, properties, request).await?;
+            // While waiting, look again every second: if the last consumer
+            // of the topic went away, say so instead of waiting out the
+            // timeout. A connection that fails takes its direct replies with
+            // it (even if lapin recovers it; see `new`): say that at once,
+            // too.
+            let lost = self.transport.lost();
             tokio::pin!(reply);
             loop {
                 tokio::select! {
@@ -185,10 +168,9 @@ impl RpcClient {
                 }
             }
         };
-        let delivery = tokio::time::timeout(remaining, waiting)
+        let delivery = tokio::time::timeout(timeout, calling)
             .await
             .map_err(|_elapsed| CallError::Timeout(timeout))??;
-        drop(forget);
         decode_reply(&delivery)
     }
 

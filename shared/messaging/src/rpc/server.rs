@@ -102,8 +102,11 @@ impl RpcServerBuilder {
         declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
         declare_exchange(&channel, &fanout, ExchangeKind::Fanout).await?;
         let topic_queue = wire::topic_queue(&self.exchange, &self.topic);
-        let server_queue = wire::server_queue(&self.exchange, &self.topic, &self.server);
-        let fanout_queue = wire::fanout_queue(&self.exchange, &self.topic, &self.server);
+        // new_id's last digits count up within the process.
+        let run = wire::new_id();
+        let run = &run[run.len().saturating_sub(8)..];
+        let server_queue = wire::server_queue(&self.exchange, &self.topic, &self.server, run);
+        let fanout_queue = wire::fanout_queue(&self.exchange, &self.topic, &self.server, run);
         let bound = match config.max_queue_length {
             0 => Bound::Unbounded,
             length => Bound::RejectPublish(length),
