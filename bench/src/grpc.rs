@@ -43,11 +43,15 @@ pub async fn echo(
     let stop = CancellationToken::new();
     let (readiness, health) = Readiness::new(&[]).await;
     let routes = match phase {
+        // As a service serves it: through the route switch that outlives
+        // messaging rebuilds (switchyard_app::Host).
         Some(phase) => {
             let executor = crate::amqp::executor(phase)?;
             let service =
                 EchoService::register(&executor, &GrpcConfig::default(), &Default::default())?;
-            health.add_service(service.into_server(4 * 1024 * 1024))
+            let switch = switchyard_grpc::Switch::new(health.clone());
+            switch.install(health.add_service(service.into_server(4 * 1024 * 1024)));
+            switch.routes()
         }
         None => health.add_service(EchoServer::new(RawEcho)),
     };

@@ -12,11 +12,10 @@
 //! (<https://grpc.github.io/grpc/core/md_doc_statuscodes.html>).
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use tonic::Status;
 use tonic::body::Body;
@@ -79,7 +78,12 @@ impl Switch {
     }
 }
 
-type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+/// The routes' own future, or the answer between runs (no allocation per
+/// call: this sits on every call's path).
+type Answer = Either<
+    <Routes as Service<Request<axum::body::Body>>>::Future,
+    std::future::Ready<Result<Response<Body>, Infallible>>,
+>;
 
 impl Service<Request<axum::body::Body>> for Switch {
     type Response = Response<Body>;
@@ -99,15 +103,15 @@ impl Service<Request<axum::body::Body>> for Switch {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         match current {
-            Some(mut routes) => Box::pin(routes.call(request)),
+            Some(mut routes) => Either::Left(routes.call(request)),
             None if request.uri().path().starts_with(HEALTH) => {
-                Box::pin(self.health.clone().call(request))
+                Either::Left(self.health.clone().call(request))
             }
             None => {
                 let (parts, ()) = Status::unavailable(REBUILDING)
                     .into_http::<()>()
                     .into_parts();
-                Box::pin(std::future::ready(Ok(Response::from_parts(
+                Either::Right(std::future::ready(Ok(Response::from_parts(
                     parts,
                     Body::empty(),
                 ))))
