@@ -168,6 +168,11 @@ impl Transport {
         self.lost.clone()
     }
 
+    /// Cancelled when the connection is closed on purpose.
+    pub(crate) fn closed(&self) -> CancellationToken {
+        self.closed.clone()
+    }
+
     /// A token for one run of a service's messaging: cancelled on `shutdown`
     /// and when this connection is lost.
     pub fn attempt(&self, shutdown: &CancellationToken) -> CancellationToken {

@@ -89,9 +89,12 @@ impl RpcClient {
         // recovered connection has new channels: when the connection fails,
         // no call waiting then can get its reply. Wake them (they fail with
         // ReplyLost) instead of letting them wait out their timeouts.
-        let (drops, lost, waiting) = (
+        // Done when the connection is lost for good (calls see `lost`
+        // themselves) or closed, or when the client is gone.
+        let (drops, lost, closed, waiting) = (
             transport.drops(),
             transport.lost(),
+            transport.closed(),
             Arc::downgrade(&pending),
         );
         tokio::spawn(async move {
@@ -103,6 +106,7 @@ impl RpcClient {
                         _ => return,
                     },
                     () = lost.cancelled() => return,
+                    () = closed.cancelled() => return,
                 }
             }
         });
