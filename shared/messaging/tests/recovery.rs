@@ -108,6 +108,7 @@ async fn a_call_whose_connection_fails_while_waiting_fails_at_once_not_at_its_ti
     let rig = Rig::new().await;
     let user = format!("sy-test-{}", rig.id);
     rabbitmqctl(&["add_user", &user, &rig.id]);
+    let _removed = RemoveUser(user.clone());
     rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
     let config = AmqpConfig {
         url: SecretUrl::new(format!("amqp://{user}:{}@127.0.0.1:5672/%2f", rig.id)),
@@ -179,6 +180,18 @@ async fn a_call_whose_connection_fails_while_waiting_fails_at_once_not_at_its_ti
     echo.stop().await;
     caller.close().await;
     rig.cleanup(&["echo"], &[]).await;
+}
+
+/// Deletes the broker user when the test ends, passed or failed (the test
+/// deletes it itself on the way; then this finds nothing to do).
+struct RemoveUser(String);
+
+impl Drop for RemoveUser {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_user", &self.0])
+            .output();
+    }
 }
 
 /// `rabbitmqctl -q ARGS`, which must succeed; its output.
