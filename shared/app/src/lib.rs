@@ -467,13 +467,14 @@ impl App {
         for probe in self.probes.drain(..) {
             probe(&readiness, self.attempt.clone());
         }
-        let supervisor = self.running.supervisor.clone();
-        readiness.on_ready(self.attempt.clone(), move || supervisor.ready());
         hosted.switch.install(routes);
         readiness.set(RUN, true).await;
         // The first run binds the port only now, with its routes in place:
-        // a caller who finds the port open finds the service.
+        // a caller who finds the port open finds the service. Only then may
+        // the supervisor hear "ready" (it tells its callers to connect).
         let server = hosted.listen(config, &self.running.shutdown).await?;
+        let supervisor = self.running.supervisor.clone();
+        readiness.on_ready(self.attempt.clone(), move || supervisor.ready());
         let ended = tokio::select! {
             biased;
             () = self.attempt.cancelled() => None,
