@@ -54,6 +54,8 @@ pub mod event {
     pub const ALARM_STATE_CHANGED: &str = "alarm.state_changed";
     /// A launcher moved its canary workers back to the main phase.
     pub const ROLLED_BACK: &str = "rollout.rolled_back";
+    /// The api's fleet judge failed an instance mid-move.
+    pub const VERDICT_FAILED: &str = "rollout.verdict_failed";
 }
 
 /// Notification pools: a pool's queue is shared by its listeners, each
@@ -204,6 +206,13 @@ pub const EVENTS: &[Event] = &[
         priority: "warn",
         message: "switchyard.messaging.v1.RolledBack",
         published_by: "every worker under a launcher, for its supervisor",
+        consumed_by: "operators' own pools",
+    },
+    Event {
+        event_type: event::VERDICT_FAILED,
+        priority: "warn",
+        message: "switchyard.messaging.v1.VerdictFailed",
+        published_by: "api (its fleet judge)",
         consumed_by: "operators' own pools",
     },
 ];

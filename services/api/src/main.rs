@@ -95,10 +95,10 @@ async fn serve(settings: ApiSettings, mut app: App) -> anyhow::Result<()> {
     let messaging = app.connect(&settings).await?;
     let interval = Duration::from_millis(settings.rollout.heartbeat_interval_ms);
 
-    let rollout = rollout::Rollout::default();
+    let rollout = rollout::Rollout::new(&settings.fleet);
     let heartbeats = app
         .rpc_server(heartbeat::TOPIC)?
-        .method(app.register(rollout.endpoint())?);
+        .method(app.register(rollout.endpoint(Some(app.notifier().await?)))?);
     app.serve_rpc(heartbeats).await?;
     if let Some(listen) = settings.dashboard.listen.address() {
         // A read-only page: when its port is taken the api still serves.

@@ -1,51 +1,77 @@
 //! The api's end of the rollout: heartbeats into the rollout table
-//! ([`switchyard_rollout::table`]) and onto the rollout page's board.
+//! ([`switchyard_rollout::table`]), onto the rollout page's board, and
+//! before the fleet judge ([`switchyard_rollout::fleet`]), whose verdicts
+//! the table shows and whose failures are published as
+//! `rollout.verdict_failed`.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use switchyard_executor::Endpoint;
-use switchyard_messaging::EndpointError;
-use switchyard_proto::messaging::v1::Heartbeat;
+use switchyard_executor::sync::lock;
+use switchyard_messaging::{EndpointError, Notifier, Priority};
+use switchyard_proto::catalogue;
+use switchyard_proto::messaging::v1::{Heartbeat, VerdictFailed};
 use switchyard_proto::metering::v1::GetRolloutResponse;
+use switchyard_rollout::fleet::{Failed, Fleet, FleetConfig};
 use switchyard_rollout::table::Table;
 
 use crate::dashboard::{self, Board};
 
-/// Heartbeats received, and what the rollout page keeps of them.
-#[derive(Debug, Clone, Default)]
+/// Heartbeats received, the verdicts on them, and what the rollout page
+/// keeps of them. Cheap to clone; clones share everything.
+#[derive(Debug, Clone)]
 pub struct Rollout {
     table: Table,
     board: Board,
+    fleet: Arc<Mutex<Fleet>>,
 }
 
 impl Rollout {
+    /// An empty table, judging with `fleet`.
+    pub fn new(fleet: &FleetConfig) -> Self {
+        Self {
+            table: Table::default(),
+            board: Board::default(),
+            fleet: Arc::new(Mutex::new(Fleet::new(fleet))),
+        }
+    }
+
     /// What the rollout page shows.
     pub fn board(&self) -> &Board {
         &self.board
     }
 
-    /// The endpoint heartbeats fan out to.
-    pub fn endpoint(&self) -> Endpoint<Heartbeat, Result<Heartbeat, EndpointError>> {
-        let table = self.table.clone();
-        let board = self.board.clone();
+    /// The endpoint heartbeats fan out to; `notifier` publishes the fleet
+    /// judge's failures.
+    pub fn endpoint(
+        &self,
+        notifier: Option<Notifier>,
+    ) -> Endpoint<Heartbeat, Result<Heartbeat, EndpointError>> {
+        let rollout = self.clone();
         Endpoint::from_async(
             switchyard_rollout::heartbeat::METHOD,
-            move |_, heartbeat: Heartbeat| {
-                let table = table.clone();
-                let board = board.clone();
+            move |_, mut heartbeat: Heartbeat| {
+                let rollout = rollout.clone();
+                let notifier = notifier.clone();
                 async move {
                     let status = heartbeat.status.as_ref().ok_or_else(|| {
                         EndpointError::InvalidArgument("field `status`: is required".into())
                     })?;
                     let now = dashboard::now_ms();
-                    table.heard(status, |service| {
+                    let run_times = std::mem::take(&mut heartbeat.run_times_us);
+                    let failed = lock(&rollout.fleet).heard(status, run_times, Instant::now());
+                    rollout.table.heard(status, |service| {
                         if status.stopped {
-                            board.left(&status.service, &status.instance_id);
+                            rollout.board.left(&status.service, &status.instance_id);
                         } else {
-                            board.heartbeat(status, now);
+                            rollout.board.heartbeat(status, now);
                         }
-                        board.shape(&status.service, service, now);
+                        rollout.board.shape(&status.service, service, now);
                     });
+                    for failure in failed {
+                        publish(notifier.as_ref(), failure).await;
+                    }
                     Ok(heartbeat)
                 }
             },
@@ -53,11 +79,47 @@ impl Rollout {
     }
 
     /// Every instance heard from, marked down after three silent intervals
-    /// (and forgotten after thirty).
+    /// (and forgotten after thirty), with the fleet judge's verdict.
     pub fn table(&self, interval: Duration) -> GetRolloutResponse {
-        GetRolloutResponse {
-            instances: self.table.rows(interval),
+        let mut instances = self.table.rows(interval);
+        let fleet = lock(&self.fleet);
+        for instance in &mut instances {
+            let (standing, evidence) = fleet.verdict(&instance.service, &instance.instance_id);
+            instance.verdict = standing.as_str().to_string();
+            instance.verdict_evidence = evidence.to_string();
         }
+        GetRolloutResponse { instances }
+    }
+}
+
+/// Logs a failed verdict and publishes it as `rollout.verdict_failed`.
+async fn publish(notifier: Option<&Notifier>, failure: Failed) {
+    tracing::warn!(
+        service = failure.service,
+        instance = failure.instance_id,
+        host = failure.host,
+        "fleet judge: {} instance {} on {} fails: {}",
+        failure.service,
+        failure.instance_id,
+        failure.host,
+        failure.evidence
+    );
+    let Some(notifier) = notifier else { return };
+    let event = VerdictFailed {
+        service: failure.service,
+        instance_id: failure.instance_id,
+        host: failure.host,
+        phase: failure.phase,
+        evidence: failure.evidence,
+    };
+    if let Err(error) = notifier
+        .notify(Priority::Warn, catalogue::event::VERDICT_FAILED, &event)
+        .await
+    {
+        tracing::warn!(
+            "{} not published: {error}",
+            catalogue::event::VERDICT_FAILED
+        );
     }
 }
 
@@ -68,7 +130,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_heartbeat_without_a_status_is_refused_naming_the_field() {
-        let rollout = Rollout::default();
+        let rollout = Rollout::new(&FleetConfig::default());
         let executor = switchyard_executor::Executor::new(
             "api",
             switchyard_executor::ExecutorConfig {
@@ -77,9 +139,15 @@ mod tests {
             },
         )
         .expect("executor");
-        let bound = executor.register(rollout.endpoint()).expect("register");
+        let bound = executor.register(rollout.endpoint(None)).expect("register");
         let refused = bound
-            .dispatch(Heartbeat { status: None }, Default::default())
+            .dispatch(
+                Heartbeat {
+                    status: None,
+                    run_times_us: Vec::new(),
+                },
+                Default::default(),
+            )
             .await
             .expect("dispatched");
         assert!(
@@ -93,6 +161,7 @@ mod tests {
                 stopped: true,
                 ..InstanceStatus::default()
             }),
+            run_times_us: Vec::new(),
         };
         let answered = bound
             .dispatch(goodbye, Default::default())

@@ -38,6 +38,9 @@ switchyard_app::fleet_settings! {
         pub api: ApiConfig = ApiConfig::default(),
         /// `[dashboard]`: the rollout page.
         pub dashboard: crate::dashboard::DashboardConfig = crate::dashboard::DashboardConfig::default(),
+        /// `[fleet]`: judging a service's instances while an engine moves
+        /// them between phases.
+        pub fleet: switchyard_rollout::fleet::FleetConfig = switchyard_rollout::fleet::FleetConfig::default(),
     }
 }
 
@@ -60,6 +63,10 @@ impl Settings for ApiSettings {
         problems.extend(switchyard_service::in_section(
             "dashboard",
             self.dashboard.problems(&self.api.auth_tokens),
+        ));
+        problems.extend(switchyard_service::in_section(
+            "fleet",
+            self.fleet.problems(),
         ));
         problems
     }

@@ -179,7 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => stats::run(&connection, args).await,
         Command::Alarms { command } => alarms::run(&connection, command).await,
         Command::Rollout { command } => rollout::run(&connection, command.as_ref()).await,
-        Command::Health(args) => health::run(args).await,
+        Command::Health(args) => health::run(&connection, args).await,
         Command::Traces {
             listen,
             count,

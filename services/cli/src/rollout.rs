@@ -49,7 +49,8 @@ async fn show(connection: &Connection) -> anyhow::Result<()> {
                     "handled": i.handled, "failed": i.failed,
                     "slow_polls": i.slow_polls, "offloaded": i.offloaded,
                     "last_seen": unix(&i.last_seen), "rollout": i.rollout,
-                    "endpoint_forms": i.endpoint_forms,
+                    "endpoint_forms": i.endpoint_forms, "host": i.host,
+                    "verdict": i.verdict, "verdict_evidence": i.verdict_evidence,
                 }))
                 .collect::<Vec<_>>()
         ));
@@ -60,12 +61,13 @@ async fn show(connection: &Connection) -> anyhow::Result<()> {
 
 fn print_table(instances: &[InstanceStatus]) {
     row!(
-        "{:<10} {:<22} {:<9} {:<7} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}  TWO-FORM ENDPOINTS RUN",
+        "{:<10} {:<22} {:<9} {:<7} {:<7} {:<12} {:>9} {:>9} {:>7} {:>10} {:>10}  TWO-FORM ENDPOINTS RUN",
         "SERVICE",
         "INSTANCE",
         "PHASE",
         "ROLE",
         "HEALTH",
+        "VERDICT",
         "IN FLIGHT",
         "HANDLED",
         "FAILED",
@@ -74,12 +76,17 @@ fn print_table(instances: &[InstanceStatus]) {
     );
     for i in instances {
         row!(
-            "{:<10} {:<22} {:<9} {:<7} {:<7} {:>9} {:>9} {:>7} {:>10} {:>10}  {}",
+            "{:<10} {:<22} {:<9} {:<7} {:<7} {:<12} {:>9} {:>9} {:>7} {:>10} {:>10}  {}",
             i.service,
             i.instance_id,
             i.phase,
             if i.role.is_empty() { "-" } else { &i.role },
             if i.up { "up" } else { "DOWN" },
+            if i.verdict.is_empty() {
+                "-"
+            } else {
+                &i.verdict
+            },
             i.in_flight,
             i.handled,
             i.failed,
@@ -98,6 +105,13 @@ fn print_table(instances: &[InstanceStatus]) {
     notes.dedup();
     for (service, note) in notes {
         println!("{service}: {note}");
+    }
+    // The fleet judge's evidence for every instance it judged.
+    for i in instances.iter().filter(|i| !i.verdict_evidence.is_empty()) {
+        println!(
+            "{} {} on {}: {}: {}",
+            i.service, i.instance_id, i.host, i.verdict, i.verdict_evidence
+        );
     }
 }
 

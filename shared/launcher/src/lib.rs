@@ -429,10 +429,3 @@ fn signal(pid: u32, signal: rustix::process::Signal) {
         let _ = rustix::process::kill_process(pid, signal);
     }
 }
-
-fn host() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use switchyard_executor::Phase;
 use tokio::sync::mpsc;
 
-use super::{Event, Exit, LauncherConfig, Reload, Start, WORKER_VARIABLE, host, signal};
+use super::{Event, Exit, LauncherConfig, Reload, Start, WORKER_VARIABLE, signal};
 use switchyard_rollout::canary::{self, CanaryConfig, Verdict, Window};
 use switchyard_rollout::control::{
     FromWorker, ROLE_VARIABLE, RolledBack, SUPERVISOR_VARIABLE, ToWorker,
@@ -681,7 +681,7 @@ impl Supervisor {
             signal: signal.to_string(),
             detail,
             supervisor_pid: std::process::id(),
-            host: host(),
+            host: switchyard_telemetry::host_name(),
         };
         let publisher = self
             .workers

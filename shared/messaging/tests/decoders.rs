@@ -119,6 +119,7 @@ fn no_decoder_panics_on_arbitrary_bytes() {
                 service: "api".into(),
                 ..InstanceStatus::default()
             }),
+            run_times_us: vec![1, 20, 300],
         }
         .encode_to_vec()],
     );

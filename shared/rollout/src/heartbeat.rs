@@ -120,6 +120,9 @@ pub fn status(
             .filter(|e| e.declared == EndpointKind::Both)
             .map(|e| (e.name.clone(), e.kind.to_string()))
             .collect(),
+        host: switchyard_telemetry::host_name(),
+        verdict: String::new(),
+        verdict_evidence: String::new(),
     }
 }
 
@@ -245,6 +248,7 @@ fn spawn_heartbeats(
                     run_time_p99_us: micros(0.99),
                     ..now()
                 }),
+                run_times_us: run_times,
             };
             match client.fanout(&target, METHOD, &heartbeat).await {
                 Ok(()) => {}
@@ -266,6 +270,7 @@ fn spawn_heartbeats(
                 stopped: true,
                 ..now()
             }),
+            run_times_us: Vec::new(),
         };
         match tokio::time::timeout(GOODBYE_WITHIN, client.fanout(&target, METHOD, &goodbye)).await {
             Ok(Ok(())) => tracing::debug!("said goodbye to the rollout table"),

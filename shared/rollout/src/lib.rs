@@ -5,6 +5,8 @@
 //!   totals, the same rule wherever a canary is compared with the main phase;
 //! - [`control`]: a worker's line to its launcher's supervisor (readiness,
 //!   the totals the judge reads, promote requests, rollback notices);
+//! - [`fleet`]: the same judge across a service's instances while an
+//!   engine moves them to another phase task by task (the api runs it);
 //! - [`heartbeat`]: every instance's heartbeat over AMQP, the promote
 //!   listener, and the launcher's rollbacks published as notifications;
 //! - [`table`]: the rollout table the api keeps from the heartbeats.
@@ -16,6 +18,7 @@
 
 pub mod canary;
 pub mod control;
+pub mod fleet;
 pub mod heartbeat;
 pub mod table;
 

@@ -154,6 +154,16 @@ impl Identity {
     }
 }
 
+/// This host's node name (a container's: its hostname), as `uname -n`
+/// prints it: the host in rollback notices and heartbeats, by which a
+/// container's healthcheck finds its own instances.
+pub fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A process-unique id: the pid and 32 random bits.
 pub fn new_instance_id() -> String {
     use std::hash::{BuildHasher, RandomState};
