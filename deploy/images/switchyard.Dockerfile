@@ -4,6 +4,6 @@
 # deploy/Dockerfile is the upstream path (builds from source on rust:slim).
 FROM switchyard/debian:bookworm
 RUN useradd --system --uid 10001 --home-dir /var/lib/switchyard --create-home switchyard
-COPY switchyard-api switchyard-collector switchyard-notifier switchyard /usr/local/bin/
+COPY switchyard-api switchyard-collector switchyard-notifier switchyard-echo switchyard /usr/local/bin/
 USER switchyard
 WORKDIR /var/lib/switchyard

@@ -448,7 +448,8 @@ impl App {
         let routes = (grpc.routes)(routes);
         if let Some(messaging) = &self.messaging {
             let instance = heartbeat::Instance {
-                service: self.service.to_string(),
+                // The name in its traces (`OTEL_SERVICE_NAME` renames both).
+                service: self.running.identity.service.clone(),
                 instance_id: self.running.identity.instance_id.clone(),
                 executor: self.running.executor.clone(),
                 supervisor: self.running.supervisor.clone(),
