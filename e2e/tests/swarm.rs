@@ -252,7 +252,9 @@ async fn rollout(api: &str) -> Vec<InstanceStatus> {
 }
 
 fn up<'a>(rows: &'a [InstanceStatus], service: &str) -> Vec<&'a InstanceStatus> {
-    rows.iter().filter(|i| i.service == service && i.up).collect()
+    rows.iter()
+        .filter(|i| i.service == service && i.up)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +339,9 @@ async fn a_phase_move_completes_task_by_task_and_one_that_blocks_the_loop_is_rol
         let echo = up(&rows, "echo");
         let phases: BTreeSet<&str> = echo.iter().map(|i| i.phase.as_str()).collect();
         mixed_echo |= phases.len() == 2;
-        echo_passed |= echo.iter().any(|i| i.phase == "async" && i.verdict == "pass");
+        echo_passed |= echo
+            .iter()
+            .any(|i| i.phase == "async" && i.verdict == "pass");
         most_blocking_async = most_blocking_async.max(
             up(&rows, "echo-blocking")
                 .iter()
@@ -356,8 +360,10 @@ async fn a_phase_move_completes_task_by_task_and_one_that_blocks_the_loop_is_rol
             let printed = support::switchyard(&api, &["rollout"]);
             shown = support::text(&printed);
         }
-        let (echo_state, blocking_state) =
-            (stack.update_state("echo"), stack.update_state("echo-blocking"));
+        let (echo_state, blocking_state) = (
+            stack.update_state("echo"),
+            stack.update_state("echo-blocking"),
+        );
         let settled = echo.len() == 2
             && echo.iter().all(|i| i.phase == "async")
             && up(&rows, "echo-blocking").len() == 2
@@ -384,8 +390,14 @@ async fn a_phase_move_completes_task_by_task_and_one_that_blocks_the_loop_is_rol
         mixed_echo,
         "echo never ran both phases at once: not task by task"
     );
-    assert!(echo_failed.is_none(), "a healthy move failed: {echo_failed:?}");
-    assert!(echo_passed, "no task of the healthy move was judged and passed");
+    assert!(
+        echo_failed.is_none(),
+        "a healthy move failed: {echo_failed:?}"
+    );
+    assert!(
+        echo_passed,
+        "no task of the healthy move was judged and passed"
+    );
     assert_eq!(
         most_blocking_async, 1,
         "the engine went on past echo-blocking's first task"
