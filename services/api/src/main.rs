@@ -95,7 +95,9 @@ async fn serve(settings: ApiSettings, mut app: App) -> anyhow::Result<()> {
     let messaging = app.connect(&settings).await?;
     let interval = Duration::from_millis(settings.rollout.heartbeat_interval_ms);
 
-    let rollout = rollout::Rollout::new(&settings.fleet);
+    // The table and the judge's windows and verdicts outlive a rebuild
+    // after a lost broker: a failed verdict must not clear itself by one.
+    let rollout = app.kept(|| rollout::Rollout::new(&settings.fleet));
     let heartbeats = app
         .rpc_server(heartbeat::TOPIC)?
         .method(app.register(rollout.endpoint(Some(app.notifier().await?)))?);

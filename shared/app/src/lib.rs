@@ -285,6 +285,14 @@ impl App {
         &self.running
     }
 
+    /// State that outlives the messaging runs of this process (a rebuild
+    /// after a lost broker is a new run): the first run makes it with
+    /// `init`; every run gets a clone of the same value. Give it a type of
+    /// its own: one value is kept per type.
+    pub fn kept<T: Clone + Send + 'static>(&self, init: impl FnOnce() -> T) -> T {
+        switchyard_executor::sync::lock(&self.host.kept).get_or_insert(init)
+    }
+
     /// Ends on shutdown, or (once connected) when the broker connection is
     /// lost for good: what every server and consumer of this run stops on.
     pub fn attempt(&self) -> CancellationToken {
@@ -434,7 +442,7 @@ impl App {
         I: tonic::service::Interceptor + Clone + Send + Sync + 'static,
     {
         let host = self.host.clone();
-        let mut slot = host.0.lock().await;
+        let mut slot = host.hosted.lock().await;
         let hosted = match &mut *slot {
             Some(hosted) => hosted,
             None => slot.insert(Hosted::new(grpc.served).await),
@@ -519,10 +527,37 @@ impl App {
 /// The readiness check that is false between runs.
 const RUN: &str = "run";
 
-/// The gRPC server of one process, kept across runs: bound by the first
-/// [`App::serve_grpc`], serving until shutdown. Clones share it.
+/// What one process keeps across runs: its gRPC server, bound by the first
+/// [`App::serve_grpc`] and serving until shutdown, and the state a service
+/// asked to keep ([`App::kept`]). Clones share it.
 #[derive(Debug, Clone, Default)]
-pub struct Host(std::sync::Arc<tokio::sync::Mutex<Option<Hosted>>>);
+pub struct Host {
+    hosted: std::sync::Arc<tokio::sync::Mutex<Option<Hosted>>>,
+    kept: std::sync::Arc<std::sync::Mutex<Kept>>,
+}
+
+/// State kept across runs, one value per type.
+#[derive(Default)]
+struct Kept(std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send>>);
+
+impl Kept {
+    /// A clone of the kept `T`, made with `init` the first time.
+    fn get_or_insert<T: Clone + Send + 'static>(&mut self, init: impl FnOnce() -> T) -> T {
+        let id = std::any::TypeId::of::<T>();
+        if let Some(value) = self.0.get(&id).and_then(|v| v.downcast_ref::<T>()) {
+            return value.clone();
+        }
+        let value = init();
+        self.0.insert(id, Box::new(value.clone()));
+        value
+    }
+}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kept({} values)", self.0.len())
+    }
+}
 
 #[derive(Debug)]
 struct Hosted {
@@ -629,5 +664,35 @@ impl<I> Grpc<I> {
             access,
             routes: self.routes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kept;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Clone)]
+    struct Table(Arc<AtomicUsize>);
+
+    #[test]
+    fn a_kept_value_is_made_once_and_every_run_shares_it() {
+        let mut kept = Kept::default();
+        let made = AtomicUsize::new(0);
+        let first = kept.get_or_insert(|| {
+            made.fetch_add(1, Ordering::Relaxed);
+            Table(Arc::new(AtomicUsize::new(0)))
+        });
+        first.0.store(7, Ordering::Relaxed);
+        let second = kept.get_or_insert(|| {
+            made.fetch_add(1, Ordering::Relaxed);
+            Table(Arc::new(AtomicUsize::new(0)))
+        });
+        assert_eq!(made.load(Ordering::Relaxed), 1);
+        assert_eq!(second.0.load(Ordering::Relaxed), 7);
+        // One value per type: another type is kept beside it.
+        assert_eq!(kept.get_or_insert(|| 5_u8), 5);
+        assert_eq!(kept.get_or_insert(|| 9_u8), 5);
     }
 }
