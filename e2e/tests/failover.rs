@@ -94,8 +94,6 @@ async fn callers_of_an_api_whose_broker_dies_get_answers_or_unavailable_within_t
     callers
         .wait_answered_after(Instant::now(), 20, Duration::from_secs(30))
         .await;
-    node.cut();
-    let cut_at = Instant::now();
     let api_log = || {
         fleet
             .api
@@ -103,6 +101,20 @@ async fn callers_of_an_api_whose_broker_dies_get_answers_or_unavailable_within_t
             .map(support::Service::log_text)
             .unwrap_or_default()
     };
+    // The rollout page (on a port the kernel picked) answers before the cut…
+    let page = api_log()
+        .split("rollout page on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .map(str::to_string)
+        .expect("the api logs its rollout page's address");
+    assert!(
+        support::http_get_text(&page, "/state")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    node.cut();
+    let cut_at = Instant::now();
     let reconnected = loop {
         if api_log().contains("(broker 2 of 2") {
             break Instant::now();
@@ -118,6 +130,17 @@ async fn callers_of_an_api_whose_broker_dies_get_answers_or_unavailable_within_t
     callers
         .wait_answered_after(reconnected, 20, Duration::from_secs(30))
         .await;
+    // …and, bound once per process, at the same address after the rebuild.
+    assert_eq!(
+        api_log().matches("rollout page on").count(),
+        1,
+        "the rollout page was bound again"
+    );
+    assert!(
+        support::http_get_text(&page, "/state")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
     let (calls, refused, reasons) = callers.finish(&[tonic::Code::Unavailable]).await;
     eprintln!(
         "{calls} calls, {refused} refused; back {:.1} s after the cut",

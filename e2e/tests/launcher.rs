@@ -16,15 +16,12 @@ use std::time::{Duration, Instant};
 use support::{
     BOUND, Browser, Fleet, FleetOptions, Service, free_port, post_steadily, switchyard, text,
 };
-use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
-use switchyard_messaging::{EndpointError, Handled, Notification, NotificationListener};
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
 use switchyard_proto::messaging::v1::RolledBack;
 use switchyard_proto::metering::v1::{GetRolloutRequest, InstanceStatus, PostSamplesRequest};
 use switchyard_rollout::heartbeat;
 use switchyard_telemetry::receiver::OtlpReceiver;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Writes `deploy/config/<service>.toml` in the fleet's directory (the
@@ -227,46 +224,13 @@ fn echo_env(fleet: &Fleet) -> Vec<(String, String)> {
     ]
 }
 
-/// Listens for `rollout.rolled_back` on the fleet's exchange.
-async fn rollbacks(
-    fleet: &Fleet,
-    stop: &CancellationToken,
-) -> (mpsc::UnboundedReceiver<RolledBack>, NotificationListener) {
-    let transport = fleet.transport("rollbacks").await;
-    let executor = Executor::new(
-        "e2e",
-        ExecutorConfig {
-            phase: Phase::Async,
-            ..ExecutorConfig::default()
-        },
-    )
-    .expect("executor");
-    let (seen, received) = mpsc::unbounded_channel();
-    let endpoint = executor
-        .register(Endpoint::from_async(
-            "rolled_back",
-            move |_, notification: Notification<RolledBack>| {
-                let seen = seen.clone();
-                async move {
-                    let _ = seen.send(notification.payload);
-                    Ok::<_, EndpointError>(Handled::Handled)
-                }
-            },
-        ))
-        .expect("registered");
-    let listener = NotificationListener::builder(&fleet.exchange, "rollback-watch")
-        .subscribe(heartbeat::ROLLED_BACK, &[])
-        .start(&transport, endpoint, stop.clone())
-        .await
-        .expect("listener");
-    (received, listener)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_canary_is_rolled_back_published_and_shown() {
     let fleet = Fleet::start(FleetOptions::default()).await;
     let stop = CancellationToken::new();
-    let (mut published, _listener) = rollbacks(&fleet, &stop).await;
+    let (mut published, _listener) = fleet
+        .published::<RolledBack>(heartbeat::ROLLED_BACK, "rollback-watch", &stop)
+        .await;
     let port = free_port();
     let env = configure(
         &fleet,

@@ -12,14 +12,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{BOUND, Fleet, FleetOptions};
-use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
-use switchyard_messaging::{
-    EndpointError, Handled, Notification, NotificationListener, RpcClient, Target,
-};
+use switchyard_messaging::{RpcClient, Target};
 use switchyard_proto::catalogue;
 use switchyard_proto::messaging::v1::{Heartbeat, VerdictFailed};
 use switchyard_proto::metering::v1::{GetRolloutRequest, InstanceStatus};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// One forged instance of the service `forged`: every heartbeat adds 40
@@ -76,33 +72,10 @@ async fn a_newest_instance_that_blocks_the_loop_is_failed_shown_and_published_on
     let transport = fleet.transport("verdicts").await;
 
     // Listen for the published verdicts first.
-    let executor = Executor::new(
-        "e2e",
-        ExecutorConfig {
-            phase: Phase::Async,
-            ..ExecutorConfig::default()
-        },
-    )
-    .expect("executor");
-    let (seen, mut published) = mpsc::unbounded_channel();
-    let endpoint = executor
-        .register(Endpoint::from_async(
-            "verdict_failed",
-            move |_, notification: Notification<VerdictFailed>| {
-                let seen = seen.clone();
-                async move {
-                    let _ = seen.send(notification.payload);
-                    Ok::<_, EndpointError>(Handled::Handled)
-                }
-            },
-        ))
-        .expect("registered");
     let stop = CancellationToken::new();
-    let _listener = NotificationListener::builder(&fleet.exchange, "verdict-watch")
-        .subscribe(catalogue::event::VERDICT_FAILED, &[])
-        .start(&transport, endpoint, stop.clone())
-        .await
-        .expect("listener");
+    let (mut published, _listener) = fleet
+        .published::<VerdictFailed>(catalogue::event::VERDICT_FAILED, "verdict-watch", &stop)
+        .await;
 
     let client = RpcClient::new(&transport).await.expect("client");
     let target = Target::topic(&fleet.exchange, catalogue::topic::ROLLOUT);

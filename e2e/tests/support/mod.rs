@@ -637,6 +637,52 @@ impl Fleet {
         .expect("broker")
     }
 
+    /// Listens for `event` notifications on the fleet's exchange (pool
+    /// `pool`) until `stop`: each payload arrives on the receiver.
+    pub async fn published<P>(
+        &self,
+        event: &'static str,
+        pool: &str,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<P>,
+        switchyard_messaging::NotificationListener,
+    )
+    where
+        P: prost::Message + Default + Send + 'static,
+    {
+        use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
+        use switchyard_messaging::{EndpointError, Handled, Notification};
+        let transport = self.transport(pool).await;
+        let executor = Executor::new(
+            "e2e",
+            ExecutorConfig {
+                phase: Phase::Async,
+                ..ExecutorConfig::default()
+            },
+        )
+        .expect("executor");
+        let (seen, received) = tokio::sync::mpsc::unbounded_channel();
+        let endpoint = executor
+            .register(Endpoint::from_async(
+                "published",
+                move |_, notification: Notification<P>| {
+                    let seen = seen.clone();
+                    async move {
+                        let _ = seen.send(notification.payload);
+                        Ok::<_, EndpointError>(Handled::Handled)
+                    }
+                },
+            ))
+            .expect("registered");
+        let listener = switchyard_messaging::NotificationListener::builder(&self.exchange, pool)
+            .subscribe(event, &[])
+            .start(&transport, endpoint, stop.clone())
+            .await
+            .expect("listener");
+        (received, listener)
+    }
+
     /// A client of the api.
     pub async fn client(
         &self,

@@ -14,6 +14,8 @@ mod rollout;
 mod settings;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -102,34 +104,17 @@ async fn serve(settings: ApiSettings, mut app: App) -> anyhow::Result<()> {
         .rpc_server(heartbeat::TOPIC)?
         .method(app.register(rollout.endpoint(Some(app.notifier().await?)))?);
     app.serve_rpc(heartbeats).await?;
-    if let Some(listen) = settings.dashboard.listen.address() {
-        // A read-only page: when its port is taken the api still serves.
-        match switchyard_grpc::bind(&listen.to_string()).await {
-            Ok(listener) => {
-                let address = listener
-                    .local_addr()
-                    .context("reading the page's address")?;
-                tracing::info!("rollout page on http://{address}/");
-                let loopback = address.ip().is_loopback();
-                let page = dashboard::Dashboard {
-                    rollout: rollout.clone(),
-                    heartbeat_interval: interval,
-                    trace_url: settings.dashboard.trace_url.clone(),
-                    tokens: if loopback {
-                        Vec::new()
-                    } else {
-                        settings.api.auth_tokens.clone()
-                    },
-                };
-                tokio::spawn(dashboard::serve(listener, page, app.attempt()));
-            }
-            Err(switchyard_grpc::GrpcError::Bind { address, source }) => {
-                tracing::error!(
-                    "no rollout page: cannot listen on {address} (dashboard.listen): {source}"
-                )
-            }
-            Err(error) => tracing::error!("no rollout page (dashboard.listen): {error}"),
-        }
+    // The page, like the table it shows, outlives messaging rebuilds: bound
+    // by the first run, served until the process stops.
+    let page = app.kept(|| PageServed(Arc::new(AtomicBool::new(false))));
+    if !page.0.swap(true, Ordering::SeqCst) {
+        serve_page(
+            &settings,
+            &rollout,
+            interval,
+            app.running().shutdown.clone(),
+        )
+        .await?;
     }
     let backends = metering::Backends {
         rpc: RpcClient::new(&messaging.transport).await?,
@@ -154,6 +139,50 @@ async fn serve(settings: ApiSettings, mut app: App) -> anyhow::Result<()> {
     })
     .with_access(authenticate(settings.api.auth_tokens.clone()));
     app.serve_grpc(&settings.grpc, grpc).await
+}
+
+/// Whether this process serves its rollout page already (kept across runs).
+#[derive(Clone)]
+struct PageServed(Arc<AtomicBool>);
+
+/// Serves the rollout page on `dashboard.listen` until `shutdown`, when set.
+async fn serve_page(
+    settings: &ApiSettings,
+    rollout: &rollout::Rollout,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(listen) = settings.dashboard.listen.address() else {
+        return Ok(());
+    };
+    // A read-only page: when its port is taken the api still serves.
+    match switchyard_grpc::bind(&listen.to_string()).await {
+        Ok(listener) => {
+            let address = listener
+                .local_addr()
+                .context("reading the page's address")?;
+            tracing::info!("rollout page on http://{address}/");
+            let loopback = address.ip().is_loopback();
+            let page = dashboard::Dashboard {
+                rollout: rollout.clone(),
+                heartbeat_interval: interval,
+                trace_url: settings.dashboard.trace_url.clone(),
+                tokens: if loopback {
+                    Vec::new()
+                } else {
+                    settings.api.auth_tokens.clone()
+                },
+            };
+            tokio::spawn(dashboard::serve(listener, page, shutdown));
+        }
+        Err(switchyard_grpc::GrpcError::Bind { address, source }) => {
+            tracing::error!(
+                "no rollout page: cannot listen on {address} (dashboard.listen): {source}"
+            )
+        }
+        Err(error) => tracing::error!("no rollout page (dashboard.listen): {error}"),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
