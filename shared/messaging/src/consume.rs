@@ -137,7 +137,7 @@ async fn publish_confirmed(
 /// serving on with nobody consuming.
 pub(crate) async fn consume<H, Fut>(
     channel: Channel,
-    settler: Settler,
+    settler: std::sync::Arc<Settler>,
     shutdown: CancellationToken,
     lost: CancellationToken,
     handlers: TaskTracker,
@@ -252,10 +252,9 @@ pub(crate) fn process_span(queue: &str, delivery: &Delivery) -> Span {
             .unwrap_or(""),
         messaging.message.body.size = delivery.data.len() as i64,
     );
-    let headers = wire::string_headers(&delivery.properties);
     switchyard_telemetry::propagation::set_parent_from(
         &span,
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        wire::string_headers(&delivery.properties),
     );
     span
 }
@@ -300,6 +299,8 @@ pub(crate) enum Settle {
 
 /// Settles deliveries of one queue.
 #[derive(Clone)]
+/// Shared (`Arc<Settler>`) by the deliveries of its queue: cloning its
+/// channel and strings for each delivery cost more than the ack it makes.
 pub(crate) struct Settler {
     pub channel: Channel,
     /// Its connection: for declaring retry queues on channels of their

@@ -341,7 +341,7 @@ impl NotificationListenerBuilder {
         &self,
         transport: &Transport,
         prefetch: usize,
-    ) -> Result<(Channel, Settler), MessagingError> {
+    ) -> Result<(Channel, Arc<Settler>), MessagingError> {
         let config = transport.config();
         let channel = transport.channel().await?;
         channel
@@ -364,7 +364,7 @@ impl NotificationListenerBuilder {
         for key in &self.bindings {
             bind(&channel, &queue, &exchange, key).await?;
         }
-        let settler = Settler {
+        let settler = Arc::new(Settler {
             channel: channel.clone(),
             transport: transport.clone(),
             retry_queues: Default::default(),
@@ -372,7 +372,7 @@ impl NotificationListenerBuilder {
             queue,
             max_deliveries: config.max_deliveries,
             retry_delay: Duration::from_millis(config.retry_delay_ms),
-        };
+        });
         Ok((channel, settler))
     }
 }

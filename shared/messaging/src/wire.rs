@@ -154,23 +154,22 @@ pub fn header_depth(properties: &BasicProperties) -> usize {
     properties.headers().as_ref().map(table_depth).unwrap_or(0)
 }
 
-/// Every string header, for trace-context extraction.
-pub fn string_headers(properties: &BasicProperties) -> Vec<(String, String)> {
-    let Some(headers) = properties.headers().as_ref() else {
-        return Vec::new();
-    };
-    headers
-        .inner()
-        .iter()
+/// Every string header (UTF-8 ones; others are skipped), borrowed: for
+/// trace-context extraction on every delivery, which allocates nothing for
+/// the headers it does not keep.
+pub fn string_headers(properties: &BasicProperties) -> impl Iterator<Item = (&str, &str)> {
+    properties
+        .headers()
+        .as_ref()
+        .into_iter()
+        .flat_map(|headers| headers.inner().iter())
         .filter_map(|(key, value)| match value {
-            AMQPValue::LongString(v) => Some((
-                key.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )),
-            AMQPValue::ShortString(v) => Some((key.as_str().to_string(), v.as_str().to_string())),
+            AMQPValue::LongString(v) => {
+                Some((key.as_str(), std::str::from_utf8(v.as_bytes()).ok()?))
+            }
+            AMQPValue::ShortString(v) => Some((key.as_str(), v.as_str())),
             _ => None,
         })
-        .collect()
 }
 
 /// Adds a string header.

@@ -69,14 +69,25 @@ pub fn set_parent_from<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> bool {
     use opentelemetry::trace::TraceContextExt;
-    let fields = fields();
+    if span.is_disabled() {
+        return false; // nothing would keep the parent
+    }
+    // Runs for every message received: only the pairs a propagator reads
+    // are copied (header names compared without case, as HTTP's are).
+    let propagator = propagator();
     let map: BTreeMap<String, String> = headers
         .into_iter()
-        .map(|(key, value)| (key.to_ascii_lowercase(), value))
-        .filter(|(key, _)| fields.contains(&key.as_str()))
-        .map(|(key, value)| (key, value.to_string()))
+        .filter_map(|(key, value)| {
+            let field = propagator
+                .fields()
+                .find(|field| field.eq_ignore_ascii_case(key))?;
+            Some((field.to_string(), value.to_string()))
+        })
         .collect();
-    let context = propagator().extract(&MapExtractor(&map));
+    if map.is_empty() {
+        return false;
+    }
+    let context = propagator.extract(&MapExtractor(&map));
     if !context.span().span_context().is_valid() {
         return false;
     }

@@ -31,6 +31,9 @@ pub struct RpcClient {
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>,
     /// Topics seen with consumers, and when: checked again after a second.
     seen_consumers: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Held while asking the broker about a topic no yes is remembered for:
+    /// the callers that waited find the answer remembered.
+    probing: Arc<tokio::sync::Mutex<()>>,
     /// Exchanges this client has declared. Publishing to a missing exchange
     /// would make the broker close the channel; declaring first is idempotent.
     declared: Arc<Mutex<std::collections::HashSet<String>>>,
@@ -115,6 +118,7 @@ impl RpcClient {
             transport: transport.clone(),
             pending,
             seen_consumers: Arc::default(),
+            probing: Arc::default(),
             declared: Arc::default(),
         })
     }
@@ -291,15 +295,36 @@ impl RpcClient {
     }
 
     /// Whether the topic queue has consumers. With `cached`, a yes is
-    /// remembered for a second; a no is never remembered.
+    /// remembered for a second; a no is never remembered. One caller asks
+    /// the broker at a time: when a yes is a second old, the first caller
+    /// to see it asks again and the others go on with the yes meanwhile;
+    /// when none is remembered, the others wait for its answer. (Each
+    /// caller asking for itself — a channel opened and closed per caller —
+    /// held the first thousand calls of a busy client for a third of a
+    /// second.)
     async fn has_consumers(&self, target: &Target, cached: bool) -> bool {
         let queue = wire::topic_queue(&target.exchange, &target.topic);
-        let fresh = cached
-            && lock(&self.seen_consumers)
-                .get(&queue)
-                .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
-        if fresh {
-            return true;
+        let fresh = |at: &Instant| at.elapsed() < Duration::from_secs(1);
+        let _probing;
+        if cached {
+            let remembered = {
+                let mut seen = lock(&self.seen_consumers);
+                match seen.get_mut(&queue) {
+                    Some(at) if fresh(at) => return true,
+                    // This caller asks again; until it knows, the yes stands.
+                    Some(at) => {
+                        *at = Instant::now();
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if !remembered {
+                _probing = self.probing.lock().await;
+                if lock(&self.seen_consumers).get(&queue).is_some_and(fresh) {
+                    return true;
+                }
+            }
         }
         // A passive declare of a missing queue closes its channel: use a
         // throwaway one.
@@ -325,6 +350,8 @@ impl RpcClient {
         };
         if present {
             lock(&self.seen_consumers).insert(queue, Instant::now());
+        } else {
+            lock(&self.seen_consumers).remove(&queue);
         }
         present
     }

@@ -131,7 +131,7 @@ impl RpcServerBuilder {
         let handlers = TaskTracker::new();
         let mut consumers = Vec::new();
         for queue in [topic_queue, server_queue, fanout_queue] {
-            let settler = Settler {
+            let settler = Arc::new(Settler {
                 channel: channel.clone(),
                 transport: transport.clone(),
                 retry_queues: Default::default(),
@@ -139,7 +139,7 @@ impl RpcServerBuilder {
                 dead_letters: dead_letters.clone(),
                 max_deliveries: config.max_deliveries,
                 retry_delay: Duration::from_millis(config.retry_delay_ms),
-            };
+            });
             let methods = Arc::clone(&methods);
             let max_body = config.max_body_bytes;
             consumers.push(
@@ -150,7 +150,7 @@ impl RpcServerBuilder {
                     transport.lost(),
                     handlers.clone(),
                     move |delivery| {
-                        let settler = settler.clone();
+                        let settler = Arc::clone(&settler);
                         let methods = Arc::clone(&methods);
                         async move {
                             let span = consume::process_span(&settler.queue, &delivery);
