@@ -16,6 +16,16 @@ pub enum MessagingError {
         #[source]
         source: lapin::Error,
     },
+    /// Nothing accepts connections at the broker's address (refused, no
+    /// route, a name that does not resolve).
+    #[error("cannot connect to RabbitMQ at {url}: nothing accepts connections there")]
+    Unreachable {
+        /// The URL with its password redacted.
+        url: String,
+        /// Why: the TCP connect's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The broker did not answer the connection in time.
     #[error("cannot connect to RabbitMQ at {url}: no answer within {waited:?}")]
     ConnectTimeout {

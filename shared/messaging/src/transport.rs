@@ -286,7 +286,6 @@ impl Transport {
 /// (the closing goes on in the background after that).
 const LOST_CLOSE_WAIT: Duration = Duration::from_secs(30);
 
-/// The URL with `heartbeat=<n>` added unless it already sets one.
 /// One connection attempt to `url`, bounded by `amqp.connect_timeout_ms`.
 async fn connect_to(
     url: &SecretUrl,
@@ -304,6 +303,35 @@ async fn connect_to(
                 .with_max_times(usize::MAX)
         });
     let address = with_heartbeat(url.expose(), config.heartbeat_s);
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    let started = std::time::Instant::now();
+    // Reach the broker's port before lapin does: lapin retries a refused
+    // connection with the recovery backoff until the timeout drops it, and
+    // the I/O thread it leaves behind panics when the runtime stops (a
+    // service that cannot reach its broker at start-up printed a panic).
+    if let Ok(uri) = address.parse::<lapin::uri::AMQPUri>() {
+        let (host, port) = (uri.authority.host, uri.authority.port);
+        match tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(Ok(_reached)) => {}
+            Ok(Err(source)) => {
+                return Err(MessagingError::Unreachable {
+                    url: url.to_string(),
+                    source,
+                });
+            }
+            Err(_elapsed) => {
+                return Err(MessagingError::ConnectTimeout {
+                    url: url.to_string(),
+                    waited: timeout,
+                });
+            }
+        }
+    }
     let connecting = async {
         if config.tls_ca_file.is_empty() {
             return Connection::connect(&address, properties).await;
@@ -323,11 +351,11 @@ async fn connect_to(
         )
         .await
     };
-    tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms), connecting)
+    tokio::time::timeout(timeout.saturating_sub(started.elapsed()), connecting)
         .await
         .map_err(|_elapsed| MessagingError::ConnectTimeout {
             url: url.to_string(),
-            waited: Duration::from_millis(config.connect_timeout_ms),
+            waited: timeout,
         })?
         .map_err(|source| MessagingError::Connect {
             url: url.to_string(),
@@ -335,6 +363,7 @@ async fn connect_to(
         })
 }
 
+/// The URL with `heartbeat=<n>` added unless it already sets one.
 fn with_heartbeat(url: &str, heartbeat_s: u16) -> String {
     if url.contains("heartbeat=") {
         return url.to_string();
