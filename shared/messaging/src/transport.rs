@@ -286,6 +286,10 @@ impl Transport {
 /// (the closing goes on in the background after that).
 const LOST_CLOSE_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a refused broker port waits before it is tried again, within
+/// `amqp.connect_timeout_ms` (lapin's shortest backoff).
+const PROBE_AGAIN: Duration = Duration::from_millis(100);
+
 /// One connection attempt to `url`, bounded by `amqp.connect_timeout_ms`.
 async fn connect_to(
     url: &SecretUrl,
@@ -305,30 +309,35 @@ async fn connect_to(
     let address = with_heartbeat(url.expose(), config.heartbeat_s);
     let timeout = Duration::from_millis(config.connect_timeout_ms);
     let started = std::time::Instant::now();
-    // Reach the broker's port before lapin does: lapin retries a refused
-    // connection with the recovery backoff until the timeout drops it, and
-    // the I/O thread it leaves behind panics when the runtime stops (a
-    // service that cannot reach its broker at start-up printed a panic).
+    // Reach the broker's port before lapin does, retrying a refused
+    // connection until the timeout as lapin would: lapin's own retries go
+    // on in an I/O thread after the timeout drops its future, and that
+    // thread panicked when the runtime stopped (a service that could not
+    // reach its broker at start-up printed a panic).
     if let Ok(uri) = address.parse::<lapin::uri::AMQPUri>() {
         let (host, port) = (uri.authority.host, uri.authority.port);
-        match tokio::time::timeout(
-            timeout,
-            tokio::net::TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        {
-            Ok(Ok(_reached)) => {}
-            Ok(Err(source)) => {
-                return Err(MessagingError::Unreachable {
-                    url: url.to_string(),
-                    source,
-                });
-            }
-            Err(_elapsed) => {
-                return Err(MessagingError::ConnectTimeout {
-                    url: url.to_string(),
-                    waited: timeout,
-                });
+        let deadline = tokio::time::Instant::from_std(started + timeout);
+        loop {
+            let reached = tokio::time::timeout_at(
+                deadline,
+                tokio::net::TcpStream::connect((host.as_str(), port)),
+            )
+            .await;
+            match reached {
+                Ok(Ok(_reached)) => break,
+                Ok(Err(source)) if tokio::time::Instant::now() + PROBE_AGAIN >= deadline => {
+                    return Err(MessagingError::Unreachable {
+                        url: url.to_string(),
+                        source,
+                    });
+                }
+                Ok(Err(_refused)) => tokio::time::sleep(PROBE_AGAIN).await,
+                Err(_elapsed) => {
+                    return Err(MessagingError::ConnectTimeout {
+                        url: url.to_string(),
+                        waited: timeout,
+                    });
+                }
             }
         }
     }

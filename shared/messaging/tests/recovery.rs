@@ -209,29 +209,24 @@ fn rabbitmqctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A broker address nothing listens on fails the connect at once, naming
-/// the address and why, instead of lapin retrying it until the timeout (and
-/// leaving an I/O thread behind that panicked when the process stopped).
+/// A broker address nothing listens on is tried until `connect_timeout_ms`
+/// (a broker restarting comes back within it), then fails naming the
+/// address and why — not lapin's "no answer" with an I/O thread left
+/// behind that panicked when the process stopped.
 #[tokio::test]
-async fn an_address_nothing_listens_on_fails_at_once_naming_it() {
+async fn an_address_nothing_listens_on_fails_within_its_timeout_naming_it() {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
         listener.local_addr().expect("address").port()
     };
     let config = AmqpConfig {
         url: SecretUrl::new(format!("amqp://guest:secret-word@127.0.0.1:{port}/%2f")),
-        connect_timeout_ms: 10_000,
+        connect_timeout_ms: 500,
         ..AmqpConfig::default()
     };
-    let started = Instant::now();
     let error = Transport::connect(&config, "test", "nothing-listens")
         .await
         .expect_err("nothing listens there");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
     let mut shown = error.to_string();
     let mut cause = std::error::Error::source(&error);
     while let Some(next) = cause {
