@@ -297,10 +297,9 @@ pub(crate) enum Settle {
     ReturnToQueue,
 }
 
-/// Settles deliveries of one queue.
-#[derive(Clone)]
-/// Shared (`Arc<Settler>`) by the deliveries of its queue: cloning its
-/// channel and strings for each delivery cost more than the ack it makes.
+/// Settles deliveries of one queue. Shared (`Arc<Settler>`) by the
+/// deliveries of its queue, never cloned: cloning its channel and strings
+/// for each delivery cost more than the ack it makes.
 pub(crate) struct Settler {
     pub channel: Channel,
     /// Its connection: for declaring retry queues on channels of their
