@@ -69,7 +69,7 @@ impl Rollout {
                         }
                         rollout.board.shape(&status.service, service, now);
                     });
-                    for failure in failed {
+                    if let Some(failure) = failed {
                         publish(notifier.as_ref(), failure).await;
                     }
                     Ok(heartbeat)

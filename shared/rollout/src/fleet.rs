@@ -11,8 +11,9 @@
 //! - a service whose up instances all run one phase is not judged (nothing
 //!   to compare with);
 //! - the newest phase is the phase of the instance started last; its
-//!   instances are judged one by one, each against the pooled instances of
-//!   every other phase, over the same window and warm-up as a canary;
+//!   instances are judged one by one, each on its own heartbeats, against
+//!   the pooled instances of every other phase, over the same window and
+//!   warm-up as a canary;
 //! - a hard failure fails the instance at once; otherwise it takes
 //!   `failure_threshold` failing judgements in a row, each a window apart;
 //! - a failed instance stays failed until it leaves (stops, or is silent for
@@ -157,14 +158,14 @@ impl Fleet {
     }
 
     /// Takes one instance's heartbeat, received at `at`, with the run times
-    /// it carried, and judges its service again. Returns the instances whose
+    /// it carried, and judges that instance again. Returns it when its
     /// verdict has just become `fail`.
     pub fn heard(
         &mut self,
         status: &InstanceStatus,
         run_times_us: Vec<u32>,
         at: Instant,
-    ) -> Vec<Failed> {
+    ) -> Option<Failed> {
         let key = (status.service.clone(), status.instance_id.clone());
         if status.stopped {
             self.instances.remove(&key);
@@ -172,17 +173,20 @@ impl Fleet {
             let started = at
                 .checked_sub(Duration::from_secs(status.uptime_seconds))
                 .unwrap_or(at);
-            let tracked = self.instances.entry(key).or_insert_with(|| Tracked {
-                phase: status.phase.clone(),
-                host: status.host.clone(),
-                started,
-                heard: at,
-                window: Window::default(),
-                failures: 0,
-                last_counted: None,
-                standing: Standing::NotJudged,
-                evidence: String::new(),
-            });
+            let tracked = self
+                .instances
+                .entry(key.clone())
+                .or_insert_with(|| Tracked {
+                    phase: status.phase.clone(),
+                    host: status.host.clone(),
+                    started,
+                    heard: at,
+                    window: Window::default(),
+                    failures: 0,
+                    last_counted: None,
+                    standing: Standing::NotJudged,
+                    evidence: String::new(),
+                });
             tracked.heard = at;
             tracked.window.record(
                 at,
@@ -196,7 +200,7 @@ impl Fleet {
                 self.config.warmup(),
             );
         }
-        self.judge(&status.service, at)
+        self.judge(&key, at)
     }
 
     /// The verdict on an instance and its evidence (empty when not judged).
@@ -208,99 +212,104 @@ impl Fleet {
             })
     }
 
-    fn judge(&mut self, service: &str, at: Instant) -> Vec<Failed> {
+    /// Forgets silent instances, clears the verdicts of the service's
+    /// instances outside its newest phase (a `fail` stays), and judges the
+    /// instance just heard when it runs the newest phase. Only that one: an
+    /// instance is judged on its own heartbeats, so a heartbeat costs one
+    /// judgement, not one per instance of the new phase.
+    fn judge(&mut self, key: &(String, String), at: Instant) -> Option<Failed> {
         let window = self.config.window();
         self.instances
             .retain(|_, tracked| at.saturating_duration_since(tracked.heard) <= window);
-        let of_service = |key: &(String, String)| key.0 == service;
+        let service = key.0.as_str();
         let newest = self
             .instances
             .iter()
-            .filter(|(key, _)| of_service(key))
+            .filter(|(other, _)| other.0 == service)
             .max_by_key(|(_, tracked)| tracked.started)
-            .map(|(_, tracked)| tracked.phase.clone());
-        let Some(newest) = newest else {
-            return Vec::new();
-        };
+            .map(|(_, tracked)| tracked.phase.clone())?;
+        let one_phase = self
+            .instances
+            .iter()
+            .all(|(other, tracked)| other.0 != service || tracked.phase == newest);
+        for (_, tracked) in self.instances.iter_mut().filter(|(other, tracked)| {
+            other.0 == service
+                && tracked.standing != Standing::Fail
+                && (one_phase || tracked.phase != newest)
+        }) {
+            tracked.standing = Standing::NotJudged;
+            tracked.evidence.clear();
+            tracked.failures = 0;
+        }
+        let heard = self.instances.get(key)?;
+        if one_phase || heard.phase != newest || heard.standing == Standing::Fail {
+            return None;
+        }
         let others: Vec<&Tracked> = self
             .instances
             .iter()
-            .filter(|(key, tracked)| of_service(key) && tracked.phase != newest)
+            .filter(|(other, tracked)| other.0 == service && tracked.phase != newest)
             .map(|(_, tracked)| tracked)
             .collect();
         let against = describe(&others);
         let main = canary::side(others.iter().map(|tracked| &tracked.window));
-        let one_phase = others.is_empty();
-        let mut failed = Vec::new();
-        for ((_, instance_id), tracked) in self
-            .instances
-            .iter_mut()
-            .filter(|(key, _)| key.0 == service)
-        {
-            if tracked.standing == Standing::Fail {
-                continue;
-            }
-            if one_phase || tracked.phase != newest {
-                tracked.standing = Standing::NotJudged;
-                tracked.evidence.clear();
-                tracked.failures = 0;
-                continue;
-            }
-            let judgement = canary::judge(&tracked.window.delta(), &main, &self.config);
-            let evidence = format!(
-                "{} against {against}: {}",
-                tracked.phase, judgement.evidence
-            );
-            let hard = matches!(judgement.verdict, Verdict::Fail { hard: true, .. });
-            let due = tracked
-                .last_counted
-                .is_none_or(|last| at.saturating_duration_since(last) >= window);
-            if !hard && !due {
-                continue;
-            }
-            tracked.last_counted = Some(at);
-            tracked.evidence = evidence;
-            tracked.standing = match judgement.verdict {
-                Verdict::Inconclusive => Standing::Inconclusive,
-                Verdict::Pass => {
-                    tracked.failures = 0;
-                    Standing::Pass
-                }
-                Verdict::Fail { signal, hard } => {
-                    tracked.failures += 1;
-                    if hard || tracked.failures >= self.config.failure_threshold {
-                        tracked.evidence = format!(
-                            "worse on {} ({}): {}",
-                            signal.as_str(),
-                            if hard {
-                                "overwhelmingly".to_string()
-                            } else {
-                                format!("{} judgements in a row", tracked.failures)
-                            },
-                            tracked.evidence
-                        );
-                        failed.push(Failed {
-                            service: service.to_string(),
-                            instance_id: instance_id.clone(),
-                            host: tracked.host.clone(),
-                            phase: tracked.phase.clone(),
-                            evidence: tracked.evidence.clone(),
-                        });
-                        Standing::Fail
-                    } else {
-                        tracked.evidence = format!(
-                            "failing on {} ({} of {}): {}",
-                            signal.as_str(),
-                            tracked.failures,
-                            self.config.failure_threshold,
-                            tracked.evidence
-                        );
-                        Standing::Inconclusive
-                    }
-                }
-            };
+        let judgement = canary::judge(&heard.window.delta(), &main, &self.config);
+
+        let tracked = self.instances.get_mut(key)?;
+        let hard = matches!(judgement.verdict, Verdict::Fail { hard: true, .. });
+        let due = tracked
+            .last_counted
+            .is_none_or(|last| at.saturating_duration_since(last) >= window);
+        if !hard && !due {
+            return None;
         }
-        failed
+        tracked.last_counted = Some(at);
+        let evidence = format!(
+            "{} against {against}: {}",
+            tracked.phase, judgement.evidence
+        );
+        let (standing, evidence) = match judgement.verdict {
+            Verdict::Inconclusive => (Standing::Inconclusive, evidence),
+            Verdict::Pass => {
+                tracked.failures = 0;
+                (Standing::Pass, evidence)
+            }
+            Verdict::Fail { signal, hard } => {
+                tracked.failures += 1;
+                let signal = signal.as_str();
+                if hard {
+                    (
+                        Standing::Fail,
+                        format!("worse on {signal} (overwhelmingly): {evidence}"),
+                    )
+                } else if tracked.failures >= self.config.failure_threshold {
+                    (
+                        Standing::Fail,
+                        format!(
+                            "worse on {signal} ({} judgements in a row): {evidence}",
+                            tracked.failures
+                        ),
+                    )
+                } else {
+                    (
+                        Standing::Inconclusive,
+                        format!(
+                            "failing on {signal} ({} of {}): {evidence}",
+                            tracked.failures, self.config.failure_threshold
+                        ),
+                    )
+                }
+            }
+        };
+        tracked.standing = standing;
+        tracked.evidence = evidence;
+        (standing == Standing::Fail).then(|| Failed {
+            service: key.0.clone(),
+            instance_id: key.1.clone(),
+            host: tracked.host.clone(),
+            phase: tracked.phase.clone(),
+            evidence: tracked.evidence.clone(),
+        })
     }
 }
 
@@ -371,7 +380,7 @@ mod tests {
             self
         }
 
-        fn beat(&mut self, fleet: &mut Fleet, at: Instant) -> Vec<Failed> {
+        fn beat(&mut self, fleet: &mut Fleet, at: Instant) -> Option<Failed> {
             self.status.handled += self.calls;
             self.status.slow_polls += self.slow;
             self.status.uptime_seconds += 1;
