@@ -3,7 +3,8 @@
 # in the foreground as the rabbitmq user (it receives the container's signals).
 # With RABBITMQ_CLUSTER_NODES ("rabbit@rabbit-1 rabbit@rabbit-2 …") the node
 # joins those by static peer discovery (classic_config); the nodes share the
-# Erlang cookie read from RABBITMQ_ERLANG_COOKIE_FILE (a compose secret).
+# Erlang cookie read from RABBITMQ_ERLANG_COOKIE_FILE (a compose secret), and
+# notice a silent peer after RABBITMQ_NET_TICKTIME seconds (default 60).
 set -eu
 pass=${RABBITMQ_DEFAULT_PASS:-}
 if [ -n "${RABBITMQ_DEFAULT_PASS_FILE:-}" ]; then pass=$(cat "$RABBITMQ_DEFAULT_PASS_FILE"); fi
@@ -27,6 +28,12 @@ if [ -n "${RABBITMQ_CLUSTER_NODES:-}" ]; then
         done
         # A node cut off from the majority pauses instead of serving a split brain.
         echo "cluster_partition_handling = pause_minority"
+        # How long a silent peer takes to be declared down (75-125 % of it).
+        # Until then every node waits on it to create or delete a queue
+        # (the schema database locks on every member): a client that fails
+        # over from a cut-off node gets no answer to its declarations. Erlang's
+        # 60 s left a failed-over service unready for over a minute.
+        echo "net_ticktime = ${RABBITMQ_NET_TICKTIME:-60}"
     } >> /etc/rabbitmq/rabbitmq.conf
     tr -d '\n' < "$RABBITMQ_ERLANG_COOKIE_FILE" > /var/lib/rabbitmq/.erlang.cookie
     chown rabbitmq:rabbitmq /var/lib/rabbitmq/.erlang.cookie

@@ -20,6 +20,9 @@
 //! connected again: the collector host that used it consumes from another
 //! node (two missed heartbeats, then `recovery_timeout_ms`), the node pauses
 //! (`pause_minority`) and rejoins; every acknowledged sample stored once.
+//! Callers of ListAlarms across the cut get answers or the api's own
+//! UNAVAILABLE within their deadlines, and answers again within a minute
+//! (the api lost that node too when it failed over to it in scenario 1).
 //!
 //! Fault scenario 3: one collector host killed under load; the other stores
 //! everything acknowledged; started again, its workers consume beside the
@@ -180,6 +183,12 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
     let connected_before = connections(&log);
     // 2,500 batches of 10 every 20 ms: about 50 s of samples.
     let load = project.load("partition", 2_500);
+    let callers = ListAlarmsSteadily::start(
+        project.client().await,
+        Some(&project.token),
+        2,
+        Duration::from_secs(3),
+    );
     project.wait_stored_at_least(before + 500, Instant::now() + Duration::from_secs(120));
     let network = format!("{name}_broker");
     let cut_off = project.container(&node);
@@ -201,6 +210,13 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
+    // The api answers again: it rebuilds on another node,
+    // whose declarations of its new queues wait until the cluster declares
+    // the cut-off node down (RABBITMQ_NET_TICKTIME in the cluster file).
+    callers
+        .wait_answered_after(cut + Duration::from_secs(1), 10, Duration::from_secs(60))
+        .await;
+    let answering = cut.elapsed();
     let remaining = Duration::from_secs(30).saturating_sub(cut.elapsed());
     tokio::time::sleep(remaining).await;
     support::run_ok(
@@ -214,10 +230,17 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
         "every batch acknowledged in the end"
     );
     project.wait_stored(before + acknowledged.len());
+    let (calls, refused, reasons) = callers
+        .finish(&[tonic::Code::Unavailable, tonic::Code::DeadlineExceeded])
+        .await;
     eprintln!(
         "cluster: {node} cut off for 30 s; collector-b consumed from another node after {:.1} s; \
-         all 25,000 acknowledged samples stored once",
-        failed_over.as_secs_f64()
+         the api answered ListAlarms again {:.1} s after the cut; all 25,000 acknowledged \
+         samples stored once; {calls} ListAlarms calls across the cut, {refused} refused by \
+         the api ({}), none past its deadline",
+        failed_over.as_secs_f64(),
+        answering.as_secs_f64(),
+        reasons.join("; ")
     );
     // The node rejoins: all three run again.
     project.wait_healthy(&[node.as_str()], Duration::from_secs(180));
