@@ -5,6 +5,17 @@ mod support;
 
 use support::{Fleet, FleetOptions, switchyard, text};
 
+/// The statistics of the samples the test posted: one bucket over all time.
+const STATS: &[&str] = &[
+    "stats",
+    "--meter",
+    "disk_io",
+    "--project",
+    "cli",
+    "--period",
+    "0",
+];
+
 /// Runs `switchyard args` against `api`, asserts it succeeded, and returns
 /// what it printed.
 fn succeeds(api: &str, args: &[&str]) -> String {
@@ -52,18 +63,7 @@ async fn the_cli_posts_files_and_reads_the_pipeline_back() {
             .any(|l| l.starts_with("disk_io") && l.trim_end().ends_with(" 5")),
         "{meters}"
     );
-    let stats = succeeds(
-        &api,
-        &[
-            "stats",
-            "--meter",
-            "disk_io",
-            "--project",
-            "cli",
-            "--period",
-            "0",
-        ],
-    );
+    let stats = succeeds(&api, STATS);
     assert!(stats.contains(" 5 "), "five samples in one bucket: {stats}");
 
     succeeds(
@@ -166,15 +166,7 @@ async fn the_cli_posts_files_and_reads_the_pipeline_back() {
         ["api", "collector", "notifier"].into_iter().collect(),
         "{rollout}"
     );
-    let stats = json(&[
-        "stats",
-        "--meter",
-        "disk_io",
-        "--project",
-        "cli",
-        "--period",
-        "0",
-    ]);
+    let stats = json(STATS);
     assert!(
         stats["meters"][0]["buckets"][0]["count"].as_u64().is_some(),
         "{stats}"

@@ -76,16 +76,9 @@ async fn three_services_in_three_phases() {
     let alarm = client
         .create_alarm(CreateAlarmRequest {
             alarm: Some(Alarm {
-                name: "hot".into(),
-                meter: "cpu_util".into(),
                 project_id: "e2e".into(),
-                statistic: Statistic::Avg as i32,
-                comparison: Comparison::Gt as i32,
                 threshold: 50.0,
-                period_seconds: 600,
-                evaluation_periods: 1,
-                webhook_url: webhook.url.clone(),
-                ..Alarm::default()
+                ..support::hot_alarm(webhook.url.clone())
             }),
         })
         .await

@@ -55,11 +55,7 @@ async fn handler_runs_where_each_phase_says() {
 }
 
 async fn health(url: String, service: &str) -> i32 {
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = support::connect(url).await;
     let mut client = HealthClient::new(channel);
     client
         .check(HealthCheckRequest {
@@ -104,11 +100,7 @@ async fn reflection_lists_the_services() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let server = support::start(Phase::Bridged, 2, Duration::from_secs(1)).await;
-    let channel = tonic::transport::Endpoint::from_shared(server.url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = server.channel().await;
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -147,11 +139,7 @@ async fn reflection_lists_the_services() {
         use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-        let channel = tonic::transport::Endpoint::from_shared(server.url())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
+        let channel = server.channel().await;
         let request = ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),

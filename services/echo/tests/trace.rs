@@ -20,11 +20,7 @@ async fn server_spans_join_the_callers_trace() {
         .expect("telemetry");
 
     let server = support::start(Phase::Bridged, 2, Duration::from_secs(1)).await;
-    let channel = tonic::transport::Endpoint::from_shared(server.url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = server.channel().await;
     let url = server.url();
     let mut client = EchoClient::new(Traced::new(channel, &url));
     let caller = tracing::info_span!("caller");

@@ -38,93 +38,87 @@ pub(crate) async fn publish(
     properties: BasicProperties,
 ) -> Result<(), MessagingError> {
     let started = std::time::Instant::now();
+    let destination = || format!("exchange `{exchange}` key `{routing_key}`");
+    let confirmed = async {
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let mut attempt = 0;
+        let confirmation = loop {
+            attempt += 1;
+            // Bounded, the send and its confirmation together: a publish
+            // caught by the connection dying (written, or waiting to be) is
+            // never confirmed, and lapin's recovery does not fail it — the
+            // caller (a handler the drain waits for, an api request) would wait
+            // forever. No answer is an error, never a confirmation.
+            let sent = async {
+                let confirm = channel
+                    .basic_publish(
+                        exchange.into(),
+                        routing_key.into(),
+                        options,
+                        payload,
+                        properties.clone(),
+                    )
+                    .await?;
+                confirm.await
+            };
+            let Ok(result) = tokio::time::timeout(RECOVERY_WAIT, sent).await else {
+                return Err(MessagingError::Unavailable {
+                    destination: destination(),
+                    waited: RECOVERY_WAIT,
+                });
+            };
+            match result {
+                Ok(confirmation) => break confirmation,
+                Err(error) if attempt == 1 => {
+                    tracing::warn!(
+                        "publish to {} failed ({error}); waiting for recovery",
+                        destination()
+                    );
+                    // Bounded: a caller waiting on this publish (an api request)
+                    // must get an answer even if the connection never comes back.
+                    match tokio::time::timeout(RECOVERY_WAIT, channel.wait_for_recovery(error))
+                        .await
+                    {
+                        Ok(recovered) => recovered.map_err(MessagingError::broker(format!(
+                            "publishing to {}",
+                            destination()
+                        )))?,
+                        Err(_) => {
+                            return Err(MessagingError::Unavailable {
+                                destination: destination(),
+                                waited: RECOVERY_WAIT,
+                            });
+                        }
+                    }
+                }
+                Err(error) => {
+                    return Err(MessagingError::Broker {
+                        operation: format!("publishing to {}", destination()),
+                        source: error,
+                    });
+                }
+            }
+        };
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(MessagingError::Unroutable {
+                destination: destination(),
+            }),
+            Confirmation::Nack(_) => Err(MessagingError::Refused {
+                destination: destination(),
+            }),
+        }
+    };
     tokio::select! {
         biased;
         () = lost.cancelled() => Err(MessagingError::Unavailable {
-            destination: format!("exchange `{exchange}` key `{routing_key}`"),
+            destination: destination(),
             waited: started.elapsed(),
         }),
-        published = publish_confirmed(channel, exchange, routing_key, mandatory, payload, properties) => published,
-    }
-}
-
-async fn publish_confirmed(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    mandatory: bool,
-    payload: &[u8],
-    properties: BasicProperties,
-) -> Result<(), MessagingError> {
-    let destination = || format!("exchange `{exchange}` key `{routing_key}`");
-    let options = BasicPublishOptions {
-        mandatory,
-        ..BasicPublishOptions::default()
-    };
-    let mut attempt = 0;
-    let confirmation = loop {
-        attempt += 1;
-        // Bounded, the send and its confirmation together: a publish
-        // caught by the connection dying (written, or waiting to be) is
-        // never confirmed, and lapin's recovery does not fail it — the
-        // caller (a handler the drain waits for, an api request) would wait
-        // forever. No answer is an error, never a confirmation.
-        let sent = async {
-            let confirm = channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    options,
-                    payload,
-                    properties.clone(),
-                )
-                .await?;
-            confirm.await
-        };
-        let Ok(result) = tokio::time::timeout(RECOVERY_WAIT, sent).await else {
-            return Err(MessagingError::Unavailable {
-                destination: destination(),
-                waited: RECOVERY_WAIT,
-            });
-        };
-        match result {
-            Ok(confirmation) => break confirmation,
-            Err(error) if attempt == 1 => {
-                tracing::warn!(
-                    "publish to {} failed ({error}); waiting for recovery",
-                    destination()
-                );
-                // Bounded: a caller waiting on this publish (an api request)
-                // must get an answer even if the connection never comes back.
-                match tokio::time::timeout(RECOVERY_WAIT, channel.wait_for_recovery(error)).await {
-                    Ok(recovered) => recovered.map_err(MessagingError::broker(format!(
-                        "publishing to {}",
-                        destination()
-                    )))?,
-                    Err(_) => {
-                        return Err(MessagingError::Unavailable {
-                            destination: destination(),
-                            waited: RECOVERY_WAIT,
-                        });
-                    }
-                }
-            }
-            Err(error) => {
-                return Err(MessagingError::Broker {
-                    operation: format!("publishing to {}", destination()),
-                    source: error,
-                });
-            }
-        }
-    };
-    match confirmation {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_returned)) => Err(MessagingError::Unroutable {
-            destination: destination(),
-        }),
-        Confirmation::Nack(_) => Err(MessagingError::Refused {
-            destination: destination(),
-        }),
+        confirmed = confirmed => confirmed,
     }
 }
 

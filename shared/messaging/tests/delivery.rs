@@ -72,11 +72,7 @@ async fn transient_failures_are_retried_then_dead_lettered() {
 /// its delay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_for_its_retry_holds_no_prefetch_slot() {
-    let mut rig = Rig::new().await;
-    rig.config.retry_delay_ms = 3_000;
-    rig.transport = switchyard_messaging::Transport::connect(&rig.config, "test", &rig.id)
-        .await
-        .expect("transport");
+    let rig = Rig::with(|config| config.retry_delay_ms = 3_000).await;
     let mut echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 1).await;
     let client = RpcClient::new(&rig.transport).await.expect("client");
     let target = Target::topic(rig.exchange(), "echo");
@@ -204,12 +200,7 @@ async fn a_classic_queue_left_by_an_earlier_version_is_used_as_it_is() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_are_dead_lettered_with_their_reason() {
-    let mut rig = Rig::new().await;
-    rig.config.max_body_bytes = 1024;
-    let transport = switchyard_messaging::Transport::connect(&rig.config, "test", &rig.id)
-        .await
-        .expect("transport");
-    rig.transport = transport;
+    let rig = Rig::with(|config| config.max_body_bytes = 1024).await;
     let mut echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Threaded, 2).await;
 
     let raw = rig.transport.channel().await.expect("channel");

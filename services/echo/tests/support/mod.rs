@@ -23,6 +23,20 @@ impl EchoServerHandle {
     pub fn url(&self) -> String {
         format!("http://{}", self.address)
     }
+
+    /// A new connection to the server.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        connect(self.url()).await
+    }
+}
+
+/// A connection to `url`.
+pub async fn connect(url: String) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
 }
 
 pub async fn start(phase: Phase, capacity: usize, overload_wait: Duration) -> EchoServerHandle {

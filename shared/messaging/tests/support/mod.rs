@@ -21,14 +21,20 @@ pub struct Rig {
 
 impl Rig {
     pub async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A rig whose settings `adjust` changes before it connects.
+    pub async fn with(adjust: impl FnOnce(&mut AmqpConfig)) -> Self {
         let id = wire::new_id();
-        let config = AmqpConfig {
+        let mut config = AmqpConfig {
             exchange: format!("test-{id}"),
             retry_delay_ms: 5,
             max_deliveries: 3,
             queue_expires_ms: 120_000,
             ..AmqpConfig::default()
         };
+        adjust(&mut config);
         let transport = Transport::connect(&config, "test", &id)
             .await
             .expect("RabbitMQ on 127.0.0.1:5672");
