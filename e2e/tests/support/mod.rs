@@ -744,12 +744,7 @@ impl Fleet {
         let started = Instant::now();
         loop {
             let (rows, distinct) = self.stored().await;
-            assert_eq!(rows, distinct, "a sample was stored twice");
-            assert!(
-                distinct as usize <= expected,
-                "more samples stored ({distinct}) than acknowledged ({expected})"
-            );
-            if distinct as usize == expected {
+            if all_stored(rows.unsigned_abs(), distinct.unsigned_abs(), expected) {
                 return;
             }
             assert!(
@@ -760,6 +755,18 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Whether `rows` stored samples of `distinct` ids are the `expected`
+/// acknowledged ones; `false` while some are on their way. Fails on a sample
+/// stored twice or one more than were acknowledged.
+pub fn all_stored(rows: u64, distinct: u64, expected: usize) -> bool {
+    assert_eq!(rows, distinct, "a sample was stored twice");
+    assert!(
+        distinct as usize <= expected,
+        "more samples stored ({distinct}) than acknowledged ({expected})"
+    );
+    distinct as usize == expected
 }
 
 impl Drop for Fleet {

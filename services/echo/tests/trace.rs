@@ -11,6 +11,7 @@ use switchyard_executor::Phase;
 use switchyard_grpc::client::{Traced, deadline};
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
+use switchyard_telemetry::receiver::{find_span, has_spans};
 use tracing::Instrument;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,19 +60,12 @@ async fn server_spans_join_the_callers_trace() {
     let name = "switchyard.echo.v1.Echo/Say";
     let spans = receiver
         .wait_for(Duration::from_secs(10), |spans| {
-            ["caller", "late caller", "dispatch Echo/Say"]
-                .iter()
-                .all(|name| spans.iter().any(|s| s.name == *name))
+            has_spans(spans, &["caller", "late caller", "dispatch Echo/Say"])
                 && spans.iter().filter(|s| s.name == name).count() == 4
         })
         .await
         .unwrap_or_else(|spans| panic!("spans never arrived: {spans:#?}"));
-    let find = |name: &str| {
-        spans
-            .iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no span {name}"))
-    };
+    let find = |name: &str| find_span(&spans, name).unwrap_or_else(|| panic!("no span {name}"));
     let child_of = |parent: &switchyard_telemetry::receiver::ReceivedSpan| {
         spans
             .iter()

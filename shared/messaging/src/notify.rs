@@ -213,12 +213,10 @@ impl NotificationListenerBuilder {
         let max_body = transport.config().max_body_bytes;
         let handlers = TaskTracker::new();
         let endpoint = Arc::new(endpoint);
-        let consumer = consume::consume(
-            channel.clone(),
-            settler.clone(),
+        NotificationListener::consuming(
+            (channel, Arc::clone(&settler), handlers),
+            transport,
             shutdown,
-            transport.lost(),
-            handlers.clone(),
             move |delivery| {
                 let settler = settler.clone();
                 let endpoint = Arc::clone(&endpoint);
@@ -241,12 +239,7 @@ impl NotificationListenerBuilder {
                 }
             },
         )
-        .await?;
-        Ok(NotificationListener {
-            consumer,
-            handlers,
-            channel,
-        })
+        .await
     }
 }
 
@@ -314,12 +307,10 @@ impl NotificationListenerBuilder {
                 }
             });
         }
-        let consumer = consume::consume(
-            channel.clone(),
-            settler.clone(),
+        NotificationListener::consuming(
+            (channel, settler, handlers),
+            transport,
             shutdown,
-            transport.lost(),
-            handlers.clone(),
             move |delivery| {
                 let deliveries = deliveries.clone();
                 async move {
@@ -327,12 +318,7 @@ impl NotificationListenerBuilder {
                 }
             },
         )
-        .await?;
-        Ok(NotificationListener {
-            consumer,
-            handlers,
-            channel,
-        })
+        .await
     }
 
     /// Declares the pool queue, its dead-letter queue and bindings on a new
@@ -399,6 +385,34 @@ pub struct NotificationListener {
 }
 
 impl NotificationListener {
+    /// Consumes the pool's queue on `channel` (settled by `settler`) until
+    /// `shutdown`, handing each delivery to `handle` on a task of `handlers`.
+    async fn consuming<H, Fut>(
+        (channel, settler, handlers): (Channel, Arc<Settler>, TaskTracker),
+        transport: &Transport,
+        shutdown: CancellationToken,
+        handle: H,
+    ) -> Result<Self, MessagingError>
+    where
+        H: Fn(Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let consumer = consume::consume(
+            channel.clone(),
+            settler,
+            shutdown,
+            transport.lost(),
+            handlers.clone(),
+            handle,
+        )
+        .await?;
+        Ok(Self {
+            consumer,
+            handlers,
+            channel,
+        })
+    }
+
     /// A listener in `pool` on `exchange`'s notifications.
     pub fn builder(exchange: &str, pool: &str) -> NotificationListenerBuilder {
         NotificationListenerBuilder {

@@ -9,6 +9,7 @@ use support::{BOUND, EchoServer, Rig, text};
 use switchyard_executor::Phase;
 use switchyard_messaging::{RpcClient, Target};
 use switchyard_proto::echo::v1::SayReply;
+use switchyard_telemetry::receiver::{find_span, has_spans};
 use tracing::Instrument;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,18 +40,11 @@ async fn the_servers_spans_carry_the_callers_trace() {
     let process_name = format!("process {}", rig.exchange());
     let spans = receiver
         .wait_for(Duration::from_secs(10), |spans| {
-            ["caller", "dispatch say", process_name.as_str()]
-                .iter()
-                .all(|name| spans.iter().any(|s| s.name == *name))
+            has_spans(spans, &["caller", "dispatch say", process_name.as_str()])
         })
         .await
         .unwrap_or_else(|spans| panic!("spans never arrived: {spans:#?}"));
-    let find = |name: &str| {
-        spans
-            .iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no span {name}"))
-    };
+    let find = |name: &str| find_span(&spans, name).unwrap_or_else(|| panic!("no span {name}"));
     let caller = find("caller");
     let publish = spans
         .iter()

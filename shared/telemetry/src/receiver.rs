@@ -289,6 +289,16 @@ impl OtlpReceiver {
     }
 }
 
+/// The first of `spans` named `name`.
+pub fn find_span<'a>(spans: &'a [ReceivedSpan], name: &str) -> Option<&'a ReceivedSpan> {
+    spans.iter().find(|span| span.name == name)
+}
+
+/// Whether every one of `names` names one of `spans`.
+pub fn has_spans(spans: &[ReceivedSpan], names: &[&str]) -> bool {
+    names.iter().all(|name| find_span(spans, name).is_some())
+}
+
 /// Starts a receiver on a free loopback port and installs this process's
 /// telemetry (as `service`, in `phase`) exporting to it every 50 ms: how a
 /// test sees the spans its code produced. Call once per process.
