@@ -9,6 +9,7 @@ use std::time::Duration;
 use support::{Fleet, FleetOptions, sample};
 use switchyard_proto::metering::v1::*;
 use switchyard_telemetry::receiver::OtlpReceiver;
+use switchyard_testkit::reflected_services;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,44 +138,18 @@ async fn the_public_api_requires_a_bearer_token_when_configured() {
     }
 
     // Reflection: behind the token, and listing exactly what the api serves.
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     let channel = tonic::transport::Endpoint::from_shared(fleet.api.as_ref().expect("api").url())
         .expect("url")
         .connect()
         .await
         .expect("connect");
-    let mut reflection = ServerReflectionClient::new(channel);
-    let list = || ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let anonymous = reflection
-        .server_reflection_info(tokio_stream::once(list()))
+    let anonymous = reflected_services(channel.clone(), None)
         .await
         .expect_err("reflection without a token");
     assert_eq!(anonymous.code(), Code::Unauthenticated);
-    let mut request = tonic::Request::new(tokio_stream::once(list()));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    let response = reflection
-        .server_reflection_info(request)
+    let names = reflected_services(channel, Some(&format!("Bearer {token}")))
         .await
-        .expect("reflection with the token")
-        .into_inner()
-        .message()
-        .await
-        .expect("stream")
-        .expect("one response");
-    let Some(MessageResponse::ListServicesResponse(listed)) = response.message_response else {
-        panic!("unexpected reflection response: {response:?}");
-    };
-    let mut names: Vec<String> = listed.service.into_iter().map(|s| s.name).collect();
-    names.sort();
+        .expect("reflection with the token");
     assert_eq!(
         names,
         [

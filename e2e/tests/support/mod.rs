@@ -460,24 +460,7 @@ impl Drop for Cleanup {
     }
 }
 
-/// A loopback port nothing listens on, for a service that must be told its
-/// port before it starts (a worker sharing it with `SO_REUSEPORT`, a service
-/// that binds it again after rebuilding, a port published by Docker, an
-/// address that must refuse connections). Taken below the kernel's
-/// ephemeral range (`ip_local_port_range`, 32768–60999 here), so no
-/// port-0 bind — a client's, a service's — can be handed it between this
-/// check and the service's bind; tests pick at random, so two rarely meet.
-pub fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    loop {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        let port = 20_000 + (hasher.finish() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use switchyard_testkit::free_port;
 
 /// How a fleet is started.
 #[derive(Clone, Default)]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use switchyard_executor::Phase;
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
+use switchyard_testkit::reflected_services;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -94,33 +95,10 @@ async fn health_follows_readiness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_services() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
     let server = support::start(Phase::Bridged, 2, Duration::from_secs(1)).await;
-    let channel = server.channel().await;
-    let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
+    let names = reflected_services(server.channel().await, None)
         .await
-        .expect("reflection answers")
-        .into_inner();
-    let response = responses
-        .message()
-        .await
-        .expect("stream")
-        .expect("one response");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection response: {response:?}");
-    };
-    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    names.sort();
+        .expect("reflection answers");
     // Exactly what this port serves: not every service whose schema the
     // descriptor set holds (the api's Metering is not served here).
     assert_eq!(

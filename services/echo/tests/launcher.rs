@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use support::free_port;
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
+use switchyard_testkit::free_port;
 
 const ECHO: &str = env!("CARGO_BIN_EXE_switchyard-echo");
 const BOUND: Duration = Duration::from_secs(30);

@@ -439,7 +439,7 @@ async fn metrics_are_openmetrics_with_build_and_process_metrics() {
 /// warning naming the endpoint, not silence while spans are dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_trace_export_is_reported() {
-    let endpoint = format!("http://127.0.0.1:{}", support::free_port());
+    let endpoint = format!("http://127.0.0.1:{}", switchyard_testkit::free_port());
     let echo = start_echo_with(
         "async",
         &[

@@ -1,0 +1,67 @@
+//! What the test suites of several crates share (a dev-dependency only):
+//! a loopback port for a service that must be told its port, and the
+//! services a gRPC server lists by reflection.
+
+#![warn(missing_docs)]
+
+use tonic::transport::Channel;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+/// A loopback port nothing listens on, for a service that must be told its
+/// port before it starts (a worker sharing it with `SO_REUSEPORT`, a service
+/// that binds it again after rebuilding, a port published by Docker, an
+/// address that must refuse connections). Taken below the kernel's
+/// ephemeral range (`ip_local_port_range`, 32768–60999 here), so no
+/// port-0 bind — a client's, a service's — can be handed it between this
+/// check and the service's bind; tests pick at random, so two rarely meet.
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let port = 20_000 + (hasher.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The names of the services the server behind `channel` lists by gRPC
+/// reflection (v1), sorted; asked with `authorization` metadata when given.
+/// `Err` is the server's refusal, or a reply that is not a list.
+pub async fn reflected_services(
+    channel: Channel,
+    authorization: Option<&str>,
+) -> Result<Vec<String>, tonic::Status> {
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut request = tonic::Request::new(tokio_stream::once(list));
+    if let Some(authorization) = authorization {
+        let value = authorization
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("authorization: not ASCII"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let response = ServerReflectionClient::new(channel)
+        .server_reflection_info(request)
+        .await?
+        .into_inner()
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unknown("reflection: the stream ended without a reply"))?;
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(listed)) => {
+            let mut names: Vec<String> = listed.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            Ok(names)
+        }
+        other => Err(tonic::Status::unknown(format!(
+            "reflection: not a list of services: {other:?}"
+        ))),
+    }
+}
