@@ -141,6 +141,50 @@ pub fn payload(wait_ms: u32) -> SayRequest {
     }
 }
 
+/// A Switchyard RPC server for `topic` running `endpoint` in `phase`, and
+/// a client aimed at it.
+struct Served {
+    server: RpcServer,
+    client: RpcClient,
+    target: Target,
+    stop: CancellationToken,
+    /// Kept for as long as the server runs on it.
+    _executor: Executor,
+}
+
+impl Served {
+    async fn start(
+        broker: &Broker,
+        topic: &str,
+        phase: Phase,
+        endpoint: Endpoint<SayRequest, Result<SayReply, EndpointError>>,
+    ) -> anyhow::Result<Self> {
+        let stop = CancellationToken::new();
+        let executor = executor(phase)?;
+        let server = RpcServer::builder(&broker.exchange, topic, "bench")
+            .method(executor.register(endpoint)?)
+            .start(
+                &broker.transport,
+                executor.config().capacity(),
+                stop.clone(),
+            )
+            .await?;
+        Ok(Self {
+            server,
+            client: RpcClient::new(&broker.transport).await?,
+            target: Target::topic(&broker.exchange, topic),
+            stop,
+            _executor: executor,
+        })
+    }
+
+    /// Stops the server once its deliveries are settled.
+    async fn stopped(self) {
+        self.stop.cancel();
+        self.server.stopped().await;
+    }
+}
+
 /// Calls through a Switchyard server in `phase`.
 pub async fn switchyard_calls(
     broker: &Broker,
@@ -149,18 +193,8 @@ pub async fn switchyard_calls(
     wait_ms: u32,
     cell: Duration,
 ) -> anyhow::Result<Latencies> {
-    let stop = CancellationToken::new();
-    let executor = executor(phase)?;
-    let server = RpcServer::builder(&broker.exchange, "echo", "bench")
-        .method(executor.register(echo(phase))?)
-        .start(
-            &broker.transport,
-            executor.config().capacity(),
-            stop.clone(),
-        )
-        .await?;
-    let client = RpcClient::new(&broker.transport).await?;
-    let target = Target::topic(&broker.exchange, "echo");
+    let served = Served::start(broker, "echo", phase, echo(phase)).await?;
+    let (client, target) = (served.client.clone(), served.target.clone());
     let result = drive(callers, cell, move || {
         let (client, target) = (client.clone(), target.clone());
         async move {
@@ -171,8 +205,7 @@ pub async fn switchyard_calls(
         }
     })
     .await;
-    stop.cancel();
-    server.stopped().await;
+    served.stopped().await;
     Ok(result)
 }
 
@@ -395,8 +428,6 @@ pub async fn switchyard_casts(
     phase: Phase,
     count: usize,
 ) -> anyhow::Result<Latencies> {
-    let stop = CancellationToken::new();
-    let executor = executor(phase)?;
     let stamps = Stamps::new(count);
     let handled = stamps.clone();
     let endpoint = match phase {
@@ -409,26 +440,16 @@ pub async fn switchyard_casts(
             async { Ok::<_, EndpointError>(SayReply::default()) }
         }),
     };
-    let server = RpcServer::builder(&broker.exchange, "casts", "bench")
-        .method(executor.register(endpoint)?)
-        .start(
-            &broker.transport,
-            executor.config().capacity(),
-            stop.clone(),
-        )
-        .await?;
-    let client = RpcClient::new(&broker.transport).await?;
-    let target = Target::topic(&broker.exchange, "casts");
+    let served = Served::start(broker, "casts", phase, endpoint).await?;
     let result = stamps
         .pump(|request| {
-            let (client, target) = (client.clone(), target.clone());
+            let (client, target) = (served.client.clone(), served.target.clone());
             async move {
                 let _ = client.cast(&target, "say", &request).await;
             }
         })
         .await;
-    stop.cancel();
-    server.stopped().await;
+    served.stopped().await;
     Ok(result)
 }
 
