@@ -18,7 +18,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Fleet, FleetOptions, post_steadily, rabbitmqctl};
+use support::{Fleet, FleetOptions, rabbitmqctl};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing_acknowledged() {
@@ -28,13 +28,7 @@ async fn broker_restart_loses_nothing_acknowledged() {
     })
     .await;
     // 10,000 samples: 500 batches of 20, one batch every 20 ms.
-    let load = tokio::spawn(post_steadily(
-        fleet.client().await,
-        format!("{}-b", fleet.id),
-        500,
-        20,
-        Duration::from_millis(20),
-    ));
+    let load = fleet.load("b", 500, 20, Duration::from_millis(20)).await;
     // The broker goes down mid-load: once 1,000 samples are in.
     fleet.wait_stored_at_least(1000).await;
     let restart = tokio::task::spawn_blocking(|| {

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Fleet, FleetOptions, ListAlarmsSteadily, Proxy, post_steadily};
+use support::{Fleet, FleetOptions, ListAlarmsSteadily, Proxy};
 
 /// A service's environment for connecting through `node` first, then
 /// directly to the local broker once `node` stays down `recovery_ms`.
@@ -43,13 +43,7 @@ async fn a_collector_whose_broker_dies_fails_over_to_the_next_one() {
     })
     .await;
     // 4,000 samples: 200 batches of 20, one batch every 20 ms.
-    let load = tokio::spawn(post_steadily(
-        fleet.client().await,
-        format!("{}-f", fleet.id),
-        200,
-        20,
-        Duration::from_millis(20),
-    ));
+    let load = fleet.load("f", 200, 20, Duration::from_millis(20)).await;
     fleet.wait_stored_at_least(500).await;
     node.cut();
     let cut_at = std::time::Instant::now();

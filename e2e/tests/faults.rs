@@ -15,13 +15,7 @@ use tonic_health::pb::health_client::HealthClient;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
     let mut fleet = Fleet::start(FleetOptions::default()).await;
-    let load = tokio::spawn(post_steadily(
-        fleet.client().await,
-        format!("{}-k", fleet.id),
-        100,
-        10,
-        Duration::from_millis(15),
-    ));
+    let load = fleet.load("k", 100, 10, Duration::from_millis(15)).await;
     fleet.wait_stored_at_least(100).await;
     let mut collector = fleet.collector.take().expect("collector");
     collector.child.kill().expect("SIGKILL");
@@ -36,13 +30,7 @@ async fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_cleanly_and_returns_what_it_did_not_take() {
     let mut fleet = Fleet::start(FleetOptions::default()).await;
-    let load = tokio::spawn(post_steadily(
-        fleet.client().await,
-        format!("{}-t", fleet.id),
-        60,
-        20,
-        Duration::from_millis(5),
-    ));
+    let load = fleet.load("t", 60, 20, Duration::from_millis(5)).await;
     fleet.wait_stored_at_least(100).await;
     let started = Instant::now();
     let status = fleet.collector.take().expect("collector").stop();

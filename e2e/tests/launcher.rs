@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{
-    BOUND, Browser, Fleet, FleetOptions, Service, free_port, post_steadily, switchyard, text,
-};
+use support::{BOUND, Browser, Fleet, FleetOptions, Service, free_port, switchyard, text};
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
 use switchyard_proto::messaging::v1::RolledBack;
@@ -132,13 +130,7 @@ async fn a_sighup_phase_switch_of_the_collector_under_load_loses_no_sample() {
     })
     .await;
 
-    let load = tokio::spawn(post_steadily(
-        fleet.client().await,
-        format!("{}-hup", fleet.id),
-        300,
-        10,
-        Duration::from_millis(10),
-    ));
+    let load = fleet.load("hup", 300, 10, Duration::from_millis(10)).await;
     fleet.wait_stored_at_least(100).await;
     configure(&fleet, "collector", &file("async"), Vec::new());
     let signalled = Instant::now();

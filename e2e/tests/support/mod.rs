@@ -677,6 +677,25 @@ impl Fleet {
             .expect("api answers")
     }
 
+    /// Posts `batches` batches of `size` samples through the api in the
+    /// background, one every `pace` ([`post_steadily`]), with ids that
+    /// start with the fleet's id and `label`: (acknowledged ids, retries).
+    pub async fn load(
+        &self,
+        label: &str,
+        batches: usize,
+        size: usize,
+        pace: Duration,
+    ) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+        tokio::spawn(post_steadily(
+            self.client().await,
+            format!("{}-{label}", self.id),
+            batches,
+            size,
+            pace,
+        ))
+    }
+
     /// `(rows, distinct ids)` in the samples table.
     pub async fn stored(&self) -> (i64, i64) {
         use switchyard_storage::sqlx::{self, Connection, Row};
