@@ -236,6 +236,23 @@ where
     }))
 }
 
+/// Endpoint `index` of [`METHODS`]: the notifier's `method`, asked over
+/// AMQP ([`alarm_call`]).
+fn bind_alarm<Req, Resp>(
+    app: &App,
+    index: usize,
+    backends: &Backends,
+    method: &'static str,
+) -> anyhow::Result<BoundEndpoint<Req, GrpcOutcome<Resp>>>
+where
+    Req: Message + Send + 'static,
+    Resp: Message + Default + Send + 'static,
+{
+    bind(app, index, backends, move |b, cx, r| async move {
+        alarm_call(&b, &cx, method, r).await
+    })
+}
+
 impl MeteringApi {
     /// Registers every method (each one declared in [`endpoints`]).
     pub fn register(
@@ -270,21 +287,11 @@ impl MeteringApi {
                     Ok(reply.await?.into_inner())
                 },
             )?,
-            create_alarm: bind(app, 3, backends, |b, cx, r| async move {
-                alarm_call(&b, &cx, catalogue::method::CREATE_ALARM, r).await
-            })?,
-            get_alarm: bind(app, 4, backends, |b, cx, r| async move {
-                alarm_call(&b, &cx, catalogue::method::GET_ALARM, r).await
-            })?,
-            list_alarms: bind(app, 5, backends, |b, cx, r| async move {
-                alarm_call(&b, &cx, catalogue::method::LIST_ALARMS, r).await
-            })?,
-            delete_alarm: bind(app, 6, backends, |b, cx, r| async move {
-                alarm_call(&b, &cx, catalogue::method::DELETE_ALARM, r).await
-            })?,
-            alarm_history: bind(app, 7, backends, |b, cx, r| async move {
-                alarm_call(&b, &cx, catalogue::method::GET_ALARM_HISTORY, r).await
-            })?,
+            create_alarm: bind_alarm(app, 3, backends, catalogue::method::CREATE_ALARM)?,
+            get_alarm: bind_alarm(app, 4, backends, catalogue::method::GET_ALARM)?,
+            list_alarms: bind_alarm(app, 5, backends, catalogue::method::LIST_ALARMS)?,
+            delete_alarm: bind_alarm(app, 6, backends, catalogue::method::DELETE_ALARM)?,
+            alarm_history: bind_alarm(app, 7, backends, catalogue::method::GET_ALARM_HISTORY)?,
             rollout: bind(app, 8, backends, |b, _, _: GetRolloutRequest| async move {
                 Ok(b.rollout.table(b.heartbeat_interval))
             })?,

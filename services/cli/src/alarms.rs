@@ -6,7 +6,7 @@ use switchyard_proto::metering::v1::{
 };
 
 use crate::Connection;
-use crate::output::{Output, print_json, row, unix};
+use crate::output::{Output, print_json_list, row, unix};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -143,20 +143,17 @@ pub async fn run(connection: &Connection, command: &Command) -> anyhow::Result<(
                 .into_inner()
                 .alarms;
             if connection.output == Output::Json {
-                return print_json(&serde_json::json!(
-                    alarms
-                        .iter()
-                        .map(|a| serde_json::json!({
-                            "id": a.id, "name": a.name, "meter": a.meter,
-                            "resource_id": a.resource_id, "project_id": a.project_id,
-                            "threshold": a.threshold, "period_seconds": a.period_seconds,
-                            "evaluation_periods": a.evaluation_periods,
-                            "webhook_url": a.webhook_url,
-                            "state": state_name(a.state),
-                            "state_changed_at": unix(&a.state_changed_at),
-                        }))
-                        .collect::<Vec<_>>()
-                ));
+                return print_json_list(&alarms, |a| {
+                    serde_json::json!({
+                        "id": a.id, "name": a.name, "meter": a.meter,
+                        "resource_id": a.resource_id, "project_id": a.project_id,
+                        "threshold": a.threshold, "period_seconds": a.period_seconds,
+                        "evaluation_periods": a.evaluation_periods,
+                        "webhook_url": a.webhook_url,
+                        "state": state_name(a.state),
+                        "state_changed_at": unix(&a.state_changed_at),
+                    })
+                });
             }
             row!(
                 "{:<32} {:<20} {:<16} {:<18}",
@@ -182,15 +179,12 @@ pub async fn run(connection: &Connection, command: &Command) -> anyhow::Result<(
                 .into_inner()
                 .transitions;
             if connection.output == Output::Json {
-                return print_json(&serde_json::json!(
-                    transitions
-                        .iter()
-                        .map(|t| serde_json::json!({
-                            "at": unix(&t.at), "from": state_name(t.from),
-                            "to": state_name(t.to), "reason": t.reason,
-                        }))
-                        .collect::<Vec<_>>()
-                ));
+                return print_json_list(&transitions, |t| {
+                    serde_json::json!({
+                        "at": unix(&t.at), "from": state_name(t.from),
+                        "to": state_name(t.to), "reason": t.reason,
+                    })
+                });
             }
             for t in transitions {
                 println!(

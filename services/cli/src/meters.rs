@@ -3,7 +3,7 @@
 use switchyard_proto::metering::v1::ListMetersRequest;
 
 use crate::Connection;
-use crate::output::{Output, print_json, row};
+use crate::output::{Output, print_json_list, row};
 
 #[derive(Debug, clap::Args)]
 pub struct Meters {
@@ -23,12 +23,10 @@ pub async fn run(connection: &Connection, args: &Meters) -> anyhow::Result<()> {
         .into_inner()
         .meters;
     if connection.output == Output::Json {
-        return print_json(&serde_json::json!(
-            meters
-                .iter()
-                .map(|m| serde_json::json!({"name": m.name, "unit": m.unit, "samples": m.samples}))
-                .collect::<Vec<_>>()
-        ));
+        return print_json_list(
+            &meters,
+            |m| serde_json::json!({"name": m.name, "unit": m.unit, "samples": m.samples}),
+        );
     }
     row!("{:<24} {:<8} {:>8}", "METER", "UNIT", "SAMPLES");
     for meter in meters {

@@ -23,6 +23,14 @@ pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `items` as a JSON array, each item as `row` makes it.
+pub fn print_json_list<T>(
+    items: &[T],
+    row: impl Fn(&T) -> serde_json::Value,
+) -> anyhow::Result<()> {
+    print_json(&serde_json::Value::Array(items.iter().map(row).collect()))
+}
+
 /// Unix seconds of a timestamp (0 when absent).
 pub fn unix(timestamp: &Option<prost_types::Timestamp>) -> i64 {
     timestamp.as_ref().map(|t| t.seconds).unwrap_or_default()

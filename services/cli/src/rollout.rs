@@ -7,7 +7,7 @@ use anyhow::bail;
 use switchyard_proto::metering::v1::{GetRolloutRequest, InstanceStatus, PromoteCanaryRequest};
 
 use crate::Connection;
-use crate::output::{Output, print_json, row, unix};
+use crate::output::{Output, print_json_list, row, unix};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -39,21 +39,18 @@ async fn show(connection: &Connection) -> anyhow::Result<()> {
         .into_inner()
         .instances;
     if connection.output == Output::Json {
-        return print_json(&serde_json::json!(
-            instances
-                .iter()
-                .map(|i| serde_json::json!({
-                    "service": i.service, "instance_id": i.instance_id, "pid": i.pid,
-                    "version": i.version, "phase": i.phase, "role": i.role, "up": i.up,
-                    "uptime_seconds": i.uptime_seconds, "in_flight": i.in_flight,
-                    "handled": i.handled, "failed": i.failed,
-                    "slow_polls": i.slow_polls, "offloaded": i.offloaded,
-                    "last_seen": unix(&i.last_seen), "rollout": i.rollout,
-                    "endpoint_forms": i.endpoint_forms, "host": i.host,
-                    "verdict": i.verdict, "verdict_evidence": i.verdict_evidence,
-                }))
-                .collect::<Vec<_>>()
-        ));
+        return print_json_list(&instances, |i| {
+            serde_json::json!({
+                "service": i.service, "instance_id": i.instance_id, "pid": i.pid,
+                "version": i.version, "phase": i.phase, "role": i.role, "up": i.up,
+                "uptime_seconds": i.uptime_seconds, "in_flight": i.in_flight,
+                "handled": i.handled, "failed": i.failed,
+                "slow_polls": i.slow_polls, "offloaded": i.offloaded,
+                "last_seen": unix(&i.last_seen), "rollout": i.rollout,
+                "endpoint_forms": i.endpoint_forms, "host": i.host,
+                "verdict": i.verdict, "verdict_evidence": i.verdict_evidence,
+            })
+        });
     }
     print_table(&instances);
     Ok(())

@@ -167,30 +167,36 @@ pub async fn get(database: &Database, id: &str) -> Result<Option<Alarm>, Storage
         .map_err(StorageError::query("decoding an alarm"))
 }
 
-/// Alarms of a project (all when empty), or watching one of `meters`.
+/// Alarms of a project (all when empty).
 pub async fn list(database: &Database, project_id: &str) -> Result<Vec<Alarm>, StorageError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM alarms WHERE ($1 = '' OR project_id = $1) ORDER BY name, id"
-    )))
-    .bind(project_id.to_string())
-    .fetch_all(database.pool())
+    select(
+        database,
+        "($1 = '' OR project_id = $1) ORDER BY name, id",
+        project_id,
+        "listing alarms",
+    )
     .await
-    .map_err(StorageError::query("listing alarms"))?;
-    rows.iter()
-        .map(from_row)
-        .collect::<Result<_, _>>()
-        .map_err(StorageError::query("decoding alarms"))
 }
 
 /// Alarms watching `meter`.
 pub async fn watching(database: &Database, meter: &str) -> Result<Vec<Alarm>, StorageError> {
+    select(database, "meter = $1", meter, "finding alarms for a meter").await
+}
+
+/// The alarms `condition` selects, `value` bound as `$1`.
+async fn select(
+    database: &Database,
+    condition: &'static str,
+    value: &str,
+    doing: &'static str,
+) -> Result<Vec<Alarm>, StorageError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM alarms WHERE meter = $1"
+        "SELECT {COLUMNS} FROM alarms WHERE {condition}"
     )))
-    .bind(meter.to_string())
+    .bind(value.to_string())
     .fetch_all(database.pool())
     .await
-    .map_err(StorageError::query("finding alarms for a meter"))?;
+    .map_err(StorageError::query(doing))?;
     rows.iter()
         .map(from_row)
         .collect::<Result<_, _>>()

@@ -241,21 +241,7 @@ impl OtlpReceiver {
         timeout: Duration,
         done: impl Fn(&[ReceivedPoint]) -> bool,
     ) -> Result<Vec<ReceivedPoint>, Vec<ReceivedPoint>> {
-        let mut received = self.received.clone();
-        let waiting = async {
-            loop {
-                let points = self.points();
-                if done(&points) {
-                    return points;
-                }
-                if received.changed().await.is_err() {
-                    return points;
-                }
-            }
-        };
-        tokio::time::timeout(timeout, waiting)
-            .await
-            .map_err(|_elapsed| self.points())
+        self.wait_until(timeout, || self.points(), done).await
     }
 
     /// Waits until `done` holds for the spans received, at most `timeout`.
@@ -265,21 +251,29 @@ impl OtlpReceiver {
         timeout: Duration,
         done: impl Fn(&[ReceivedSpan]) -> bool,
     ) -> Result<Vec<ReceivedSpan>, Vec<ReceivedSpan>> {
+        self.wait_until(timeout, || self.spans(), done).await
+    }
+
+    /// Reads what was received with `read` after every batch until `done`
+    /// holds for it, at most `timeout`.
+    async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        read: impl Fn() -> Vec<T>,
+        done: impl Fn(&[T]) -> bool,
+    ) -> Result<Vec<T>, Vec<T>> {
         let mut received = self.received.clone();
         let waiting = async {
             loop {
-                let spans = self.spans();
-                if done(&spans) {
-                    return spans;
-                }
-                if received.changed().await.is_err() {
-                    return spans;
+                let seen = read();
+                if done(&seen) || received.changed().await.is_err() {
+                    return seen;
                 }
             }
         };
         tokio::time::timeout(timeout, waiting)
             .await
-            .map_err(|_elapsed| self.spans())
+            .map_err(|_elapsed| read())
     }
 
     /// A receiver that changes each time a batch arrives (its value is the
