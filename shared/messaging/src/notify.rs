@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::BasicQosOptions;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, ExchangeKind};
 use prost::Message;
@@ -329,14 +328,7 @@ impl NotificationListenerBuilder {
         prefetch: usize,
     ) -> Result<(Channel, Arc<Settler>), MessagingError> {
         let config = transport.config();
-        let channel = transport.channel().await?;
-        channel
-            .basic_qos(
-                prefetch.clamp(1, u16::MAX as usize) as u16,
-                BasicQosOptions::default(),
-            )
-            .await
-            .map_err(MessagingError::broker("setting prefetch"))?;
+        let channel = transport.consuming_channel(prefetch).await?;
         let exchange = wire::notification_exchange(&self.exchange);
         declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
         let queue = wire::pool_queue(&self.exchange, &self.pool);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use lapin::options::ConfirmSelectOptions;
+use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
 use switchyard_config::SecretUrl;
 use tokio_util::sync::CancellationToken;
@@ -199,6 +199,23 @@ impl Transport {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(MessagingError::broker("enabling publisher confirms"))?;
+        Ok(channel)
+    }
+
+    /// A new channel (publisher confirms enabled) on which the broker
+    /// delivers at most `prefetch` unacknowledged messages, 1 to 65,535.
+    pub(crate) async fn consuming_channel(
+        &self,
+        prefetch: usize,
+    ) -> Result<Channel, MessagingError> {
+        let channel = self.channel().await?;
+        channel
+            .basic_qos(
+                prefetch.clamp(1, u16::MAX as usize) as u16,
+                BasicQosOptions::default(),
+            )
+            .await
+            .map_err(MessagingError::broker("setting prefetch"))?;
         Ok(channel)
     }
 

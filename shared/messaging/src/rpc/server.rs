@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
-use lapin::options::BasicQosOptions;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, ExchangeKind};
 use prost::Message;
@@ -89,14 +88,7 @@ impl RpcServerBuilder {
         shutdown: CancellationToken,
     ) -> Result<RpcServer, MessagingError> {
         let config = transport.config().clone();
-        let channel = transport.channel().await?;
-        channel
-            .basic_qos(
-                capacity.clamp(1, u16::MAX as usize) as u16,
-                BasicQosOptions::default(),
-            )
-            .await
-            .map_err(MessagingError::broker("setting prefetch"))?;
+        let channel = transport.consuming_channel(capacity).await?;
         let exchange = wire::rpc_exchange(&self.exchange);
         let fanout = wire::fanout_exchange(&self.exchange, &self.topic);
         declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
