@@ -47,9 +47,16 @@ fn docker(args: &[&str]) -> String {
 
 /// The test's stack; removed when dropped (with the swarm, when the test
 /// made this node one).
+/// The bridge network `docker swarm init` makes for its containers' traffic
+/// to the outside.
+const GATEWAY: &str = "docker_gwbridge";
+
 struct Stack {
     name: String,
     made_swarm: bool,
+    /// The swarm's gateway network (`docker_gwbridge`) was made for this
+    /// test: leaving the swarm keeps it, so the test removes it.
+    made_gateway: bool,
 }
 
 impl Stack {
@@ -139,6 +146,11 @@ impl Drop for Stack {
         if self.made_swarm {
             let _ = Command::new("docker")
                 .args(["swarm", "leave", "--force"])
+                .output();
+        }
+        if self.made_gateway {
+            let _ = Command::new("docker")
+                .args(["network", "rm", GATEWAY])
                 .output();
         }
         if !left.is_empty() && !std::thread::panicking() {
@@ -265,6 +277,10 @@ async fn a_phase_move_completes_task_by_task_and_one_that_blocks_the_loop_is_rol
         return;
     }
     let made_swarm = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]) == "inactive";
+    let had_gateway = Command::new("docker")
+        .args(["network", "inspect", GATEWAY])
+        .output()
+        .is_ok_and(|inspected| inspected.status.success());
     if made_swarm {
         docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
     }
@@ -272,6 +288,7 @@ async fn a_phase_move_completes_task_by_task_and_one_that_blocks_the_loop_is_rol
     let stack = Stack {
         name: format!("sysw{}", &id[..id.len().min(10)]),
         made_swarm,
+        made_gateway: made_swarm && !had_gateway,
     };
     let api_port = support::free_port();
     let api = format!("http://127.0.0.1:{api_port}");
