@@ -1,7 +1,9 @@
 //! AMQP workloads: RPC round trips (echo and I/O-bound), casts and
 //! notifications, through Switchyard in each phase and through raw lapin
-//! doing the same broker work (confirmed publishes, manual acks, direct
-//! reply-to) with no executor, no tracing and no envelope handling.
+//! doing the same broker work with no executor, no tracing and no envelope
+//! handling: confirmed publishes, manual acks, direct reply-to, and the
+//! same messages through the same kind of exchange into the same kind of
+//! queue (docs/benchmarks.md: the broker's share).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,15 +12,15 @@ use std::time::{Duration, Instant};
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use prost::Message;
 use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
 use switchyard_messaging::{
-    AmqpConfig, EndpointError, Handled, Notification, NotificationListener, Notifier, Priority,
-    RpcClient, RpcServer, Target, Transport, wire,
+    AmqpConfig, Bound, EndpointError, Handled, Notification, NotificationListener, Notifier,
+    Priority, RpcClient, RpcServer, Target, Transport, durable_queue_arguments, wire,
 };
 use switchyard_proto::echo::v1::{SayReply, SayRequest};
 use tokio::sync::{Notify, oneshot};
@@ -30,8 +32,18 @@ use crate::measure::{Latencies, drive};
 pub struct Broker {
     pub transport: Transport,
     pub exchange: String,
+    /// The raw contenders' topic exchange and queue, bound as Switchyard
+    /// binds a topic queue ([`RAW_TOPIC`]) and a notification pool
+    /// ([`RAW_EVENTS`]).
+    raw_exchange: String,
     raw_queue: String,
 }
+
+/// The raw contenders' RPC topic and notification binding: an exact key as
+/// a topic queue has, and a pattern over every priority as a pool that
+/// subscribes to an event type has.
+const RAW_TOPIC: &str = "raw";
+const RAW_EVENTS: &str = "notifications.*.bench.raw";
 
 impl Broker {
     pub async fn connect() -> anyhow::Result<Self> {
@@ -43,18 +55,57 @@ impl Broker {
         };
         let transport = Transport::connect(&config, "bench", &id).await?;
         let raw_queue = format!("bench-raw-{id}");
-        transport
-            .channel()
-            .await?
-            .queue_declare(
-                raw_queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                raw_arguments(&config),
+        let raw_exchange = format!("bench-raw-{id}");
+        let channel = transport.channel().await?;
+        let dead_letters = wire::dead_letter_queue(&raw_queue);
+        for (queue, arguments) in [
+            (
+                &raw_queue,
+                durable_queue_arguments(
+                    &config,
+                    Bound::RejectPublish(config.max_queue_length),
+                    Some(&dead_letters),
+                ),
+            ),
+            (
+                &dead_letters,
+                durable_queue_arguments(&config, Bound::Unbounded, None),
+            ),
+        ] {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    arguments,
+                )
+                .await?;
+        }
+        channel
+            .exchange_declare(
+                raw_exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
             )
             .await?;
+        for key in [RAW_TOPIC, RAW_EVENTS] {
+            channel
+                .queue_bind(
+                    raw_queue.as_str().into(),
+                    raw_exchange.as_str().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(Self {
             transport,
             exchange: config.exchange,
+            raw_exchange,
             raw_queue,
         })
     }
@@ -64,7 +115,10 @@ impl Broker {
         let Ok(channel) = self.transport.channel().await else {
             return;
         };
-        let mut queues = vec![self.raw_queue.clone()];
+        let mut queues = vec![
+            wire::dead_letter_queue(&self.raw_queue),
+            self.raw_queue.clone(),
+        ];
         for topic in ["echo", "casts"] {
             let queue = wire::topic_queue(&self.exchange, topic);
             queues.push(wire::dead_letter_queue(&queue));
@@ -79,6 +133,7 @@ impl Broker {
                 .await;
         }
         for exchange in [
+            self.raw_exchange.clone(),
             self.exchange.clone(),
             wire::notification_exchange(&self.exchange),
             wire::fanout_exchange(&self.exchange, "echo"),
@@ -90,16 +145,6 @@ impl Broker {
         }
         self.transport.close().await;
     }
-}
-
-/// The raw contender's queue is of the type Switchyard's durable queues
-/// are (`amqp.queue_type`, quorum by default): same broker work.
-fn raw_arguments(config: &AmqpConfig) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    if config.queue_type == switchyard_messaging::QueueType::Quorum {
-        wire::set_str(&mut arguments, "x-queue-type", "quorum");
-    }
-    arguments
 }
 
 pub fn executor(phase: Phase) -> anyhow::Result<Executor> {
@@ -165,7 +210,7 @@ impl Served {
             .method(executor.register(endpoint)?)
             .start(
                 &broker.transport,
-                executor.config().capacity(),
+                executor.config().prefetch(),
                 stop.clone(),
             )
             .await?;
@@ -243,7 +288,11 @@ pub async fn raw_calls(
                         tokio::time::sleep(Duration::from_millis(wait_ms.into())).await;
                     }
                     if let Some(reply_to) = delivery.properties.reply_to().clone() {
-                        let mut properties = BasicProperties::default();
+                        let mut headers = FieldTable::default();
+                        wire::set_str(&mut headers, wire::STATUS, "ok");
+                        let mut properties = BasicProperties::default()
+                            .with_content_type(wire::CONTENT_TYPE.into())
+                            .with_headers(headers);
                         if let Some(id) = delivery.properties.correlation_id().clone() {
                             properties = properties.with_correlation_id(id);
                         }
@@ -294,13 +343,13 @@ pub async fn raw_calls(
         });
     }
     let body = Arc::new(payload(wait_ms).encode_to_vec());
-    let queue = broker.raw_queue.clone();
+    let exchange = broker.raw_exchange.clone();
     let result = drive(callers, cell, move || {
-        let (client, pending, body, queue) = (
+        let (client, pending, body, exchange) = (
             client.clone(),
             Arc::clone(&pending),
             Arc::clone(&body),
-            queue.clone(),
+            exchange.clone(),
         );
         async move {
             let id = wire::new_id();
@@ -308,13 +357,15 @@ pub async fn raw_calls(
             if let Ok(mut pending) = pending.lock() {
                 pending.insert(id.clone(), tx);
             }
-            let properties = BasicProperties::default()
+            let properties = Envelope::Call
+                .properties(&id)
                 .with_reply_to(wire::DIRECT_REPLY_TO.into())
-                .with_correlation_id(id.into());
+                .with_correlation_id(id.as_str().into())
+                .with_expiration("30000".into());
             let published = client
                 .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    RAW_TOPIC.into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
@@ -503,9 +554,64 @@ pub async fn switchyard_notifications(
     Ok(result)
 }
 
+/// The message a raw contender sends: Switchyard's envelope (its
+/// properties and headers, docs/wire.md), written by hand, so the broker
+/// stores, routes and delivers the same bytes for both contenders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    Call,
+    Cast,
+    Notification,
+}
+
+impl Envelope {
+    fn properties(self, message_id: &str) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        match self {
+            Envelope::Call | Envelope::Cast => {
+                wire::set_str(&mut headers, wire::METHOD, "say");
+                let kind = if self == Envelope::Call {
+                    "call"
+                } else {
+                    "cast"
+                };
+                wire::set_str(&mut headers, wire::KIND, kind);
+            }
+            Envelope::Notification => {
+                wire::set_str(&mut headers, wire::KIND, "notification");
+                wire::set_str(&mut headers, wire::EVENT_TYPE, "bench.raw");
+                wire::set_str(&mut headers, wire::PRIORITY, "sample");
+                wire::set_str(&mut headers, wire::PUBLISHER, "bench");
+            }
+        }
+        let properties = BasicProperties::default()
+            .with_content_type(wire::CONTENT_TYPE.into())
+            .with_message_id(message_id.into())
+            .with_timestamp(wire::now_timestamp())
+            .with_headers(headers);
+        match self {
+            Envelope::Call => properties,
+            Envelope::Cast | Envelope::Notification => properties.with_delivery_mode(2),
+        }
+    }
+
+    /// Where it is published, and whether mandatory (an RPC message no
+    /// queue takes is an error; a notification nobody listens for is not).
+    fn route(self) -> (String, bool) {
+        match self {
+            Envelope::Call | Envelope::Cast => (RAW_TOPIC.to_string(), true),
+            Envelope::Notification => (wire::notification_key("sample", "bench.raw"), false),
+        }
+    }
+}
+
 /// Raw: confirmed persistent publishes, a consumer acking each message
 /// (after decoding it, as every contender does).
-pub async fn raw_messages(broker: &Broker, count: usize) -> anyhow::Result<Latencies> {
+pub async fn raw_messages(
+    broker: &Broker,
+    envelope: Envelope,
+    count: usize,
+) -> anyhow::Result<Latencies> {
     let stop = CancellationToken::new();
     let consumer_channel = broker.transport.channel().await?;
     consumer_channel
@@ -537,18 +643,22 @@ pub async fn raw_messages(broker: &Broker, count: usize) -> anyhow::Result<Laten
         });
     }
     let publisher: Channel = broker.transport.channel().await?;
-    let queue = broker.raw_queue.clone();
+    let exchange = broker.raw_exchange.clone();
+    let (key, mandatory) = envelope.route();
     let result = stamps
         .pump(|request| {
-            let (publisher, queue) = (publisher.clone(), queue.clone());
+            let (publisher, exchange, key) = (publisher.clone(), exchange.clone(), key.clone());
             async move {
                 if let Ok(confirm) = publisher
                     .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
+                        exchange.as_str().into(),
+                        key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory,
+                            ..BasicPublishOptions::default()
+                        },
                         &request.encode_to_vec(),
-                        BasicProperties::default().with_delivery_mode(2),
+                        envelope.properties(&wire::new_id()),
                     )
                     .await
                 {

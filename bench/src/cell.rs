@@ -97,8 +97,11 @@ impl Cell {
             (Workload::RpcWait, Some(phase)) => {
                 amqp::switchyard_calls(broker, phase, size, 20, time).await?
             }
-            (Workload::Casts | Workload::Notifications, None) => {
-                amqp::raw_messages(broker, size).await?
+            (Workload::Casts, None) => {
+                amqp::raw_messages(broker, amqp::Envelope::Cast, size).await?
+            }
+            (Workload::Notifications, None) => {
+                amqp::raw_messages(broker, amqp::Envelope::Notification, size).await?
             }
             (Workload::Casts, Some(phase)) => amqp::switchyard_casts(broker, phase, size).await?,
             (Workload::Notifications, Some(phase)) => {

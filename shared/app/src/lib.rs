@@ -380,7 +380,7 @@ impl App {
         let server = server
             .start(
                 &transport,
-                self.running.executor.config().capacity(),
+                self.running.executor.config().prefetch(),
                 self.attempt.clone(),
             )
             .await?;

@@ -23,7 +23,7 @@ pub use error::{CallError, EndpointError, MessagingError};
 pub use notify::{
     Handled, Notification, NotificationListener, NotificationListenerBuilder, Notifier, Priority,
 };
-pub use rpc::{RpcClient, RpcServer, RpcServerBuilder, Target};
+pub use rpc::{Bound, RpcClient, RpcServer, RpcServerBuilder, Target, durable_queue_arguments};
 pub use transport::{Lost, Transport};
 
 /// Classic or quorum queues for the durable queues.

@@ -15,7 +15,8 @@ pub(crate) mod topology;
 
 pub use client::RpcClient;
 pub use server::{RpcServer, RpcServerBuilder};
-pub(crate) use topology::{Bound, bind, declare_durable_queue, declare_exchange};
+pub use topology::{Bound, durable_queue_arguments};
+pub(crate) use topology::{bind, declare_durable_queue, declare_exchange};
 
 /// Where RPC messages go: oslo.messaging's target.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -79,16 +79,17 @@ impl RpcServerBuilder {
     }
 
     /// Declares the topology and starts consuming the topic queue, this
-    /// instance's queue and the fanout queue. Prefetch follows `capacity`
-    /// (the executor's), so the broker never hands over more than can run.
+    /// instance's queue and the fanout queue, holding at most `prefetch`
+    /// deliveries unacknowledged (the executor's
+    /// [`prefetch`](switchyard_executor::ExecutorConfig::prefetch)).
     pub async fn start(
         self,
         transport: &Transport,
-        capacity: usize,
+        prefetch: usize,
         shutdown: CancellationToken,
     ) -> Result<RpcServer, MessagingError> {
         let config = transport.config().clone();
-        let channel = transport.consuming_channel(capacity).await?;
+        let channel = transport.consuming_channel(prefetch).await?;
         let exchange = wire::rpc_exchange(&self.exchange);
         let fanout = wire::fanout_exchange(&self.exchange, &self.topic);
         declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;

@@ -66,7 +66,7 @@ pub(crate) async fn declare_exchange(
 
 /// How long a durable queue may grow, and what happens at the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Bound {
+pub enum Bound {
     /// No limit (dead-letter queues: where messages come to rest).
     Unbounded,
     /// At most this many messages; a publish beyond is refused (`nack`), so
@@ -84,28 +84,16 @@ pub(crate) enum Bound {
 /// failures the service saw; this counts crashes and returns it did not.
 pub(crate) const DELIVERY_LIMIT: i32 = 20;
 
-/// A queue that outlives its consumers: casts and notifications wait in it.
-///
-/// Declared on a throwaway channel: RabbitMQ refuses to declare an existing
-/// queue with other arguments (`PRECONDITION_FAILED - inequivalent arg`) and
-/// closes the channel. Such a queue (made by an earlier version, or with
-/// another `amqp.queue_type`) is used as it is, with a warning saying how to
-/// apply the new arguments, instead of stopping the service at start-up.
-///
-/// A quorum queue with `dead_letters` also gets RabbitMQ's own delivery
-/// limit: a message the broker delivered [`DELIVERY_LIMIT`] times without
-/// an acknowledgement — its consumers died on it, or returned it while
-/// stopping — is dead-lettered there by the broker (`x-death` says
-/// `delivery_limit`), so a message that kills every consumer cannot loop
-/// for ever. Not for a `DropHead` queue: the messages it drops by design
-/// would be dead-lettered too.
-pub(crate) async fn declare_durable_queue(
-    transport: &Transport,
-    name: &str,
+/// The arguments a durable queue is declared with (see
+/// [`declare_durable_queue`]): its type, expiry, length bound, and for a
+/// quorum queue with `dead_letters` the broker's delivery limit. Public so
+/// that a client outside Switchyard (or the benchmark's raw contender) can
+/// declare a queue the broker treats exactly as Switchyard's.
+pub fn durable_queue_arguments(
+    config: &crate::AmqpConfig,
     bound: Bound,
     dead_letters: Option<&str>,
-) -> Result<(), MessagingError> {
-    let config = transport.config();
+) -> FieldTable {
     let mut arguments = typed_arguments(config);
     if config.queue_type == crate::QueueType::Quorum
         && let (Some(dead_letters), false) = (dead_letters, matches!(bound, Bound::DropHead(_)))
@@ -137,6 +125,31 @@ pub(crate) async fn declare_durable_queue(
         );
         wire::set_str(&mut arguments, "x-overflow", overflow);
     }
+    arguments
+}
+
+/// A queue that outlives its consumers: casts and notifications wait in it.
+///
+/// Declared on a throwaway channel: RabbitMQ refuses to declare an existing
+/// queue with other arguments (`PRECONDITION_FAILED - inequivalent arg`) and
+/// closes the channel. Such a queue (made by an earlier version, or with
+/// another `amqp.queue_type`) is used as it is, with a warning saying how to
+/// apply the new arguments, instead of stopping the service at start-up.
+///
+/// A quorum queue with `dead_letters` also gets RabbitMQ's own delivery
+/// limit: a message the broker delivered [`DELIVERY_LIMIT`] times without
+/// an acknowledgement — its consumers died on it, or returned it while
+/// stopping — is dead-lettered there by the broker (`x-death` says
+/// `delivery_limit`), so a message that kills every consumer cannot loop
+/// for ever. Not for a `DropHead` queue: the messages it drops by design
+/// would be dead-lettered too.
+pub(crate) async fn declare_durable_queue(
+    transport: &Transport,
+    name: &str,
+    bound: Bound,
+    dead_letters: Option<&str>,
+) -> Result<(), MessagingError> {
+    let arguments = durable_queue_arguments(transport.config(), bound, dead_letters);
     match declare_alone(transport, name, arguments).await {
         Err(MessagingError::Broker { source, .. }) if is_precondition_failed(&source) => {
             tracing::warn!(
