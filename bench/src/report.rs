@@ -104,8 +104,9 @@ impl Run {
     pub fn markdown(&self, command: &str) -> String {
         let mut out = format!(
             "# Benchmark results\n\nProduced by `{command}` ({}), {} — Unix time {}.\n\
-             Every ratio compares with the raw contender measured in the same run; \
-             each cell is the median of {} run(s), its noise the spread between them \
+             Every ratio compares with the raw contender measured in the same run \
+             (raw lapin sending Switchyard's messages through the same kind of exchange \
+             and queue, raw tonic; docs/benchmarks.md); each cell is the median of {} run(s), its noise the spread between them \
              ((max − min) / median). For casts and notifications the latencies are \
              publish → handled.\n",
             if self.quick { "quick mode" } else { "full run" },
