@@ -84,9 +84,9 @@ pub enum Bound {
 /// failures the service saw; this counts crashes and returns it did not.
 pub(crate) const DELIVERY_LIMIT: i32 = 20;
 
-/// The arguments a durable queue is declared with (see
-/// [`declare_durable_queue`]): its type, expiry, length bound, and for a
-/// quorum queue with `dead_letters` the broker's delivery limit. Public so
+/// The arguments a durable queue is declared with (by
+/// `declare_durable_queue`, below): its type, expiry, length bound, and for
+/// a quorum queue with `dead_letters` the broker's delivery limit. Public so
 /// that a client outside Switchyard (or the benchmark's raw contender) can
 /// declare a queue the broker treats exactly as Switchyard's.
 pub fn durable_queue_arguments(
