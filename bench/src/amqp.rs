@@ -210,7 +210,7 @@ impl Served {
             .method(executor.register(endpoint)?)
             .start(
                 &broker.transport,
-                executor.config().prefetch(),
+                executor.config().capacity(),
                 stop.clone(),
             )
             .await?;

@@ -380,7 +380,7 @@ impl App {
         let server = server
             .start(
                 &transport,
-                self.running.executor.config().prefetch(),
+                self.running.executor.config().capacity(),
                 self.attempt.clone(),
             )
             .await?;

@@ -56,23 +56,6 @@ impl ExecutorConfig {
         }
     }
 
-    /// How many deliveries a consumer feeding this executor holds
-    /// unacknowledged (its AMQP prefetch): the capacity in `async`; in the
-    /// pool phases, the pool twice over. A delivery holds its prefetch slot
-    /// until it is acknowledged — through the reply's publish and its
-    /// confirm, the ack itself — but a pool thread only while the body
-    /// runs. With a prefetch equal to the pool, the threads sat idle while
-    /// their deliveries settled with the broker (a quarter of the calls
-    /// lost at 256 callers, docs/benchmarks.md). Beyond the pool,
-    /// deliveries wait in the dispatcher for a thread, bounded by their
-    /// deadline: back-pressure still holds, one pool's worth further out.
-    pub fn prefetch(&self) -> usize {
-        match self.phase {
-            Phase::Threaded | Phase::Bridged => self.pool_size.saturating_mul(2),
-            Phase::Async => self.max_in_flight,
-        }
-    }
-
     /// `executor.slow_poll_threshold_ms` as a duration.
     pub fn slow_poll_threshold(&self) -> Duration {
         Duration::from_millis(self.slow_poll_threshold_ms)
@@ -120,33 +103,5 @@ impl ExecutorConfig {
             ));
         }
         problems
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(phase: Phase) -> ExecutorConfig {
-        ExecutorConfig {
-            phase,
-            pool_size: 8,
-            max_in_flight: 100,
-            ..ExecutorConfig::default()
-        }
-    }
-
-    #[test]
-    fn the_pool_phases_prefetch_twice_their_pool_so_threads_never_wait_on_settling() {
-        for phase in [Phase::Threaded, Phase::Bridged] {
-            assert_eq!(config(phase).capacity(), 8);
-            assert_eq!(config(phase).prefetch(), 16, "{phase:?}");
-        }
-    }
-
-    #[test]
-    fn async_prefetches_exactly_what_it_runs_at_once() {
-        assert_eq!(config(Phase::Async).prefetch(), 100);
-        assert_eq!(config(Phase::Async).capacity(), 100);
     }
 }

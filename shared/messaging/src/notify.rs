@@ -207,8 +207,8 @@ impl NotificationListenerBuilder {
     where
         P: Message + Default + Send + 'static,
     {
-        let prefetch = endpoint.executor().config().prefetch();
-        let (channel, settler) = self.declare(transport, prefetch).await?;
+        let capacity = endpoint.executor().config().capacity();
+        let (channel, settler) = self.declare(transport, capacity).await?;
         let max_body = transport.config().max_body_bytes;
         let handlers = TaskTracker::new();
         let endpoint = Arc::new(endpoint);
@@ -260,8 +260,8 @@ impl NotificationListenerBuilder {
         P: Message + Default + Send + 'static,
     {
         let size = size.max(1);
-        let prefetch = endpoint.executor().config().prefetch();
-        let (channel, settler) = self.declare(transport, prefetch.max(size)).await?;
+        let capacity = endpoint.executor().config().capacity();
+        let (channel, settler) = self.declare(transport, capacity.max(size)).await?;
         let max_body = transport.config().max_body_bytes;
         let (deliveries, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
         let handlers = TaskTracker::new();

@@ -79,17 +79,16 @@ impl RpcServerBuilder {
     }
 
     /// Declares the topology and starts consuming the topic queue, this
-    /// instance's queue and the fanout queue, holding at most `prefetch`
-    /// deliveries unacknowledged (the executor's
-    /// [`prefetch`](switchyard_executor::ExecutorConfig::prefetch)).
+    /// instance's queue and the fanout queue. Prefetch follows `capacity`
+    /// (the executor's), so the broker never hands over more than can run.
     pub async fn start(
         self,
         transport: &Transport,
-        prefetch: usize,
+        capacity: usize,
         shutdown: CancellationToken,
     ) -> Result<RpcServer, MessagingError> {
         let config = transport.config().clone();
-        let channel = transport.consuming_channel(prefetch).await?;
+        let channel = transport.consuming_channel(capacity).await?;
         let exchange = wire::rpc_exchange(&self.exchange);
         let fanout = wire::fanout_exchange(&self.exchange, &self.topic);
         declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
