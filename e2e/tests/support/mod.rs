@@ -1165,14 +1165,9 @@ impl ListAlarmsSteadily {
 
 /// Whether tonic ended the call because the caller's own deadline passed.
 fn caller_deadline_passed(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error.is::<tonic::TimeoutExpired>() {
-            return status.code() == tonic::Code::Cancelled;
-        }
-        source = error.source();
-    }
-    false
+    status.code() == tonic::Code::Cancelled
+        && std::error::Error::source(status)
+            .is_some_and(switchyard_grpc::client::caller_deadline_passed)
 }
 
 /// The body (and head) of `GET path` from `address` (`host:port`), over a

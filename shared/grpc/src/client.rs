@@ -127,14 +127,25 @@ where
 /// transport: CANCELLED when the client's own timeout expired, else
 /// UNAVAILABLE (tonic's `Status::from_error`).
 fn transport_failure(error: &(dyn std::error::Error + 'static)) -> tonic::Code {
+    if caller_deadline_passed(error) {
+        tonic::Code::Cancelled
+    } else {
+        tonic::Code::Unavailable
+    }
+}
+
+/// Whether `error` (or an error in its source chain) is tonic's
+/// `TimeoutExpired`: the caller's own deadline passed before an answer
+/// came. tonic reports it as CANCELLED; gRPC calls it DEADLINE_EXCEEDED.
+pub fn caller_deadline_passed(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(error) = source {
         if error.is::<tonic::TimeoutExpired>() {
-            return tonic::Code::Cancelled;
+            return true;
         }
         source = error.source();
     }
-    tonic::Code::Unavailable
+    false
 }
 
 fn status_in(headers: &http::HeaderMap) -> Option<i32> {
