@@ -6,8 +6,10 @@
 //! `topic` (a topic exchange and a pattern binding instead of the default
 //! exchange), `props` (content type, message id, timestamp), `headers` (a
 //! notification's four headers), `dlx` (a delivery limit and a dead-letter
-//! route on the quorum queue), `classic` (a classic queue instead of a
-//! quorum one); `plain` is none of them.
+//! route on the quorum queue, as Switchyard declares its durable queues),
+//! `classic` (a classic queue instead of a quorum one); `plain` is none of
+//! them. Names, headers and arguments come from `switchyard_messaging`, so
+//! the messages are Switchyard's.
 //!
 //! `cargo run --release -p switchyard-bench --example broker_cost -- plain topic props headers dlx topic+props+headers+dlx`
 //! (docs/benchmarks.md, "The broker's share").
@@ -19,9 +21,11 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind};
-use switchyard_messaging::{AmqpConfig, Transport, wire};
+use switchyard_messaging::{
+    AmqpConfig, Bound, QueueType, Transport, durable_queue_arguments, wire,
+};
 
 /// The broker's user + system CPU seconds so far.
 fn broker_cpu() -> anyhow::Result<f64> {
@@ -70,15 +74,20 @@ async fn main() -> anyhow::Result<()> {
         let classic = v.contains("classic");
         let queue = format!("cost-{id}-{v}");
         let exchange = format!("cost-{id}-x");
-        let mut args = FieldTable::default();
-        if !classic {
-            wire::set_str(&mut args, "x-queue-type", "quorum");
-        }
-        if dlx {
-            args.insert("x-delivery-limit".into(), AMQPValue::LongInt(20));
-            wire::set_str(&mut args, "x-dead-letter-exchange", "");
-            wire::set_str(&mut args, "x-dead-letter-routing-key", "nowhere");
-        }
+        let queue_config = AmqpConfig {
+            queue_type: if classic {
+                QueueType::Classic
+            } else {
+                QueueType::Quorum
+            },
+            ..config.clone()
+        };
+        let dead_letters = wire::dead_letter_queue(&queue);
+        let args = durable_queue_arguments(
+            &queue_config,
+            Bound::Unbounded,
+            dlx.then_some(dead_letters.as_str()),
+        );
         ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
             .await?;
         let key = if topic {
@@ -92,12 +101,12 @@ async fn main() -> anyhow::Result<()> {
             ch.queue_bind(
                 queue.as_str().into(),
                 exchange.as_str().into(),
-                "notifications.*.bench.sample".into(),
+                wire::notification_key("*", "bench.sample").as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-            "notifications.sample.bench.sample".to_string()
+            wire::notification_key("sample", "bench.sample")
         } else {
             queue.clone()
         };
@@ -141,16 +150,16 @@ async fn main() -> anyhow::Result<()> {
                 let mut p = BasicProperties::default().with_delivery_mode(2);
                 if props {
                     p = p
-                        .with_content_type(ShortString::from("application/x-protobuf"))
+                        .with_content_type(wire::CONTENT_TYPE.into())
                         .with_message_id(wire::new_id().into())
                         .with_timestamp(1);
                 }
                 if headers {
                     let mut h = FieldTable::default();
-                    wire::set_str(&mut h, "x-kind", "notification");
-                    wire::set_str(&mut h, "x-event-type", "bench.sample");
-                    wire::set_str(&mut h, "x-priority", "sample");
-                    wire::set_str(&mut h, "x-publisher", "bench");
+                    wire::set_str(&mut h, wire::KIND, "notification");
+                    wire::set_str(&mut h, wire::EVENT_TYPE, "bench.sample");
+                    wire::set_str(&mut h, wire::PRIORITY, "sample");
+                    wire::set_str(&mut h, wire::PUBLISHER, "bench");
                     p = p.with_headers(h);
                 }
                 let body = vec![b'0'; 102];
