@@ -4,7 +4,7 @@
 //! to the queue).
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Span;
 
 use crate::MessagingError;
+use crate::rpc::topology::RETRY_QUEUE_IDLE;
 use crate::wire;
 
 /// How long a publish waits for a lost connection to come back.
@@ -37,7 +38,7 @@ pub(crate) async fn publish(
     payload: &[u8],
     properties: BasicProperties,
 ) -> Result<(), MessagingError> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let destination = || format!("exchange `{exchange}` key `{routing_key}`");
     let confirmed = async {
         let options = BasicPublishOptions {
@@ -299,8 +300,8 @@ pub(crate) struct Settler {
     /// Its connection: for declaring retry queues on channels of their
     /// own, and to know when the connection is lost for good.
     pub transport: crate::Transport,
-    /// The retry queues declared so far (one per delay).
-    pub retry_queues: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The retry queues declared so far (one per delay), with when.
+    pub retry_queues: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
     pub queue: String,
     /// Where dead letters go: the topic's or the pool's `.dlq`, durable, so
     /// that instance queues (exclusive, auto-delete) leave nothing behind.
@@ -309,19 +310,22 @@ pub(crate) struct Settler {
     pub retry_delay: Duration,
 }
 
+/// Gives `delivery` back to its queue untouched: it is delivered again.
+async fn return_to_queue(delivery: &Delivery) -> Result<(), lapin::Error> {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    delivery.nack(requeue).await.map(|_| ())
+}
+
 impl Settler {
     pub async fn settle(&self, delivery: &Delivery, settle: Settle) {
         // A retry counts toward dead-lettering; waiting for a dependency does not.
         let limited = matches!(settle, Settle::Retry(_));
         let outcome = match settle {
             Settle::Ack => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
-            Settle::ReturnToQueue => delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-                .map(|_| ()),
+            Settle::ReturnToQueue => return_to_queue(delivery).await,
             Settle::Retry(reason) | Settle::Wait(reason) => {
                 let count =
                     wire::header_u32(&delivery.properties, wire::DELIVERY_COUNT).unwrap_or(1);
@@ -342,17 +346,7 @@ impl Settler {
                 // The broker keeps it for `delay` in a retry queue that
                 // dead-letters it back: no handler sleeps holding a prefetch
                 // slot meanwhile, so the messages behind it go on.
-                match self.retry_queue(delay).await {
-                    Ok(retry_queue) => self.republish(delivery, "", &retry_queue, properties).await,
-                    Err(error) => {
-                        tracing::warn!(
-                            "no retry queue for `{}` ({error}); waiting {delay:?} in the handler instead",
-                            self.queue
-                        );
-                        tokio::time::sleep(delay).await;
-                        self.republish(delivery, "", &self.queue, properties).await
-                    }
-                }
+                self.park(delivery, delay, properties).await
             }
             Settle::DeadLetter(reason) => {
                 let dlq = &self.dead_letters;
@@ -375,16 +369,72 @@ impl Settler {
         }
     }
 
-    /// The queue where this queue's messages wait `delay`, declared once
-    /// per settler.
-    async fn retry_queue(&self, delay: Duration) -> Result<String, MessagingError> {
+    /// Puts a copy of `delivery` in the queue where it waits `delay`, then
+    /// acks the original. The copy is mandatory: a retry queue gone under
+    /// us (deleted by an operator, or expired) returns it instead of
+    /// dropping a message that was acknowledged; the queue is declared
+    /// again and the copy sent once more.
+    async fn park(
+        &self,
+        delivery: &Delivery,
+        delay: Duration,
+        properties: BasicProperties,
+    ) -> Result<(), lapin::Error> {
+        let mut declare = false;
+        loop {
+            let retry_queue = match self.retry_queue(delay, declare).await {
+                Ok(retry_queue) => retry_queue,
+                Err(error) => {
+                    tracing::warn!(
+                        "no retry queue for `{}` ({error}); waiting {delay:?} in the handler instead",
+                        self.queue
+                    );
+                    tokio::time::sleep(delay).await;
+                    return self.republish(delivery, "", &self.queue, properties).await;
+                }
+            };
+            let lost = self.transport.lost();
+            let parked = publish(
+                &self.channel,
+                &lost,
+                "",
+                &retry_queue,
+                true,
+                &delivery.data,
+                properties.clone(),
+            )
+            .await;
+            match parked {
+                Ok(()) => return delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+                Err(MessagingError::Unroutable { .. }) if !declare => {
+                    tracing::warn!("retry queue `{retry_queue}` is gone; declaring it again");
+                    declare = true;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        "could not republish to `{retry_queue}`: {error}; returning the message to its queue"
+                    );
+                    return return_to_queue(delivery).await;
+                }
+            }
+        }
+    }
+
+    /// The queue where this queue's messages wait `delay`. Declared again
+    /// when `declare` or when its lease is half gone: each declaration
+    /// renews it for [`RETRY_QUEUE_IDLE`] plus the delay, so a message put
+    /// there after one outlives its wait by at least half of that.
+    async fn retry_queue(&self, delay: Duration, declare: bool) -> Result<String, MessagingError> {
         let name = wire::retry_queue(&self.queue, delay);
-        if switchyard_executor::sync::lock(&self.retry_queues).contains(&name) {
+        let renewed = switchyard_executor::sync::lock(&self.retry_queues)
+            .get(&name)
+            .is_some_and(|declared| declared.elapsed() < RETRY_QUEUE_IDLE / 2);
+        if renewed && !declare {
             return Ok(name);
         }
         let name =
             crate::rpc::topology::declare_retry_queue(&self.transport, &self.queue, delay).await?;
-        switchyard_executor::sync::lock(&self.retry_queues).insert(name.clone());
+        switchyard_executor::sync::lock(&self.retry_queues).insert(name.clone(), Instant::now());
         Ok(name)
     }
 
@@ -413,13 +463,7 @@ impl Settler {
                 tracing::warn!(
                     "could not republish to `{routing_key}`: {error}; returning the message to its queue"
                 );
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
-                    .map(|_| ())
+                return_to_queue(delivery).await
             }
         }
     }

@@ -104,6 +104,63 @@ async fn a_message_waiting_for_its_retry_holds_no_prefetch_slot() {
     rig.cleanup(&["echo"], &[]).await;
 }
 
+/// A retry queue that is gone when a message is parked in it — an operator
+/// deleted it, or RabbitMQ expired it — does not swallow the message: the
+/// copy is published mandatory, comes back, and goes to the queue declared
+/// again. (Before, it was dropped unroutable and the original acked: an
+/// acknowledged message lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_parked_in_a_deleted_retry_queue_is_not_lost() {
+    use lapin::options::QueueDeleteOptions;
+    let rig = Rig::with(|config| config.max_deliveries = 2).await;
+    let mut echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 1).await;
+    let client = RpcClient::new(&rig.transport).await.expect("client");
+    let target = Target::topic(rig.exchange(), "echo");
+    let queue = wire::topic_queue(rig.exchange(), "echo");
+    let dead_letters = wire::dead_letter_queue(&queue);
+
+    // The first failure declares the retry queue of the first delay.
+    client
+        .cast(&target, "say", &text("flaky"))
+        .await
+        .expect("cast");
+    for delivery in 1..=2 {
+        assert_eq!(recv(&mut echo.seen).await, "flaky", "delivery {delivery}");
+    }
+    rig.drain(&dead_letters, 1).await;
+
+    let retry_queue = wire::retry_queue(
+        &queue,
+        std::time::Duration::from_millis(rig.config.retry_delay_ms),
+    );
+    let channel = rig.transport.channel().await.expect("channel");
+    channel
+        .queue_delete(retry_queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("the retry queue existed and is deleted");
+
+    client
+        .cast(&target, "say", &text("flaky"))
+        .await
+        .expect("cast");
+    for delivery in 1..=2 {
+        assert_eq!(
+            recv(&mut echo.seen).await,
+            "flaky",
+            "delivery {delivery} after the retry queue was deleted"
+        );
+    }
+    let dead = rig.drain(&dead_letters, 1).await;
+    assert!(
+        reason(&dead[0]).contains("gave up after 2 deliveries"),
+        "{}",
+        reason(&dead[0])
+    );
+
+    echo.stop().await;
+    rig.cleanup(&["echo"], &[]).await;
+}
+
 /// Quorum queues (the default) count deliveries themselves: a message
 /// returned unacknowledged over and over — as one that kills every consumer
 /// would be — is dead-lettered by RabbitMQ after its delivery limit, not

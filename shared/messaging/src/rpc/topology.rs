@@ -164,10 +164,22 @@ pub(crate) async fn declare_durable_queue(
     }
 }
 
+/// How long a retry queue outlives its last declaration: it is gone a
+/// minute (plus its delay) after the last service that used it stopped.
+pub(crate) const RETRY_QUEUE_IDLE: Duration = Duration::from_secs(60);
+
 /// Declares the queue where `queue`'s messages wait `delay` before they
 /// are delivered again ([`wire::retry_queue`]): a queue-wide TTL,
-/// dead-lettering back to `queue` through the default exchange, of the
-/// configured type, gone a minute after its last use. Returns its name.
+/// dead-lettering back to `queue` through the default exchange, gone
+/// [`RETRY_QUEUE_IDLE`] after its last declaration. Returns its name.
+///
+/// Always a classic queue, whatever the configured type: RabbitMQ deletes a
+/// quorum queue `x-expires` after it was created however often it is
+/// declared again (rabbitmq-server#5894, open; measured on 3.10.8 here), so
+/// a quorum retry queue would vanish under a long-running service with the
+/// messages waiting in it. A classic queue's lease is renewed by each
+/// declaration, and its messages wait there for seconds, not for a
+/// failover.
 pub(crate) async fn declare_retry_queue(
     transport: &Transport,
     queue: &str,
@@ -177,9 +189,10 @@ pub(crate) async fn declare_retry_queue(
     let millis = |d: Duration| {
         lapin::types::AMQPValue::LongLongInt(d.as_millis().min(i64::MAX as u128) as i64)
     };
-    let mut arguments = typed_arguments(transport.config());
+    let mut arguments = FieldTable::default();
+    wire::set_str(&mut arguments, "x-queue-type", "classic");
     arguments.insert("x-message-ttl".into(), millis(delay));
-    arguments.insert("x-expires".into(), millis(delay + Duration::from_secs(60)));
+    arguments.insert("x-expires".into(), millis(delay + RETRY_QUEUE_IDLE));
     wire::set_str(&mut arguments, "x-dead-letter-exchange", "");
     wire::set_str(&mut arguments, "x-dead-letter-routing-key", queue);
     declare_alone(transport, &name, arguments).await?;
