@@ -310,6 +310,15 @@ pub(crate) struct Settler {
     pub retry_delay: Duration,
 }
 
+/// Where [`Settler::park`] puts a copy of a delivery.
+#[derive(Debug, Clone, Copy)]
+enum Parking {
+    /// The retry queue of this delay, which hands it back after it.
+    Retry(Duration),
+    /// The queue's dead-letter queue, for good.
+    DeadLetters,
+}
+
 /// Gives `delivery` back to its queue untouched: it is delivered again.
 async fn return_to_queue(delivery: &Delivery) -> Result<(), lapin::Error> {
     let requeue = BasicNackOptions {
@@ -346,7 +355,7 @@ impl Settler {
                 // The broker keeps it for `delay` in a retry queue that
                 // dead-letters it back: no handler sleeps holding a prefetch
                 // slot meanwhile, so the messages behind it go on.
-                self.park(delivery, delay, properties).await
+                self.park(delivery, Parking::Retry(delay), properties).await
             }
             Settle::DeadLetter(reason) => {
                 let dlq = &self.dead_letters;
@@ -359,7 +368,7 @@ impl Settler {
                     .clone()
                     .with_headers(headers)
                     .with_delivery_mode(2);
-                self.republish(delivery, "", dlq, properties).await
+                self.park(delivery, Parking::DeadLetters, properties).await
             }
         };
         if let Err(error) = outcome {
@@ -369,36 +378,50 @@ impl Settler {
         }
     }
 
-    /// Puts a copy of `delivery` in the queue where it waits `delay`, then
-    /// acks the original. The copy is mandatory: a retry queue gone under
-    /// us (deleted by an operator, or expired) returns it instead of
-    /// dropping a message that was acknowledged; the queue is declared
-    /// again and the copy sent once more.
+    /// Puts a copy of `delivery` where it is parked, then acks the
+    /// original. The copy is mandatory: a queue gone under us (deleted by an
+    /// operator; a retry queue expired) returns it instead of dropping a
+    /// message that was acknowledged; the queue is declared again and the
+    /// copy sent once more. Failing that, the original goes back to its
+    /// queue.
     async fn park(
         &self,
         delivery: &Delivery,
-        delay: Duration,
+        parking: Parking,
         properties: BasicProperties,
     ) -> Result<(), lapin::Error> {
         let mut declare = false;
         loop {
-            let retry_queue = match self.retry_queue(delay, declare).await {
-                Ok(retry_queue) => retry_queue,
-                Err(error) => {
-                    tracing::warn!(
-                        "no retry queue for `{}` ({error}); waiting {delay:?} in the handler instead",
-                        self.queue
-                    );
-                    tokio::time::sleep(delay).await;
-                    return self.republish(delivery, "", &self.queue, properties).await;
-                }
+            let declared = match parking {
+                Parking::Retry(delay) => self.retry_queue(delay, declare).await,
+                Parking::DeadLetters => self.dead_letter_queue(declare).await,
+            };
+            let destination = match declared {
+                Ok(destination) => destination,
+                Err(error) => match parking {
+                    Parking::Retry(delay) => {
+                        tracing::warn!(
+                            "no retry queue for `{}` ({error}); waiting {delay:?} in the handler instead",
+                            self.queue
+                        );
+                        tokio::time::sleep(delay).await;
+                        self.queue.clone()
+                    }
+                    Parking::DeadLetters => {
+                        tracing::warn!(
+                            "could not declare `{}` again ({error}); returning the message to its queue",
+                            self.dead_letters
+                        );
+                        return return_to_queue(delivery).await;
+                    }
+                },
             };
             let lost = self.transport.lost();
             let parked = publish(
                 &self.channel,
                 &lost,
                 "",
-                &retry_queue,
+                &destination,
                 true,
                 &delivery.data,
                 properties.clone(),
@@ -407,17 +430,32 @@ impl Settler {
             match parked {
                 Ok(()) => return delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
                 Err(MessagingError::Unroutable { .. }) if !declare => {
-                    tracing::warn!("retry queue `{retry_queue}` is gone; declaring it again");
+                    tracing::warn!("queue `{destination}` is gone; declaring it again");
                     declare = true;
                 }
                 Err(error) => {
                     tracing::warn!(
-                        "could not republish to `{retry_queue}`: {error}; returning the message to its queue"
+                        "could not republish to `{destination}`: {error}; returning the message to its queue"
                     );
                     return return_to_queue(delivery).await;
                 }
             }
         }
+    }
+
+    /// The queue's dead-letter queue, declared when `declare` (it is
+    /// declared with the queue's topology; this is for one deleted since).
+    async fn dead_letter_queue(&self, declare: bool) -> Result<String, MessagingError> {
+        if declare {
+            crate::rpc::topology::declare_durable_queue(
+                &self.transport,
+                &self.dead_letters,
+                crate::rpc::topology::Bound::Unbounded,
+                None,
+            )
+            .await?;
+        }
+        Ok(self.dead_letters.clone())
     }
 
     /// The queue where this queue's messages wait `delay`. Declared again
@@ -436,35 +474,5 @@ impl Settler {
             crate::rpc::topology::declare_retry_queue(&self.transport, &self.queue, delay).await?;
         switchyard_executor::sync::lock(&self.retry_queues).insert(name.clone(), Instant::now());
         Ok(name)
-    }
-
-    /// Publishes a copy, then acks the original; if the copy cannot be
-    /// confirmed, the original goes back to its queue instead.
-    async fn republish(
-        &self,
-        delivery: &Delivery,
-        exchange: &str,
-        routing_key: &str,
-        properties: BasicProperties,
-    ) -> Result<(), lapin::Error> {
-        match publish(
-            &self.channel,
-            &self.transport.lost(),
-            exchange,
-            routing_key,
-            false,
-            &delivery.data,
-            properties,
-        )
-        .await
-        {
-            Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
-            Err(error) => {
-                tracing::warn!(
-                    "could not republish to `{routing_key}`: {error}; returning the message to its queue"
-                );
-                return_to_queue(delivery).await
-            }
-        }
     }
 }

@@ -12,6 +12,24 @@ use support::{EchoServer, Rig, recv, text};
 use switchyard_executor::Phase;
 use switchyard_messaging::{RpcClient, Target, wire};
 
+/// An `async` echo server of `capacity` on a fresh exchange configured by
+/// `adjust`, a client, and the server's topic.
+async fn echo_on(
+    adjust: impl FnOnce(&mut switchyard_messaging::AmqpConfig),
+    capacity: usize,
+) -> (Rig, EchoServer, RpcClient, Target) {
+    let rig = Rig::with(adjust).await;
+    let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, capacity).await;
+    let client = RpcClient::new(&rig.transport).await.expect("client");
+    let target = Target::topic(rig.exchange(), "echo");
+    (rig, echo, client, target)
+}
+
+/// Casts `say` with `text` to `target`, confirmed.
+async fn cast(client: &RpcClient, target: &Target, said: &str) {
+    client.cast(target, "say", &text(said)).await.expect("cast");
+}
+
 fn reason(message: &lapin::message::BasicGetMessage) -> String {
     wire::header_str(&message.delivery.properties, wire::DEAD_LETTER_REASON)
         .unwrap_or("<no reason>")
@@ -20,15 +38,9 @@ fn reason(message: &lapin::message::BasicGetMessage) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_then_dead_lettered() {
-    let rig = Rig::new().await;
-    let mut echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 4).await;
-    let client = RpcClient::new(&rig.transport).await.expect("client");
-    let target = Target::topic(rig.exchange(), "echo");
+    let (rig, mut echo, client, target) = echo_on(|_| {}, 4).await;
 
-    client
-        .cast(&target, "say", &text("flaky"))
-        .await
-        .expect("cast");
+    cast(&client, &target, "flaky").await;
     for delivery in 1..=3 {
         assert_eq!(recv(&mut echo.seen).await, "flaky", "delivery {delivery}");
     }
@@ -48,10 +60,7 @@ async fn transient_failures_are_retried_then_dead_lettered() {
         Some(wire::topic_queue(rig.exchange(), "echo").as_str())
     );
 
-    client
-        .cast(&target, "say", &text("fine"))
-        .await
-        .expect("cast");
+    cast(&client, &target, "fine").await;
     assert_eq!(
         recv(&mut echo.seen).await,
         "fine",
@@ -72,21 +81,12 @@ async fn transient_failures_are_retried_then_dead_lettered() {
 /// its delay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_for_its_retry_holds_no_prefetch_slot() {
-    let rig = Rig::with(|config| config.retry_delay_ms = 3_000).await;
-    let mut echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 1).await;
-    let client = RpcClient::new(&rig.transport).await.expect("client");
-    let target = Target::topic(rig.exchange(), "echo");
+    let (rig, mut echo, client, target) = echo_on(|config| config.retry_delay_ms = 3_000, 1).await;
 
-    client
-        .cast(&target, "say", &text("flaky"))
-        .await
-        .expect("cast");
+    cast(&client, &target, "flaky").await;
     assert_eq!(recv(&mut echo.seen).await, "flaky");
     let failed_at = std::time::Instant::now();
-    client
-        .cast(&target, "say", &text("fine"))
-        .await
-        .expect("cast");
+    cast(&client, &target, "fine").await;
     assert_eq!(recv(&mut echo.seen).await, "fine");
     assert!(
         failed_at.elapsed() < std::time::Duration::from_millis(2_000),
@@ -104,55 +104,54 @@ async fn a_message_waiting_for_its_retry_holds_no_prefetch_slot() {
     rig.cleanup(&["echo"], &[]).await;
 }
 
-/// A retry queue that is gone when a message is parked in it — an operator
-/// deleted it, or RabbitMQ expired it — does not swallow the message: the
-/// copy is published mandatory, comes back, and goes to the queue declared
-/// again. (Before, it was dropped unroutable and the original acked: an
-/// acknowledged message lost.)
+/// A retry or dead-letter queue that is gone when a message is parked in
+/// it — an operator deleted it, or RabbitMQ expired it — does not swallow
+/// the message: the copy is published mandatory, comes back, and goes to the
+/// queue declared again. (Before, it was dropped unroutable and the original
+/// acked: an acknowledged message lost.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_parked_in_a_deleted_retry_queue_is_not_lost() {
+async fn a_message_parked_in_a_deleted_queue_is_not_lost() {
     use lapin::options::QueueDeleteOptions;
-    let rig = Rig::with(|config| config.max_deliveries = 2).await;
-    let mut echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 1).await;
-    let client = RpcClient::new(&rig.transport).await.expect("client");
-    let target = Target::topic(rig.exchange(), "echo");
+    let (rig, mut echo, client, target) = echo_on(|config| config.max_deliveries = 2, 1).await;
     let queue = wire::topic_queue(rig.exchange(), "echo");
     let dead_letters = wire::dead_letter_queue(&queue);
-
-    // The first failure declares the retry queue of the first delay.
-    client
-        .cast(&target, "say", &text("flaky"))
-        .await
-        .expect("cast");
-    for delivery in 1..=2 {
-        assert_eq!(recv(&mut echo.seen).await, "flaky", "delivery {delivery}");
-    }
-    rig.drain(&dead_letters, 1).await;
-
     let retry_queue = wire::retry_queue(
         &queue,
         std::time::Duration::from_millis(rig.config.retry_delay_ms),
     );
     let channel = rig.transport.channel().await.expect("channel");
-    channel
-        .queue_delete(retry_queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .expect("the retry queue existed and is deleted");
+    let delete = |name: String| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .expect("the queue existed and is deleted");
+        }
+    };
 
-    client
-        .cast(&target, "say", &text("flaky"))
-        .await
-        .expect("cast");
-    for delivery in 1..=2 {
-        assert_eq!(
-            recv(&mut echo.seen).await,
-            "flaky",
-            "delivery {delivery} after the retry queue was deleted"
-        );
+    // The first failure declares the retry queue of the first delay, and
+    // the service keeps its name.
+    for round in ["before", "after"] {
+        cast(&client, &target, "flaky").await;
+        for delivery in 1..=2 {
+            assert_eq!(
+                recv(&mut echo.seen).await,
+                "flaky",
+                "delivery {delivery} {round}"
+            );
+        }
+        let dead = rig.drain(&dead_letters, 1).await;
+        assert!(reason(&dead[0]).contains("gave up after 2 deliveries"));
+        delete(retry_queue.clone()).await;
     }
+
+    delete(dead_letters.clone()).await;
+    cast(&client, &target, "invalid").await;
+    assert_eq!(recv(&mut echo.seen).await, "invalid");
     let dead = rig.drain(&dead_letters, 1).await;
     assert!(
-        reason(&dead[0]).contains("gave up after 2 deliveries"),
+        reason(&dead[0]).contains("invalid argument"),
         "{}",
         reason(&dead[0])
     );

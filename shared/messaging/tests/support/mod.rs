@@ -87,8 +87,9 @@ impl Rig {
     }
 
     /// Waits for `count` messages in `queue`, taking them off it.
+    /// A queue not (yet) declared is waited for like an empty one.
     pub async fn drain(&self, queue: &str, count: usize) -> Vec<lapin::message::BasicGetMessage> {
-        let channel = self.transport.channel().await.expect("channel");
+        let mut channel = self.transport.channel().await.expect("channel");
         let mut taken = Vec::new();
         let started = Instant::now();
         while taken.len() < count {
@@ -100,10 +101,14 @@ impl Rig {
             match channel
                 .basic_get(queue.into(), BasicGetOptions { no_ack: true })
                 .await
-                .expect("basic.get")
             {
-                Some(message) => taken.push(message),
-                None => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(Some(message)) => taken.push(message),
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                // NOT_FOUND closes the channel.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    channel = self.transport.channel().await.expect("channel");
+                }
             }
         }
         taken
