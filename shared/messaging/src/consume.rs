@@ -379,66 +379,89 @@ impl Settler {
     }
 
     /// Puts a copy of `delivery` where it is parked, then acks the
-    /// original. The copy is mandatory: a queue gone under us (deleted by an
-    /// operator; a retry queue expired) returns it instead of dropping a
-    /// message that was acknowledged; the queue is declared again and the
-    /// copy sent once more. Failing that, the original goes back to its
-    /// queue.
+    /// original. A retry that cannot be parked (its queue cannot be
+    /// declared, or the broker refuses the copy) waits its delay in the handler and
+    /// goes back to the end of its own queue; failing that, or a dead letter
+    /// that cannot be parked, the original goes back to its queue: never
+    /// acked without a confirmed copy.
     async fn park(
         &self,
         delivery: &Delivery,
         parking: Parking,
         properties: BasicProperties,
     ) -> Result<(), lapin::Error> {
+        let parked = match (
+            self.park_copy(delivery, parking, &properties).await,
+            parking,
+        ) {
+            (Err(error), Parking::Retry(delay)) => {
+                tracing::warn!(
+                    "could not park a message from `{}` for {delay:?} ({error}); waiting in the handler instead",
+                    self.queue
+                );
+                tokio::time::sleep(delay).await;
+                let lost = self.transport.lost();
+                let queue = &self.queue;
+                publish(
+                    &self.channel,
+                    &lost,
+                    "",
+                    queue,
+                    true,
+                    &delivery.data,
+                    properties,
+                )
+                .await
+            }
+            (parked, _) => parked,
+        };
+        match parked {
+            Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+            Err(error) => {
+                tracing::warn!(
+                    "could not republish a message from `{}`: {error}; returning it to its queue",
+                    self.queue
+                );
+                return_to_queue(delivery).await
+            }
+        }
+    }
+
+    /// Publishes the copy (mandatory, confirmed) where `parking` says. A
+    /// queue gone under us (deleted by an operator; a retry queue expired)
+    /// returns it instead of dropping it: the queue is declared again and
+    /// the copy sent once more.
+    async fn park_copy(
+        &self,
+        delivery: &Delivery,
+        parking: Parking,
+        properties: &BasicProperties,
+    ) -> Result<(), MessagingError> {
         let mut declare = false;
         loop {
-            let declared = match parking {
-                Parking::Retry(delay) => self.retry_queue(delay, declare).await,
-                Parking::DeadLetters => self.dead_letter_queue(declare).await,
-            };
-            let destination = match declared {
-                Ok(destination) => destination,
-                Err(error) => match parking {
-                    Parking::Retry(delay) => {
-                        tracing::warn!(
-                            "no retry queue for `{}` ({error}); waiting {delay:?} in the handler instead",
-                            self.queue
-                        );
-                        tokio::time::sleep(delay).await;
-                        self.queue.clone()
-                    }
-                    Parking::DeadLetters => {
-                        tracing::warn!(
-                            "could not declare `{}` again ({error}); returning the message to its queue",
-                            self.dead_letters
-                        );
-                        return return_to_queue(delivery).await;
-                    }
-                },
+            let destination = match parking {
+                Parking::Retry(delay) => self.retry_queue(delay, declare).await?,
+                Parking::DeadLetters => self.dead_letter_queue(declare).await?,
             };
             let lost = self.transport.lost();
-            let parked = publish(
+            let data = &delivery.data;
+            let properties = properties.clone();
+            match publish(
                 &self.channel,
                 &lost,
                 "",
                 &destination,
                 true,
-                &delivery.data,
-                properties.clone(),
+                data,
+                properties,
             )
-            .await;
-            match parked {
-                Ok(()) => return delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+            .await
+            {
                 Err(MessagingError::Unroutable { .. }) if !declare => {
                     tracing::warn!("queue `{destination}` is gone; declaring it again");
                     declare = true;
                 }
-                Err(error) => {
-                    tracing::warn!(
-                        "could not republish to `{destination}`: {error}; returning the message to its queue"
-                    );
-                    return return_to_queue(delivery).await;
-                }
+                published => return published,
             }
         }
     }

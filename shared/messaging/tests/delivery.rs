@@ -25,6 +25,14 @@ async fn echo_on(
     (rig, echo, client, target)
 }
 
+/// The echo topic's queue, and its retry queue for the first delay.
+fn echo_queues(rig: &Rig) -> (String, String) {
+    let queue = wire::topic_queue(rig.exchange(), "echo");
+    let first_delay = std::time::Duration::from_millis(rig.config.retry_delay_ms);
+    let retry_queue = wire::retry_queue(&queue, first_delay);
+    (queue, retry_queue)
+}
+
 /// Casts `say` with `text` to `target`, confirmed.
 async fn cast(client: &RpcClient, target: &Target, said: &str) {
     client.cast(target, "say", &text(said)).await.expect("cast");
@@ -113,12 +121,8 @@ async fn a_message_waiting_for_its_retry_holds_no_prefetch_slot() {
 async fn a_message_parked_in_a_deleted_queue_is_not_lost() {
     use lapin::options::QueueDeleteOptions;
     let (rig, mut echo, client, target) = echo_on(|config| config.max_deliveries = 2, 1).await;
-    let queue = wire::topic_queue(rig.exchange(), "echo");
+    let (queue, retry_queue) = echo_queues(&rig);
     let dead_letters = wire::dead_letter_queue(&queue);
-    let retry_queue = wire::retry_queue(
-        &queue,
-        std::time::Duration::from_millis(rig.config.retry_delay_ms),
-    );
     let channel = rig.transport.channel().await.expect("channel");
     let delete = |name: String| {
         let channel = channel.clone();
@@ -155,6 +159,40 @@ async fn a_message_parked_in_a_deleted_queue_is_not_lost() {
         "{}",
         reason(&dead[0])
     );
+
+    echo.stop().await;
+    rig.cleanup(&["echo"], &[]).await;
+}
+
+/// A retry queue that cannot be declared — here a quorum one left by an
+/// earlier version, which RabbitMQ refuses to redeclare as classic — does
+/// not stop retries: the handler waits the delay itself and puts the message
+/// back on its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
+    use lapin::options::QueueDeclareOptions;
+    let (rig, mut echo, client, target) = echo_on(|config| config.max_deliveries = 2, 1).await;
+    let (queue, retry_queue) = echo_queues(&rig);
+    let mut quorum = FieldTable::default();
+    wire::set_str(&mut quorum, "x-queue-type", "quorum");
+    rig.transport
+        .channel()
+        .await
+        .expect("channel")
+        .queue_declare(
+            retry_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            quorum,
+        )
+        .await
+        .expect("an old-style retry queue");
+
+    cast(&client, &target, "flaky").await;
+    for delivery in 1..=2 {
+        assert_eq!(recv(&mut echo.seen).await, "flaky", "delivery {delivery}");
+    }
+    let dead = rig.drain(&wire::dead_letter_queue(&queue), 1).await;
+    assert!(reason(&dead[0]).contains("gave up after 2 deliveries"));
 
     echo.stop().await;
     rig.cleanup(&["echo"], &[]).await;
