@@ -24,14 +24,20 @@ use crate::wire;
 /// How long a publish waits for a lost connection to come back.
 const RECOVERY_WAIT: Duration = Duration::from_secs(20);
 
+/// How long a publish on a live connection may wait for its confirm before
+/// the channel is taken for stuck ([`Transport::confirm_stalled`]).
+const CONFIRM_STALL: Duration = RECOVERY_WAIT;
+
 /// Publishes and waits for the broker's confirm. A publish that fails
 /// because the connection is down waits for recovery and is tried once more.
 /// Once the transport is declared `lost` it fails at once: the service is
 /// rebuilding its messaging, and its drain waits for this publish's caller
-/// (a handler whose delivery goes back to its queue unacknowledged).
+/// (a handler whose delivery goes back to its queue unacknowledged). A
+/// confirm that does not come within [`CONFIRM_STALL`] — waited for here, or
+/// by [`Awaited`] once the caller gave up — declares the transport lost.
 pub(crate) async fn publish(
     channel: &Channel,
-    lost: &CancellationToken,
+    transport: &crate::Transport,
     exchange: &str,
     routing_key: &str,
     mandatory: bool,
@@ -63,7 +69,7 @@ pub(crate) async fn publish(
                         properties.clone(),
                     )
                     .await?;
-                confirm.await
+                Awaited::new(confirm, transport).await
             };
             let Ok(result) = tokio::time::timeout(RECOVERY_WAIT, sent).await else {
                 return Err(MessagingError::Unavailable {
@@ -113,6 +119,7 @@ pub(crate) async fn publish(
             }),
         }
     };
+    let lost = transport.lost();
     tokio::select! {
         biased;
         () = lost.cancelled() => Err(MessagingError::Unavailable {
@@ -120,6 +127,70 @@ pub(crate) async fn publish(
             waited: started.elapsed(),
         }),
         confirmed = confirmed => confirmed,
+    }
+}
+
+/// A publisher confirm being waited for. Dropped before it came — its
+/// caller gave up (a request's deadline) or [`publish`]'s own bound passed —
+/// it is handed to a task that waits for it until [`CONFIRM_STALL`] after
+/// the publish: a channel whose confirms stop while its connection lives is
+/// stuck for good (a quorum queue's client that lost a message in a
+/// network partition never enqueues the ones after it,
+/// rabbitmq-server#14589, fixed in 4.2; every publish of the api then ran
+/// into its deadline until restarted), so the transport is declared lost
+/// and the service rebuilds its messaging on fresh channels.
+struct Awaited<'a> {
+    confirm: Option<lapin::PublisherConfirm>,
+    since: Instant,
+    transport: &'a crate::Transport,
+}
+
+impl<'a> Awaited<'a> {
+    fn new(confirm: lapin::PublisherConfirm, transport: &'a crate::Transport) -> Self {
+        Self {
+            confirm: Some(confirm),
+            since: Instant::now(),
+            transport,
+        }
+    }
+}
+
+impl Future for Awaited<'_> {
+    type Output = Result<Confirmation, lapin::Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(confirm) = self.confirm.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let polled = std::pin::Pin::new(confirm).poll(cx);
+        if polled.is_ready() {
+            self.confirm = None;
+        }
+        polled
+    }
+}
+
+impl Drop for Awaited<'_> {
+    fn drop(&mut self) {
+        let Some(confirm) = self.confirm.take() else {
+            return;
+        };
+        // No runtime: the process is ending, nothing to rebuild.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (transport, left) = (
+            self.transport.clone(),
+            CONFIRM_STALL.saturating_sub(self.since.elapsed()),
+        );
+        runtime.spawn(async move {
+            if tokio::time::timeout(left, confirm).await.is_err() {
+                transport.confirm_stalled(CONFIRM_STALL);
+            }
+        });
     }
 }
 
@@ -400,11 +471,10 @@ impl Settler {
                     self.queue
                 );
                 tokio::time::sleep(delay).await;
-                let lost = self.transport.lost();
                 let queue = &self.queue;
                 publish(
                     &self.channel,
-                    &lost,
+                    &self.transport,
                     "",
                     queue,
                     true,
@@ -443,12 +513,11 @@ impl Settler {
                 Parking::Retry(delay) => self.retry_queue(delay, declare).await?,
                 Parking::DeadLetters => self.dead_letter_queue(declare).await?,
             };
-            let lost = self.transport.lost();
             let data = &delivery.data;
             let properties = properties.clone();
             match publish(
                 &self.channel,
-                &lost,
+                &self.transport,
                 "",
                 &destination,
                 true,

@@ -72,8 +72,9 @@ impl Priority {
 #[derive(Clone)]
 pub struct Notifier {
     channel: Channel,
-    /// The transport's: publishes fail at once when it is lost for good.
-    lost: tokio_util::sync::CancellationToken,
+    /// Publishes fail at once when it is lost for good, and declare it lost
+    /// when their confirms stop.
+    transport: crate::Transport,
     exchange: String,
     publisher_id: String,
 }
@@ -99,7 +100,7 @@ impl Notifier {
         declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
         Ok(Self {
             channel,
-            lost: transport.lost(),
+            transport: transport.clone(),
             exchange,
             publisher_id: publisher_id.to_string(),
         })
@@ -132,7 +133,7 @@ impl Notifier {
             .with_headers(headers);
         consume::publish(
             &self.channel,
-            &self.lost,
+            &self.transport,
             &self.exchange,
             &key,
             false,

@@ -163,6 +163,28 @@ impl Transport {
             .map(|_| ())
     }
 
+    /// A publish on this connection waited `waited` for its confirm. Unless
+    /// the broker is blocking publishers (a resource alarm, where waiting is
+    /// right), the connection is down (the recovery watch decides then) or
+    /// closing, its channels are taken for stuck: the transport is declared
+    /// lost and the service rebuilds its messaging.
+    pub(crate) fn confirm_stalled(&self, waited: Duration) {
+        let status = self.connection.status();
+        if self.closed.is_cancelled()
+            || self.lost.is_cancelled()
+            || status.blocked()
+            || !status.connected()
+        {
+            return;
+        }
+        tracing::error!(
+            "a publish on `{}` had no confirm from the broker after {waited:?} while the connection was up; \
+             rebuilding messaging on fresh channels",
+            self.name
+        );
+        self.lost.cancel();
+    }
+
     /// Cancelled when the connection (or a consumer on it) cannot come back.
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()

@@ -283,7 +283,7 @@ impl RpcClient {
         let properties = properties.with_headers(headers);
         consume::publish(
             &self.channel,
-            &self.transport.lost(),
+            &self.transport,
             exchange,
             routing_key,
             true,

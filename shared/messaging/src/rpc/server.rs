@@ -380,7 +380,7 @@ fn reply_properties(delivery: &Delivery, status: &str) -> BasicProperties {
 async fn reply(settler: &Settler, reply_to: &str, body: &[u8], properties: BasicProperties) {
     let published = consume::publish(
         &settler.channel,
-        &settler.transport.lost(),
+        &settler.transport,
         "",
         reply_to,
         false,

@@ -175,7 +175,8 @@ pub(crate) const RETRY_QUEUE_IDLE: Duration = Duration::from_secs(60);
 ///
 /// Always a classic queue, whatever the configured type: RabbitMQ deletes a
 /// quorum queue `x-expires` after it was created however often it is
-/// declared again (rabbitmq-server#5894, open; measured on 3.10.8 here), so
+/// declared again (rabbitmq-server#5894, open; measured on 3.10.8 by
+/// `cargo run -p switchyard-bench --example queue_expiry`), so
 /// a quorum retry queue would vanish under a long-running service with the
 /// messages waiting in it. A classic queue's lease is renewed by each
 /// declaration, and its messages wait there for seconds, not for a
