@@ -852,6 +852,8 @@ pub async fn post_steadily_as(
             .map(|i| sample(format!("{prefix}-{batch}-{i}"), 10.0))
             .collect();
         let started = Instant::now();
+        // Each failed attempt: when, and what the api (or tonic) said.
+        let mut attempts: Vec<String> = Vec::new();
         loop {
             let mut request = tonic::Request::new(PostSamplesRequest {
                 samples: samples.clone(),
@@ -868,9 +870,17 @@ pub async fn post_steadily_as(
                     break;
                 }
                 Err(status) => {
+                    attempts.push(format!(
+                        "{:.1} s: {:?} {}",
+                        started.elapsed().as_secs_f64(),
+                        status.code(),
+                        status.message()
+                    ));
                     assert!(
                         started.elapsed() < Duration::from_secs(60),
-                        "batch {batch} never acknowledged: {status:?}"
+                        "batch {batch} never acknowledged: {status:?}; the last of its {} attempts:\n{}",
+                        attempts.len(),
+                        attempts[attempts.len().saturating_sub(20)..].join("\n")
                     );
                     retries += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
