@@ -136,12 +136,14 @@ pub(crate) async fn publish(
 /// the publish: a channel whose confirms stop while its connection lives is
 /// stuck for good (a quorum queue's client that lost a message in a
 /// network partition never enqueues the ones after it,
-/// rabbitmq-server#14589, fixed in 4.2; every publish of the api then ran
-/// into its deadline until restarted), so the transport is declared lost
+/// rabbitmq-server#14589, fixed in 4.2; suspected in a CI run where every
+/// post to the api ran into its deadline), so the transport is declared lost
 /// and the service rebuilds its messaging on fresh channels.
 struct Awaited<'a> {
     confirm: Option<lapin::PublisherConfirm>,
     since: Instant,
+    /// The connection's incarnation the publish went out on.
+    incarnation: usize,
     transport: &'a crate::Transport,
 }
 
@@ -150,6 +152,7 @@ impl<'a> Awaited<'a> {
         Self {
             confirm: Some(confirm),
             since: Instant::now(),
+            incarnation: transport.incarnation(),
             transport,
         }
     }
@@ -182,13 +185,14 @@ impl Drop for Awaited<'_> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (transport, left) = (
+        let (transport, incarnation, left) = (
             self.transport.clone(),
+            self.incarnation,
             CONFIRM_STALL.saturating_sub(self.since.elapsed()),
         );
         runtime.spawn(async move {
             if tokio::time::timeout(left, confirm).await.is_err() {
-                transport.confirm_stalled(CONFIRM_STALL);
+                transport.confirm_stalled(incarnation, CONFIRM_STALL);
             }
         });
     }
