@@ -138,12 +138,12 @@ pub(crate) async fn publish(
 /// network partition never enqueues the ones after it,
 /// rabbitmq-server#14589, fixed in 4.2; suspected in a CI run where every
 /// post to the api ran into its deadline), so the transport is declared lost
-/// and the service rebuilds its messaging on fresh channels.
+/// and the service rebuilds its messaging on fresh channels. A confirm whose
+/// connection fails is failed by lapin with it, so a recovered blip is not
+/// taken for a stall (`a_confirm_lost_with_a_recovered_connection_is_not_a_stall`).
 struct Awaited<'a> {
     confirm: Option<lapin::PublisherConfirm>,
     since: Instant,
-    /// The connection's incarnation the publish went out on.
-    incarnation: usize,
     transport: &'a crate::Transport,
 }
 
@@ -152,7 +152,6 @@ impl<'a> Awaited<'a> {
         Self {
             confirm: Some(confirm),
             since: Instant::now(),
-            incarnation: transport.incarnation(),
             transport,
         }
     }
@@ -185,14 +184,13 @@ impl Drop for Awaited<'_> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (transport, incarnation, left) = (
+        let (transport, left) = (
             self.transport.clone(),
-            self.incarnation,
             CONFIRM_STALL.saturating_sub(self.since.elapsed()),
         );
         runtime.spawn(async move {
             if tokio::time::timeout(left, confirm).await.is_err() {
-                transport.confirm_stalled(incarnation, CONFIRM_STALL);
+                transport.confirm_stalled(CONFIRM_STALL);
             }
         });
     }

@@ -44,9 +44,6 @@ pub struct Transport {
     lost: CancellationToken,
     /// Cancelled by [`Transport::close`]: a closed connection is not lost.
     closed: CancellationToken,
-    /// How many times the connection failed or came back: a confirm missing
-    /// across one of those was lost with the old connection, not stalled.
-    incarnation: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -90,9 +87,7 @@ impl Transport {
                         name,
                         lost: CancellationToken::new(),
                         closed: CancellationToken::new(),
-                        incarnation: Arc::new(AtomicUsize::new(0)),
                     };
-                    transport.count_incarnations();
                     transport.watch_recovery(
                         Duration::from_millis(config.recovery_timeout_ms),
                         (index + 1) % count,
@@ -156,35 +151,12 @@ impl Transport {
         });
     }
 
-    /// Counts [`Self::drops`] into `incarnation` until the transport is
-    /// closed or lost.
-    fn count_incarnations(&self) {
-        use futures_lite::StreamExt;
-        let (incarnation, lost, closed) = (
-            Arc::clone(&self.incarnation),
-            self.lost.clone(),
-            self.closed.clone(),
-        );
-        let mut drops = self.drops();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = closed.cancelled() => return,
-                    _ = lost.cancelled() => return,
-                    dropped = drops.next() => match dropped {
-                        Some(()) => incarnation.fetch_add(1, Relaxed),
-                        None => return,
-                    },
-                };
-            }
-        });
-    }
-
-    /// Which incarnation of the connection this is (see `incarnation`).
-    pub(crate) fn incarnation(&self) -> usize {
-        self.incarnation.load(Relaxed)
-    }
-
+    /// Beware: lapin's events go through one multi-consumer channel, not a
+    /// broadcast: each event reaches only one of the streams made here.
+    /// (A second listener added for counting reconnections took the events
+    /// the RPC client waits for, and a call whose connection failed waited
+    /// for its timeout: CI, 2026-12-03.)
+    ///
     /// One item each time the connection fails or lapin re-establishes it
     /// (lapin reports a broker-closed connection it recovers only as
     /// `Connected`): what lived on the old channels, direct replies
@@ -197,18 +169,15 @@ impl Transport {
             .map(|_| ())
     }
 
-    /// A publish made on `incarnation` of this connection waited `waited`
-    /// for its confirm. Unless the connection failed or came back since (the
-    /// confirm went with it, and lapin does not always fail it), the
-    /// broker is blocking publishers (a resource alarm, where waiting is
+    /// A publish on this connection waited `waited` for its confirm. Unless
+    /// the broker is blocking publishers (a resource alarm, where waiting is
     /// right), the connection is down (the recovery watch decides then) or
     /// closing, its channels are taken for stuck: the transport is declared
     /// lost and the service rebuilds its messaging.
-    pub(crate) fn confirm_stalled(&self, incarnation: usize, waited: Duration) {
+    pub(crate) fn confirm_stalled(&self, waited: Duration) {
         let status = self.connection.status();
         if self.closed.is_cancelled()
             || self.lost.is_cancelled()
-            || self.incarnation() != incarnation
             || status.blocked()
             || !status.connected()
         {

@@ -144,9 +144,8 @@ async fn a_channel_whose_confirms_stop_is_declared_lost() {
 
 /// A confirm lost with a connection that failed and came back is not a
 /// stuck channel: rebuilding a service's messaging 20 s after every
-/// recovered blip would be noise. (Here lapin fails the confirm with the
-/// connection; the transport's incarnation count covers a confirm it leaves
-/// unresolved.)
+/// recovered blip would be noise. lapin fails the confirm with the
+/// connection, so its waiter ends without a stall.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirm_lost_with_a_recovered_connection_is_not_a_stall() {
     let rig = Rig::new().await;
