@@ -92,21 +92,33 @@ async fn relay(client: tokio::net::TcpStream, swallow: Arc<AtomicBool>) {
     }
 }
 
+/// A transport named `name` connected through a [`confirm_swallowing_proxy`],
+/// an RPC client on it, and the rig's echo topic.
+async fn through_proxy(
+    rig: &Rig,
+    name: &str,
+    swallow: &Arc<AtomicBool>,
+    cut: CancellationToken,
+) -> (Transport, RpcClient, Target) {
+    let port = confirm_swallowing_proxy(Arc::clone(swallow), cut).await;
+    let config = AmqpConfig {
+        url: SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
+        ..rig.config.clone()
+    };
+    let transport = Transport::connect(&config, name, &rig.id)
+        .await
+        .expect("connects through the proxy");
+    let client = RpcClient::new(&transport).await.expect("client");
+    (transport, client, Target::topic(rig.exchange(), "echo"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_whose_confirms_stop_is_declared_lost() {
     let rig = Rig::new().await;
     let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 1).await;
     let swallow = Arc::new(AtomicBool::new(false));
-    let port = confirm_swallowing_proxy(Arc::clone(&swallow), CancellationToken::new()).await;
-    let config = AmqpConfig {
-        url: SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
-        ..rig.config.clone()
-    };
-    let transport = Transport::connect(&config, "stall", &rig.id)
-        .await
-        .expect("connects through the proxy");
-    let client = RpcClient::new(&transport).await.expect("client");
-    let target = Target::topic(rig.exchange(), "echo");
+    let (transport, client, target) =
+        through_proxy(&rig, "stall", &swallow, CancellationToken::new()).await;
 
     client
         .cast(&target, "say", &text("confirmed"))
@@ -152,16 +164,7 @@ async fn a_confirm_lost_with_a_recovered_connection_is_not_a_stall() {
     let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 1).await;
     let swallow = Arc::new(AtomicBool::new(false));
     let cut = CancellationToken::new();
-    let port = confirm_swallowing_proxy(Arc::clone(&swallow), cut.clone()).await;
-    let config = AmqpConfig {
-        url: SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
-        ..rig.config.clone()
-    };
-    let transport = Transport::connect(&config, "blip", &rig.id)
-        .await
-        .expect("connects through the proxy");
-    let client = RpcClient::new(&transport).await.expect("client");
-    let target = Target::topic(rig.exchange(), "echo");
+    let (transport, client, target) = through_proxy(&rig, "blip", &swallow, cut.clone()).await;
 
     swallow.store(true, SeqCst);
     let published = Instant::now();
