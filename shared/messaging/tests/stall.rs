@@ -112,6 +112,20 @@ async fn through_proxy(
     (transport, client, Target::topic(rig.exchange(), "echo"))
 }
 
+/// Starts swallowing confirms and casts, giving up after a second as a
+/// request past its deadline does; returns when the cast was published.
+async fn cast_and_give_up(swallow: &AtomicBool, client: &RpcClient, target: &Target) -> Instant {
+    swallow.store(true, SeqCst);
+    let published = Instant::now();
+    let gave_up = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.cast(target, "say", &text("x")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "no confirm, so no answer: {gave_up:?}");
+    published
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_whose_confirms_stop_is_declared_lost() {
     let rig = Rig::new().await;
@@ -128,14 +142,7 @@ async fn a_channel_whose_confirms_stop_is_declared_lost() {
 
     // The caller gives up after a second, as a request past its deadline
     // does; nobody waits for that confirm any more but the transport.
-    swallow.store(true, SeqCst);
-    let published = Instant::now();
-    let gave_up = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.cast(&target, "say", &text("x")),
-    )
-    .await;
-    assert!(gave_up.is_err(), "no confirm, so no answer: {gave_up:?}");
+    let published = cast_and_give_up(&swallow, &client, &target).await;
     assert!(
         !transport.lost().is_cancelled(),
         "a slow confirm is not a stuck channel"
@@ -166,14 +173,7 @@ async fn a_confirm_lost_with_a_recovered_connection_is_not_a_stall() {
     let cut = CancellationToken::new();
     let (transport, client, target) = through_proxy(&rig, "blip", &swallow, cut.clone()).await;
 
-    swallow.store(true, SeqCst);
-    let published = Instant::now();
-    let gave_up = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.cast(&target, "say", &text("x")),
-    )
-    .await;
-    assert!(gave_up.is_err(), "no confirm, so no answer: {gave_up:?}");
+    let published = cast_and_give_up(&swallow, &client, &target).await;
     // The connection drops with the confirm outstanding; lapin reconnects
     // through the proxy, which passes confirms again.
     swallow.store(false, SeqCst);
