@@ -119,7 +119,7 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
         std::thread::sleep(Duration::from_millis(500));
     };
     project.ok(&["start", "rabbit-1"], Duration::from_secs(60));
-    let acknowledged = load.await.expect("load");
+    let acknowledged = project.acknowledged(load).await;
     assert_eq!(
         acknowledged.len(),
         4_000,
@@ -223,7 +223,7 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
         "docker",
         &["network", "connect", "--alias", &node, &network, &cut_off],
     );
-    let acknowledged = load.await.expect("load");
+    let acknowledged = project.acknowledged(load).await;
     assert_eq!(
         acknowledged.len(),
         25_000,
@@ -253,7 +253,7 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
     project.wait_stored_at_least(before + 300, killed + Duration::from_secs(600));
     let host_killed = Instant::now();
     project.ok(&["kill", "collector-a"], Duration::from_secs(60));
-    let acknowledged = load.await.expect("load");
+    let acknowledged = project.acknowledged(load).await;
     assert_eq!(acknowledged.len(), 3_000);
     project.wait_stored(before + acknowledged.len());
     eprintln!(

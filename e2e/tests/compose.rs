@@ -107,7 +107,7 @@ async fn the_fleet_under_docker_compose() {
 
     // 2. 1,000 samples through the published port with the token: stored once each.
     let step = Instant::now();
-    let first = project.load("first", 100).await.expect("load");
+    let first = project.acknowledged(project.load("first", 100)).await;
     assert_eq!(first.len(), 1000);
     project.wait_stored(1000);
     eprintln!(
@@ -175,7 +175,7 @@ async fn the_fleet_under_docker_compose() {
         format!("Bearer {token}").parse().expect("ascii"),
     );
     alarms.create_alarm(request).await.expect("alarm created");
-    let fired = project.load("alarm", 1).await.expect("load");
+    let fired = project.acknowledged(project.load("alarm", 1)).await;
     expected += fired.len();
     while webhook.received().is_empty() {
         assert!(
@@ -212,7 +212,7 @@ async fn the_fleet_under_docker_compose() {
             .any(|l| l.starts_with("collector ") && l.contains(" async ") && l.contains(" up ")),
         "the rollout table shows the collector in async:\n{table}"
     );
-    let acknowledged = load.await.expect("load");
+    let acknowledged = project.acknowledged(load).await;
     expected += acknowledged.len();
     project.wait_stored(expected);
     eprintln!(
@@ -235,7 +235,7 @@ async fn the_fleet_under_docker_compose() {
         .status()
         .expect("kill");
     assert!(killed.success(), "kill -KILL {pid}");
-    let acknowledged = load.await.expect("load");
+    let acknowledged = project.acknowledged(load).await;
     expected += acknowledged.len();
     project.wait_healthy(&["collector"], Duration::from_secs(120));
     assert_eq!(
@@ -255,7 +255,7 @@ async fn the_fleet_under_docker_compose() {
     let load = project.load("broker", 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
     project.ok(&["restart", "rabbitmq"], Duration::from_secs(120));
-    let acknowledged = load.await.expect("load");
+    let acknowledged = project.acknowledged(load).await;
     expected += acknowledged.len();
     project.wait_stored(expected);
     // Every service back to healthy before the next step starts new workers.
@@ -319,7 +319,7 @@ async fn the_fleet_under_docker_compose() {
         promoted.contains("every up worker runs bridged"),
         "{promoted}"
     );
-    let acknowledged = load.await.expect("load");
+    let acknowledged = project.acknowledged(load).await;
     expected += acknowledged.len();
     project.wait_stored(expected);
     eprintln!(

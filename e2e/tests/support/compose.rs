@@ -167,16 +167,18 @@ impl Project {
         .expect("api")
     }
 
-    pub fn load(&self, label: &str, batches: usize) -> tokio::task::JoinHandle<Vec<String>> {
+    /// Posts `batches` batches of 10 through the api on a task, one every
+    /// 20 ms; [`Project::acknowledged`] waits for it.
+    pub fn load(&self, label: &str, batches: usize) -> Load {
         let (token, name, port) = (self.token.clone(), self.name.clone(), self.api_port);
         let label = label.to_string();
-        tokio::spawn(async move {
+        Load(tokio::spawn(async move {
             let client = switchyard_proto::metering::v1::metering_client::MeteringClient::connect(
                 format!("http://127.0.0.1:{port}"),
             )
             .await
-            .expect("api");
-            let (acknowledged, _) = super::post_steadily_as(
+            .map_err(|error| format!("connecting to the api: {error}"))?;
+            let (acknowledged, _) = super::try_post_steadily_as(
                 client,
                 Some(&token),
                 format!("{name}-{label}"),
@@ -184,11 +186,100 @@ impl Project {
                 10,
                 Duration::from_millis(20),
             )
-            .await;
-            acknowledged
-        })
+            .await?;
+            Ok(acknowledged)
+        }))
+    }
+
+    /// The ids the api acknowledged to `load`. A batch it never
+    /// acknowledged fails the test with what the api and the broker said
+    /// at that moment, first in the output (a CI log shows only the start
+    /// of a failure).
+    pub async fn acknowledged(&self, load: Load) -> Vec<String> {
+        match load.0.await.expect("the load task") {
+            Ok(acknowledged) => acknowledged,
+            Err(failure) => panic!("{failure}\n{}", self.diagnose()),
+        }
+    }
+
+    /// What explains a stuck fleet, in a few dozen lines: each service's
+    /// last warnings and errors (its slow polls only counted), and where
+    /// the broker has the leaders of the durable queues.
+    pub fn diagnose(&self) -> String {
+        let mut report = String::new();
+        for service in ["api", "collector-a", "collector-b", "notifier"] {
+            let output = self.compose(&["logs", "--no-color", service], Duration::from_secs(60));
+            let log = String::from_utf8_lossy(&output.stdout);
+            let mut slow = 0;
+            let mut notable: Vec<String> = Vec::new();
+            for line in log.lines() {
+                let json = line.split_once("| ").map_or(line, |(_, rest)| rest);
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(json) else {
+                    continue;
+                };
+                let field = |key: &str| entry[key].as_str().unwrap_or_default().to_string();
+                let message = field("message");
+                if message.starts_with("slow poll") {
+                    slow += 1;
+                    continue;
+                }
+                let level = field("level");
+                if level == "WARN" || level == "ERROR" || message.starts_with("connected to") {
+                    let at = field("timestamp");
+                    let at = at.get(11..23).unwrap_or(&at).to_string();
+                    notable.push(format!(
+                        "  {at} {level} {}",
+                        message.chars().take(220).collect::<String>()
+                    ));
+                }
+            }
+            report.push_str(&format!(
+                "{service}: {slow} slow polls; its last warnings and errors:\n{}\n",
+                notable[notable
+                    .len()
+                    .saturating_sub(if service == "api" { 12 } else { 6 })..]
+                    .join("\n")
+            ));
+        }
+        for node in ["rabbit-1", "rabbit-2", "rabbit-3"] {
+            let output = self.compose(
+                &[
+                    "exec",
+                    "-T",
+                    node,
+                    "rabbitmqctl",
+                    "-t",
+                    "10",
+                    "-q",
+                    "list_queues",
+                    "name",
+                    "type",
+                    "leader",
+                    "online",
+                    "messages",
+                    "consumers",
+                ],
+                Duration::from_secs(30),
+            );
+            if output.status.success() {
+                let queues = String::from_utf8_lossy(&output.stdout);
+                let durable: Vec<&str> = queues
+                    .lines()
+                    .filter(|line| line.contains("quorum") && !line.contains(".dlq"))
+                    .collect();
+                report.push_str(&format!(
+                    "queues as {node} sees them:\n{}\n",
+                    durable.join("\n")
+                ));
+                break;
+            }
+        }
+        report
     }
 }
+
+/// A load through the api ([`Project::load`]).
+pub struct Load(tokio::task::JoinHandle<Result<Vec<String>, String>>);
 
 impl Drop for Project {
     fn drop(&mut self) {

@@ -833,7 +833,7 @@ pub async fn post_steadily(
 
 /// [`post_steadily`] with a bearer token on every call.
 pub async fn post_steadily_as(
-    mut client: switchyard_proto::metering::v1::metering_client::MeteringClient<
+    client: switchyard_proto::metering::v1::metering_client::MeteringClient<
         tonic::transport::Channel,
     >,
     token: Option<&str>,
@@ -842,6 +842,23 @@ pub async fn post_steadily_as(
     size: usize,
     pace: Duration,
 ) -> (Vec<String>, usize) {
+    try_post_steadily_as(client, token, prefix, batches, size, pace)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// [`post_steadily_as`], returning a batch the api never acknowledged
+/// within a minute as an error: what each of its attempts got.
+pub async fn try_post_steadily_as(
+    mut client: switchyard_proto::metering::v1::metering_client::MeteringClient<
+        tonic::transport::Channel,
+    >,
+    token: Option<&str>,
+    prefix: String,
+    batches: usize,
+    size: usize,
+    pace: Duration,
+) -> Result<(Vec<String>, usize), String> {
     use switchyard_proto::metering::v1::PostSamplesRequest;
     let authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
         token.and_then(|token| format!("Bearer {token}").parse().ok());
@@ -876,12 +893,13 @@ pub async fn post_steadily_as(
                         status.code(),
                         status.message()
                     ));
-                    assert!(
-                        started.elapsed() < Duration::from_secs(60),
-                        "batch {batch} never acknowledged: {status:?}; the last of its {} attempts:\n{}",
-                        attempts.len(),
-                        attempts[attempts.len().saturating_sub(20)..].join("\n")
-                    );
+                    if started.elapsed() >= Duration::from_secs(60) {
+                        return Err(format!(
+                            "batch {batch} never acknowledged: {status:?}; the last of its {} attempts:\n{}",
+                            attempts.len(),
+                            attempts[attempts.len().saturating_sub(20)..].join("\n")
+                        ));
+                    }
                     retries += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -889,7 +907,7 @@ pub async fn post_steadily_as(
         }
         tokio::time::sleep(pace).await;
     }
-    (acknowledged, retries)
+    Ok((acknowledged, retries))
 }
 
 /// An alarm on `cpu_util` that fires as soon as one sample above 5 arrives,

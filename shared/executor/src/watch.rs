@@ -1,8 +1,17 @@
-//! The two detectors: a poll timer that catches async code blocking the event
-//! loop, and a watchdog thread that reports work running too long.
+//! The detectors: a poll timer that catches async code blocking the event
+//! loop, and a watchdog thread that reports work running too long and a
+//! runtime that stopped running tasks.
 //!
 //! The watchdog is an OS thread on purpose: when an endpoint blocks the Tokio
 //! runtime, a watchdog task on that runtime would be stuck behind it.
+//!
+//! Why the runtime's pulse: a poll that never returns is invisible to the
+//! poll timer (it reports when the poll ends), and one that is not an
+//! endpoint's (a library's task, a background loop) is not timed at all. In
+//! a container limited to one CPU, Tokio starts one worker, and such a poll
+//! stops everything: deadlines cannot fire, so work shows up only as hung,
+//! and health checks go unanswered. The pulse tells that apart from work
+//! that is merely waiting.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -190,7 +199,60 @@ impl Running {
     }
 }
 
-/// Starts the hung-work watchdog. It stops by itself once `running` is
+/// How often the runtime's pulse beats.
+const PULSE_EVERY: Duration = Duration::from_millis(100);
+
+/// A runtime silent this long is reported: far above a timer's lateness on a
+/// busy machine or a CPU quota's throttling (a few hundred milliseconds seen
+/// in containers limited to one CPU).
+pub(crate) const STALL_REPORTED_AFTER: Duration = Duration::from_secs(2);
+
+/// When a task on the service's runtime last ran: a task beats every
+/// [`PULSE_EVERY`], the watchdog thread listens.
+pub(crate) struct Pulse {
+    origin: Instant,
+    /// Milliseconds since `origin` at the last beat.
+    last: AtomicU64,
+}
+
+impl Pulse {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        self.last
+            .store(self.origin.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// The runtime dropped the beating task (it is shutting down): silence
+    /// from now on is not a stall.
+    fn stop(&self) {
+        self.last.store(u64::MAX, Relaxed);
+    }
+
+    /// How long no beat came; zero once stopped.
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+}
+
+/// Stops its pulse when the beating task ends, however it ends.
+struct Beating(Arc<Pulse>);
+
+impl Drop for Beating {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// Starts the watchdog: hung work past `threshold`, and, when called inside
+/// a Tokio runtime, that runtime running nothing for
+/// [`STALL_REPORTED_AFTER`]. Both stop by themselves once `running` is
 /// dropped with the executor.
 pub(crate) fn start_watchdog(
     name: &str,
@@ -198,16 +260,65 @@ pub(crate) fn start_watchdog(
     threshold: Duration,
 ) -> std::io::Result<()> {
     let interval = (threshold / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+    let pulse = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+        let pulse = Arc::new(Pulse::new());
+        let (beating, alive) = (Beating(Arc::clone(&pulse)), running.clone());
+        runtime.spawn(async move {
+            while alive.strong_count() > 0 {
+                beating.0.beat();
+                tokio::time::sleep(PULSE_EVERY).await;
+            }
+        });
+        (pulse, runtime.metrics().num_workers())
+    });
+    let name = name.to_string();
     thread::Builder::new()
         .name(format!("{name}-watchdog"))
         .spawn(move || {
+            let mut stalled: Option<Duration> = None;
             loop {
-                thread::sleep(interval);
+                thread::sleep(interval.min(PULSE_EVERY * 5));
                 let Some(running) = running.upgrade() else {
                     return;
                 };
                 running.report_hung(threshold);
+                if let Some((pulse, workers)) = &pulse {
+                    stalled = report_stall(&name, pulse.silent_for(), stalled, *workers);
+                }
             }
         })?;
     Ok(())
+}
+
+/// Reports a runtime silent for `silent` once when it passes
+/// [`STALL_REPORTED_AFTER`], and once when it runs again; the stall seen so
+/// far, if any.
+fn report_stall(
+    name: &str,
+    silent: Duration,
+    stalled: Option<Duration>,
+    workers: usize,
+) -> Option<Duration> {
+    if silent >= STALL_REPORTED_AFTER {
+        if stalled.is_none() {
+            tracing::error!(
+                silent_ms = silent.as_millis() as u64,
+                workers,
+                "the {name} runtime has run no task for {:.1} s: a poll is holding its worker \
+                 thread{} ({workers}) without yielding, and deadlines, health checks and every \
+                 other call wait until it returns",
+                silent.as_secs_f64(),
+                if workers == 1 { "" } else { "s" },
+            );
+        }
+        return Some(silent);
+    }
+    if let Some(longest) = stalled {
+        tracing::warn!(
+            silent_ms = longest.as_millis() as u64,
+            "the {name} runtime runs tasks again, after at least {:.1} s without",
+            longest.as_secs_f64()
+        );
+    }
+    None
 }

@@ -285,6 +285,7 @@ where
         switchyard_launcher::follow_supervisor();
     }
     let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(runtime_workers())
         .enable_all()
         .thread_name(format!("{service}-io"))
         .build()
@@ -421,6 +422,16 @@ where
         );
     }
     outcome
+}
+
+/// The service runtime's workers: one per CPU the process may use, and at
+/// least two. In a container limited to one CPU Tokio would start one, and
+/// then a single poll that does not yield (a library's task, or a body in
+/// the async phase) stops every deadline, health check and call with it
+/// until it returns; with two, the other worker goes on serving while the
+/// executor's watchdog reports the stall.
+fn runtime_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |cpus| cpus.get().max(2))
 }
 
 /// Serves `GET /metrics` on `address` until `shutdown`: the executor's
