@@ -828,27 +828,14 @@ pub async fn post_steadily(
     size: usize,
     pace: Duration,
 ) -> (Vec<String>, usize) {
-    post_steadily_as(client, None, prefix, batches, size, pace).await
-}
-
-/// [`post_steadily`] with a bearer token on every call.
-pub async fn post_steadily_as(
-    client: switchyard_proto::metering::v1::metering_client::MeteringClient<
-        tonic::transport::Channel,
-    >,
-    token: Option<&str>,
-    prefix: String,
-    batches: usize,
-    size: usize,
-    pace: Duration,
-) -> (Vec<String>, usize) {
-    try_post_steadily_as(client, token, prefix, batches, size, pace)
+    try_post_steadily_as(client, None, prefix, batches, size, pace)
         .await
         .unwrap_or_else(|failure| panic!("{failure}"))
 }
 
-/// [`post_steadily_as`], returning a batch the api never acknowledged
-/// within a minute as an error: what each of its attempts got.
+/// [`post_steadily`] with a bearer token on every call, returning a batch
+/// the api never acknowledged within a minute as an error: what each of its
+/// attempts got.
 pub async fn try_post_steadily_as(
     mut client: switchyard_proto::metering::v1::metering_client::MeteringClient<
         tonic::transport::Channel,

@@ -2,50 +2,24 @@
 //! does not yield, and reports it running again. Its own test binary: it
 //! installs the global subscriber (the watchdog logs from its own thread).
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchyard_executor::{Executor, ExecutorConfig, Phase};
+use switchyard_testkit::Log;
 
-/// What was logged, from every thread.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Log {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut text) = self.0.lock() {
-            text.extend_from_slice(bytes);
+/// Waits at most `bound` for `needle` in the log.
+fn wait_for(log: &Log, needle: &str, bound: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let text = log.text();
+        if text.contains(needle) {
+            return text;
         }
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Log {
-    fn text(&self) -> String {
-        self.0
-            .lock()
-            .map(|text| String::from_utf8_lossy(&text).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// Waits at most `bound` for `needle` in the log.
-    fn wait_for(&self, needle: &str, bound: Duration) -> String {
-        let started = Instant::now();
-        loop {
-            let text = self.text();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(
-                started.elapsed() < bound,
-                "`{needle}` not logged within {bound:?}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            started.elapsed() < bound,
+            "`{needle}` not logged within {bound:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -86,7 +60,7 @@ fn a_runtime_whose_only_worker_is_held_is_reported_then_its_recovery() {
         // Not an endpoint: nothing times this poll.
         let _ = release.recv_timeout(Duration::from_secs(30));
     });
-    let text = log.wait_for("has run no task", Duration::from_secs(10));
+    let text = wait_for(&log, "has run no task", Duration::from_secs(10));
     assert!(
         text.contains("the held runtime has run no task for ")
             && text.contains("thread (1) without yielding"),
@@ -97,7 +71,7 @@ fn a_runtime_whose_only_worker_is_held_is_reported_then_its_recovery() {
         "not yet: the worker is still held\n{text}"
     );
     drop(held);
-    let text = log.wait_for("runs tasks again", Duration::from_secs(10));
+    let text = wait_for(&log, "runs tasks again", Duration::from_secs(10));
     assert_eq!(
         text.matches("has run no task").count(),
         1,

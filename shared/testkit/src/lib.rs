@@ -1,6 +1,6 @@
 //! What the test suites of several crates share (a dev-dependency only):
-//! a loopback port for a service that must be told its port, and the
-//! services a gRPC server lists by reflection.
+//! a loopback port for a service that must be told its port, the services
+//! a gRPC server lists by reflection, and a log a test can read.
 
 #![warn(missing_docs)]
 
@@ -63,5 +63,33 @@ pub async fn reflected_services(
         other => Err(tonic::Status::unknown(format!(
             "reflection: not a list of services: {other:?}"
         ))),
+    }
+}
+
+/// What was logged, for a test to read: give clones to a `tracing`
+/// subscriber's writer (`with_writer(move || log.clone())`), from any thread.
+#[derive(Clone, Debug, Default)]
+pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut text) = self.0.lock() {
+            text.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Log {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|text| String::from_utf8_lossy(&text).into_owned())
+            .unwrap_or_default()
     }
 }

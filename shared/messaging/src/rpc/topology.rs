@@ -272,36 +272,11 @@ pub(crate) async fn bind(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use switchyard_testkit::Log;
+
     use super::answered_within;
-
-    /// What a test's log lines say.
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Log {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            if let Ok(mut text) = self.0.lock() {
-                text.extend_from_slice(bytes);
-            }
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Log {
-        fn text(&self) -> String {
-            self.0
-                .lock()
-                .map(|text| String::from_utf8_lossy(&text).into_owned())
-                .unwrap_or_default()
-        }
-    }
 
     /// Runs `operation` under `answered_within(50 ms)`; its answer and the log.
     fn run(operation_takes: Duration) -> (u32, String) {
