@@ -5,19 +5,19 @@
 //! The watchdog is an OS thread on purpose: when an endpoint blocks the Tokio
 //! runtime, a watchdog task on that runtime would be stuck behind it.
 //!
-//! Why the runtime's pulse: a poll that never returns is invisible to the
-//! poll timer (it reports when the poll ends), and one that is not an
-//! endpoint's (a library's task, a background loop) is not timed at all. In
-//! a container limited to one CPU, Tokio starts one worker, and such a poll
-//! stops everything: deadlines cannot fire, so work shows up only as hung,
-//! and health checks go unanswered. The pulse tells that apart from work
-//! that is merely waiting.
+//! Why the watchdog also watches the runtime's workers: a poll that never
+//! returns is invisible to the poll timer (it reports when the poll ends),
+//! and one that is not an endpoint's (a library's task, a background loop)
+//! is not timed at all. Such a poll holds its worker: the tasks queued on it
+//! wait, and with one worker (Tokio's choice in a container limited to one
+//! CPU) deadlines cannot fire, so work shows up only as hung. Tokio's worker
+//! metrics tell a held worker apart from a busy or an idle one.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::thread;
@@ -199,126 +199,145 @@ impl Running {
     }
 }
 
-/// How often the runtime's pulse beats.
-const PULSE_EVERY: Duration = Duration::from_millis(100);
+/// A worker held this long is reported: far above a CPU quota's throttling
+/// (a few hundred milliseconds seen in containers limited to one CPU).
+const HELD_REPORTED_AFTER: Duration = Duration::from_secs(2);
 
-/// A runtime silent this long is reported: far above a timer's lateness on a
-/// busy machine or a CPU quota's throttling (a few hundred milliseconds seen
-/// in containers limited to one CPU).
-pub(crate) const STALL_REPORTED_AFTER: Duration = Duration::from_secs(2);
+/// False once the runtime dropped its tasks (it is shutting down): its
+/// workers' counters stop then, which is not a held worker.
+struct RuntimeAlive(Arc<AtomicBool>);
 
-/// When a task on the service's runtime last ran: a task beats every
-/// [`PULSE_EVERY`], the watchdog thread listens.
-pub(crate) struct Pulse {
-    origin: Instant,
-    /// Milliseconds since `origin` at the last beat.
-    last: AtomicU64,
-}
-
-impl Pulse {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            last: AtomicU64::new(0),
-        }
-    }
-
-    fn beat(&self) {
-        self.last
-            .store(self.origin.elapsed().as_millis() as u64, Relaxed);
-    }
-
-    /// The runtime dropped the beating task (it is shutting down): silence
-    /// from now on is not a stall.
-    fn stop(&self) {
-        self.last.store(u64::MAX, Relaxed);
-    }
-
-    /// How long no beat came; zero once stopped.
-    fn silent_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last.load(Relaxed));
-        self.origin.elapsed().saturating_sub(last)
-    }
-}
-
-/// Stops its pulse when the beating task ends, however it ends.
-struct Beating(Arc<Pulse>);
-
-impl Drop for Beating {
+impl Drop for RuntimeAlive {
     fn drop(&mut self) {
-        self.0.stop();
+        self.0.store(false, Relaxed);
+    }
+}
+
+/// What the watchdog saw of one worker: while it is awake (an even
+/// park/unpark count) and has neither parked nor finished a batch of polls
+/// (its busy time is added after each batch, at least every 61 polls), it is
+/// inside one poll.
+struct WorkerSeen {
+    park_unpark: u64,
+    busy: Duration,
+    since: Instant,
+    reported: bool,
+}
+
+/// The workers of the runtime an executor was made in.
+struct Workers {
+    metrics: tokio::runtime::RuntimeMetrics,
+    alive: Arc<AtomicBool>,
+    seen: Vec<WorkerSeen>,
+}
+
+impl Workers {
+    /// Watches the current runtime's workers, if there is one; the task it
+    /// spawns there ends with the executor (`running`).
+    fn of_current_runtime(running: &Weak<Running>) -> Option<Self> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let (guard, executor) = (RuntimeAlive(Arc::clone(&alive)), running.clone());
+        runtime.spawn(async move {
+            let _guard = guard;
+            while executor.strong_count() > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let metrics = runtime.metrics();
+        let now = Instant::now();
+        let seen = (0..metrics.num_workers())
+            .map(|worker| WorkerSeen {
+                park_unpark: metrics.worker_park_unpark_count(worker),
+                busy: metrics.worker_total_busy_duration(worker),
+                since: now,
+                reported: false,
+            })
+            .collect();
+        Some(Self {
+            metrics,
+            alive,
+            seen,
+        })
+    }
+
+    /// Reports each worker once when it has been held for
+    /// [`HELD_REPORTED_AFTER`], and once when it is free again.
+    fn report_held(&mut self, name: &str) {
+        if !self.alive.load(Relaxed) {
+            return;
+        }
+        let workers = self.seen.len();
+        for (worker, seen) in self.seen.iter_mut().enumerate() {
+            let park_unpark = self.metrics.worker_park_unpark_count(worker);
+            let busy = self.metrics.worker_total_busy_duration(worker);
+            // An odd count: parked, waiting for work.
+            let awake = park_unpark.is_multiple_of(2);
+            let held = awake && park_unpark == seen.park_unpark && busy == seen.busy;
+            if !held {
+                if seen.reported {
+                    tracing::warn!(
+                        worker,
+                        held_ms = seen.since.elapsed().as_millis() as u64,
+                        "worker {worker} of the {name} runtime is free again, after {:.1} s in one poll",
+                        seen.since.elapsed().as_secs_f64()
+                    );
+                }
+                *seen = WorkerSeen {
+                    park_unpark,
+                    busy,
+                    since: Instant::now(),
+                    reported: false,
+                };
+                continue;
+            }
+            let held_for = seen.since.elapsed();
+            if held_for >= HELD_REPORTED_AFTER && !seen.reported {
+                seen.reported = true;
+                tracing::error!(
+                    worker,
+                    workers,
+                    held_ms = held_for.as_millis() as u64,
+                    "worker {worker} of the {name} runtime ({workers} in all) has been inside one \
+                     poll for {:.1} s: a task that does not yield holds it, and the tasks queued \
+                     on it wait{}",
+                    held_for.as_secs_f64(),
+                    if workers == 1 {
+                        "; with no other worker, no deadline or health check can run either"
+                    } else {
+                        ""
+                    },
+                );
+            }
+        }
     }
 }
 
 /// Starts the watchdog: hung work past `threshold`, and, when called inside
-/// a Tokio runtime, that runtime running nothing for
-/// [`STALL_REPORTED_AFTER`]. Both stop by themselves once `running` is
-/// dropped with the executor.
+/// a Tokio runtime, a worker of that runtime held by one poll for
+/// [`HELD_REPORTED_AFTER`]. It stops by itself once `running` is dropped
+/// with the executor.
 pub(crate) fn start_watchdog(
     name: &str,
     running: Weak<Running>,
     threshold: Duration,
 ) -> std::io::Result<()> {
     let interval = (threshold / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
-    let pulse = tokio::runtime::Handle::try_current().ok().map(|runtime| {
-        let pulse = Arc::new(Pulse::new());
-        let (beating, alive) = (Beating(Arc::clone(&pulse)), running.clone());
-        runtime.spawn(async move {
-            while alive.strong_count() > 0 {
-                beating.0.beat();
-                tokio::time::sleep(PULSE_EVERY).await;
-            }
-        });
-        (pulse, runtime.metrics().num_workers())
-    });
+    let mut workers = Workers::of_current_runtime(&running);
     let name = name.to_string();
     thread::Builder::new()
         .name(format!("{name}-watchdog"))
         .spawn(move || {
-            let mut stalled: Option<Duration> = None;
             loop {
-                thread::sleep(interval.min(PULSE_EVERY * 5));
+                thread::sleep(interval.min(Duration::from_millis(500)));
                 let Some(running) = running.upgrade() else {
                     return;
                 };
                 running.report_hung(threshold);
-                if let Some((pulse, workers)) = &pulse {
-                    stalled = report_stall(&name, pulse.silent_for(), stalled, *workers);
+                if let Some(workers) = workers.as_mut() {
+                    workers.report_held(&name);
                 }
             }
         })?;
     Ok(())
-}
-
-/// Reports a runtime silent for `silent` once when it passes
-/// [`STALL_REPORTED_AFTER`], and once when it runs again; the stall seen so
-/// far, if any.
-fn report_stall(
-    name: &str,
-    silent: Duration,
-    stalled: Option<Duration>,
-    workers: usize,
-) -> Option<Duration> {
-    if silent >= STALL_REPORTED_AFTER {
-        if stalled.is_none() {
-            tracing::error!(
-                silent_ms = silent.as_millis() as u64,
-                workers,
-                "the {name} runtime has run no task for {:.1} s: a poll is holding its worker \
-                 thread{} ({workers}) without yielding, and deadlines, health checks and every \
-                 other call wait until it returns",
-                silent.as_secs_f64(),
-                if workers == 1 { "" } else { "s" },
-            );
-        }
-        return Some(silent);
-    }
-    if let Some(longest) = stalled {
-        tracing::warn!(
-            silent_ms = longest.as_millis() as u64,
-            "the {name} runtime runs tasks again, after at least {:.1} s without",
-            longest.as_secs_f64()
-        );
-    }
-    None
 }

@@ -1,6 +1,6 @@
-//! The watchdog reports a runtime whose only worker is held by a poll that
-//! does not yield, and reports it running again. Its own test binary: it
-//! installs the global subscriber (the watchdog logs from its own thread).
+//! The watchdog reports a runtime worker held by a poll that does not
+//! yield, and reports it free again. Its own test binary: it installs the
+//! global subscriber (the watchdog logs from its own thread).
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ fn wait_for(log: &Log, needle: &str, bound: Duration) -> String {
 }
 
 #[test]
-fn a_runtime_whose_only_worker_is_held_is_reported_then_its_recovery() {
+fn a_worker_held_by_one_poll_is_reported_then_freed() {
     let log = Log::default();
     let writer = log.clone();
     tracing::subscriber::set_global_default(
@@ -34,9 +34,8 @@ fn a_runtime_whose_only_worker_is_held_is_reported_then_its_recovery() {
             .finish(),
     )
     .expect("the only subscriber of this binary");
-    // One worker, as Tokio starts in a container limited to one CPU.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
@@ -51,37 +50,52 @@ fn a_runtime_whose_only_worker_is_held_is_reported_then_its_recovery() {
             )
         })
         .expect("executor");
-    // A healthy runtime is not reported.
-    std::thread::sleep(Duration::from_millis(2_500));
-    assert!(!log.text().contains("has run no task"), "{}", log.text());
+    // Idle workers, and busy ones, are not held.
+    runtime.block_on(async {
+        let busy = Instant::now();
+        while busy.elapsed() < Duration::from_millis(2_500) {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(!log.text().contains("inside one"), "{}", log.text());
 
     let (held, release) = std::sync::mpsc::channel::<()>();
     runtime.spawn(async move {
         // Not an endpoint: nothing times this poll.
         let _ = release.recv_timeout(Duration::from_secs(30));
     });
-    let text = wait_for(&log, "has run no task", Duration::from_secs(10));
+    let text = wait_for(&log, "inside one poll for ", Duration::from_secs(10));
     assert!(
-        text.contains("the held runtime has run no task for ")
-            && text.contains("thread (1) without yielding"),
+        text.contains("of the held runtime (2 in all) has been inside one poll for ")
+            && !text.contains("no other worker"),
         "{text}"
     );
+    // The other worker goes on running tasks and timers.
+    runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::spawn(tokio::time::sleep(Duration::from_millis(50))),
+        )
+        .await
+        .expect("the other worker runs a timer")
+        .expect("the task");
+    });
     assert!(
-        !text.contains("runs tasks again"),
+        !text.contains("is free again"),
         "not yet: the worker is still held\n{text}"
     );
     drop(held);
-    let text = wait_for(&log, "runs tasks again", Duration::from_secs(10));
+    let text = wait_for(&log, "is free again, after ", Duration::from_secs(10));
     assert_eq!(
-        text.matches("has run no task").count(),
+        text.matches("inside one poll").count(),
         1,
-        "one stall, reported once\n{text}"
+        "one worker held, reported once\n{text}"
     );
-    // A runtime shut down under a live executor is silent, not stalled.
+    // A runtime shut down under a live executor is stopped, not held.
     drop(runtime);
-    std::thread::sleep(Duration::from_millis(2_500));
+    std::thread::sleep(Duration::from_millis(3_000));
     assert_eq!(
-        log.text().matches("has run no task").count(),
+        log.text().matches("inside one poll").count(),
         1,
         "{}",
         log.text()
