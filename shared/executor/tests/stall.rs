@@ -50,13 +50,16 @@ fn a_worker_held_by_one_poll_is_reported_then_freed() {
             )
         })
         .expect("executor");
-    // Idle workers, and busy ones, are not held.
-    runtime.block_on(async {
-        let busy = Instant::now();
-        while busy.elapsed() < Duration::from_millis(2_500) {
-            tokio::task::yield_now().await;
-        }
-    });
+    // Idle workers, and busy ones (a task on a worker that yields all the
+    // time), are not held.
+    runtime
+        .block_on(runtime.spawn(async {
+            let busy = Instant::now();
+            while busy.elapsed() < Duration::from_millis(2_500) {
+                tokio::task::yield_now().await;
+            }
+        }))
+        .expect("the busy task");
     assert!(!log.text().contains("inside one"), "{}", log.text());
 
     let (held, release) = std::sync::mpsc::channel::<()>();
