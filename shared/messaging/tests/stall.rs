@@ -15,15 +15,7 @@ use switchyard_executor::Phase;
 use switchyard_messaging::{AmqpConfig, RpcClient, Target, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-
-/// Ends the client-to-broker half of a relay with the other half.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+use tokio_util::task::AbortOnDropHandle;
 
 /// AMQP 0-9-1's `basic.ack` (class 60, method 80): from the broker, a
 /// publisher confirm.
@@ -67,7 +59,8 @@ async fn relay(client: tokio::net::TcpStream, swallow: Arc<AtomicBool>) {
     let upstream = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
     });
-    let _upstream = AbortOnDrop(upstream);
+    // The client-to-broker half ends with the other half.
+    let _upstream = AbortOnDropHandle::new(upstream);
     // The broker only ever sends whole frames: type, channel (2 bytes),
     // size (4), payload, frame end.
     loop {
