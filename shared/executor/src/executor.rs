@@ -434,7 +434,9 @@ where
             (Some(pool), _) => {
                 let (reply, outcome) = oneshot::channel();
                 pool.submit(Box::new(move |worker| {
-                    let _ = reply.send(job.run(Some(worker)));
+                    let result = job.run(Some(worker));
+                    worker.finishing();
+                    let _ = reply.send(result);
                 }));
                 outcome
             }
