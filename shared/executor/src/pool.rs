@@ -108,11 +108,22 @@ impl State {
         Some(job)
     }
 
-    /// Takes the parked worker to wake, if any.
-    fn unlist(&mut self) -> Option<Thread> {
+    /// Takes the parked worker to wake, if any, unless the work is
+    /// `covered` already.
+    fn unlist_unless(&mut self, covered: bool) -> Option<Thread> {
+        if covered {
+            return None;
+        }
         let (index, thread) = self.parked.pop()?;
         self.listed[index] = false;
         Some(thread)
+    }
+}
+
+/// Wakes the worker taken off the parked list, outside the lock.
+fn wake(worker: Option<Thread>) {
+    if let Some(worker) = worker {
+        worker.unpark();
     }
 }
 
@@ -174,15 +185,10 @@ impl Pool {
             .store(state.jobs.len(), Ordering::Release);
         // The looking worker takes one job; any more wake a parked worker
         // each, or a burst of jobs would wait for one worker to run them all.
-        let woken = if state.looking && state.jobs.len() == 1 {
-            None
-        } else {
-            state.unlist()
-        };
+        let for_the_looker = state.looking && state.jobs.len() == 1;
+        let woken = state.unlist_unless(for_the_looker);
         drop(state);
-        if let Some(worker) = woken {
-            worker.unpark();
-        }
+        wake(woken);
     }
 
     /// Lets every worker finish the jobs already queued, then exit.
@@ -218,15 +224,10 @@ fn work(index: usize, worker: &Worker) {
                 match state.pop(&shared.queued) {
                     Some(job) => {
                         // More jobs and nobody looking: wake another worker.
-                        let woken = if state.jobs.is_empty() || state.looking {
-                            None
-                        } else {
-                            state.unlist()
-                        };
+                        let covered = state.jobs.is_empty() || state.looking;
+                        let woken = state.unlist_unless(covered);
                         drop(state);
-                        if let Some(other) = woken {
-                            other.unpark();
-                        }
+                        wake(woken);
                         job
                     }
                     None if state.stopping => return,
@@ -275,15 +276,11 @@ impl Shared {
             let job = state.pop(&self.queued);
             if job.is_some() || state.stopping || attempt == last {
                 state.looking = false;
-                // Jobs submitted while this worker looked woke nobody.
-                let woken = match (&job, state.jobs.is_empty()) {
-                    (Some(_), false) => state.unlist(),
-                    _ => None,
-                };
+                // A job submitted while this worker looked woke nobody.
+                let covered = job.is_none() || state.jobs.is_empty();
+                let woken = state.unlist_unless(covered);
                 drop(state);
-                if let Some(worker) = woken {
-                    worker.unpark();
-                }
+                wake(woken);
                 return job;
             }
         }
@@ -308,15 +305,29 @@ mod tests {
         }
     }
 
-    /// A job that runs until `release` is sent to (or dropped), telling
-    /// `started` when it began.
-    fn held(started: mpsc::Sender<()>) -> (Job, mpsc::Sender<()>) {
+    /// Occupies one worker with a job that runs until the returned sender is
+    /// dropped; returns once the job has started.
+    fn occupy(pool: &Pool) -> mpsc::Sender<()> {
+        let (started, job_started) = mpsc::channel();
         let (release, released) = mpsc::channel::<()>();
-        let job: Job = Box::new(move |_| {
+        pool.submit(Box::new(move |_| {
             let _ = started.send(());
             let _ = released.recv_timeout(BOUND);
-        });
-        (job, release)
+        }));
+        assert!(
+            job_started.recv_timeout(BOUND).is_ok(),
+            "the job never started"
+        );
+        release
+    }
+
+    /// Submits a job that reports on the returned receiver when it runs.
+    fn report(pool: &Pool) -> mpsc::Receiver<()> {
+        let (ran, job_ran) = mpsc::channel();
+        pool.submit(Box::new(move |_| {
+            let _ = ran.send(());
+        }));
+        job_ran
     }
 
     #[test]
@@ -354,40 +365,24 @@ mod tests {
     #[test]
     fn a_job_submitted_while_every_worker_is_busy_runs_when_one_is_free() {
         let pool = pool(1);
-        let (started, first_started) = mpsc::channel();
-        let (job, release) = held(started);
-        pool.submit(job);
-        assert!(first_started.recv_timeout(BOUND).is_ok());
-        let (ran, second_ran) = mpsc::channel();
-        pool.submit(Box::new(move |_| {
-            let _ = ran.send(());
-        }));
-        assert!(second_ran.recv_timeout(Duration::from_millis(100)).is_err());
+        let release = occupy(&pool);
+        let second = report(&pool);
+        assert!(second.recv_timeout(Duration::from_millis(100)).is_err());
         drop(release);
-        assert!(second_ran.recv_timeout(BOUND).is_ok());
+        assert!(second.recv_timeout(BOUND).is_ok());
     }
 
     #[test]
     fn stop_lets_queued_jobs_finish_and_drops_later_ones_unrun() {
         let pool = pool(1);
-        let (started, first_started) = mpsc::channel();
-        let (job, release) = held(started);
-        pool.submit(job);
-        assert!(first_started.recv_timeout(BOUND).is_ok());
-        let (queued_ran, queued) = mpsc::channel();
-        pool.submit(Box::new(move |_| {
-            let _ = queued_ran.send(());
-        }));
+        let release = occupy(&pool);
+        let queued = report(&pool);
         pool.stop();
         drop(release);
         assert!(queued.recv_timeout(BOUND).is_ok());
-        let (late_ran, late) = mpsc::channel::<()>();
-        pool.submit(Box::new(move |_| {
-            let _ = late_ran.send(());
-        }));
         // Dropped unrun: the sender is gone without a value.
         assert_eq!(
-            late.recv_timeout(BOUND),
+            report(&pool).recv_timeout(BOUND),
             Err(mpsc::RecvTimeoutError::Disconnected)
         );
     }
