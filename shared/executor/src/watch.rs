@@ -1,6 +1,6 @@
 //! The detectors: a poll timer that catches async code blocking the event
 //! loop, and a watchdog thread that reports work running too long and a
-//! runtime that stopped running tasks.
+//! runtime worker held inside one poll.
 //!
 //! The watchdog is an OS thread on purpose: when an endpoint blocks the Tokio
 //! runtime, a watchdog task on that runtime would be stuck behind it.
