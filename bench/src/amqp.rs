@@ -46,6 +46,22 @@ const RAW_TOPIC: &str = "raw";
 const RAW_EVENTS: &str = "notifications.*.bench.raw";
 
 impl Broker {
+    /// A channel taking up to 1,024 unacknowledged deliveries, consuming
+    /// the raw contenders' queue with manual acks.
+    async fn consume_raw_queue(&self) -> anyhow::Result<(Channel, lapin::Consumer)> {
+        let channel = self.transport.channel().await?;
+        channel.basic_qos(1024, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                self.raw_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, consumer))
+    }
+
     pub async fn connect() -> anyhow::Result<Self> {
         let id = wire::new_id();
         let config = AmqpConfig {
@@ -223,10 +239,13 @@ impl Served {
         })
     }
 
-    /// Stops the server once its deliveries are settled.
-    async fn stopped(self) {
+    /// Runs `work` against the server, then stops it once its deliveries
+    /// are settled.
+    async fn measure(self, work: impl Future<Output = Latencies>) -> anyhow::Result<Latencies> {
+        let result = work.await;
         self.stop.cancel();
         self.server.stopped().await;
+        Ok(result)
     }
 }
 
@@ -240,7 +259,7 @@ pub async fn switchyard_calls(
 ) -> anyhow::Result<Latencies> {
     let served = Served::start(broker, "echo", phase, echo(phase)).await?;
     let (client, target) = (served.client.clone(), served.target.clone());
-    let result = drive(callers, cell, move || {
+    let calls = drive(callers, cell, move || {
         let (client, target) = (client.clone(), target.clone());
         async move {
             client
@@ -248,10 +267,8 @@ pub async fn switchyard_calls(
                 .await
                 .is_ok()
         }
-    })
-    .await;
-    served.stopped().await;
-    Ok(result)
+    });
+    served.measure(calls).await
 }
 
 /// Calls through raw lapin: one client channel multiplexing calls over direct
@@ -264,16 +281,7 @@ pub async fn raw_calls(
     cell: Duration,
 ) -> anyhow::Result<Latencies> {
     let stop = CancellationToken::new();
-    let server = broker.transport.channel().await?;
-    server.basic_qos(1024, BasicQosOptions::default()).await?;
-    let mut requests = server
-        .basic_consume(
-            broker.raw_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (server, mut requests) = broker.consume_raw_queue().await?;
     {
         let (server, stop) = (server.clone(), stop.clone());
         tokio::spawn(async move {
@@ -492,16 +500,14 @@ pub async fn switchyard_casts(
         }),
     };
     let served = Served::start(broker, "casts", phase, endpoint).await?;
-    let result = stamps
-        .pump(|request| {
-            let (client, target) = (served.client.clone(), served.target.clone());
-            async move {
-                let _ = client.cast(&target, "say", &request).await;
-            }
-        })
-        .await;
-    served.stopped().await;
-    Ok(result)
+    let (client, target) = (served.client.clone(), served.target.clone());
+    let casts = stamps.pump(move |request| {
+        let (client, target) = (client.clone(), target.clone());
+        async move {
+            let _ = client.cast(&target, "say", &request).await;
+        }
+    });
+    served.measure(casts).await
 }
 
 /// Notifications through a Switchyard listener in `phase`.
@@ -613,19 +619,8 @@ pub async fn raw_messages(
     count: usize,
 ) -> anyhow::Result<Latencies> {
     let stop = CancellationToken::new();
-    let consumer_channel = broker.transport.channel().await?;
-    consumer_channel
-        .basic_qos(1024, BasicQosOptions::default())
-        .await?;
+    let (_consumer_channel, mut consumer) = broker.consume_raw_queue().await?;
     let stamps = Stamps::new(count);
-    let mut consumer = consumer_channel
-        .basic_consume(
-            broker.raw_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     {
         let stop = stop.clone();
         let handled = stamps.clone();

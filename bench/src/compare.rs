@@ -144,17 +144,19 @@ mod tests {
         }
     }
 
+    /// A run of a raw cell and an `async` cell, each measured 3 times.
+    fn raw_and_async(raw_rate: f64, raw_noise: f64, async_rate: f64, async_ratio: f64) -> Run {
+        run(vec![
+            row("raw", raw_rate, 1.0, 3, raw_noise),
+            row("async", async_rate, async_ratio, 3, 0.02),
+        ])
+    }
+
     #[test]
     fn a_phase_is_judged_on_its_ratio_to_raw_not_its_rate() {
         // The whole machine got 20 % slower: raw and async alike.
-        let old = run(vec![
-            row("raw", 10_000.0, 1.0, 3, 0.02),
-            row("async", 9_000.0, 0.9, 3, 0.02),
-        ]);
-        let new = run(vec![
-            row("raw", 8_000.0, 1.0, 3, 0.02),
-            row("async", 7_200.0, 0.9, 3, 0.02),
-        ]);
+        let old = raw_and_async(10_000.0, 0.02, 9_000.0, 0.9);
+        let new = raw_and_async(8_000.0, 0.02, 7_200.0, 0.9);
         let changes = compare(&old, &new);
         assert!(changes[0].dropped(), "raw's rate fell: the machine changed");
         assert!(
@@ -175,14 +177,8 @@ mod tests {
 
     #[test]
     fn a_ratio_is_as_noisy_as_its_raw_cell() {
-        let old = run(vec![
-            row("raw", 10_000.0, 1.0, 3, 0.30),
-            row("async", 0.0, 0.90, 3, 0.02),
-        ]);
-        let new = run(vec![
-            row("raw", 12_000.0, 1.0, 3, 0.02),
-            row("async", 0.0, 0.72, 3, 0.02),
-        ]);
+        let old = raw_and_async(10_000.0, 0.30, 0.0, 0.90);
+        let new = raw_and_async(12_000.0, 0.02, 0.0, 0.72);
         let change = &compare(&old, &new)[1];
         assert_eq!(change.noise, 0.30);
         assert!(!change.dropped(), "{change:?}");

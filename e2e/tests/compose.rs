@@ -29,8 +29,7 @@ const SERVICES: [&str; 6] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_under_docker_compose() {
-    if !engine_answers() {
-        eprintln!("compose suite skipped: no Docker engine answers (`docker info` failed)");
+    if !engine_answers("compose") {
         return;
     }
     for image in [
@@ -212,13 +211,11 @@ async fn the_fleet_under_docker_compose() {
             .any(|l| l.starts_with("collector ") && l.contains(" async ") && l.contains(" up ")),
         "the rollout table shows the collector in async:\n{table}"
     );
-    let acknowledged = project.acknowledged(load).await;
-    expected += acknowledged.len();
-    project.wait_stored(expected);
+    let acknowledged = project.all_stored(load, &mut expected).await;
     eprintln!(
         "compose: collector switched to async under load in {:.1} s, {} samples, none lost or duplicated",
         step.elapsed().as_secs_f64(),
-        acknowledged.len()
+        acknowledged
     );
 
     // 5. The collector's process killed mid-stream (SIGKILL from the host, as
@@ -255,14 +252,12 @@ async fn the_fleet_under_docker_compose() {
     let load = project.load("broker", 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
     project.ok(&["restart", "rabbitmq"], Duration::from_secs(120));
-    let acknowledged = project.acknowledged(load).await;
-    expected += acknowledged.len();
-    project.wait_stored(expected);
+    let acknowledged = project.all_stored(load, &mut expected).await;
     // Every service back to healthy before the next step starts new workers.
     project.wait_healthy(&SERVICES, Duration::from_secs(120));
     eprintln!(
         "compose: RabbitMQ restarted under load; {} samples in {:.1} s, none lost or duplicated",
-        acknowledged.len(),
+        acknowledged,
         step.elapsed().as_secs_f64()
     );
 
@@ -319,13 +314,11 @@ async fn the_fleet_under_docker_compose() {
         promoted.contains("every up worker runs bridged"),
         "{promoted}"
     );
-    let acknowledged = project.acknowledged(load).await;
-    expected += acknowledged.len();
-    project.wait_stored(expected);
+    let acknowledged = project.all_stored(load, &mut expected).await;
     eprintln!(
         "compose: SIGHUP canary passed after {:.1} s, promoted; {} samples across it, none lost or duplicated",
         judged.as_secs_f64(),
-        acknowledged.len()
+        acknowledged
     );
 
     // 8. down -v leaves nothing of the project behind.

@@ -107,6 +107,18 @@ impl Proxy {
     }
 }
 
+/// Waits (20 s at most) until the collector's gRPC health reports `status`.
+async fn wait_collector_health(port: u16, status: ServingStatus) {
+    let started = Instant::now();
+    while collector_health(port).await != status as i32 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the collector's health never reported {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn collector_health(port: u16) -> i32 {
     let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .expect("url")
@@ -154,14 +166,8 @@ async fn database_outage_waits_with_backoff_then_stores_everything() {
     let mut client = fleet.client().await;
 
     proxy.cut();
-    let started = Instant::now();
-    while collector_health(fleet.collector_port).await != ServingStatus::NotServing as i32 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "readiness never reported the database down"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Readiness reports the database down.
+    wait_collector_health(fleet.collector_port, ServingStatus::NotServing).await;
     let (acknowledged, _) = post_steadily(
         client.clone(),
         format!("{}-db", fleet.id),
@@ -185,14 +191,8 @@ async fn database_outage_waits_with_backoff_then_stores_everything() {
 
     proxy.restore();
     fleet.wait_stored(acknowledged.len()).await;
-    let started = Instant::now();
-    while collector_health(fleet.collector_port).await != ServingStatus::Serving as i32 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "readiness never recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Readiness recovers.
+    wait_collector_health(fleet.collector_port, ServingStatus::Serving).await;
     let _ = client
         .list_meters(switchyard_proto::metering::v1::ListMetersRequest::default())
         .await;

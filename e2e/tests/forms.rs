@@ -8,7 +8,7 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use support::{BOUND, Fleet, FleetOptions, sample};
 use switchyard_proto::metering::v1::metering_client::MeteringClient;
@@ -74,30 +74,11 @@ async fn statistics(client: &mut MeteringClient<Channel>, meters: &[String]) -> 
 }
 
 /// The collector's up instance in the rollout table, once `done` holds.
-async fn collector_row(
-    client: &mut MeteringClient<Channel>,
-    done: impl Fn(&InstanceStatus) -> bool,
-) -> InstanceStatus {
-    let started = Instant::now();
-    loop {
-        let table = client
-            .get_rollout(GetRolloutRequest {})
-            .await
-            .expect("rollout")
-            .into_inner();
-        if let Some(row) = table
-            .instances
-            .into_iter()
-            .find(|i| i.service == "collector" && i.up && done(i))
-        {
-            return row;
-        }
-        assert!(
-            started.elapsed() < BOUND,
-            "the collector's row never got there"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn collector_row(fleet: &Fleet, done: impl Fn(&InstanceStatus) -> bool) -> InstanceStatus {
+    let rows = fleet
+        .wait_for_rows("collector", true, |rows| rows.iter().any(&done))
+        .await;
+    rows.into_iter().find(done).expect("the row waited for")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +104,7 @@ async fn both_forms_answer_the_same_and_the_async_one_offloads_nothing() {
 
     // threaded: the blocking form, one query after another.
     assert_eq!(statistics(&mut client, &names).await, expected);
-    let row = collector_row(&mut client, |i| i.handled > 0).await;
+    let row = collector_row(&fleet, |i| i.handled > 0).await;
     assert_eq!(row.phase, "threaded");
     assert!(
         !row.endpoint_forms.is_empty() && row.endpoint_forms.values().all(|f| f == "blocking"),
@@ -139,7 +120,7 @@ async fn both_forms_answer_the_same_and_the_async_one_offloads_nothing() {
         "statistics for {METERS} meters from the async form: {:?}",
         queried.elapsed()
     );
-    let row = collector_row(&mut client, |i| i.phase == "async" && i.handled > 0).await;
+    let row = collector_row(&fleet, |i| i.phase == "async" && i.handled > 0).await;
     assert!(
         row.endpoint_forms.len() == 3 && row.endpoint_forms.values().all(|f| f == "async"),
         "{row:?}"
@@ -164,7 +145,7 @@ async fn both_forms_answer_the_same_and_the_async_one_offloads_nothing() {
 /// overlap in time (one after another, none could).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alarms_one_batch_touches_are_evaluated_at_once() {
-    use switchyard_telemetry::receiver::OtlpReceiver;
+    use switchyard_telemetry::receiver::{OtlpReceiver, find_span};
     const ALARMS: usize = 8;
     let receiver = OtlpReceiver::loopback().await.expect("receiver");
     let fleet = Fleet::start(FleetOptions {
@@ -212,10 +193,7 @@ async fn the_alarms_one_batch_touches_are_evaluated_at_once() {
         })
         .await
         .unwrap_or_else(|spans| panic!("no evaluation of {ALARMS} alarms: {} spans", spans.len()));
-    let evaluation = spans
-        .iter()
-        .find(|s| s.name == "dispatch evaluate_alarms")
-        .expect("evaluation");
+    let evaluation = find_span(&spans, "dispatch evaluate_alarms").expect("evaluation");
     let mut queries: Vec<(u64, u64)> = spans
         .iter()
         .filter(|s| s.trace_id == evaluation.trace_id && s.name == QUERY)

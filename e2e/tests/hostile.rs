@@ -261,17 +261,8 @@ fn check_config(binary: &str, env: &[(&str, String)]) -> (i32, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = command.spawn().expect("runs");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("status") {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("{binary} --check-config hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = switchyard_testkit::wait_exit(&mut child, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("{binary} --check-config hung"));
     let output = child.wait_with_output().expect("output");
     (
         status.code().unwrap_or(-1),
@@ -474,16 +465,8 @@ fn sigterm_while_waiting_for_the_broker_at_start_up_stops_the_api() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("status") {
-            break status;
-        }
-        if signalled.elapsed() > Duration::from_secs(15) {
-            let _ = child.kill();
-            panic!("the api ignored SIGTERM while waiting for its broker");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = switchyard_testkit::wait_exit(&mut child, Duration::from_secs(15))
+        .expect("the api stops on SIGTERM while waiting for its broker");
     eprintln!(
         "stopped {:.1} s after SIGTERM (status {status})",
         signalled.elapsed().as_secs_f64()

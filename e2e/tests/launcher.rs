@@ -17,7 +17,7 @@ use support::{BOUND, Browser, Fleet, FleetOptions, Service, free_port, switchyar
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
 use switchyard_proto::messaging::v1::RolledBack;
-use switchyard_proto::metering::v1::{GetRolloutRequest, InstanceStatus, PostSamplesRequest};
+use switchyard_proto::metering::v1::{InstanceStatus, PostSamplesRequest};
 use switchyard_rollout::heartbeat;
 use switchyard_telemetry::receiver::OtlpReceiver;
 use tokio_util::sync::CancellationToken;
@@ -71,38 +71,7 @@ async fn wait_for_rollout(
     service: &str,
     done: impl Fn(&[InstanceStatus]) -> bool,
 ) -> Vec<InstanceStatus> {
-    wait_for_rows(fleet, service, true, done).await
-}
-
-/// Waits until the rows of `service` in the rollout table (only the up ones
-/// when `only_up`) satisfy `done`.
-async fn wait_for_rows(
-    fleet: &Fleet,
-    service: &str,
-    only_up: bool,
-    done: impl Fn(&[InstanceStatus]) -> bool,
-) -> Vec<InstanceStatus> {
-    let mut client = fleet.client().await;
-    let started = Instant::now();
-    loop {
-        let up: Vec<InstanceStatus> = client
-            .get_rollout(GetRolloutRequest {})
-            .await
-            .expect("rollout")
-            .into_inner()
-            .instances
-            .into_iter()
-            .filter(|i| i.service == service && (i.up || !only_up))
-            .collect();
-        if done(&up) {
-            return up;
-        }
-        assert!(
-            started.elapsed() < BOUND,
-            "the rollout table never got there: {up:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    fleet.wait_for_rows(service, true, done).await
 }
 
 fn cli(fleet: &Fleet, args: &[&str]) -> Output {
@@ -147,10 +116,11 @@ async fn a_sighup_phase_switch_of_the_collector_under_load_loses_no_sample() {
     fleet.wait_stored(acknowledged.len()).await;
     // The drained threaded workers said goodbye: they leave the table
     // instead of lingering as DOWN rows.
-    wait_for_rows(&fleet, "collector", false, |rows| {
-        rows.len() == 2 && rows.iter().all(|i| i.phase == "async" && i.up)
-    })
-    .await;
+    fleet
+        .wait_for_rows("collector", false, |rows| {
+            rows.len() == 2 && rows.iter().all(|i| i.phase == "async" && i.up)
+        })
+        .await;
     assert_eq!(collector.stop(), 0);
 }
 

@@ -297,26 +297,11 @@ async fn three_services_in_three_phases() {
     assert!(!sent.is_empty());
     posted.extend(sent);
 
-    let started = Instant::now();
-    loop {
-        let rollout = client
-            .get_rollout(GetRolloutRequest {})
-            .await
-            .expect("rollout")
-            .into_inner();
-        let new_collector = rollout
-            .instances
-            .iter()
-            .any(|i| i.service == "collector" && i.up && i.phase == "async");
-        if new_collector {
-            break;
-        }
-        assert!(
-            started.elapsed() < BOUND,
-            "the rollout never showed the collector in async: {rollout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    fleet
+        .wait_for_rows("collector", true, |rows| {
+            rows.iter().any(|i| i.phase == "async")
+        })
+        .await;
     // Every acknowledged sample stored, none twice (rows against distinct ids).
     fleet.wait_stored(posted.len()).await;
     let spans = receiver

@@ -202,6 +202,16 @@ impl Project {
         }
     }
 
+    /// Waits for `load` to finish, adds what it acknowledged to `expected`
+    /// (the samples stored since the start), and waits until that many are
+    /// stored, none twice: how many the load acknowledged.
+    pub async fn all_stored(&self, load: Load, expected: &mut usize) -> usize {
+        let acknowledged = self.acknowledged(load).await.len();
+        *expected += acknowledged;
+        self.wait_stored(*expected);
+        acknowledged
+    }
+
     /// What explains a stuck fleet, in a few dozen lines: each service's
     /// last warnings and errors (its slow polls only counted), and where
     /// the broker has the leaders of the durable queues.
@@ -334,11 +344,17 @@ pub fn inspect(container: &str, format: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-pub fn engine_answers() -> bool {
-    Command::new("docker")
+/// Whether a Docker engine answers; when none does, says that `suite` is
+/// skipped.
+pub fn engine_answers(suite: &str) -> bool {
+    let answers = Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if !answers {
+        eprintln!("{suite} suite skipped: no Docker engine answers (`docker info` failed)");
+    }
+    answers
 }
 
 pub fn leftovers(project: &str) -> Vec<String> {

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use switchyard_proto::metering::v1::{GetRolloutRequest, InstanceStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const BOUND: Duration = Duration::from_secs(30);
@@ -137,18 +138,10 @@ impl Service {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + BOUND;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop after SIGTERM",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        switchyard_testkit::wait_exit(&mut self.child, BOUND)
+            .unwrap_or_else(|| panic!("{} did not stop after SIGTERM", self.name))
+            .code()
+            .unwrap_or(-1)
     }
 
     pub fn log_text(&self) -> String {
@@ -373,14 +366,9 @@ impl Drop for Proxy {
 
 /// Runs `program` with `args`; asserts it succeeded and returns its output.
 pub fn run_ok(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("{program} runs: {error}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = switchyard_testkit::succeeded(
+        Command::new(program).args(args),
+        &format!("{program} {args:?}"),
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -637,14 +625,8 @@ impl Fleet {
         use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
         use switchyard_messaging::{EndpointError, Handled, Notification};
         let transport = self.transport(pool).await;
-        let executor = Executor::new(
-            "e2e",
-            ExecutorConfig {
-                phase: Phase::Async,
-                ..ExecutorConfig::default()
-            },
-        )
-        .expect("executor");
+        let executor =
+            Executor::new("e2e", ExecutorConfig::in_phase(Phase::Async)).expect("executor");
         let (seen, received) = tokio::sync::mpsc::unbounded_channel();
         let endpoint = executor
             .register(Endpoint::from_async(
@@ -675,6 +657,37 @@ impl Fleet {
         switchyard_proto::metering::v1::metering_client::MeteringClient::connect(url)
             .await
             .expect("api answers")
+    }
+
+    /// Waits until the rows of `service` in the api's rollout table (only
+    /// the up ones when `only_up`) satisfy `done`: those rows.
+    pub async fn wait_for_rows(
+        &self,
+        service: &str,
+        only_up: bool,
+        done: impl Fn(&[InstanceStatus]) -> bool,
+    ) -> Vec<InstanceStatus> {
+        let mut client = self.client().await;
+        let started = Instant::now();
+        loop {
+            let rows: Vec<InstanceStatus> = client
+                .get_rollout(GetRolloutRequest {})
+                .await
+                .expect("rollout")
+                .into_inner()
+                .instances
+                .into_iter()
+                .filter(|i| i.service == service && (i.up || !only_up))
+                .collect();
+            if done(&rows) {
+                return rows;
+            }
+            assert!(
+                started.elapsed() < BOUND,
+                "the rollout table never got there: {rows:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Posts `batches` batches of `size` samples through the api in the
@@ -709,8 +722,6 @@ impl Fleet {
         (row.get(0), row.get(1))
     }
 
-    /// Waits until `expected` distinct samples are stored; fails on duplicates.
-    /// The last `lines` lines of the collector's log (for a failure message).
     /// Everything the collector logged so far.
     pub fn collector_log(&self) -> String {
         self.collector
@@ -719,6 +730,7 @@ impl Fleet {
             .unwrap_or_default()
     }
 
+    /// The last `lines` lines of the collector's log (for a failure message).
     pub fn collector_log_tail(&self, lines: usize) -> String {
         let text = self.collector_log();
         let all: Vec<&str> = text.lines().collect();
@@ -742,6 +754,7 @@ impl Fleet {
         }
     }
 
+    /// Waits until `expected` distinct samples are stored; fails on duplicates.
     pub async fn wait_stored(&self, expected: usize) {
         let started = Instant::now();
         loop {
@@ -1011,15 +1024,8 @@ impl Drop for Browser {
     fn drop(&mut self) {
         use std::io::Write;
         let _ = writeln!(self.stdin, "{}", serde_json::json!({"cmd": "quit"}));
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Killed if it has not quit within 10 s.
+        let _ = switchyard_testkit::wait_exit(&mut self.child, Duration::from_secs(10));
     }
 }
 

@@ -29,10 +29,7 @@ impl Default for ApiConfig {
 switchyard_app::fleet_settings! {
     /// Everything the api reads from defaults, its TOML file and the environment.
     pub struct ApiSettings {
-        executor: ExecutorConfig {
-            phase: Phase::Async,
-            ..ExecutorConfig::default()
-        },
+        executor: ExecutorConfig::in_phase(Phase::Async),
         ;
         /// `[api]`.
         pub api: ApiConfig = ApiConfig::default(),

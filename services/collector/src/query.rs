@@ -100,33 +100,37 @@ fn answer(
     }
 }
 
-/// The blocking form's work: one query after another.
-async fn one_after_another(
-    database: &Database,
-    request: &GetStatisticsRequest,
-) -> Result<GetStatisticsResponse, StorageError> {
-    if request.meters.is_empty() {
-        return samples::statistics(database, request).await;
-    }
-    let mut answers = Vec::with_capacity(request.meters.len());
-    for one in per_meter(request) {
-        answers.push(samples::statistics(database, &one).await?);
-    }
-    Ok(answer(request, answers))
+/// How the meters of one request are queried.
+#[derive(Clone, Copy)]
+enum Queries {
+    /// The blocking form's work: one query after another.
+    OneAfterAnother,
+    /// The async form's work: every meter's query at once, each on a pool
+    /// connection of its own.
+    Concurrently,
 }
 
-/// The async form's work: every meter's query at once, each on a pool
-/// connection of its own.
-async fn concurrently(
+async fn statistics(
     database: &Database,
     request: &GetStatisticsRequest,
+    queries: Queries,
 ) -> Result<GetStatisticsResponse, StorageError> {
     if request.meters.is_empty() {
         return samples::statistics(database, request).await;
     }
-    let queries = per_meter(request);
-    let answers =
-        try_join_all(queries.iter().map(|one| samples::statistics(database, one))).await?;
+    let asked = per_meter(request);
+    let answers = match queries {
+        Queries::OneAfterAnother => {
+            let mut answers = Vec::with_capacity(asked.len());
+            for one in &asked {
+                answers.push(samples::statistics(database, one).await?);
+            }
+            answers
+        }
+        Queries::Concurrently => {
+            try_join_all(asked.iter().map(|one| samples::statistics(database, one))).await?
+        }
+    };
     Ok(answer(request, answers))
 }
 
@@ -160,14 +164,16 @@ impl Query {
             move |_, request: GetStatisticsRequest| {
                 check(&request)?;
                 runtime
-                    .block_on(one_after_another(&db, &request))
+                    .block_on(statistics(&db, &request, Queries::OneAfterAnother))
                     .map_err(unavailable)
             },
             move |_, request: GetStatisticsRequest| {
                 let db = db_async.clone();
                 async move {
                     check(&request)?;
-                    concurrently(&db, &request).await.map_err(unavailable)
+                    statistics(&db, &request, Queries::Concurrently)
+                        .await
+                        .map_err(unavailable)
                 }
             },
         ))?;

@@ -45,8 +45,41 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn stdout(output: &Output) -> String {
+/// Runs echo expecting it to accept its configuration (exit 0): what it
+/// printed on stdout.
+fn accepted(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = echo(scratch, args, env);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs echo expecting a configuration error (exit 2): what it printed on
+/// stderr.
+fn refused(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = echo(scratch, args, env);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    text
+}
+
+/// `--check-config` in a scratch directory of its own, expected to pass:
+/// what echo printed on stdout.
+fn check_accepted(name: &str, env: &[(&str, &str)]) -> String {
+    accepted(&Scratch::new(name), &["--check-config"], env)
+}
+
+/// `--check-config` in a scratch directory of its own, expected to fail:
+/// what echo printed on stderr.
+fn check_refused(name: &str, env: &[(&str, &str)]) -> String {
+    refused(&Scratch::new(name), &["--check-config"], env)
+}
+
+/// Asserts that `text` says every one of `needles`.
+fn assert_says<S: AsRef<str>>(text: &str, needles: &[S]) {
+    for needle in needles {
+        let needle = needle.as_ref();
+        assert!(text.contains(needle), "no `{needle}` in:\n{text}");
+    }
 }
 
 #[test]
@@ -58,25 +91,19 @@ fn environment_overrides_file_which_overrides_defaults() {
     );
     let file = file.to_str().expect("utf-8 path");
 
-    let from_file = echo(&scratch, &["--config", file, "--print-config"], &[]);
-    assert_eq!(from_file.status.code(), Some(0), "{}", stderr(&from_file));
-    let printed = stdout(&from_file);
-    assert!(printed.contains("phase = \"bridged\""), "{printed}");
-    assert!(printed.contains("pool_size = 3"), "{printed}");
+    let printed = accepted(&scratch, &["--config", file, "--print-config"], &[]);
+    assert_says(&printed, &["phase = \"bridged\"", "pool_size = 3"]);
     assert!(
         printed.contains("max_in_flight = 1024"),
         "defaults fill the rest: {printed}"
     );
 
-    let overridden = echo(
+    let overridden = accepted(
         &scratch,
         &["--config", file, "--print-config"],
         &[("SWITCHYARD_EXECUTOR__PHASE", "async")],
     );
-    assert_eq!(overridden.status.code(), Some(0), "{}", stderr(&overridden));
-    let printed = stdout(&overridden);
-    assert!(printed.contains("phase = \"async\""), "{printed}");
-    assert!(printed.contains("pool_size = 3"), "{printed}");
+    assert_says(&overridden, &["phase = \"async\"", "pool_size = 3"]);
 }
 
 #[test]
@@ -87,9 +114,10 @@ fn default_config_file_is_deploy_config_service_toml() {
         "deploy/config/echo.toml",
         "[executor]\npool_size = 7\nphase = \"bridged\"\n",
     );
-    let output = echo(&scratch, &["--print-config"], &[]);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert!(stdout(&output).contains("pool_size = 7"));
+    assert_says(
+        &accepted(&scratch, &["--print-config"], &[]),
+        &["pool_size = 7"],
+    );
 }
 
 #[test]
@@ -100,7 +128,7 @@ fn every_problem_is_reported_at_once_with_key_source_and_accepted_values() {
         "[executor]\nphase = \"turbo\"\n\n[executr]\npool_size = 3\n",
     );
     let file_name = file.to_str().expect("utf-8 path");
-    let output = echo(
+    let text = refused(
         &scratch,
         &["--config", file_name, "--check-config"],
         &[
@@ -108,162 +136,132 @@ fn every_problem_is_reported_at_once_with_key_source_and_accepted_values() {
             ("SWITCHYARD_TELEMETRY__LOG_FORMAT", "xml"),
         ],
     );
-    assert_eq!(output.status.code(), Some(2));
-    let text = stderr(&output);
-    assert!(text.contains("(4 problems)"), "{text}");
-    assert!(
-        text.contains(&format!(
-            "executor.phase (from file {file_name}): unknown value `turbo`; accepted: threaded, bridged, async"
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("executr.pool_size (from file {file_name}): unknown key `executr`; accepted keys here: executor, telemetry, metrics")),
-        "{text}"
-    );
-    assert!(
-        text.contains("executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE): invalid type: found string \"lots\", expected usize"),
-        "{text}"
-    );
-    assert!(
-        text.contains("telemetry.log_format (from environment variable SWITCHYARD_TELEMETRY__LOG_FORMAT): unknown value `xml`; accepted: text, json"),
-        "{text}"
+    assert_says(
+        &text,
+        &[
+            "(4 problems)".to_owned(),
+            format!(
+                "executor.phase (from file {file_name}): unknown value `turbo`; accepted: threaded, bridged, async"
+            ),
+            format!(
+                "executr.pool_size (from file {file_name}): unknown key `executr`; accepted keys here: executor, telemetry, metrics"
+            ),
+            "executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE): invalid type: found string \"lots\", expected usize".to_owned(),
+            "telemetry.log_format (from environment variable SWITCHYARD_TELEMETRY__LOG_FORMAT): unknown value `xml`; accepted: text, json".to_owned(),
+        ],
     );
 }
 
 #[test]
 fn out_of_range_values_name_the_accepted_range() {
-    let scratch = Scratch::new("range");
-    let output = echo(
-        &scratch,
-        &["--check-config"],
+    let text = check_refused(
+        "range",
         &[
             ("SWITCHYARD_EXECUTOR__PHASE", "bridged"),
             ("SWITCHYARD_EXECUTOR__POOL_SIZE", "0"),
         ],
     );
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains(
-            "executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE): 0 is out of range; accepted: 1 to 4096"
-        ),
-        "{}",
-        stderr(&output)
+    assert_says(
+        &text,
+        &[
+            "executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE): 0 is out of range; accepted: 1 to 4096",
+        ],
     );
 }
 
 #[test]
 fn a_named_config_file_that_does_not_exist_is_an_error() {
     let scratch = Scratch::new("missing");
-    let output = echo(
+    let text = refused(
         &scratch,
         &["--config", "nowhere.toml", "--check-config"],
         &[],
     );
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("file nowhere.toml: the configuration file does not exist"),
-        "{}",
-        stderr(&output)
+    assert_says(
+        &text,
+        &["file nowhere.toml: the configuration file does not exist"],
     );
 }
 
 #[test]
 fn unrelated_environment_variables_are_ignored_but_unknown_switchyard_ones_are_not() {
-    let scratch = Scratch::new("unrelated");
-    let fine = echo(
-        &scratch,
-        &["--check-config"],
+    let fine = check_accepted(
+        "unrelated",
         &[
             ("SWITCHYARD_EXECUTOR__PHASE", "bridged"),
             ("EXECUTOR__PHASE", "nonsense"),
             ("OTEL_SERVICE_NAME", "x"),
         ],
     );
-    assert_eq!(fine.status.code(), Some(0), "{}", stderr(&fine));
-    assert!(stdout(&fine).contains("configuration OK for echo: phase bridged, 2 endpoints"));
-
-    let typo = echo(
-        &scratch,
-        &["--check-config"],
-        &[("SWITCHYARD_EXECUTOR__PHAZE", "async")],
+    assert_says(
+        &fine,
+        &["configuration OK for echo: phase bridged, 2 endpoints"],
     );
-    assert_eq!(typo.status.code(), Some(2));
-    assert!(
-        stderr(&typo).contains("executor.phaze (from environment variable SWITCHYARD_EXECUTOR__PHAZE): unknown key `phaze`"),
-        "{}",
-        stderr(&typo)
+
+    let typo = check_refused("unrelated", &[("SWITCHYARD_EXECUTOR__PHAZE", "async")]);
+    assert_says(
+        &typo,
+        &[
+            "executor.phaze (from environment variable SWITCHYARD_EXECUTOR__PHAZE): unknown key `phaze`",
+        ],
     );
 }
 
 #[test]
 fn a_phase_that_cannot_run_an_endpoint_fails_the_check() {
-    let scratch = Scratch::new("phase-check");
     for phase in ["threaded", "bridged", "async"] {
-        let fine = echo(
-            &scratch,
-            &["--check-config"],
-            &[("SWITCHYARD_EXECUTOR__PHASE", phase)],
+        let fine = check_accepted("phase-check", &[("SWITCHYARD_EXECUTOR__PHASE", phase)]);
+        assert_says(
+            &fine,
+            &[format!(
+                "configuration OK for echo: phase {phase}, 2 endpoints"
+            )],
         );
-        assert_eq!(fine.status.code(), Some(0), "{phase}: {}", stderr(&fine));
-        assert!(stdout(&fine).contains(&format!(
-            "configuration OK for echo: phase {phase}, 2 endpoints"
-        )));
     }
 
-    let strict = echo(
-        &scratch,
-        &["--check-config"],
+    let strict = check_refused(
+        "phase-check",
         &[
             ("SWITCHYARD_EXECUTOR__PHASE", "async"),
             ("SWITCHYARD_EXECUTOR__STRICT", "true"),
         ],
     );
-    assert_eq!(strict.status.code(), Some(2));
-    assert!(
-        stderr(&strict).contains(
+    assert_says(
+        &strict,
+        &[
             "executor.phase (from environment variable SWITCHYARD_EXECUTOR__PHASE): endpoint `echo_blocking` is blocking \
-             and cannot run in phase `async` with executor.strict = true; phases that can run it: threaded, bridged"
-        ),
-        "{}",
-        stderr(&strict)
+           and cannot run in phase `async` with executor.strict = true; phases that can run it: threaded, bridged",
+        ],
     );
 }
 
 #[test]
 fn range_problems_are_reported_with_the_other_problems() {
-    let scratch = Scratch::new("together");
-    let output = echo(
-        &scratch,
-        &["--check-config"],
+    let text = check_refused(
+        "together",
         &[
             ("SWITCHYARD_EXECUTOR__POOL_SIZE", "0"),
             ("SWITCHYARD_EXECUTOR__PHAZE", "async"),
         ],
     );
-    assert_eq!(output.status.code(), Some(2));
-    let text = stderr(&output);
-    assert!(text.contains("(2 problems)"), "{text}");
-    assert!(
-        text.contains(
-            "executor.phaze (from environment variable SWITCHYARD_EXECUTOR__PHAZE): unknown key"
-        ),
-        "{text}"
+    assert_says(
+        &text,
+        &[
+            "(2 problems)",
+            "executor.phaze (from environment variable SWITCHYARD_EXECUTOR__PHAZE): unknown key",
+            "executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE): 0 is out of range",
+        ],
     );
-    assert!(text.contains("executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE): 0 is out of range"), "{text}");
 }
 
 #[test]
 fn a_bad_log_filter_is_a_configuration_error_naming_its_source() {
     let scratch = Scratch::new("log-filter");
-    let refused = echo(&scratch, &[], &[("RUST_LOG", "info,[=")]);
-    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
-    let text = stderr(&refused);
-    assert!(
-        text.contains("RUST_LOG (from the environment): `info,[=`"),
-        "{text}"
+    let text = refused(&scratch, &[], &[("RUST_LOG", "info,[=")]);
+    assert_says(
+        &text,
+        &["RUST_LOG (from the environment): `info,[=`", "accepted:"],
     );
-    assert!(text.contains("accepted:"), "{text}");
 }
 
 #[test]
@@ -296,40 +294,32 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
 /// password as `***` because the URL is a secret type.
 #[test]
 fn addresses_are_typed_and_the_broker_url_prints_without_its_password() {
-    let scratch = Scratch::new("typed");
-    let output = echo(
-        &scratch,
-        &["--check-config"],
+    let text = check_refused(
+        "typed",
         &[
             ("SWITCHYARD_GRPC__LISTEN", "echo:50051"),
             ("SWITCHYARD_METRICS__LISTEN", "9464"),
             ("SWITCHYARD_EXECUTOR__POOL_SIZE", "many"),
         ],
     );
-    assert_eq!(output.status.code(), Some(2));
-    let text = stderr(&output);
-    for needle in [
-        "grpc.listen (from environment variable SWITCHYARD_GRPC__LISTEN): `echo:50051` is not a socket address; accepted: IP:port",
-        "metrics.listen (from environment variable SWITCHYARD_METRICS__LISTEN): `9464` is not a socket address; accepted: IP:port",
-        "or empty (off)",
-        "executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE)",
-    ] {
-        assert!(text.contains(needle), "no `{needle}` in:\n{text}");
-    }
+    assert_says(
+        &text,
+        &[
+            "grpc.listen (from environment variable SWITCHYARD_GRPC__LISTEN): `echo:50051` is not a socket address; accepted: IP:port",
+            "metrics.listen (from environment variable SWITCHYARD_METRICS__LISTEN): `9464` is not a socket address; accepted: IP:port",
+            "or empty (off)",
+            "executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE)",
+        ],
+    );
 
-    let printed = echo(
-        &scratch,
+    let printed = accepted(
+        &Scratch::new("typed"),
         &["--print-config"],
         &[(
             "SWITCHYARD_AMQP__URL",
             "amqp://echo:p4ssw0rd@broker:5672/%2f",
         )],
     );
-    assert_eq!(printed.status.code(), Some(0), "{}", stderr(&printed));
-    let text = stdout(&printed);
-    assert!(
-        text.contains("url = \"amqp://echo:***@broker:5672/%2f\""),
-        "{text}"
-    );
-    assert!(!text.contains("p4ssw0rd"), "{text}");
+    assert_says(&printed, &["url = \"amqp://echo:***@broker:5672/%2f\""]);
+    assert!(!printed.contains("p4ssw0rd"), "{printed}");
 }

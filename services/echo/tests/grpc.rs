@@ -217,12 +217,7 @@ async fn shutdown_lets_the_call_in_flight_finish() {
         tokio::task::yield_now().await;
     }
     server.shutdown.cancel();
-    let reply = tokio::time::timeout(BOUND, call)
-        .await
-        .expect("in time")
-        .expect("join")
-        .expect("finished");
-    assert_eq!(reply.into_inner().text, "drain me");
+    assert_eq!(support::answered(call, BOUND).await.text, "drain me");
     tokio::time::timeout(BOUND, server.served)
         .await
         .expect("server stopped")

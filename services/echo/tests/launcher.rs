@@ -262,14 +262,9 @@ async fn a_dead_worker_is_restarted_and_sigterm_drains_all() {
 
     // SIGTERM drains every worker; the supervisor exits 0.
     launcher.signal("TERM");
-    let deadline = Instant::now() + BOUND;
-    let status = loop {
-        if let Some(status) = launcher.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the supervisor did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status =
+        tokio::task::block_in_place(|| switchyard_testkit::wait_exit(&mut launcher.child, BOUND))
+            .expect("the supervisor exits");
     assert_eq!(status.code(), Some(0), "{}", launcher.log());
     for pid in [replacement, pids[1]] {
         let alive = Command::new("kill")

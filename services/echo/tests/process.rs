@@ -10,9 +10,17 @@ use std::time::{Duration, Instant};
 
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
+use switchyard_telemetry::receiver::OtlpReceiver;
 
 const ECHO: &str = env!("CARGO_BIN_EXE_switchyard-echo");
 const BOUND: Duration = Duration::from_secs(15);
+
+/// An OTLP receiver on a loopback port, and its endpoint URL.
+async fn otlp_receiver() -> (OtlpReceiver, String) {
+    let receiver = OtlpReceiver::loopback().await.expect("an OTLP receiver");
+    let endpoint = receiver.endpoint();
+    (receiver, endpoint)
+}
 
 /// The address that follows `marker` in a log line.
 fn address_after(line: &str, marker: &str) -> Option<String> {
@@ -173,21 +181,11 @@ async fn sigterm_drains_the_call_in_flight_and_exits_zero() {
         .status()
         .expect("kill");
     assert!(kill.success());
-    let reply = tokio::time::timeout(BOUND, call)
-        .await
-        .expect("in time")
-        .expect("join")
-        .expect("the call finished");
-    assert_eq!(reply.into_inner().text, "drain me");
+    assert_eq!(support::answered(call, BOUND).await.text, "drain me");
 
-    let deadline = Instant::now() + BOUND;
-    let status = loop {
-        if let Some(status) = echo.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "echo did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status =
+        tokio::task::block_in_place(|| switchyard_testkit::wait_exit(&mut echo.child, BOUND))
+            .expect("echo exits after SIGTERM");
     assert_eq!(status.code(), Some(0));
     let log: Vec<String> = echo.log.try_iter().collect();
     assert!(
@@ -207,9 +205,7 @@ async fn sigterm_drains_the_call_in_flight_and_exits_zero() {
 /// error (exit 2) naming the variable, not a silent lack of spans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_otel_environment_variables_decide_where_spans_go() {
-    use switchyard_telemetry::receiver::OtlpReceiver;
-    let receiver = OtlpReceiver::loopback().await.expect("receiver");
-    let traces = receiver.endpoint();
+    let (receiver, traces) = otlp_receiver().await;
     let echo = start_echo_with(
         "async",
         &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces.as_str())],
@@ -221,8 +217,7 @@ async fn the_otel_environment_variables_decide_where_spans_go() {
         .await
         .expect("spans exported with only the traces endpoint set");
 
-    let quiet = OtlpReceiver::loopback().await.expect("receiver");
-    let quiet_endpoint = quiet.endpoint();
+    let (quiet, quiet_endpoint) = otlp_receiver().await;
     let echo = start_echo_with(
         "async",
         &[
@@ -278,7 +273,7 @@ async fn the_otel_environment_variables_decide_where_spans_go() {
 /// code of each answer. Over gRPC the same metrics arrive too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_and_metrics_go_over_otlp_http_and_grpc() {
-    use switchyard_telemetry::receiver::{OtlpReceiver, Protocol, ReceivedPoint};
+    use switchyard_telemetry::receiver::{Protocol, ReceivedPoint, find_point};
     let said = |points: &[ReceivedPoint], name: &str| {
         points
             .iter()
@@ -319,10 +314,7 @@ async fn spans_and_metrics_go_over_otlp_http_and_grpc() {
             })
             .await
             .unwrap_or_else(|points| panic!("{wire}: metrics never arrived: {points:#?}"));
-        let completed = points
-            .iter()
-            .find(|p| p.name == "switchyard.endpoint.completed")
-            .expect("completed");
+        let completed = find_point(&points, "switchyard.endpoint.completed").expect("completed");
         assert!(
             completed.kind == "sum" && completed.monotonic,
             "{completed:?}"
@@ -331,10 +323,7 @@ async fn spans_and_metrics_go_over_otlp_http_and_grpc() {
             completed.attributes.get("phase").map(String::as_str),
             Some("async")
         );
-        let responses = points
-            .iter()
-            .find(|p| p.name == "switchyard.endpoint.responses")
-            .expect("responses");
+        let responses = find_point(&points, "switchyard.endpoint.responses").expect("responses");
         assert_eq!(
             responses.attributes.get("code").map(String::as_str),
             Some("OK"),
@@ -363,9 +352,7 @@ async fn spans_and_metrics_go_over_otlp_http_and_grpc() {
 /// id is the one the exported spans have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_lead_to_their_trace() {
-    use switchyard_telemetry::receiver::OtlpReceiver;
-    let receiver = OtlpReceiver::loopback().await.expect("receiver");
-    let traces = receiver.endpoint();
+    let (receiver, traces) = otlp_receiver().await;
     // A Say that blocks its thread in `async`: the slow-poll warning is
     // logged inside the request's dispatch span.
     let echo = start_echo_with(

@@ -14,6 +14,16 @@ use switchyard_proto::echo::v1::echo_client::EchoClient;
 use switchyard_telemetry::receiver::{find_span, has_spans};
 use tracing::Instrument;
 
+/// A Say that takes `wait_ms`, from a caller with `left` before its
+/// deadline (sent as `grpc-timeout`).
+fn say_within(text: &str, wait_ms: u32, left: Duration) -> tonic::Request<SayRequest> {
+    let request = SayRequest {
+        text: text.into(),
+        wait_ms,
+    };
+    deadline(tonic::Request::new(request), Some(left))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_spans_join_the_callers_trace() {
     let (receiver, telemetry) = switchyard_telemetry::receiver::capture("grpc-trace", "bridged")
@@ -26,30 +36,16 @@ async fn server_spans_join_the_callers_trace() {
     let mut client = EchoClient::new(Traced::new(channel, &url));
     let caller = tracing::info_span!("caller");
     // The caller has 5 s left and says so.
-    let request = deadline(
-        tonic::Request::new(SayRequest {
-            text: "traced".into(),
-            wait_ms: 0,
-        }),
-        Some(Duration::from_secs(5)),
-    );
     client
-        .say(request)
+        .say(say_within("traced", 0, Duration::from_secs(5)))
         .instrument(caller.clone())
         .await
         .expect("reply");
     drop(caller);
     // 100 ms left for a call that takes 2 s: the server gives up first.
     let late = tracing::info_span!("late caller");
-    let request = deadline(
-        tonic::Request::new(SayRequest {
-            text: "late".into(),
-            wait_ms: 2000,
-        }),
-        Some(Duration::from_millis(100)),
-    );
     let status = client
-        .say(request)
+        .say(say_within("late", 2000, Duration::from_millis(100)))
         .instrument(late.clone())
         .await
         .expect_err("past its deadline");

@@ -42,10 +42,7 @@ switchyard_app::fleet_settings! {
     /// environment. `[grpc]` serves health and reflection only: the
     /// notifier's API is AMQP.
     pub struct NotifierSettings {
-        executor: ExecutorConfig {
-            phase: switchyard_executor::Phase::Bridged,
-            ..ExecutorConfig::default()
-        },
+        executor: ExecutorConfig::in_phase(switchyard_executor::Phase::Bridged),
         grpc: GrpcConfig {
             listen: switchyard_config::Listen::loopback(50053),
             ..GrpcConfig::default()

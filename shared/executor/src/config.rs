@@ -48,6 +48,14 @@ impl Default for ExecutorConfig {
 }
 
 impl ExecutorConfig {
+    /// The defaults, in `phase`.
+    pub fn in_phase(phase: Phase) -> Self {
+        Self {
+            phase,
+            ..Self::default()
+        }
+    }
+
     /// How many requests this configuration runs at once in its phase.
     pub fn capacity(&self) -> usize {
         match self.phase {

@@ -154,8 +154,24 @@ fn gated(
 
 type Job = tokio::task::JoinHandle<Result<(), DispatchError>>;
 
-/// Starts `count` jobs on a [`gated`] endpoint and waits until each runs;
-/// each gate lets its job finish.
+/// Starts a job on a [`gated`] endpoint and waits until it runs; the gate
+/// lets it finish.
+async fn start_one_gated(
+    endpoint: &switchyard_executor::BoundEndpoint<oneshot::Receiver<()>, ()>,
+    started: &mut mpsc::UnboundedReceiver<()>,
+) -> (oneshot::Sender<()>, Job) {
+    let (gate, wait) = oneshot::channel();
+    let endpoint = endpoint.clone();
+    let job =
+        tokio::spawn(async move { endpoint.dispatch(wait, DispatchOptions::default()).await });
+    tokio::time::timeout(BOUND, started.recv())
+        .await
+        .expect("job started");
+    (gate, job)
+}
+
+/// Starts `count` jobs on a [`gated`] endpoint, one after another, each
+/// running before the next starts.
 async fn start_gated(
     endpoint: &switchyard_executor::BoundEndpoint<oneshot::Receiver<()>, ()>,
     started: &mut mpsc::UnboundedReceiver<()>,
@@ -164,15 +180,9 @@ async fn start_gated(
     let mut gates = Vec::new();
     let mut jobs = Vec::new();
     for _ in 0..count {
-        let (gate, wait) = oneshot::channel();
+        let (gate, job) = start_one_gated(endpoint, started).await;
         gates.push(gate);
-        let endpoint = endpoint.clone();
-        jobs.push(tokio::spawn(async move {
-            endpoint.dispatch(wait, DispatchOptions::default()).await
-        }));
-        tokio::time::timeout(BOUND, started.recv())
-            .await
-            .expect("job started");
+        jobs.push(job);
     }
     (gates, jobs)
 }
@@ -368,14 +378,7 @@ async fn request_whose_deadline_passes_in_the_queue_never_runs() {
     for phase in Phase::ALL {
         let executor = executor(phase, 1);
         let (endpoint, mut started) = gated(&executor);
-        let (gate, wait) = oneshot::channel();
-        let first = {
-            let endpoint = endpoint.clone();
-            tokio::spawn(async move { endpoint.dispatch(wait, DispatchOptions::default()).await })
-        };
-        tokio::time::timeout(BOUND, started.recv())
-            .await
-            .expect("first started");
+        let (gate, first) = start_one_gated(&endpoint, &mut started).await;
         let (_unused, wait) = oneshot::channel();
         let late = endpoint
             .dispatch(
@@ -568,14 +571,7 @@ async fn hung_work_is_reported_once() {
         };
         let executor = Executor::new("test", config).expect("starts");
         let (endpoint, mut started) = gated(&executor);
-        let (gate, wait) = oneshot::channel();
-        let job = {
-            let endpoint = endpoint.clone();
-            tokio::spawn(async move { endpoint.dispatch(wait, DispatchOptions::default()).await })
-        };
-        tokio::time::timeout(BOUND, started.recv())
-            .await
-            .expect("started");
+        let (gate, job) = start_one_gated(&endpoint, &mut started).await;
         let deadline = Instant::now() + BOUND;
         while executor.snapshot().totals.hung == 0 {
             assert!(

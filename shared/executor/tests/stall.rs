@@ -40,15 +40,7 @@ fn a_worker_held_by_one_poll_is_reported_then_freed() {
         .build()
         .expect("runtime");
     let executor = runtime
-        .block_on(async {
-            Executor::new(
-                "held",
-                ExecutorConfig {
-                    phase: Phase::Async,
-                    ..ExecutorConfig::default()
-                },
-            )
-        })
+        .block_on(async { Executor::new("held", ExecutorConfig::in_phase(Phase::Async)) })
         .expect("executor");
     // Idle workers, and busy ones (a task on a worker that yields all the
     // time), are not held.

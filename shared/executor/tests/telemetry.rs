@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use switchyard_executor::{DispatchOptions, Endpoint, Executor, ExecutorConfig, Phase};
+use switchyard_telemetry::receiver::{find_span, has_spans};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_span_carries_phase_and_parent_to_the_collector() {
@@ -11,14 +12,8 @@ async fn dispatch_span_carries_phase_and_parent_to_the_collector() {
         .await
         .expect("telemetry");
 
-    let executor = Executor::new(
-        "phase-test",
-        ExecutorConfig {
-            phase: Phase::Async,
-            ..ExecutorConfig::default()
-        },
-    )
-    .expect("executor");
+    let executor =
+        Executor::new("phase-test", ExecutorConfig::in_phase(Phase::Async)).expect("executor");
     let stalls = executor
         .register(Endpoint::from_async("stalls", |_, ()| async {
             std::thread::sleep(Duration::from_millis(30));
@@ -40,19 +35,12 @@ async fn dispatch_span_carries_phase_and_parent_to_the_collector() {
 
     let spans = receiver
         .wait_for(Duration::from_secs(10), |spans| {
-            spans.iter().any(|s| s.name == "dispatch stalls")
-                && spans.iter().any(|s| s.name == "request")
+            has_spans(spans, &["dispatch stalls", "request"])
         })
         .await
         .unwrap_or_else(|spans| panic!("spans never arrived; got {spans:#?}"));
-    let request = spans
-        .iter()
-        .find(|s| s.name == "request")
-        .expect("request span");
-    let dispatch = spans
-        .iter()
-        .find(|s| s.name == "dispatch stalls")
-        .expect("dispatch span");
+    let request = find_span(&spans, "request").expect("request span");
+    let dispatch = find_span(&spans, "dispatch stalls").expect("dispatch span");
     assert_eq!(dispatch.trace_id, request.trace_id);
     assert_eq!(
         dispatch.parent_span_id, request.span_id,

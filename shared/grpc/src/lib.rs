@@ -76,16 +76,15 @@ impl GrpcConfig {
     /// Range checks, relative to the section.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
-        if !(1024..=256 * 1024 * 1024).contains(&self.max_message_bytes) {
-            problems.push((
-                "max_message_bytes",
-                format!(
-                    "{} is out of range; accepted: 1024 to 268435456",
-                    self.max_message_bytes
-                ),
-            ));
-        }
         use switchyard_config::check;
+        if let Some(problem) = check::within(
+            self.max_message_bytes as u64,
+            1024,
+            256 * 1024 * 1024,
+            "bytes",
+        ) {
+            problems.push(("max_message_bytes", problem));
+        }
         for (key, path) in [
             ("tls_cert_file", &self.tls_cert_file),
             ("tls_key_file", &self.tls_key_file),

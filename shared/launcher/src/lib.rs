@@ -82,16 +82,21 @@ impl Default for LauncherConfig {
 impl LauncherConfig {
     /// Range checks, relative to the section.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
-        if !(1..=64).contains(&self.workers) {
-            problems.push((
+        use switchyard_config::check;
+        let checks = [
+            (
                 "workers",
-                format!("{} is out of range; accepted: 1 to 64", self.workers),
-            ));
-        }
-        if self.ready_timeout_ms == 0 {
-            problems.push(("ready_timeout_ms", "0; accepted: 1 or more".to_string()));
-        }
+                check::within(self.workers as u64, 1, 64, "workers"),
+            ),
+            (
+                "ready_timeout_ms",
+                check::at_least(self.ready_timeout_ms, 1, "ms"),
+            ),
+        ];
+        let mut problems: Vec<_> = checks
+            .into_iter()
+            .filter_map(|(key, problem)| Some((key, problem?)))
+            .collect();
         problems.extend(self.canary.problems(self.workers));
         problems
     }

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::consume::{self, Settle, Settler};
-use crate::rpc::{Bound, bind, declare_durable_queue, declare_exchange};
+use crate::rpc::{Bound, bind, declare_exchange, declare_with_dead_letters};
 use crate::{EndpointError, MessagingError, Transport, wire};
 
 /// Notification priorities, as in oslo.messaging.
@@ -337,9 +337,7 @@ impl NotificationListenerBuilder {
             0 => Bound::Unbounded,
             length => Bound::DropHead(length),
         };
-        let dead_letters = wire::dead_letter_queue(&queue);
-        declare_durable_queue(transport, &queue, bound, Some(&dead_letters)).await?;
-        declare_durable_queue(transport, &dead_letters, Bound::Unbounded, None).await?;
+        let dead_letters = declare_with_dead_letters(transport, &queue, bound).await?;
         for key in &self.bindings {
             bind(&channel, &queue, &exchange, key).await?;
         }
@@ -347,7 +345,7 @@ impl NotificationListenerBuilder {
             channel: channel.clone(),
             transport: transport.clone(),
             retry_queues: Default::default(),
-            dead_letters: wire::dead_letter_queue(&queue),
+            dead_letters,
             queue,
             max_deliveries: config.max_deliveries,
             retry_delay: Duration::from_millis(config.retry_delay_ms),

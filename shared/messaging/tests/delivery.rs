@@ -8,22 +8,9 @@ use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
 use prost::Message;
-use support::{EchoServer, Rig, recv, text};
+use support::{EchoServer, Rig, echo_on, finish, recv, text};
 use switchyard_executor::Phase;
 use switchyard_messaging::{RpcClient, Target, wire};
-
-/// An `async` echo server of `capacity` on a fresh exchange configured by
-/// `adjust`, a client, and the server's topic.
-async fn echo_on(
-    adjust: impl FnOnce(&mut switchyard_messaging::AmqpConfig),
-    capacity: usize,
-) -> (Rig, EchoServer, RpcClient, Target) {
-    let rig = Rig::with(adjust).await;
-    let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, capacity).await;
-    let client = RpcClient::new(&rig.transport).await.expect("client");
-    let target = Target::topic(rig.exchange(), "echo");
-    (rig, echo, client, target)
-}
 
 /// The echo topic's queue, and its retry queue for the first delay.
 fn echo_queues(rig: &Rig) -> (String, String) {
@@ -46,7 +33,7 @@ fn reason(message: &lapin::message::BasicGetMessage) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_then_dead_lettered() {
-    let (rig, mut echo, client, target) = echo_on(|_| {}, 4).await;
+    let (rig, mut echo, client, target) = echo_on(|_| {}, Phase::Async, 4).await;
 
     cast(&client, &target, "flaky").await;
     for delivery in 1..=3 {
@@ -79,8 +66,7 @@ async fn transient_failures_are_retried_then_dead_lettered() {
         "the dead letter was not delivered a fourth time"
     );
 
-    echo.stop().await;
-    rig.cleanup(&["echo"], &[]).await;
+    finish(rig, echo).await;
 }
 
 /// A message waiting for its retry waits in the broker (a retry queue that
@@ -89,7 +75,8 @@ async fn transient_failures_are_retried_then_dead_lettered() {
 /// its delay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_for_its_retry_holds_no_prefetch_slot() {
-    let (rig, mut echo, client, target) = echo_on(|config| config.retry_delay_ms = 3_000, 1).await;
+    let (rig, mut echo, client, target) =
+        echo_on(|config| config.retry_delay_ms = 3_000, Phase::Async, 1).await;
 
     cast(&client, &target, "flaky").await;
     assert_eq!(recv(&mut echo.seen).await, "flaky");
@@ -108,8 +95,7 @@ async fn a_message_waiting_for_its_retry_holds_no_prefetch_slot() {
         failed_at.elapsed()
     );
 
-    echo.stop().await;
-    rig.cleanup(&["echo"], &[]).await;
+    finish(rig, echo).await;
 }
 
 /// A retry or dead-letter queue that is gone when a message is parked in
@@ -120,7 +106,8 @@ async fn a_message_waiting_for_its_retry_holds_no_prefetch_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_parked_in_a_deleted_queue_is_not_lost() {
     use lapin::options::QueueDeleteOptions;
-    let (rig, mut echo, client, target) = echo_on(|config| config.max_deliveries = 2, 1).await;
+    let (rig, mut echo, client, target) =
+        echo_on(|config| config.max_deliveries = 2, Phase::Async, 1).await;
     let (queue, retry_queue) = echo_queues(&rig);
     let dead_letters = wire::dead_letter_queue(&queue);
     let channel = rig.transport.channel().await.expect("channel");
@@ -160,8 +147,7 @@ async fn a_message_parked_in_a_deleted_queue_is_not_lost() {
         reason(&dead[0])
     );
 
-    echo.stop().await;
-    rig.cleanup(&["echo"], &[]).await;
+    finish(rig, echo).await;
 }
 
 /// A retry queue that cannot be declared — here a quorum one left by an
@@ -171,7 +157,8 @@ async fn a_message_parked_in_a_deleted_queue_is_not_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
     use lapin::options::QueueDeclareOptions;
-    let (rig, mut echo, client, target) = echo_on(|config| config.max_deliveries = 2, 1).await;
+    let (rig, mut echo, client, target) =
+        echo_on(|config| config.max_deliveries = 2, Phase::Async, 1).await;
     let (queue, retry_queue) = echo_queues(&rig);
     let mut quorum = FieldTable::default();
     wire::set_str(&mut quorum, "x-queue-type", "quorum");
@@ -194,8 +181,7 @@ async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
     let dead = rig.drain(&wire::dead_letter_queue(&queue), 1).await;
     assert!(reason(&dead[0]).contains("gave up after 2 deliveries"));
 
-    echo.stop().await;
-    rig.cleanup(&["echo"], &[]).await;
+    finish(rig, echo).await;
 }
 
 /// Quorum queues (the default) count deliveries themselves: a message
@@ -288,8 +274,7 @@ async fn a_classic_queue_left_by_an_earlier_version_is_used_as_it_is() {
         .expect("cast");
     assert_eq!(recv(&mut echo.seen).await, "still served");
 
-    echo.stop().await;
-    rig.cleanup(&["echo"], &[]).await;
+    finish(rig, echo).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,6 +381,5 @@ async fn bad_messages_are_dead_lettered_with_their_reason() {
         "no bad message reached the endpoint"
     );
 
-    echo.stop().await;
-    rig.cleanup(&["echo"], &[]).await;
+    finish(rig, echo).await;
 }

@@ -72,22 +72,15 @@ async fn pools_each_get_everything_and_members_share() {
     const N: u32 = 40;
     publish_recorded(&notifier, N).await;
     // Another priority and another event type: nobody subscribed.
-    notifier
-        .notify(
-            Priority::Debug,
-            "sample.recorded",
-            &SampleRecorded::default(),
-        )
-        .await
-        .expect("confirmed");
-    notifier
-        .notify(
-            Priority::Info,
-            "alarm.state_changed",
-            &SampleRecorded::default(),
-        )
-        .await
-        .expect("confirmed");
+    for (priority, event_type) in [
+        (Priority::Debug, "sample.recorded"),
+        (Priority::Info, "alarm.state_changed"),
+    ] {
+        notifier
+            .notify(priority, event_type, &SampleRecorded::default())
+            .await
+            .expect("confirmed");
+    }
 
     let mut received = Vec::new();
     while received.len() < 2 * N as usize {

@@ -201,15 +201,9 @@ impl Drop for RemoveUser {
 
 /// `rabbitmqctl -q ARGS`, which must succeed; its output.
 fn rabbitmqctl(args: &[&str]) -> String {
-    let output = Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = switchyard_testkit::succeeded(
+        Command::new("rabbitmqctl").arg("-q").args(args),
+        &format!("rabbitmqctl {args:?}"),
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

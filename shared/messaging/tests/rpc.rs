@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{BOUND, EchoServer, Rig, executor, recv, say, text};
+use support::{BOUND, Rig, echo_on, executor, finish, recv, say, text};
 use switchyard_executor::Phase;
 use switchyard_messaging::{CallError, RpcClient, RpcServer, Target};
 use switchyard_proto::echo::v1::{SayReply, SayRequest};
@@ -84,10 +84,7 @@ async fn call_cast_and_fanout_in_every_phase() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_each_get_their_own_reply() {
-    let rig = Rig::new().await;
-    let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 64).await;
-    let client = RpcClient::new(&rig.transport).await.expect("client");
-    let target = Target::topic(rig.exchange(), "echo");
+    let (rig, echo, client, target) = echo_on(|_| {}, Phase::Async, 64).await;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..200u32 {
         let (client, target) = (client.clone(), target.clone());
@@ -107,16 +104,12 @@ async fn concurrent_calls_each_get_their_own_reply() {
         done.expect("call task");
     }
     assert_eq!(echo.executor.snapshot().totals.completed, 200);
-    echo.stop().await;
-    rig.cleanup(&["echo"], &[]).await;
+    finish(rig, echo).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failure_is_a_distinct_error() {
-    let rig = Rig::new().await;
-    let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Bridged, 4).await;
-    let client = RpcClient::new(&rig.transport).await.expect("client");
-    let target = Target::topic(rig.exchange(), "echo");
+    let (rig, echo, client, target) = echo_on(|_| {}, Phase::Bridged, 4).await;
 
     let missing = client
         .call::<_, SayReply>(&target, "shout", &text("x"), BOUND)
@@ -149,36 +142,34 @@ async fn each_failure_is_a_distinct_error() {
     echo.stop().await;
 
     // The topic queue still exists, but nobody consumes it: fail fast.
+    assert_nobody_takes(&client, &target, "anyone?").await;
+
+    // A topic nobody ever declared: the broker returns the mandatory message.
+    let never = Target::topic(rig.exchange(), "never-declared");
+    assert_nobody_takes(&client, &never, "hello?").await;
+    let cast = client.cast(&never, "say", &text("lost?")).await;
+    assert!(
+        matches!(cast, Err(CallError::NoConsumers { .. })),
+        "a cast nobody can take is refused: {cast:?}"
+    );
+
+    rig.cleanup(&["echo"], &[]).await;
+}
+
+/// A call to `target` that no consumer can take fails with `NoConsumers`
+/// within 3 s, not at its 30 s timeout.
+async fn assert_nobody_takes(client: &RpcClient, target: &Target, said: &str) {
     let started = Instant::now();
-    let nobody = client
-        .call::<_, SayReply>(&target, "say", &text("anyone?"), Duration::from_secs(30))
+    let result = client
+        .call::<_, SayReply>(target, "say", &text(said), Duration::from_secs(30))
         .await;
     assert!(
-        matches!(nobody, Err(CallError::NoConsumers { .. })),
-        "{nobody:?}"
+        matches!(result, Err(CallError::NoConsumers { .. })),
+        "{result:?}"
     );
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "took {:?}",
         started.elapsed()
     );
-
-    // A topic nobody ever declared: the broker returns the mandatory message.
-    let never = Target::topic(rig.exchange(), "never-declared");
-    let started = Instant::now();
-    let unroutable = client
-        .call::<_, SayReply>(&never, "say", &text("hello?"), Duration::from_secs(30))
-        .await;
-    assert!(
-        matches!(unroutable, Err(CallError::NoConsumers { .. })),
-        "{unroutable:?}"
-    );
-    let cast = client.cast(&never, "say", &text("lost?")).await;
-    assert!(
-        matches!(cast, Err(CallError::NoConsumers { .. })),
-        "a cast nobody can take is refused: {cast:?}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(3));
-
-    rig.cleanup(&["echo"], &[]).await;
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use support::{EchoServer, Rig, text};
+use support::{EchoServer, Rig, finish, serve_loopback, text};
 use switchyard_config::SecretUrl;
 use switchyard_executor::Phase;
 use switchyard_messaging::{AmqpConfig, RpcClient, Target, Transport};
@@ -27,27 +27,21 @@ const METHOD_FRAME: u8 = 1;
 /// Cancelling `cut` closes the connections relayed so far; later ones are
 /// relayed as before.
 async fn confirm_swallowing_proxy(swallow: Arc<AtomicBool>, cut: CancellationToken) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let relayed = relay(client, Arc::clone(&swallow));
-            // Connections made after the cut stay.
-            let cut = (!cut.is_cancelled()).then(|| cut.clone());
-            tokio::spawn(async move {
-                match cut {
-                    Some(cut) => tokio::select! {
-                        () = relayed => {}
-                        () = cut.cancelled() => {}
-                    },
-                    None => relayed.await,
-                }
-            });
+    serve_loopback(move |client| {
+        let relayed = relay(client, Arc::clone(&swallow));
+        // Connections made after the cut stay.
+        let cut = (!cut.is_cancelled()).then(|| cut.clone());
+        async move {
+            match cut {
+                Some(cut) => tokio::select! {
+                    () = relayed => {}
+                    () = cut.cancelled() => {}
+                },
+                None => relayed.await,
+            }
         }
-    });
-    port
+    })
+    .await
 }
 
 async fn relay(client: tokio::net::TcpStream, swallow: Arc<AtomicBool>) {
@@ -150,8 +144,7 @@ async fn a_channel_whose_confirms_stop_is_declared_lost() {
     );
 
     transport.close().await;
-    echo.stop().await;
-    rig.cleanup(&["echo"], &[]).await;
+    finish(rig, echo).await;
 }
 
 /// A confirm lost with a connection that failed and came back is not a
@@ -191,6 +184,5 @@ async fn a_confirm_lost_with_a_recovered_connection_is_not_a_stall() {
     );
 
     transport.close().await;
-    echo.stop().await;
-    rig.cleanup(&["echo"], &[]).await;
+    finish(rig, echo).await;
 }

@@ -20,25 +20,19 @@ async fn tls_proxy(certified: &rcgen::CertifiedKey<rcgen::KeyPair>) -> u16 {
         .with_single_cert(vec![certified.cert.der().clone()], key)
         .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
-            });
+    support::serve_loopback(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
         }
-    });
-    port
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,10 +46,7 @@ async fn the_servers_spans_carry_the_callers_trace() {
         .unwrap_or_else(|spans| panic!("spans never arrived: {spans:#?}"));
     let find = |name: &str| find_span(&spans, name).unwrap_or_else(|| panic!("no span {name}"));
     let caller = find("caller");
-    let publish = spans
-        .iter()
-        .find(|s| s.name == format!("publish {}", rig.exchange()))
-        .expect("publish span");
+    let publish = find(&format!("publish {}", rig.exchange()));
     let process = find(&process_name);
     let dispatch = find("dispatch say");
     assert_eq!(publish.parent_span_id, caller.span_id);

@@ -597,18 +597,21 @@ mod tests {
         }
     }
 
+    /// The verdict on `canary` against `main` under the test settings.
+    fn verdict(canary: &Sample, main: &Sample) -> Verdict {
+        judge(canary, main, &config()).verdict
+    }
+
+    fn fails(signal: Signal, hard: bool) -> Verdict {
+        Verdict::Fail { signal, hard }
+    }
+
     #[test]
     fn too_few_calls_on_either_side_are_inconclusive_never_a_failure() {
         let terrible = sample(19, 19, 19, 1_000_000, 1);
         let good = sample(500, 0, 0, 1_000, 2);
-        assert_eq!(
-            judge(&terrible, &good, &config()).verdict,
-            Verdict::Inconclusive
-        );
-        assert_eq!(
-            judge(&good, &terrible, &config()).verdict,
-            Verdict::Inconclusive
-        );
+        assert_eq!(verdict(&terrible, &good), Verdict::Inconclusive);
+        assert_eq!(verdict(&good, &terrible), Verdict::Inconclusive);
     }
 
     #[test]
@@ -616,11 +619,7 @@ mod tests {
         for seed in 0..20 {
             let canary = sample(300, 1, 0, 20_000, seed);
             let main = sample(300, 1, 0, 20_000, seed + 7_919);
-            assert_eq!(
-                judge(&canary, &main, &config()).verdict,
-                Verdict::Pass,
-                "seed {seed}"
-            );
+            assert_eq!(verdict(&canary, &main), Verdict::Pass, "seed {seed}");
         }
     }
 
@@ -632,7 +631,7 @@ mod tests {
         let mut canary = sample(40, 0, 0, 60_000, 4);
         canary.run_times_us[0] = 524_288;
         canary.run_times_us[1] = 400_000;
-        assert_eq!(judge(&canary, &main, &config()).verdict, Verdict::Pass);
+        assert_eq!(verdict(&canary, &main), Verdict::Pass);
     }
 
     #[test]
@@ -642,13 +641,7 @@ mod tests {
             &sample(200, 0, 0, 20_000, 6),
             &config(),
         );
-        assert_eq!(
-            judgement.verdict,
-            Verdict::Fail {
-                signal: Signal::Latency,
-                hard: false
-            }
-        );
+        assert_eq!(judgement.verdict, fails(Signal::Latency, false));
         assert!(judgement.evidence.p_latency < 0.01);
         assert!((judgement.evidence.latency_effect - 1.0).abs() < 0.1);
     }
@@ -667,20 +660,14 @@ mod tests {
         // 200 µs against 100 µs: twice as slow, but by 0.1 ms (margin 5 ms).
         let canary = sample(500, 0, 0, 200, 9);
         let main = sample(500, 0, 0, 100, 10);
-        assert_eq!(judge(&canary, &main, &config()).verdict, Verdict::Pass);
+        assert_eq!(verdict(&canary, &main), Verdict::Pass);
     }
 
     #[test]
     fn every_canary_call_slower_than_every_main_call_is_a_hard_failure() {
         let canary = sample(100, 0, 0, 100_000, 11);
         let main = sample(100, 0, 0, 10_000, 12);
-        assert_eq!(
-            judge(&canary, &main, &config()).verdict,
-            Verdict::Fail {
-                signal: Signal::Latency,
-                hard: true
-            }
-        );
+        assert_eq!(verdict(&canary, &main), fails(Signal::Latency, true));
     }
 
     #[test]
@@ -690,13 +677,7 @@ mod tests {
             &sample(400, 0, 0, 1_000, 14),
             &config(),
         );
-        assert_eq!(
-            judgement.verdict,
-            Verdict::Fail {
-                signal: Signal::ErrorRate,
-                hard: false
-            }
-        );
+        assert_eq!(judgement.verdict, fails(Signal::ErrorRate, false));
     }
 
     #[test]
@@ -704,33 +685,21 @@ mod tests {
         let canary = sample(30, 1, 0, 1_000, 15);
         let main = sample(30, 0, 0, 1_000, 16);
         // 3.3 points above the margin of 2, but one call in thirty.
-        assert_eq!(judge(&canary, &main, &config()).verdict, Verdict::Pass);
+        assert_eq!(verdict(&canary, &main), Verdict::Pass);
     }
 
     #[test]
     fn most_calls_failing_is_a_hard_failure() {
         let canary = sample(100, 60, 0, 1_000, 17);
         let main = sample(100, 0, 0, 1_000, 18);
-        assert_eq!(
-            judge(&canary, &main, &config()).verdict,
-            Verdict::Fail {
-                signal: Signal::ErrorRate,
-                hard: true
-            }
-        );
+        assert_eq!(verdict(&canary, &main), fails(Signal::ErrorRate, true));
     }
 
     #[test]
     fn a_loop_blocked_on_every_call_is_a_hard_failure_on_slow_polls() {
         let canary = sample(60, 0, 60, 15_000, 19);
         let main = sample(60, 0, 0, 15_000, 20);
-        assert_eq!(
-            judge(&canary, &main, &config()).verdict,
-            Verdict::Fail {
-                signal: Signal::SlowPolls,
-                hard: true
-            }
-        );
+        assert_eq!(verdict(&canary, &main), fails(Signal::SlowPolls, true));
     }
 
     #[test]
@@ -738,7 +707,7 @@ mod tests {
         // Two slow polls in 200 calls on the canary, none on the main side.
         let canary = sample(200, 0, 2, 5_000, 21);
         let main = sample(200, 0, 0, 5_000, 22);
-        assert_eq!(judge(&canary, &main, &config()).verdict, Verdict::Pass);
+        assert_eq!(verdict(&canary, &main), Verdict::Pass);
     }
 
     #[test]

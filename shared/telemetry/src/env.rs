@@ -154,20 +154,15 @@ pub fn export(
                 "metrics are served for scraping (OTEL_METRICS_EXPORTER=otlp pushes them)",
             ));
         }
-        (Signal::Traces, Some(_)) => {
+        (_, Some(_)) => {
             return Err(EnvProblem {
                 variable: exporter,
                 value: chosen.unwrap_or_default(),
                 problem: "is not an exporter this build has",
-                accepted: "otlp, none",
-            });
-        }
-        (Signal::Metrics, Some(_)) => {
-            return Err(EnvProblem {
-                variable: exporter,
-                value: chosen.unwrap_or_default(),
-                problem: "is not an exporter this build has",
-                accepted: "prometheus, otlp, none",
+                accepted: match signal {
+                    Signal::Traces => "otlp, none",
+                    Signal::Metrics => "prometheus, otlp, none",
+                },
             });
         }
     }

@@ -288,6 +288,11 @@ pub fn find_span<'a>(spans: &'a [ReceivedSpan], name: &str) -> Option<&'a Receiv
     spans.iter().find(|span| span.name == name)
 }
 
+/// The first of `points` of the metric `name`.
+pub fn find_point<'a>(points: &'a [ReceivedPoint], name: &str) -> Option<&'a ReceivedPoint> {
+    points.iter().find(|point| point.name == name)
+}
+
 /// Whether every one of `names` names one of `spans`.
 pub fn has_spans(spans: &[ReceivedSpan], names: &[&str]) -> bool {
     names.iter().all(|name| find_span(spans, name).is_some())

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard_telemetry::receiver::OtlpReceiver;
+use switchyard_telemetry::receiver::{OtlpReceiver, find_span};
 use switchyard_telemetry::{Identity, TelemetryConfig};
 
 #[test]
@@ -43,10 +43,7 @@ fn shutdown_inside_a_current_thread_runtime_flushes_without_deadlock() {
             spans.iter().any(|s| s.name == "inside current thread")
         }))
         .unwrap_or_else(|spans| panic!("span never arrived: {spans:#?}"));
-    let span = spans
-        .iter()
-        .find(|s| s.name == "inside current thread")
-        .expect("span");
+    let span = find_span(&spans, "inside current thread").expect("span");
     assert_eq!(
         span.resource.get("switchyard.phase").map(String::as_str),
         Some("threaded")

@@ -11,12 +11,18 @@ fn trace_id(span: &tracing::Span) -> String {
     span.context().span().span_context().trace_id().to_string()
 }
 
-#[test]
-fn context_crosses_header_pairs_and_metadata() {
+/// Runs `test` with spans that carry OpenTelemetry contexts (the default
+/// propagators).
+fn traced(test: impl FnOnce()) {
     let provider = SdkTracerProvider::builder().build();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    tracing::subscriber::with_default(subscriber, || {
+    tracing::subscriber::with_default(subscriber, test);
+}
+
+#[test]
+fn context_crosses_header_pairs_and_metadata() {
+    traced(|| {
         let producer = tracing::info_span!("publish");
         let headers = propagation::inject(&producer);
         let traceparent = headers.get("traceparent").expect("traceparent injected");
@@ -45,10 +51,7 @@ fn context_crosses_header_pairs_and_metadata() {
 /// is injected again into what that consumer sends on.
 #[test]
 fn baggage_crosses_a_hop_with_the_trace() {
-    let provider = SdkTracerProvider::builder().build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    tracing::subscriber::with_default(subscriber, || {
+    traced(|| {
         let producer = tracing::info_span!("publish");
         let mut headers = propagation::inject(&producer);
         headers.insert("baggage".into(), "tenant=acme,rollout=canary".into());

@@ -1,6 +1,7 @@
 //! What the test suites of several crates share (a dev-dependency only):
 //! a loopback port for a service that must be told its port, the services
-//! a gRPC server lists by reflection, and a log a test can read.
+//! a gRPC server lists by reflection, a log a test can read, and bounded
+//! waits for a child process and a command.
 
 #![warn(missing_docs)]
 
@@ -92,4 +93,43 @@ impl Log {
             .map(|text| String::from_utf8_lossy(&text).into_owned())
             .unwrap_or_default()
     }
+}
+
+/// Waits at most `bound` for `child` to exit: its status, or `None` (the
+/// child is then killed, so that no test leaves a process behind). Polls,
+/// because `Child::wait` cannot be bounded; call it from a thread that may
+/// block (in a multi-threaded Tokio test, inside `block_in_place`).
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    bound: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if started.elapsed() < bound => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// Runs `command` to its end and insists that it succeeded: its output.
+/// The panic names `what` and quotes the command's stderr.
+pub fn succeeded(command: &mut std::process::Command, what: &str) -> std::process::Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("{what} does not run: {error}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }

@@ -95,6 +95,19 @@ pub async fn start_with(
     }
 }
 
+/// What a spawned call answered; it must succeed within `bound`.
+pub async fn answered<T>(
+    call: tokio::task::JoinHandle<Result<tonic::Response<T>, tonic::Status>>,
+    bound: Duration,
+) -> T {
+    tokio::time::timeout(bound, call)
+        .await
+        .expect("the call finished in time")
+        .expect("the call's task ran")
+        .expect("the call succeeded")
+        .into_inner()
+}
+
 /// Starts `command` logging at `info` without colours to a piped stderr
 /// (stdout discarded); returns the child and its log lines.
 pub fn spawn_logged(

@@ -16,7 +16,7 @@ pub(crate) mod topology;
 pub use client::RpcClient;
 pub use server::{RpcServer, RpcServerBuilder};
 pub use topology::{Bound, durable_queue_arguments};
-pub(crate) use topology::{bind, declare_durable_queue, declare_exchange};
+pub(crate) use topology::{bind, declare_exchange, declare_with_dead_letters};
 
 /// Where RPC messages go: oslo.messaging's target.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use switchyard_proto::messaging::v1::{RpcError, rpc_error};
 
 use super::topology::{
-    Bound, bind, declare_durable_queue, declare_exchange, declare_instance_queue,
+    Bound, bind, declare_exchange, declare_instance_queue, declare_with_dead_letters,
 };
 use crate::consume::{self, Settle, Settler};
 use crate::{EndpointError, MessagingError, Transport, wire};
@@ -103,9 +103,7 @@ impl RpcServerBuilder {
             0 => Bound::Unbounded,
             length => Bound::RejectPublish(length),
         };
-        let dead_letters = wire::dead_letter_queue(&topic_queue);
-        declare_durable_queue(transport, &topic_queue, bound, Some(&dead_letters)).await?;
-        declare_durable_queue(transport, &dead_letters, Bound::Unbounded, None).await?;
+        let dead_letters = declare_with_dead_letters(transport, &topic_queue, bound).await?;
         bind(&channel, &topic_queue, &exchange, &self.topic).await?;
         for (queue, source, key) in [
             (

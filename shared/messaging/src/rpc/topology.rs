@@ -164,6 +164,20 @@ pub(crate) async fn declare_durable_queue(
     }
 }
 
+/// Declares `queue` ([`declare_durable_queue`]) and its dead-letter queue
+/// ([`wire::dead_letter_queue`]), where the broker and the consumers park
+/// what cannot be handled: the dead-letter queue's name.
+pub(crate) async fn declare_with_dead_letters(
+    transport: &Transport,
+    queue: &str,
+    bound: Bound,
+) -> Result<String, MessagingError> {
+    let dead_letters = wire::dead_letter_queue(queue);
+    declare_durable_queue(transport, queue, bound, Some(&dead_letters)).await?;
+    declare_durable_queue(transport, &dead_letters, Bound::Unbounded, None).await?;
+    Ok(dead_letters)
+}
+
 /// How long a retry queue outlives its last declaration: it is gone a
 /// minute (plus its delay) after the last service that used it stopped.
 pub(crate) const RETRY_QUEUE_IDLE: Duration = Duration::from_secs(60);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
-use switchyard_messaging::{AmqpConfig, EndpointError, Transport, wire};
+use switchyard_messaging::{AmqpConfig, EndpointError, RpcClient, Target, Transport, wire};
 use switchyard_proto::echo::v1::{SayReply, SayRequest};
 use tokio::sync::mpsc;
 
@@ -176,6 +176,45 @@ pub async fn recv(seen: &mut mpsc::UnboundedReceiver<String>) -> String {
         .await
         .expect("endpoint ran in time")
         .expect("sender alive")
+}
+
+/// Listens on a loopback port the kernel picks and runs `handle` on a task
+/// for each connection: the port.
+pub async fn serve_loopback<F, Fut>(handle: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(handle(stream));
+        }
+    });
+    port
+}
+
+/// An echo server in `phase` of `capacity` on a fresh exchange configured
+/// by `adjust`, a client, and the server's topic.
+pub async fn echo_on(
+    adjust: impl FnOnce(&mut AmqpConfig),
+    phase: Phase,
+    capacity: usize,
+) -> (Rig, EchoServer, RpcClient, Target) {
+    let rig = Rig::with(adjust).await;
+    let echo = EchoServer::start(&rig.transport, rig.exchange(), phase, capacity).await;
+    let client = RpcClient::new(&rig.transport).await.expect("client");
+    let target = Target::topic(rig.exchange(), "echo");
+    (rig, echo, client, target)
+}
+
+/// Stops `echo`, then deletes what `rig` declared for it and closes.
+pub async fn finish(rig: Rig, echo: EchoServer) {
+    echo.stop().await;
+    rig.cleanup(&["echo"], &[]).await;
 }
 
 /// An echo server (`say`) on a topic `echo` of `exchange`.
