@@ -164,13 +164,7 @@ impl Broker {
 }
 
 pub fn executor(phase: Phase) -> anyhow::Result<Executor> {
-    Ok(Executor::new(
-        "bench",
-        ExecutorConfig {
-            phase,
-            ..ExecutorConfig::default()
-        },
-    )?)
+    Ok(Executor::new("bench", ExecutorConfig::in_phase(phase))?)
 }
 
 /// Echo, waiting `wait_ms` of the request: sleeping when blocking, awaiting when async.

@@ -1,5 +1,6 @@
-//! Peak memory with 1,000 requests dispatched at once, per phase: measured in
-//! a child process per contender, so one contender's peak cannot hide another's.
+//! Peak memory with 1,000 requests dispatched at once, per phase: the median
+//! of five probes, each in a child process of its own, so that one
+//! contender's peak cannot hide another's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,8 +80,22 @@ pub async fn probe(contender: &str) -> anyhow::Result<u64> {
     Ok(held.saturating_sub(before))
 }
 
-/// In the parent: run the probe for `contender` in a child process.
+/// How many times the probe runs per contender. One reading moves by a few
+/// hundred KiB from run to run (which pages the runtime's threads touch
+/// first), a few tenths of a KiB per request; the median of five does not.
+const PROBES: usize = 5;
+
+/// In the parent: the median of [`PROBES`] probes for `contender`, each in
+/// a child process of its own.
 pub fn measure(contender: &str) -> anyhow::Result<u64> {
+    let mut readings = (0..PROBES)
+        .map(|_| probe_once(contender))
+        .collect::<anyhow::Result<Vec<u64>>>()?;
+    readings.sort_unstable();
+    Ok(readings[PROBES / 2])
+}
+
+fn probe_once(contender: &str) -> anyhow::Result<u64> {
     let exe = std::env::current_exe()?;
     let output = std::process::Command::new(exe)
         .args(["--memory-probe", contender])

@@ -6,8 +6,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{Either, FutureExt};
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::error::Elapsed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -282,11 +284,23 @@ impl Executor {
     }
 }
 
-/// Per-request bookkeeping that travels with the work to whichever thread runs it.
-struct Admitted {
-    _slot: OwnedSemaphorePermit,
+/// A request's share of the executor's capacity, held until its work ends
+/// (shutdown waits for every one).
+struct Slot {
+    _permit: OwnedSemaphorePermit,
     _accepted: TaskTrackerToken,
     enqueued: Instant,
+}
+
+impl Slot {
+    fn holding(self, span: Span) -> Admitted {
+        Admitted { slot: self, span }
+    }
+}
+
+/// Per-request bookkeeping that travels with the work to whichever thread runs it.
+struct Admitted {
+    slot: Slot,
     span: Span,
 }
 
@@ -321,14 +335,44 @@ where
     /// Runs the endpoint on `request` in the executor's phase. Waits for
     /// capacity first (back-pressure), bounded by the deadline and the wait
     /// budget.
-    pub async fn dispatch(
+    ///
+    /// Every request in flight holds the returned future, so its size is
+    /// the executor's memory per request (`scripts/bench`'s memory cell).
+    /// Hence plain functions that return futures where an `async fn` would
+    /// keep its arguments in its state beside the future they move into:
+    /// the options and the parent span are spent before the first await.
+    pub fn dispatch(
         &self,
         request: Req,
         options: DispatchOptions,
-    ) -> Result<Out, DispatchError> {
-        let inner = &self.executor.inner;
-        let phase = inner.config.phase;
-        let parent = options.parent.unwrap_or_else(Span::current);
+    ) -> impl Future<Output = Result<Out, DispatchError>> + Send + '_ {
+        let DispatchOptions {
+            deadline,
+            wait_budget,
+            parent,
+        } = options;
+        let span = self.dispatch_span(parent, deadline);
+        async move {
+            let result = match self.admit(deadline, wait_budget).await {
+                Ok(slot) => {
+                    self.run(request, deadline, slot.holding(span.clone()))
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = &result {
+                span.record("otel.status_code", "ERROR");
+                span.record("error.message", field::display(error));
+            }
+            result
+        }
+    }
+
+    /// The request's `dispatch` span, under `parent` (the current span
+    /// when `None`).
+    fn dispatch_span(&self, parent: Option<Span>, deadline: Option<Instant>) -> Span {
+        let phase = self.executor.inner.config.phase;
+        let parent = parent.unwrap_or_else(Span::current);
         let span = tracing::info_span!(
             parent: &parent,
             "dispatch",
@@ -344,23 +388,12 @@ where
             otel.status_code = field::Empty,
             error.message = field::Empty,
         );
-        if let Some(deadline) = options.deadline {
+        if let Some(deadline) = deadline {
             // What the caller left it, as it arrived.
             let left = deadline.saturating_duration_since(Instant::now());
             span.record("switchyard.deadline_ms", left.as_millis() as i64);
         }
-        let admitted = self
-            .admit(options.deadline, options.wait_budget, span.clone())
-            .await;
-        let result = match admitted {
-            Ok(admitted) => self.run(request, options.deadline, admitted).await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = &result {
-            span.record("otel.status_code", "ERROR");
-            span.record("error.message", field::display(error));
-        }
-        result
+        span
     }
 
     /// Waits for a slot, counting the wait as `queued`.
@@ -368,8 +401,7 @@ where
         &self,
         deadline: Option<Instant>,
         wait_budget: Option<Duration>,
-        span: Span,
-    ) -> Result<Admitted, DispatchError> {
+    ) -> Result<Slot, DispatchError> {
         let inner = &self.executor.inner;
         if inner.closing.is_cancelled() {
             return Err(DispatchError::ShuttingDown);
@@ -381,28 +413,19 @@ where
             (a, b) => a.or(b),
         };
         self.counters.queued.fetch_add(1, Relaxed);
-        let acquire = Arc::clone(&inner.slots).acquire_owned();
-        let acquired = match give_up {
-            Some(limit) => {
-                tokio::time::timeout_at(tokio::time::Instant::from_std(limit), acquire).await
-            }
-            None => Ok(acquire.await),
-        };
+        let acquired = bounded(give_up, Arc::clone(&inner.slots).acquire_owned()).await;
         self.counters.queued.fetch_sub(1, Relaxed);
         match acquired {
-            Ok(Ok(slot)) => Ok(Admitted {
-                _slot: slot,
+            Ok(Ok(permit)) => Ok(Slot {
+                _permit: permit,
                 _accepted: inner.accepted.token(),
                 enqueued,
-                span,
             }),
             // The semaphore is closed only by shutdown.
             Ok(Err(_closed)) => Err(DispatchError::ShuttingDown),
             Err(_elapsed) if deadline.is_some_and(|d| Instant::now() >= d) => {
                 self.count_finished_without_running(true);
-                Err(DispatchError::DeadlineExceeded {
-                    endpoint: self.name.to_string(),
-                })
+                Err(self.deadline_exceeded())
             }
             Err(_elapsed) => {
                 self.count_finished_without_running(false);
@@ -422,12 +445,12 @@ where
         }
     }
 
-    async fn run(
+    fn run(
         &self,
         request: Req,
         deadline: Option<Instant>,
         admitted: Admitted,
-    ) -> Result<Out, DispatchError> {
+    ) -> impl Future<Output = Result<Out, DispatchError>> + Send + 'static {
         let inner = &self.executor.inner;
         let job = self.job(request, deadline, admitted);
         let outcome = match (&inner.pool, &self.body) {
@@ -454,11 +477,11 @@ where
             // docs/benchmarks.md). The body is the caller's future now: a
             // caller that gives up (a gRPC client gone) drops it, and
             // `Unfinished` counts it as failed.
-            (None, Body::Async(_)) => return self.async_task(job).await,
+            (None, Body::Async(_)) => return Either::Left(self.async_task(job)),
         };
         // The sender is dropped without a value only when the work was
         // abandoned at the end of a shutdown.
-        outcome.await.unwrap_or(Err(DispatchError::ShuttingDown))
+        Either::Right(outcome.map(|sent| sent.unwrap_or(Err(DispatchError::ShuttingDown))))
     }
 
     /// The work of one request as a closure for a pool thread or the blocking
@@ -478,17 +501,14 @@ where
     ) -> impl std::future::Future<Output = Result<Out, DispatchError>> + Send + 'static {
         let abandon = self.executor.inner.abandon.clone();
         async move {
-            let Job {
-                request,
-                deadline,
-                admitted,
-                this,
-            } = job;
+            // Fields used in place, not moved into locals: a local would
+            // keep a second copy in this future's state.
+            let this = &job.this;
             let Body::Async(body) = &this.body else {
                 unreachable!("async_task is only built for async bodies");
             };
-            let started = this.start(&admitted, None);
-            if let Some(expired) = this.expired_before_start(deadline) {
+            let started = this.start(&job.admitted, None);
+            if let Some(expired) = this.expired_before_start(job.deadline) {
                 return expired;
             }
             let unfinished = Unfinished(&this.counters);
@@ -496,21 +516,20 @@ where
                 .executor
                 .inner
                 .running
-                .enter(&this.counters, &admitted.span);
-            let watched = Watched::new(
-                body(this.context(deadline, &admitted.span), request),
-                Arc::clone(&this.counters),
-                this.executor.inner.config.slow_poll_threshold(),
-                Phase::Async,
-                admitted.span.clone(),
-            );
+                .enter(&this.counters, &job.admitted.span);
             let result = tokio::select! {
                 biased;
                 _ = abandon.cancelled() => Err(DispatchError::ShuttingDown),
-                result = with_deadline(&this.name, deadline, watched) => result,
+                result = bounded(job.deadline, Watched::new(
+                    body(this.context(job.deadline, &job.admitted.span), job.request),
+                    &this.counters,
+                    this.executor.inner.config.slow_poll_threshold(),
+                    Phase::Async,
+                    &job.admitted.span,
+                )) => result.map_err(|_elapsed| this.deadline_exceeded()),
             };
             std::mem::forget(unfinished);
-            this.finish(started, deadline, &admitted.span, result)
+            this.finish(started, job.deadline, &job.admitted.span, result)
         }
     }
 
@@ -526,7 +545,7 @@ where
     /// Records queue wait and the thread, and counts the request in flight.
     fn start(&self, admitted: &Admitted, offloaded: Option<bool>) -> Instant {
         let started = Instant::now();
-        let waited = started.duration_since(admitted.enqueued);
+        let waited = started.duration_since(admitted.slot.enqueued);
         self.counters.queue_wait.record(waited);
         self.counters.in_flight.fetch_add(1, Relaxed);
         let span = &admitted.span;
@@ -540,6 +559,12 @@ where
         started
     }
 
+    fn deadline_exceeded(&self) -> DispatchError {
+        DispatchError::DeadlineExceeded {
+            endpoint: self.name.to_string(),
+        }
+    }
+
     fn expired_before_start(
         &self,
         deadline: Option<Instant>,
@@ -547,9 +572,7 @@ where
         if deadline.is_some_and(|d| Instant::now() >= d) {
             self.counters.in_flight.fetch_sub(1, Relaxed);
             self.count_finished_without_running(true);
-            return Some(Err(DispatchError::DeadlineExceeded {
-                endpoint: self.name.to_string(),
-            }));
+            return Some(Err(self.deadline_exceeded()));
         }
         None
     }
@@ -657,12 +680,16 @@ where
             (Body::Async(body), Some(runtime)) => {
                 let watched = Watched::new(
                     body(context, request),
-                    Arc::clone(&this.counters),
+                    &this.counters,
                     this.executor.inner.config.slow_poll_threshold(),
                     Phase::Bridged,
-                    admitted.span.clone(),
+                    &admitted.span,
                 );
-                runtime.block_on(with_deadline(&this.name, deadline, watched))
+                // The deadline's timer is made inside the runtime: a pool
+                // thread is not in its context until `block_on`.
+                runtime
+                    .block_on(async { bounded(deadline, watched).await })
+                    .map_err(|_elapsed| this.deadline_exceeded())
             }
             // Registration refuses async bodies in the threaded phase, the
             // only pool without a runtime handle.
@@ -672,8 +699,6 @@ where
     }
 }
 
-/// Runs `watched` until it finishes or the deadline passes (then it is
-/// dropped: cancellation).
 /// An async body that started and has not finished: dropped armed (its
 /// caller gave up and dropped the future), it takes the request out of
 /// `in_flight` and counts it finished and failed, as `finish` would have.
@@ -688,19 +713,16 @@ impl Drop for Unfinished<'_> {
     }
 }
 
-async fn with_deadline<T>(
-    endpoint: &str,
-    deadline: Option<Instant>,
-    watched: Watched<T>,
-) -> Result<Result<T, String>, DispatchError> {
-    match deadline {
-        None => Ok(watched.await),
-        Some(deadline) => {
-            tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), watched)
-                .await
-                .map_err(|_elapsed| DispatchError::DeadlineExceeded {
-                    endpoint: endpoint.to_string(),
-                })
-        }
+/// `future`, bounded by `limit` when there is one: `Err(Elapsed)` once it
+/// passes, and `future` is dropped (cancellation). A plain function, not an
+/// `async fn`: that would hold `future` in its state beside the `Timeout`
+/// it moves into, and each request in flight holds this state.
+fn bounded<F: Future>(
+    limit: Option<Instant>,
+    future: F,
+) -> impl Future<Output = Result<F::Output, Elapsed>> {
+    match limit {
+        Some(limit) => Either::Left(tokio::time::timeout_at(limit.into(), future)),
+        None => Either::Right(future.map(Ok)),
     }
 }

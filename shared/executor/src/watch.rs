@@ -13,17 +13,17 @@
 //! CPU) deadlines cannot fire, so work shows up only as hung. Tokio's worker
 //! metrics tell a held worker apart from a busy or an idle one.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::TraceContextExt;
+use slab::Slab;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -34,21 +34,24 @@ use crate::stats::EndpointCounters;
 
 /// An endpoint future whose every poll is timed and whose panics become a
 /// value instead of unwinding through the runtime.
-pub(crate) struct Watched<T> {
+///
+/// It borrows what the request's work holds anyway (counters, span): it is
+/// part of every request's future in flight.
+pub(crate) struct Watched<'a, T> {
     future: BoxFuture<T>,
-    counters: Arc<EndpointCounters>,
+    counters: &'a EndpointCounters,
     threshold: Duration,
     phase: Phase,
-    span: Span,
+    span: &'a Span,
 }
 
-impl<T> Watched<T> {
+impl<'a, T> Watched<'a, T> {
     pub fn new(
         future: BoxFuture<T>,
-        counters: Arc<EndpointCounters>,
+        counters: &'a EndpointCounters,
         threshold: Duration,
         phase: Phase,
-        span: Span,
+        span: &'a Span,
     ) -> Self {
         Self {
             future,
@@ -60,7 +63,7 @@ impl<T> Watched<T> {
     }
 }
 
-impl<T> Future for Watched<T> {
+impl<T> Future for Watched<'_, T> {
     /// `Err` carries the panic message.
     type Output = Result<T, String>;
 
@@ -115,10 +118,13 @@ pub(crate) fn trace_id_of(span: &Span) -> Option<String> {
 
 /// Work that is running right now, for the hung-work detector and for the
 /// shutdown report.
+///
+/// A slab, not a map: each request in flight holds an entry, and a slab
+/// keeps them in one vector a little larger than their number, where a
+/// hash map at a thousand entries has two thousand buckets.
 #[derive(Default)]
 pub(crate) struct Running {
-    next_id: AtomicU64,
-    entries: Mutex<HashMap<u64, RunningEntry>>,
+    entries: Mutex<Slab<RunningEntry>>,
 }
 
 struct RunningEntry {
@@ -131,30 +137,26 @@ struct RunningEntry {
 /// Removes its entry from [`Running`] when the work ends, however it ends.
 pub(crate) struct RunningGuard {
     running: Arc<Running>,
-    id: u64,
+    key: usize,
 }
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        crate::sync::lock(&self.running.entries).remove(&self.id);
+        crate::sync::lock(&self.running.entries).try_remove(self.key);
     }
 }
 
 impl Running {
     pub fn enter(self: &Arc<Self>, counters: &Arc<EndpointCounters>, span: &Span) -> RunningGuard {
-        let id = self.next_id.fetch_add(1, Relaxed);
-        crate::sync::lock(&self.entries).insert(
-            id,
-            RunningEntry {
-                counters: Arc::clone(counters),
-                started: Instant::now(),
-                span: span.clone(),
-                reported_hung: false,
-            },
-        );
+        let key = crate::sync::lock(&self.entries).insert(RunningEntry {
+            counters: Arc::clone(counters),
+            started: Instant::now(),
+            span: span.clone(),
+            reported_hung: false,
+        });
         RunningGuard {
             running: Arc::clone(self),
-            id,
+            key,
         }
     }
 
@@ -162,8 +164,8 @@ impl Running {
     pub fn list(&self) -> Vec<AbandonedWork> {
         let entries = crate::sync::lock(&self.entries);
         let mut list: Vec<_> = entries
-            .values()
-            .map(|entry| AbandonedWork {
+            .iter()
+            .map(|(_, entry)| AbandonedWork {
                 endpoint: entry.counters.name.clone(),
                 trace_id: trace_id_of(&entry.span),
                 running_for: entry.started.elapsed(),
@@ -176,7 +178,7 @@ impl Running {
     /// Reports, once each, the entries running longer than `threshold`.
     fn report_hung(&self, threshold: Duration) {
         let mut entries = crate::sync::lock(&self.entries);
-        for entry in entries.values_mut() {
+        for (_, entry) in entries.iter_mut() {
             let running_for = entry.started.elapsed();
             if entry.reported_hung || running_for < threshold {
                 continue;
