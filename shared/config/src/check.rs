@@ -6,6 +6,16 @@
 
 use std::io::Read;
 
+/// The problems among `checks` (a key, and what a check here said of its
+/// value), in their order: the sections' `problems()` list their checks
+/// once and keep what failed.
+pub fn found<K>(checks: impl IntoIterator<Item = (K, Option<String>)>) -> Vec<(K, String)> {
+    checks
+        .into_iter()
+        .filter_map(|(key, problem)| Some((key, problem?)))
+        .collect()
+}
+
 /// Largest PEM file accepted (certificate chains are a few kilobytes).
 pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
 

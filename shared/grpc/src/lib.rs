@@ -75,33 +75,29 @@ impl Default for GrpcConfig {
 impl GrpcConfig {
     /// Range checks, relative to the section.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
         use switchyard_config::check;
-        if let Some(problem) = check::within(
-            self.max_message_bytes as u64,
-            1024,
-            256 * 1024 * 1024,
-            "bytes",
-        ) {
-            problems.push(("max_message_bytes", problem));
-        }
-        for (key, path) in [
-            ("tls_cert_file", &self.tls_cert_file),
-            ("tls_key_file", &self.tls_key_file),
-            ("tls_ca_file", &self.tls_ca_file),
-        ] {
-            if let Some(problem) = check::pem_file(path) {
-                problems.push((key, problem));
-            }
-        }
-        if let Some(problem) =
-            check::within(self.max_connections as u64, 1, 1_000_000, "connections")
-        {
-            problems.push(("max_connections", problem));
-        }
-        if let Some(problem) = check::at_least(self.first_byte_timeout_ms, 1, "ms") {
-            problems.push(("first_byte_timeout_ms", problem));
-        }
+        let mut problems = check::found([
+            (
+                "max_message_bytes",
+                check::within(
+                    self.max_message_bytes as u64,
+                    1024,
+                    256 * 1024 * 1024,
+                    "bytes",
+                ),
+            ),
+            ("tls_cert_file", check::pem_file(&self.tls_cert_file)),
+            ("tls_key_file", check::pem_file(&self.tls_key_file)),
+            ("tls_ca_file", check::pem_file(&self.tls_ca_file)),
+            (
+                "max_connections",
+                check::within(self.max_connections as u64, 1, 1_000_000, "connections"),
+            ),
+            (
+                "first_byte_timeout_ms",
+                check::at_least(self.first_byte_timeout_ms, 1, "ms"),
+            ),
+        ]);
         if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
             problems.push((
                 "tls_key_file",

@@ -83,7 +83,7 @@ impl LauncherConfig {
     /// Range checks, relative to the section.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         use switchyard_config::check;
-        let checks = [
+        let mut problems = check::found([
             (
                 "workers",
                 check::within(self.workers as u64, 1, 64, "workers"),
@@ -92,11 +92,7 @@ impl LauncherConfig {
                 "ready_timeout_ms",
                 check::at_least(self.ready_timeout_ms, 1, "ms"),
             ),
-        ];
-        let mut problems: Vec<_> = checks
-            .into_iter()
-            .filter_map(|(key, problem)| Some((key, problem?)))
-            .collect();
+        ]);
         problems.extend(self.canary.problems(self.workers));
         problems
     }

@@ -134,7 +134,7 @@ impl AmqpConfig {
             ));
         }
         use switchyard_config::check;
-        let checks = [
+        problems.extend(check::found([
             ("exchange", check::broker_name(&self.exchange)),
             ("tls_ca_file", check::pem_file(&self.tls_ca_file)),
             (
@@ -154,12 +154,7 @@ impl AmqpConfig {
                 "recovery_timeout_ms",
                 check::at_least(self.recovery_timeout_ms, 1, "ms"),
             ),
-        ];
-        problems.extend(
-            checks
-                .into_iter()
-                .filter_map(|(key, problem)| Some((key, problem?))),
-        );
+        ]));
         problems
     }
 }
