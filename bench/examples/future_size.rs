@@ -1,6 +1,7 @@
-//! How many bytes a request in flight holds in its dispatch future: the part of `scripts/bench`'s memory cell that the executor's code
-//! decides (the rest is the task, the body's own future and the registry of
-//! running work).
+//! How many bytes a request in flight holds in its dispatch future: the
+//! part of `scripts/bench`'s memory cell that the executor's code decides
+//! (the rest is the task, the body's own future and the registry of running
+//! work).
 //!
 //! `cargo run --release -p switchyard-bench --example future_size`
 

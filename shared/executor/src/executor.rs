@@ -498,7 +498,7 @@ where
     fn async_task(
         &self,
         job: Job<Req, Out>,
-    ) -> impl std::future::Future<Output = Result<Out, DispatchError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Out, DispatchError>> + Send + 'static {
         let abandon = self.executor.inner.abandon.clone();
         async move {
             // Fields used in place, not moved into locals: a local would
