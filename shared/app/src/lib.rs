@@ -208,7 +208,8 @@ where
     })
 }
 
-type Stopped = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A part of a run the run waits for (an RPC server, a listener), by name.
+type Stopped = (String, Pin<Box<dyn Future<Output = ()> + Send>>);
 type Probe = Box<dyn FnOnce(&Readiness, CancellationToken) + Send>;
 
 /// One run of a service: what it registered, serves and waits for.
@@ -377,6 +378,7 @@ impl App {
     /// Starts consuming for `server`; the run waits for it to drain.
     pub async fn serve_rpc(&mut self, server: RpcServerBuilder) -> anyhow::Result<()> {
         let transport = self.messaging()?.transport.clone();
+        let what = format!("the RPC server of topic `{}`", server.topic());
         let server = server
             .start(
                 &transport,
@@ -384,7 +386,7 @@ impl App {
                 self.attempt.clone(),
             )
             .await?;
-        self.stopped.push(Box::pin(server.stopped()));
+        self.stopped.push((what, Box::pin(server.stopped())));
         Ok(())
     }
 
@@ -409,10 +411,11 @@ impl App {
     {
         let endpoint = self.register(endpoint)?;
         let transport = self.messaging()?.transport.clone();
+        let what = format!("the notification listener of pool `{}`", listener.pool());
         let listener = listener
             .start(&transport, endpoint, self.attempt.clone())
             .await?;
-        self.stopped.push(Box::pin(listener.stopped()));
+        self.stopped.push((what, Box::pin(listener.stopped())));
         Ok(())
     }
 
@@ -512,7 +515,7 @@ impl App {
             }
         }
         drop(slot);
-        futures_util::future::join_all(self.stopped.drain(..)).await;
+        drained(std::mem::take(&mut self.stopped)).await;
         if let Some(messaging) = &self.messaging {
             messaging
                 .transport
@@ -521,6 +524,43 @@ impl App {
                 .map_err(Restart::because)?;
         }
         Ok(())
+    }
+}
+
+/// How often a run that is ending says what it still waits for.
+const DRAIN_REPORT: Duration = Duration::from_secs(10);
+
+/// Waits for every part of an ending run to stop, naming the ones still
+/// running every [`DRAIN_REPORT`]: a drain that never ends is a service
+/// that never rebuilds its messaging, and its log must say why.
+async fn drained(parts: Vec<Stopped>) {
+    use futures_util::StreamExt;
+    let mut waiting: Vec<String> = parts.iter().map(|(what, _)| what.clone()).collect();
+    let mut stopping: futures_util::stream::FuturesUnordered<_> = parts
+        .into_iter()
+        .map(|(what, stopped)| async move {
+            stopped.await;
+            what
+        })
+        .collect();
+    let started = tokio::time::Instant::now();
+    let mut report = tokio::time::interval_at(started + DRAIN_REPORT, DRAIN_REPORT);
+    loop {
+        tokio::select! {
+            stopped = stopping.next() => match stopped {
+                Some(what) => {
+                    if let Some(at) = waiting.iter().position(|w| *w == what) {
+                        waiting.remove(at);
+                    }
+                }
+                None => return,
+            },
+            _ = report.tick() => tracing::warn!(
+                "the run has been ending for {:?}; still waiting for {}",
+                started.elapsed(),
+                waiting.join(", ")
+            ),
+        }
     }
 }
 

@@ -28,6 +28,32 @@ const RECOVERY_WAIT: Duration = Duration::from_secs(20);
 /// the channel is taken for stuck ([`Transport::confirm_stalled`]).
 const CONFIRM_STALL: Duration = RECOVERY_WAIT;
 
+/// How long an ack, a nack, a consumer's cancel or a channel's close may go
+/// unanswered ([`answered`]).
+const ANSWER_WAIT: Duration = RECOVERY_WAIT;
+
+/// `operation` (an ack, a nack, a consumer's cancel, a channel's close),
+/// bounded by [`ANSWER_WAIT`]. lapin answers these once their frame is
+/// written or the broker replied; nothing fails one whose frame a dying
+/// connection caught, and a run's drain waits for every handler and
+/// consumer it has: one such wait kept a collector from ever rebuilding
+/// after a broker restart (suspected in CI, 2026-12-04: its log ended at
+/// "rebuilding messaging", 1,540 of 10,000 acknowledged samples stored).
+/// Leaving a delivery unsettled loses nothing: it goes back to its queue
+/// with its channel.
+pub(crate) async fn answered<T>(
+    operation: &str,
+    pending: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, MessagingError> {
+    match tokio::time::timeout(ANSWER_WAIT, pending).await {
+        Ok(answer) => answer.map_err(MessagingError::broker(operation)),
+        Err(_elapsed) => Err(MessagingError::Unanswered {
+            operation: operation.to_string(),
+            waited: ANSWER_WAIT,
+        }),
+    }
+}
+
 /// Publishes and waits for the broker's confirm. A publish that fails
 /// because the connection is down waits for recovery and is tried once more.
 /// Once the transport is declared `lost` it fails at once: the service is
@@ -229,9 +255,13 @@ where
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = channel
-                        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                        .await;
+                    // A lost connection takes its consumers with it.
+                    if !lost.is_cancelled() {
+                        let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+                        if let Err(error) = answered("cancelling a consumer", cancel).await {
+                            tracing::warn!("consumer of `{queue}`: {error}");
+                        }
+                    }
                     return;
                 }
                 next = consumer.next() => match next {
@@ -393,27 +423,55 @@ enum Parking {
 }
 
 /// Gives `delivery` back to its queue untouched: it is delivered again.
-async fn return_to_queue(delivery: &Delivery) -> Result<(), lapin::Error> {
+async fn return_to_queue(delivery: &Delivery) -> Result<(), MessagingError> {
     let requeue = BasicNackOptions {
         requeue: true,
         ..BasicNackOptions::default()
     };
-    delivery.nack(requeue).await.map(|_| ())
+    answered("returning a delivery to its queue", delivery.nack(requeue))
+        .await
+        .map(|_| ())
+}
+
+/// Acknowledges `delivery`: done with it.
+async fn acknowledge(delivery: &Delivery) -> Result<(), MessagingError> {
+    answered(
+        "acknowledging a delivery",
+        delivery.ack(BasicAckOptions::default()),
+    )
+    .await
+    .map(|_| ())
 }
 
 impl Settler {
+    /// Settles `delivery` as `settle` says, unless the connection is lost
+    /// first: the service is then rebuilding its messaging, its drain waits
+    /// for this, and the delivery goes back to its queue with the
+    /// connection (at least once: the stores are idempotent).
     pub async fn settle(&self, delivery: &Delivery, settle: Settle) {
+        let lost = self.transport.lost();
+        tokio::select! {
+            biased;
+            () = lost.cancelled() => tracing::debug!(
+                "left a delivery from `{}` unsettled: the connection was lost; the broker delivers it again",
+                self.queue
+            ),
+            () = self.settle_now(delivery, settle) => {}
+        }
+    }
+
+    async fn settle_now(&self, delivery: &Delivery, settle: Settle) {
         // A retry counts toward dead-lettering; waiting for a dependency does not.
         let limited = matches!(settle, Settle::Retry(_));
         let outcome = match settle {
-            Settle::Ack => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+            Settle::Ack => acknowledge(delivery).await,
             Settle::ReturnToQueue => return_to_queue(delivery).await,
             Settle::Retry(reason) | Settle::Wait(reason) => {
                 let count =
                     wire::header_u32(&delivery.properties, wire::DELIVERY_COUNT).unwrap_or(1);
                 if limited && count >= self.max_deliveries {
                     let reason = format!("{reason} (gave up after {count} deliveries)");
-                    return Box::pin(self.settle(delivery, Settle::DeadLetter(reason))).await;
+                    return Box::pin(self.settle_now(delivery, Settle::DeadLetter(reason))).await;
                 }
                 let delay = self.retry_delay * 2u32.saturating_pow(count.saturating_sub(1).min(5));
                 tracing::warn!(
@@ -462,7 +520,7 @@ impl Settler {
         delivery: &Delivery,
         parking: Parking,
         properties: BasicProperties,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<(), MessagingError> {
         let parked = match (
             self.park_copy(delivery, parking, &properties).await,
             parking,
@@ -488,7 +546,7 @@ impl Settler {
             (parked, _) => parked,
         };
         match parked {
-            Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+            Ok(()) => acknowledge(delivery).await,
             Err(error) => {
                 tracing::warn!(
                     "could not republish a message from `{}`: {error}; returning it to its queue",

@@ -68,6 +68,15 @@ pub enum MessagingError {
         /// How long the publish waited for recovery.
         waited: Duration,
     },
+    /// The broker (or lapin, for a connection that died under it) never
+    /// answered an operation that waits for nothing but the answer.
+    #[error("{operation}: no answer within {waited:?}")]
+    Unanswered {
+        /// What was being done.
+        operation: String,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// The message could not be routed to any queue.
     #[error("no queue is bound for {destination}")]
     Unroutable {

@@ -177,6 +177,11 @@ pub struct NotificationListenerBuilder {
 }
 
 impl NotificationListenerBuilder {
+    /// The pool it listens in.
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
     /// Keeps at most `messages` waiting in the pool's queue, dropping the
     /// oldest for a new one (0: no limit, the default). Only for
     /// notifications where a newer one makes an older one moot.
@@ -419,7 +424,8 @@ impl NotificationListener {
         let _ = self.consumer.await;
         self.handlers.close();
         self.handlers.wait().await;
-        let _ = self.channel.close(200, "listener stopped".into()).await;
+        let close = self.channel.close(200, "listener stopped".into());
+        let _ = crate::consume::answered("closing a channel", close).await;
     }
 }
 

@@ -1,7 +1,9 @@
 //! A channel whose publisher confirms stop while its connection lives — as a
 //! quorum queue's client can after a network partition (rabbitmq-server#14589)
 //! — is not waited on for ever: the transport is declared lost, so the
-//! service rebuilds its messaging on fresh channels.
+//! service rebuilds its messaging on fresh channels. And a server whose
+//! broker stops answering still stops: its drain is what a rebuild waits
+//! for.
 
 mod support;
 
@@ -13,6 +15,7 @@ use support::{EchoServer, Rig, finish, serve_loopback, text};
 use switchyard_config::SecretUrl;
 use switchyard_executor::Phase;
 use switchyard_messaging::{AmqpConfig, RpcClient, Target, Transport};
+use switchyard_proto::echo::v1::SayReply;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -22,13 +25,22 @@ use tokio_util::task::AbortOnDropHandle;
 const BASIC_ACK: [u8; 4] = [0, 60, 0, 80];
 const METHOD_FRAME: u8 = 1;
 
-/// A proxy to the local broker that, once `swallow` is set, drops the broker's publisher confirms and passes everything else
-/// (heartbeats included): the connection stays up, the confirms stop.
-/// Cancelling `cut` closes the connections relayed so far; later ones are
-/// relayed as before.
-async fn confirm_swallowing_proxy(swallow: Arc<AtomicBool>, cut: CancellationToken) -> u16 {
+/// What a [`faulty_proxy`] does wrong, switched on while it runs.
+#[derive(Default)]
+struct Faults {
+    /// Drop the broker's publisher confirms, pass everything else
+    /// (heartbeats included): the connection stays up, the confirms stop.
+    swallow_confirms: AtomicBool,
+    /// Drop everything the client sends: the broker never hears of what
+    /// the client waits for (a consumer's cancel, a channel's close).
+    mute_client: AtomicBool,
+}
+
+/// A proxy to the local broker with `faults`. Cancelling `cut` closes the
+/// connections relayed so far; later ones are relayed as before.
+async fn faulty_proxy(faults: Arc<Faults>, cut: CancellationToken) -> u16 {
     serve_loopback(move |client| {
-        let relayed = relay(client, Arc::clone(&swallow));
+        let relayed = relay(client, Arc::clone(&faults));
         // Connections made after the cut stay.
         let cut = (!cut.is_cancelled()).then(|| cut.clone());
         async move {
@@ -44,14 +56,26 @@ async fn confirm_swallowing_proxy(swallow: Arc<AtomicBool>, cut: CancellationTok
     .await
 }
 
-async fn relay(client: tokio::net::TcpStream, swallow: Arc<AtomicBool>) {
+async fn relay(client: tokio::net::TcpStream, faults: Arc<Faults>) {
     let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
         return;
     };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
+    let muted = Arc::clone(&faults);
     let upstream = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            if !muted.mute_client.load(SeqCst)
+                && server_write.write_all(&buffer[..read]).await.is_err()
+            {
+                return;
+            }
+        }
     });
     // The client-to-broker half ends with the other half.
     let _upstream = AbortOnDropHandle::new(upstream);
@@ -68,7 +92,7 @@ async fn relay(client: tokio::net::TcpStream, swallow: Arc<AtomicBool>) {
             return;
         }
         let confirm = header[0] == METHOD_FRAME && rest.starts_with(&BASIC_ACK);
-        if confirm && swallow.load(SeqCst) {
+        if confirm && faults.swallow_confirms.load(SeqCst) {
             continue;
         }
         if client_write.write_all(&header).await.is_err()
@@ -79,15 +103,15 @@ async fn relay(client: tokio::net::TcpStream, swallow: Arc<AtomicBool>) {
     }
 }
 
-/// A transport named `name` connected through a [`confirm_swallowing_proxy`],
-/// an RPC client on it, and the rig's echo topic.
+/// A transport named `name` connected through a [`faulty_proxy`], an RPC
+/// client on it, and the rig's echo topic.
 async fn through_proxy(
     rig: &Rig,
     name: &str,
-    swallow: &Arc<AtomicBool>,
+    faults: &Arc<Faults>,
     cut: CancellationToken,
 ) -> (Transport, RpcClient, Target) {
-    let port = confirm_swallowing_proxy(Arc::clone(swallow), cut).await;
+    let port = faulty_proxy(Arc::clone(faults), cut).await;
     let config = AmqpConfig {
         url: SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
         ..rig.config.clone()
@@ -101,8 +125,8 @@ async fn through_proxy(
 
 /// Starts swallowing confirms and casts, giving up after a second as a
 /// request past its deadline does; returns when the cast was published.
-async fn cast_and_give_up(swallow: &AtomicBool, client: &RpcClient, target: &Target) -> Instant {
-    swallow.store(true, SeqCst);
+async fn cast_and_give_up(faults: &Faults, client: &RpcClient, target: &Target) -> Instant {
+    faults.swallow_confirms.store(true, SeqCst);
     let published = Instant::now();
     let gave_up = tokio::time::timeout(
         Duration::from_secs(1),
@@ -117,9 +141,9 @@ async fn cast_and_give_up(swallow: &AtomicBool, client: &RpcClient, target: &Tar
 async fn a_channel_whose_confirms_stop_is_declared_lost() {
     let rig = Rig::new().await;
     let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 1).await;
-    let swallow = Arc::new(AtomicBool::new(false));
+    let faults = Arc::new(Faults::default());
     let (transport, client, target) =
-        through_proxy(&rig, "stall", &swallow, CancellationToken::new()).await;
+        through_proxy(&rig, "stall", &faults, CancellationToken::new()).await;
 
     client
         .cast(&target, "say", &text("confirmed"))
@@ -129,7 +153,7 @@ async fn a_channel_whose_confirms_stop_is_declared_lost() {
 
     // The caller gives up after a second, as a request past its deadline
     // does; nobody waits for that confirm any more but the transport.
-    let published = cast_and_give_up(&swallow, &client, &target).await;
+    let published = cast_and_give_up(&faults, &client, &target).await;
     assert!(
         !transport.lost().is_cancelled(),
         "a slow confirm is not a stuck channel"
@@ -155,14 +179,14 @@ async fn a_channel_whose_confirms_stop_is_declared_lost() {
 async fn a_confirm_lost_with_a_recovered_connection_is_not_a_stall() {
     let rig = Rig::new().await;
     let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 1).await;
-    let swallow = Arc::new(AtomicBool::new(false));
+    let faults = Arc::new(Faults::default());
     let cut = CancellationToken::new();
-    let (transport, client, target) = through_proxy(&rig, "blip", &swallow, cut.clone()).await;
+    let (transport, client, target) = through_proxy(&rig, "blip", &faults, cut.clone()).await;
 
-    let published = cast_and_give_up(&swallow, &client, &target).await;
+    let published = cast_and_give_up(&faults, &client, &target).await;
     // The connection drops with the confirm outstanding; lapin reconnects
     // through the proxy, which passes confirms again.
-    swallow.store(false, SeqCst);
+    faults.swallow_confirms.store(false, SeqCst);
     cut.cancel();
     let reconnected = Instant::now();
     while !(transport.is_connected() && reconnected.elapsed() > Duration::from_millis(500)) {
@@ -185,4 +209,40 @@ async fn a_confirm_lost_with_a_recovered_connection_is_not_a_stall() {
 
     transport.close().await;
     finish(rig, echo).await;
+}
+
+/// A server stops even when the broker no longer hears its connection: the
+/// consumer's cancel and the channel's close go unanswered, and each is
+/// given up after 20 s (`consume::answered`). Before, each waited until the
+/// connection failed, and a run's drain — what a service's rebuild after a
+/// lost connection waits for — could wait for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_broker_stops_answering_still_stops() {
+    let rig = Rig::new().await;
+    let faults = Arc::new(Faults::default());
+    let (transport, client, target) =
+        through_proxy(&rig, "mute", &faults, CancellationToken::new()).await;
+    let echo = EchoServer::start(&transport, rig.exchange(), Phase::Async, 1).await;
+    let heard: SayReply = client
+        .call(&target, "say", &text("heard"), Duration::from_secs(10))
+        .await
+        .expect("the server answers through the proxy");
+    assert_eq!(heard.text, "heard");
+
+    faults.mute_client.store(true, SeqCst);
+    let stopping = Instant::now();
+    // Two answers of 20 s each at most; the broker itself gives a silent
+    // client twice its heartbeat (60 s) before it closes the connection.
+    tokio::time::timeout(Duration::from_secs(50), echo.stop())
+        .await
+        .expect("the server stops without the broker's answers");
+    assert!(
+        stopping.elapsed() >= Duration::from_secs(19),
+        "stopped after {:?}: the broker did not answer, so something was not waited for",
+        stopping.elapsed()
+    );
+
+    drop(client);
+    transport.close().await;
+    rig.cleanup(&["echo"], &[]).await;
 }

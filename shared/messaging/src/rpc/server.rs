@@ -51,6 +51,11 @@ impl std::fmt::Debug for RpcServerBuilder {
 }
 
 impl RpcServerBuilder {
+    /// The topic it serves.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// Serves `endpoint` under its name. The request body is decoded as `Req`;
     /// the reply (for calls) is `Resp`.
     pub fn method<Req, Resp>(
@@ -188,7 +193,8 @@ impl RpcServer {
         }
         self.handlers.close();
         self.handlers.wait().await;
-        let _ = self.channel.close(200, "server stopped".into()).await;
+        let close = self.channel.close(200, "server stopped".into());
+        let _ = crate::consume::answered("closing a channel", close).await;
     }
 }
 
