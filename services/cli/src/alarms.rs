@@ -6,7 +6,7 @@ use switchyard_proto::metering::v1::{
 };
 
 use crate::Connection;
-use crate::output::{Output, print_json_list, row, unix};
+use crate::output::{number, print_list, text, unix};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -142,8 +142,19 @@ pub async fn run(connection: &Connection, command: &Command) -> anyhow::Result<(
                 .await?
                 .into_inner()
                 .alarms;
-            if connection.output == Output::Json {
-                return print_json_list(&alarms, |a| {
+            print_list(
+                connection.output,
+                &alarms,
+                &[text("ID"), text("NAME"), text("METER"), text("STATE")],
+                |a| {
+                    vec![
+                        a.id.clone(),
+                        a.name.clone(),
+                        a.meter.clone(),
+                        state_name(a.state).to_string(),
+                    ]
+                },
+                |a| {
                     serde_json::json!({
                         "id": a.id, "name": a.name, "meter": a.meter,
                         "resource_id": a.resource_id, "project_id": a.project_id,
@@ -153,24 +164,8 @@ pub async fn run(connection: &Connection, command: &Command) -> anyhow::Result<(
                         "state": state_name(a.state),
                         "state_changed_at": unix(&a.state_changed_at),
                     })
-                });
-            }
-            row!(
-                "{:<32} {:<20} {:<16} {:<18}",
-                "ID",
-                "NAME",
-                "METER",
-                "STATE"
-            );
-            for alarm in alarms {
-                row!(
-                    "{:<32} {:<20} {:<16} {:<18}",
-                    alarm.id,
-                    alarm.name,
-                    alarm.meter,
-                    state_name(alarm.state)
-                );
-            }
+                },
+            )?;
         }
         Command::History { id } => {
             let transitions = client
@@ -178,23 +173,25 @@ pub async fn run(connection: &Connection, command: &Command) -> anyhow::Result<(
                 .await?
                 .into_inner()
                 .transitions;
-            if connection.output == Output::Json {
-                return print_json_list(&transitions, |t| {
+            print_list(
+                connection.output,
+                &transitions,
+                &[number("AT"), text("FROM"), text("TO"), text("REASON")],
+                |t| {
+                    vec![
+                        unix(&t.at).to_string(),
+                        state_name(t.from).to_string(),
+                        state_name(t.to).to_string(),
+                        t.reason.clone(),
+                    ]
+                },
+                |t| {
                     serde_json::json!({
                         "at": unix(&t.at), "from": state_name(t.from),
                         "to": state_name(t.to), "reason": t.reason,
                     })
-                });
-            }
-            for t in transitions {
-                println!(
-                    "{}  {} -> {}  {}",
-                    unix(&t.at),
-                    state_name(t.from),
-                    state_name(t.to),
-                    t.reason
-                );
-            }
+                },
+            )?;
         }
     }
     Ok(())

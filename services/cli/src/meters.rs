@@ -3,7 +3,7 @@
 use switchyard_proto::metering::v1::ListMetersRequest;
 
 use crate::Connection;
-use crate::output::{Output, print_json_list, row};
+use crate::output::{number, print_list, text};
 
 #[derive(Debug, clap::Args)]
 pub struct Meters {
@@ -22,15 +22,11 @@ pub async fn run(connection: &Connection, args: &Meters) -> anyhow::Result<()> {
         .await?
         .into_inner()
         .meters;
-    if connection.output == Output::Json {
-        return print_json_list(
-            &meters,
-            |m| serde_json::json!({"name": m.name, "unit": m.unit, "samples": m.samples}),
-        );
-    }
-    row!("{:<24} {:<8} {:>8}", "METER", "UNIT", "SAMPLES");
-    for meter in meters {
-        row!("{:<24} {:<8} {:>8}", meter.name, meter.unit, meter.samples);
-    }
-    Ok(())
+    print_list(
+        connection.output,
+        &meters,
+        &[text("METER"), text("UNIT"), number("SAMPLES")],
+        |m| vec![m.name.clone(), m.unit.clone(), m.samples.to_string()],
+        |m| serde_json::json!({"name": m.name, "unit": m.unit, "samples": m.samples}),
+    )
 }

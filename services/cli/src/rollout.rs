@@ -7,7 +7,7 @@ use anyhow::bail;
 use switchyard_proto::metering::v1::{GetRolloutRequest, InstanceStatus, PromoteCanaryRequest};
 
 use crate::Connection;
-use crate::output::{Output, print_json_list, row, unix};
+use crate::output::{Column, Output, number, print_list, text, unix};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -38,60 +38,66 @@ async fn show(connection: &Connection) -> anyhow::Result<()> {
         .await?
         .into_inner()
         .instances;
-    if connection.output == Output::Json {
-        return print_json_list(&instances, |i| {
-            serde_json::json!({
-                "service": i.service, "instance_id": i.instance_id, "pid": i.pid,
-                "version": i.version, "phase": i.phase, "role": i.role, "up": i.up,
-                "uptime_seconds": i.uptime_seconds, "in_flight": i.in_flight,
-                "handled": i.handled, "failed": i.failed,
-                "slow_polls": i.slow_polls, "offloaded": i.offloaded,
-                "last_seen": unix(&i.last_seen), "rollout": i.rollout,
-                "endpoint_forms": i.endpoint_forms, "host": i.host,
-                "verdict": i.verdict, "verdict_evidence": i.verdict_evidence,
-            })
-        });
+    print_rollout(connection.output, &instances)
+}
+
+/// The rollout table and its notes, or (`--output json`) the instances.
+fn print_rollout(output: Output, instances: &[InstanceStatus]) -> anyhow::Result<()> {
+    print_list(output, instances, &COLUMNS, cells, |i| {
+        serde_json::json!({
+            "service": i.service, "instance_id": i.instance_id, "pid": i.pid,
+            "version": i.version, "phase": i.phase, "role": i.role, "up": i.up,
+            "uptime_seconds": i.uptime_seconds, "in_flight": i.in_flight,
+            "handled": i.handled, "failed": i.failed,
+            "slow_polls": i.slow_polls, "offloaded": i.offloaded,
+            "last_seen": unix(&i.last_seen), "rollout": i.rollout,
+            "endpoint_forms": i.endpoint_forms, "host": i.host,
+            "verdict": i.verdict, "verdict_evidence": i.verdict_evidence,
+        })
+    })?;
+    if output == Output::Text {
+        print_notes(instances);
     }
-    print_table(&instances);
     Ok(())
 }
 
-fn print_table(instances: &[InstanceStatus]) {
-    row!(
-        "{:<10} {:<22} {:<9} {:<7} {:<7} {:<12} {:>9} {:>9} {:>7} {:>10} {:>10}  TWO-FORM ENDPOINTS RUN",
-        "SERVICE",
-        "INSTANCE",
-        "PHASE",
-        "ROLE",
-        "HEALTH",
-        "VERDICT",
-        "IN FLIGHT",
-        "HANDLED",
-        "FAILED",
-        "SLOW POLLS",
-        "OFFLOADED"
-    );
-    for i in instances {
-        row!(
-            "{:<10} {:<22} {:<9} {:<7} {:<7} {:<12} {:>9} {:>9} {:>7} {:>10} {:>10}  {}",
-            i.service,
-            i.instance_id,
-            i.phase,
-            if i.role.is_empty() { "-" } else { &i.role },
-            if i.up { "up" } else { "DOWN" },
-            if i.verdict.is_empty() {
-                "-"
-            } else {
-                &i.verdict
-            },
-            i.in_flight,
-            i.handled,
-            i.failed,
-            i.slow_polls,
-            i.offloaded,
-            forms(i)
-        );
-    }
+const COLUMNS: [Column; 12] = [
+    text("SERVICE"),
+    text("INSTANCE"),
+    text("PHASE"),
+    text("ROLE"),
+    text("HEALTH"),
+    text("VERDICT"),
+    number("IN FLIGHT"),
+    number("HANDLED"),
+    number("FAILED"),
+    number("SLOW POLLS"),
+    number("OFFLOADED"),
+    text("TWO-FORM ENDPOINTS RUN"),
+];
+
+/// One instance's row under [`COLUMNS`].
+fn cells(i: &InstanceStatus) -> Vec<String> {
+    let or_dash = |value: &str| if value.is_empty() { "-" } else { value }.to_string();
+    vec![
+        i.service.clone(),
+        i.instance_id.clone(),
+        i.phase.clone(),
+        or_dash(&i.role),
+        if i.up { "up" } else { "DOWN" }.to_string(),
+        or_dash(&i.verdict),
+        i.in_flight.to_string(),
+        i.handled.to_string(),
+        i.failed.to_string(),
+        i.slow_polls.to_string(),
+        i.offloaded.to_string(),
+        forms(i),
+    ]
+}
+
+/// What the table leaves out: the launchers' rollout notes and the fleet
+/// judge's evidence.
+fn print_notes(instances: &[InstanceStatus]) {
     // The launchers' rollout states (a rollback and why), once per service.
     let mut notes: Vec<(&str, &str)> = instances
         .iter()
@@ -171,7 +177,7 @@ async fn promote(connection: &Connection, service: &str, wait_s: u64) -> anyhow:
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {
-            print_table(&instances);
+            print_rollout(Output::Text, &instances)?;
             bail!("{service} did not move to {phase} on every worker within {wait_s} s");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
