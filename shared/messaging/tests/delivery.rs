@@ -203,18 +203,7 @@ async fn a_message_returned_past_the_delivery_limit_is_dead_lettered_by_the_brok
         .await;
     let queue = wire::topic_queue(rig.exchange(), "echo");
     let channel = rig.transport.channel().await.expect("channel");
-    channel
-        .basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            &text("poison").encode_to_vec(),
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirmed");
+    Rig::publish_to_queue(&channel, &queue, &text("poison").encode_to_vec()).await;
     let mut returned = 0;
     while let Some(message) = channel
         .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })

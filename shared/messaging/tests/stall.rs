@@ -1,9 +1,10 @@
 //! A channel whose publisher confirms stop while its connection lives — as a
 //! quorum queue's client can after a network partition (rabbitmq-server#14589)
 //! — is not waited on for ever: the transport is declared lost, so the
-//! service rebuilds its messaging on fresh channels. And a server whose
-//! broker stops answering still stops: its drain is what a rebuild waits
-//! for.
+//! service rebuilds its messaging on fresh channels. A consumer that does
+//! not come back with its connection is declared lost too. And a server
+//! whose broker stops answering still stops: its drain is what a rebuild
+//! waits for.
 
 mod support;
 
@@ -11,10 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
+use prost::Message as _;
 use support::{EchoServer, Rig, finish, serve_loopback, text};
 use switchyard_config::SecretUrl;
 use switchyard_executor::Phase;
-use switchyard_messaging::{AmqpConfig, RpcClient, Target, Transport};
+use switchyard_messaging::{AmqpConfig, RpcClient, Target, Transport, wire};
 use switchyard_proto::echo::v1::SayReply;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,9 @@ use tokio_util::task::AbortOnDropHandle;
 /// AMQP 0-9-1's `basic.ack` (class 60, method 80): from the broker, a
 /// publisher confirm.
 const BASIC_ACK: [u8; 4] = [0, 60, 0, 80];
+/// `basic.consume` (class 60, method 20): from the client, a consumer's
+/// registration, also when lapin replays it after a reconnection.
+const BASIC_CONSUME: [u8; 4] = [0, 60, 0, 20];
 const METHOD_FRAME: u8 = 1;
 
 /// What a [`faulty_proxy`] does wrong, switched on while it runs.
@@ -34,6 +39,9 @@ struct Faults {
     /// Drop everything the client sends: the broker never hears of what
     /// the client waits for (a consumer's cancel, a channel's close).
     mute_client: AtomicBool,
+    /// Drop the client's consumer registrations: a reconnected connection
+    /// comes back without its consumers.
+    swallow_consumes: AtomicBool,
 }
 
 /// A proxy to the local broker with `faults`. Cancelling `cut` closes the
@@ -56,22 +64,46 @@ async fn faulty_proxy(faults: Arc<Faults>, cut: CancellationToken) -> u16 {
     .await
 }
 
+/// One AMQP frame: type, channel (2 bytes), size (4); then the payload and
+/// the frame end. `None` once the stream ends.
+async fn read_frame(from: &mut (impl AsyncReadExt + Unpin)) -> Option<([u8; 7], Vec<u8>)> {
+    let mut header = [0u8; 7];
+    from.read_exact(&mut header).await.ok()?;
+    let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+    let mut rest = vec![0u8; size + 1];
+    from.read_exact(&mut rest).await.ok()?;
+    Some((header, rest))
+}
+
+/// Whether the frame is the method `method` (class and method ids).
+fn is_method(header: &[u8; 7], rest: &[u8], method: [u8; 4]) -> bool {
+    header[0] == METHOD_FRAME && rest.starts_with(&method)
+}
+
 async fn relay(client: tokio::net::TcpStream, faults: Arc<Faults>) {
     let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
         return;
     };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let muted = Arc::clone(&faults);
+    let upstream_faults = Arc::clone(&faults);
     let upstream = tokio::spawn(async move {
-        let mut buffer = vec![0u8; 16 * 1024];
-        loop {
-            let read = match client_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => read,
-            };
-            if !muted.mute_client.load(SeqCst)
-                && server_write.write_all(&buffer[..read]).await.is_err()
+        // The client opens with the protocol header, then sends frames.
+        let mut protocol = [0u8; 8];
+        if client_read.read_exact(&mut protocol).await.is_err()
+            || server_write.write_all(&protocol).await.is_err()
+        {
+            return;
+        }
+        while let Some((header, rest)) = read_frame(&mut client_read).await {
+            let dropped = upstream_faults.mute_client.load(SeqCst)
+                || (is_method(&header, &rest, BASIC_CONSUME)
+                    && upstream_faults.swallow_consumes.load(SeqCst));
+            if dropped {
+                continue;
+            }
+            if server_write.write_all(&header).await.is_err()
+                || server_write.write_all(&rest).await.is_err()
             {
                 return;
             }
@@ -79,20 +111,8 @@ async fn relay(client: tokio::net::TcpStream, faults: Arc<Faults>) {
     });
     // The client-to-broker half ends with the other half.
     let _upstream = AbortOnDropHandle::new(upstream);
-    // The broker only ever sends whole frames: type, channel (2 bytes),
-    // size (4), payload, frame end.
-    loop {
-        let mut header = [0u8; 7];
-        if server_read.read_exact(&mut header).await.is_err() {
-            return;
-        }
-        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
-        let mut rest = vec![0u8; size + 1];
-        if server_read.read_exact(&mut rest).await.is_err() {
-            return;
-        }
-        let confirm = header[0] == METHOD_FRAME && rest.starts_with(&BASIC_ACK);
-        if confirm && faults.swallow_confirms.load(SeqCst) {
+    while let Some((header, rest)) = read_frame(&mut server_read).await {
+        if is_method(&header, &rest, BASIC_ACK) && faults.swallow_confirms.load(SeqCst) {
             continue;
         }
         if client_write.write_all(&header).await.is_err()
@@ -121,6 +141,23 @@ async fn through_proxy(
         .expect("connects through the proxy");
     let client = RpcClient::new(&transport).await.expect("client");
     (transport, client, Target::topic(rig.exchange(), "echo"))
+}
+
+/// The rig's echo server serving on `transport` (a proxied one), once it
+/// answered `client`'s call to `target`.
+async fn serve_on(
+    rig: &Rig,
+    transport: &Transport,
+    client: &RpcClient,
+    target: &Target,
+) -> EchoServer {
+    let echo = EchoServer::start(transport, rig.exchange(), Phase::Async, 1).await;
+    let heard: SayReply = client
+        .call(target, "say", &text("heard"), Duration::from_secs(10))
+        .await
+        .expect("the server answers through the proxy");
+    assert_eq!(heard.text, "heard");
+    echo
 }
 
 /// Starts swallowing confirms and casts, giving up after a second as a
@@ -155,6 +192,16 @@ async fn waits_then_ends(
         since.elapsed(),
         window.start
     );
+}
+
+/// Waits (at most 20 s) until lapin has reconnected `transport` after a
+/// cut, and half a second more.
+async fn wait_reconnected(transport: &Transport) {
+    let cut = Instant::now();
+    while !(transport.is_connected() && cut.elapsed() > Duration::from_millis(500)) {
+        assert!(cut.elapsed() < Duration::from_secs(20), "lapin reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Closes the proxied connection, then stops the rig's server.
@@ -213,14 +260,7 @@ async fn a_confirm_lost_with_a_recovered_connection_is_not_a_stall() {
     // through the proxy, which passes confirms again.
     faults.swallow_confirms.store(false, SeqCst);
     cut.cancel();
-    let reconnected = Instant::now();
-    while !(transport.is_connected() && reconnected.elapsed() > Duration::from_millis(500)) {
-        assert!(
-            reconnected.elapsed() < Duration::from_secs(20),
-            "lapin reconnected"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_reconnected(&transport).await;
     let stalled = tokio::time::timeout(
         Duration::from_secs(25).saturating_sub(published.elapsed()),
         transport.lost().cancelled(),
@@ -246,12 +286,7 @@ async fn a_server_whose_broker_stops_answering_still_stops() {
     let rig = Rig::new().await;
     let (transport, client, target) =
         through_proxy(&rig, "mute", &faults, CancellationToken::new()).await;
-    let echo = EchoServer::start(&transport, rig.exchange(), Phase::Async, 1).await;
-    let heard: SayReply = client
-        .call(&target, "say", &text("heard"), Duration::from_secs(10))
-        .await
-        .expect("the server answers through the proxy");
-    assert_eq!(heard.text, "heard");
+    let echo = serve_on(&rig, &transport, &client, &target).await;
 
     faults.mute_client.store(true, SeqCst);
     // Two answers of 20 s each at most (sooner, and something was not
@@ -268,4 +303,44 @@ async fn a_server_whose_broker_stops_answering_still_stops() {
     drop(client);
     transport.close().await;
     rig.cleanup(&["echo"], &[]).await;
+}
+
+/// A connection that comes back without one of its consumers (lapin
+/// replays them after a reconnection and waits for each; the channel says
+/// it is connected before they are back, and nothing reports the loss to
+/// the consumer) is declared lost once the consumer, idle, saw its queue
+/// hold messages and received none for two checks, one every
+/// `amqp.recovery_timeout_ms`. Before, it took no work and said nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_does_not_come_back_with_its_connection_is_declared_lost() {
+    let rig = Rig::with(|config| config.recovery_timeout_ms = 2_000).await;
+    let faults = Arc::new(Faults::default());
+    let cut = CancellationToken::new();
+    let (transport, client, target) = through_proxy(&rig, "replay", &faults, cut.clone()).await;
+    let echo = serve_on(&rig, &transport, &client, &target).await;
+
+    // The connection drops; lapin reconnects through the proxy, which now
+    // keeps the broker from hearing the consumer's registration.
+    faults.swallow_consumes.store(true, SeqCst);
+    cut.cancel();
+    wait_reconnected(&transport).await;
+    // A message waits in the queue; nobody takes it.
+    let channel = rig.transport.channel().await.expect("channel");
+    let queue = wire::topic_queue(rig.exchange(), "echo");
+    Rig::publish_to_queue(&channel, &queue, &text("waiting").encode_to_vec()).await;
+    // Two checks 2 s apart find it ready; the first may come at once.
+    waits_then_ends(
+        "the transport is declared lost",
+        Instant::now(),
+        Duration::from_secs(2)..Duration::from_secs(15),
+        transport.lost().cancelled(),
+    )
+    .await;
+    assert!(
+        transport.is_connected(),
+        "the connection itself was up: the consumer was what did not come back"
+    );
+
+    drop(client);
+    finish_proxied(transport, rig, echo).await;
 }

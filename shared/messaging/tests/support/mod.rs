@@ -49,6 +49,23 @@ impl Rig {
         &self.config.exchange
     }
 
+    /// Publishes `body`, without headers, straight to `queue` (the default
+    /// exchange) on `channel`, and waits for the broker's confirm.
+    pub async fn publish_to_queue(channel: &lapin::Channel, queue: &str, body: &[u8]) {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+    }
+
     /// Deletes the queues and exchanges of `topics` and `pools`.
     pub async fn cleanup(&self, topics: &[&str], pools: &[&str]) {
         let channel = self.transport.channel().await.expect("channel");
