@@ -261,7 +261,9 @@ where
                 _ = check.tick() => {
                     let idle = handlers.is_empty() && settler.transport.is_connected();
                     let ready = if idle && !starved.delivered {
-                        ready_messages(&settler.transport, &queue).await
+                        // Ends with the consumer's stop, which a lost
+                        // connection brings too.
+                        ready_messages(&settler.transport, &queue, &shutdown).await
                     } else {
                         None
                     };
@@ -372,23 +374,56 @@ impl Starved {
 }
 
 /// How many messages `queue` holds ready for delivery (a passive declare
-/// on a channel of its own); `None` when the broker does not say.
-async fn ready_messages(transport: &crate::Transport, queue: &str) -> Option<u32> {
-    let channel = transport.channel().await.ok()?;
-    let declared = answered(
-        "asking for a queue's ready messages",
-        channel.queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await;
-    let _ = answered("closing a channel", channel.close(200, "asked".into())).await;
-    declared.ok().map(|queue| queue.message_count())
+/// on a channel of its own); `None` when the broker does not say within
+/// [`ANSWER_WAIT`], or `stop` (the consumer's stop or its connection's
+/// loss) comes first. Bounded as a whole: opening the channel waits for the
+/// broker too, and a connection that died silently (a network partition,
+/// before its heartbeats run out) never answers — a consumer stuck here
+/// held a collector's drain for good (CI, 2026-12-04: "still waiting for
+/// the RPC server of topic `collector`" for 70 s).
+async fn ready_messages(
+    transport: &crate::Transport,
+    queue: &str,
+    stop: &CancellationToken,
+) -> Option<u32> {
+    let asking = async {
+        let channel = transport.channel().await.ok()?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "asked".into()).await;
+        declared.ok().map(|queue| queue.message_count())
+    };
+    tokio::select! {
+        () = stop.cancelled() => None,
+        asked = tokio::time::timeout(ANSWER_WAIT, asking) => asked.ok().flatten(),
+    }
+}
+
+/// Waits for `stage`, one stage of stopping a consumer's server, logging
+/// every 10 s what it still waits for (`what` says it, e.g. with a count).
+pub(crate) async fn stopping<F: Future>(what: impl Fn() -> String, stage: F) -> F::Output {
+    const EVERY: Duration = Duration::from_secs(10);
+    tokio::pin!(stage);
+    let started = tokio::time::Instant::now();
+    let mut report = tokio::time::interval_at(started + EVERY, EVERY);
+    loop {
+        tokio::select! {
+            done = &mut stage => return done,
+            _ = report.tick() => tracing::warn!(
+                "stopping for {:?}: {}",
+                started.elapsed(),
+                what()
+            ),
+        }
+    }
 }
 
 /// The span name the messaging conventions give an operation on a
@@ -525,7 +560,7 @@ impl Settler {
     /// Settles `delivery` as `settle` says, unless the connection is lost
     /// first: the service is then rebuilding its messaging, its drain waits
     /// for this, and the delivery goes back to its queue with the
-    /// connection (at least once: the stores are idempotent).
+    /// connection: delivered again, at least once as always.
     pub async fn settle(&self, delivery: &Delivery, settle: Settle) {
         let lost = self.transport.lost();
         tokio::select! {

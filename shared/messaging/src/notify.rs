@@ -421,9 +421,16 @@ impl NotificationListener {
 
     /// Waits until the consumer stopped and every delivery taken was settled.
     pub async fn stopped(self) {
-        let _ = self.consumer.await;
+        let _ = consume::stopping(|| "the consumer has not ended".into(), self.consumer).await;
         self.handlers.close();
-        self.handlers.wait().await;
+        let handlers = &self.handlers;
+        let settling = || {
+            format!(
+                "{} handlers have not settled their deliveries",
+                handlers.len()
+            )
+        };
+        consume::stopping(settling, handlers.wait()).await;
         let close = self.channel.close(200, "listener stopped".into());
         let _ = crate::consume::answered("closing a channel", close).await;
     }

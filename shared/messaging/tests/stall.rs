@@ -9,7 +9,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -28,6 +28,8 @@ const BASIC_ACK: [u8; 4] = [0, 60, 0, 80];
 /// `basic.consume` (class 60, method 20): from the client, a consumer's
 /// registration, also when lapin replays it after a reconnection.
 const BASIC_CONSUME: [u8; 4] = [0, 60, 0, 20];
+/// `channel.open` (class 20, method 10): from the client, a new channel.
+const CHANNEL_OPEN: [u8; 4] = [0, 20, 0, 10];
 const METHOD_FRAME: u8 = 1;
 
 /// What a [`faulty_proxy`] does wrong, switched on while it runs.
@@ -42,6 +44,8 @@ struct Faults {
     /// Drop the client's consumer registrations: a reconnected connection
     /// comes back without its consumers.
     swallow_consumes: AtomicBool,
+    /// How many `channel.open`s the client sent while muted.
+    muted_opens: AtomicUsize,
 }
 
 /// A proxy to the local broker with `faults`. Cancelling `cut` closes the
@@ -96,10 +100,15 @@ async fn relay(client: tokio::net::TcpStream, faults: Arc<Faults>) {
             return;
         }
         while let Some((header, rest)) = read_frame(&mut client_read).await {
-            let dropped = upstream_faults.mute_client.load(SeqCst)
-                || (is_method(&header, &rest, BASIC_CONSUME)
-                    && upstream_faults.swallow_consumes.load(SeqCst));
-            if dropped {
+            if upstream_faults.mute_client.load(SeqCst) {
+                if is_method(&header, &rest, CHANNEL_OPEN) {
+                    upstream_faults.muted_opens.fetch_add(1, SeqCst);
+                }
+                continue;
+            }
+            if is_method(&header, &rest, BASIC_CONSUME)
+                && upstream_faults.swallow_consumes.load(SeqCst)
+            {
                 continue;
             }
             if server_write.write_all(&header).await.is_err()
@@ -276,26 +285,38 @@ async fn a_confirm_lost_with_a_recovered_connection_is_not_a_stall() {
 }
 
 /// A server stops even when the broker no longer hears its connection: the
-/// consumer's cancel and the channel's close go unanswered, and each is
-/// given up after 20 s (`consume::answered`). Before, each waited until the
+/// consumer's check of its queue waits for a channel that never opens and
+/// ends with the stop, the consumer's cancel and the channel's close go
+/// unanswered, and each is given up after 20 s (`consume::answered`). Before, each waited until the
 /// connection failed, and a run's drain — what a service's rebuild after a
 /// lost connection waits for — could wait for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_broker_stops_answering_still_stops() {
     let faults = Arc::new(Faults::default());
-    let rig = Rig::new().await;
+    // The idle consumer asks for its queue's ready messages every second.
+    let rig = Rig::with(|config| config.recovery_timeout_ms = 1_000).await;
     let (transport, client, target) =
         through_proxy(&rig, "mute", &faults, CancellationToken::new()).await;
     let echo = serve_on(&rig, &transport, &client, &target).await;
 
     faults.mute_client.store(true, SeqCst);
+    // The consumer's check is waiting for a channel the broker never
+    // opens (it held the stop for good once: CI, 2026-12-04).
+    let muted = Instant::now();
+    while faults.muted_opens.load(SeqCst) == 0 {
+        assert!(
+            muted.elapsed() < Duration::from_secs(10),
+            "the idle consumer never asked for its queue's ready messages"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Two answers of 20 s each at most (sooner, and something was not
     // waited for); the broker itself gives a silent client twice its
     // heartbeat (60 s) before it closes the connection.
     waits_then_ends(
         "the server stops without the broker's answers",
         Instant::now(),
-        Duration::from_secs(19)..Duration::from_secs(50),
+        Duration::from_secs(19)..Duration::from_secs(55),
         echo.stop(),
     )
     .await;

@@ -189,10 +189,17 @@ impl RpcServer {
     /// and every delivery taken was settled, then closes the channel.
     pub async fn stopped(self) {
         for consumer in self.consumers {
-            let _ = consumer.await;
+            let _ = consume::stopping(|| "a consumer has not ended".into(), consumer).await;
         }
         self.handlers.close();
-        self.handlers.wait().await;
+        let handlers = &self.handlers;
+        let settling = || {
+            format!(
+                "{} handlers have not settled their deliveries",
+                handlers.len()
+            )
+        };
+        consume::stopping(settling, handlers.wait()).await;
         let close = self.channel.close(200, "server stopped".into());
         let _ = crate::consume::answered("closing a channel", close).await;
     }
