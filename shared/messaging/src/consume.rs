@@ -407,9 +407,33 @@ async fn ready_messages(
     }
 }
 
+/// Stops a server of consumers once its stop was asked for: waits for its
+/// `consumers` to end and its `handlers` to settle every delivery taken,
+/// then closes its `channel` (saying `closing`). Each stage says every 10 s
+/// what it still waits for.
+pub(crate) async fn drain(
+    consumers: impl IntoIterator<Item = tokio::task::JoinHandle<()>>,
+    handlers: &TaskTracker,
+    channel: &Channel,
+    closing: &'static str,
+) {
+    for consumer in consumers {
+        let _ = stopping(|| "a consumer has not ended".into(), consumer).await;
+    }
+    handlers.close();
+    let settling = || {
+        format!(
+            "{} handlers have not settled their deliveries",
+            handlers.len()
+        )
+    };
+    stopping(settling, handlers.wait()).await;
+    let _ = answered("closing a channel", channel.close(200, closing.into())).await;
+}
+
 /// Waits for `stage`, one stage of stopping a consumer's server, logging
 /// every 10 s what it still waits for (`what` says it, e.g. with a count).
-pub(crate) async fn stopping<F: Future>(what: impl Fn() -> String, stage: F) -> F::Output {
+async fn stopping<F: Future>(what: impl Fn() -> String, stage: F) -> F::Output {
     const EVERY: Duration = Duration::from_secs(10);
     tokio::pin!(stage);
     let started = tokio::time::Instant::now();

@@ -421,18 +421,13 @@ impl NotificationListener {
 
     /// Waits until the consumer stopped and every delivery taken was settled.
     pub async fn stopped(self) {
-        let _ = consume::stopping(|| "the consumer has not ended".into(), self.consumer).await;
-        self.handlers.close();
-        let handlers = &self.handlers;
-        let settling = || {
-            format!(
-                "{} handlers have not settled their deliveries",
-                handlers.len()
-            )
-        };
-        consume::stopping(settling, handlers.wait()).await;
-        let close = self.channel.close(200, "listener stopped".into());
-        let _ = crate::consume::answered("closing a channel", close).await;
+        consume::drain(
+            [self.consumer],
+            &self.handlers,
+            &self.channel,
+            "listener stopped",
+        )
+        .await;
     }
 }
 

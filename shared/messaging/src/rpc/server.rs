@@ -188,20 +188,13 @@ impl RpcServer {
     /// Waits until the consumers stopped (the shutdown token was cancelled)
     /// and every delivery taken was settled, then closes the channel.
     pub async fn stopped(self) {
-        for consumer in self.consumers {
-            let _ = consume::stopping(|| "a consumer has not ended".into(), consumer).await;
-        }
-        self.handlers.close();
-        let handlers = &self.handlers;
-        let settling = || {
-            format!(
-                "{} handlers have not settled their deliveries",
-                handlers.len()
-            )
-        };
-        consume::stopping(settling, handlers.wait()).await;
-        let close = self.channel.close(200, "server stopped".into());
-        let _ = crate::consume::answered("closing a channel", close).await;
+        consume::drain(
+            self.consumers,
+            &self.handlers,
+            &self.channel,
+            "server stopped",
+        )
+        .await;
     }
 }
 
