@@ -156,7 +156,13 @@ pub async fn start(
         ))?)
         .start(transport, 1, attempt.clone())
         .await?;
-    tokio::spawn(control.stopped());
+    // Drained once the attempt ends (not watched before: a drain reports
+    // what it still waits for, and until then that is everything).
+    let ended = attempt.clone();
+    tokio::spawn(async move {
+        ended.cancelled().await;
+        control.stopped().await;
+    });
     let notifier = Notifier::new(
         transport,
         exchange,
