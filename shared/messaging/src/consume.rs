@@ -251,32 +251,9 @@ where
         )
         .await
         .map_err(MessagingError::broker(format!("consuming `{queue}`")))?;
-    let every = Duration::from_millis(settler.transport.config().recovery_timeout_ms);
-    let mut starved = Starved::default();
     Ok(tokio::spawn(async move {
-        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = check.tick() => {
-                    let idle = handlers.is_empty() && settler.transport.is_connected();
-                    let ready = if idle && !starved.delivered {
-                        // Ends with the consumer's stop, which a lost
-                        // connection brings too.
-                        ready_messages(&settler.transport, &queue, &shutdown).await
-                    } else {
-                        None
-                    };
-                    if starved.check(ready) {
-                        tracing::error!(
-                            "consumer of `{queue}` received nothing for {:?} while its queue held {} ready messages and it had none in hand; rebuilding messaging",
-                            every * Starved::CHECKS,
-                            ready.unwrap_or_default()
-                        );
-                        lost.cancel();
-                        return;
-                    }
-                }
                 _ = shutdown.cancelled() => {
                     // A lost connection takes its consumers with it.
                     if !lost.is_cancelled() {
@@ -289,7 +266,6 @@ where
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        starved.delivered = true;
                         let depth = wire::header_depth(&delivery.properties);
                         if depth > wire::MAX_HEADER_DEPTH {
                             let settler = settler.clone();
@@ -335,76 +311,6 @@ where
             }
         }
     }))
-}
-
-/// Whether a consumer is starved: its queue holds ready messages, the
-/// consumer has nothing in hand and its connection is up, yet nothing was
-/// delivered to it for [`Starved::CHECKS`] checks in a row (one every
-/// `amqp.recovery_timeout_ms`). The broker gives a consumer with room
-/// every message it has, so this one is not registered any more — seen
-/// when lapin's replay of consumers after a reconnection waits for an
-/// answer that never comes (it replays them one channel after another,
-/// and the channel reports itself connected before its consumers are
-/// back), and suspected in CI runs where a collector logged nothing and
-/// consumed nothing after a partition (CI of 0db4fa9). Neither the recovery
-/// watch (the connection is up) nor the consumer stream (lapin reports no
-/// error to it) sees it.
-#[derive(Debug, Default)]
-struct Starved {
-    /// Delivered something since the last check.
-    delivered: bool,
-    /// Checks in a row that found ready messages and no delivery.
-    in_a_row: u32,
-}
-
-impl Starved {
-    const CHECKS: u32 = 2;
-
-    /// One check: `ready` is the queue's ready messages when it was asked
-    /// (idle and connected, nothing delivered since the last check), `None`
-    /// otherwise. `true` once the consumer counts as starved.
-    fn check(&mut self, ready: Option<u32>) -> bool {
-        self.delivered = false;
-        match ready {
-            Some(ready) if ready > 0 => self.in_a_row += 1,
-            _ => self.in_a_row = 0,
-        }
-        self.in_a_row >= Self::CHECKS
-    }
-}
-
-/// How many messages `queue` holds ready for delivery (a passive declare
-/// on a channel of its own); `None` when the broker does not say within
-/// [`ANSWER_WAIT`], or `stop` (the consumer's stop or its connection's
-/// loss) comes first. Bounded as a whole: opening the channel waits for the
-/// broker too, and a connection that died silently (a network partition,
-/// before its heartbeats run out) never answers — a consumer stuck here
-/// held a collector's drain for good (CI, 2026-12-04: "still waiting for
-/// the RPC server of topic `collector`" for 70 s).
-async fn ready_messages(
-    transport: &crate::Transport,
-    queue: &str,
-    stop: &CancellationToken,
-) -> Option<u32> {
-    let asking = async {
-        let channel = transport.channel().await.ok()?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let _ = channel.close(200, "asked".into()).await;
-        declared.ok().map(|queue| queue.message_count())
-    };
-    tokio::select! {
-        () = stop.cancelled() => None,
-        asked = tokio::time::timeout(ANSWER_WAIT, asking) => asked.ok().flatten(),
-    }
 }
 
 /// Stops a server of consumers once its stop was asked for: waits for its
@@ -763,29 +669,5 @@ impl Settler {
             crate::rpc::topology::declare_retry_queue(&self.transport, &self.queue, delay).await?;
         switchyard_executor::sync::lock(&self.retry_queues).insert(name.clone(), Instant::now());
         Ok(name)
-    }
-}
-
-#[cfg(test)]
-mod starved_tests {
-    use super::Starved;
-
-    #[test]
-    fn ready_messages_and_no_delivery_twice_in_a_row_is_starved() {
-        let mut starved = Starved::default();
-        assert!(!starved.check(Some(3)));
-        assert!(starved.check(Some(3)));
-    }
-
-    #[test]
-    fn a_delivery_an_empty_queue_or_work_in_hand_between_checks_starts_over() {
-        let mut starved = Starved::default();
-        assert!(!starved.check(Some(3)));
-        // Busy, delivered, or not asked: `None`.
-        assert!(!starved.check(None));
-        assert!(!starved.check(Some(3)));
-        assert!(!starved.check(Some(0)));
-        assert!(!starved.check(Some(3)));
-        assert!(starved.check(Some(1)));
     }
 }

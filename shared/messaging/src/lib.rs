@@ -71,10 +71,7 @@ pub struct AmqpConfig {
     /// PEM CA certificate(s) trusted for an `amqps://` URL (required for it).
     pub tls_ca_file: String,
     /// How long the connection may stay down before the service rebuilds
-    /// its messaging from scratch (lapin's recovery does not always succeed);
-    /// also how often an idle consumer checks that it is still fed (two
-    /// checks that find its queue holding messages it did not receive
-    /// rebuild the messaging too).
+    /// its messaging from scratch (lapin's recovery does not always succeed).
     pub recovery_timeout_ms: u64,
     /// Most messages waiting in a topic's queue (`x-max-length`); a cast
     /// beyond is refused by the broker (`x-overflow = reject-publish`) and the
