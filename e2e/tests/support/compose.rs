@@ -288,6 +288,55 @@ impl Project {
     }
 }
 
+impl Project {
+    /// The threads' stacks of every Switchyard process in a container whose
+    /// log reports a runtime worker held inside one poll, taken with the
+    /// host's gdb (the containers' processes are the host's too): what held
+    /// it is what a failed run cannot otherwise tell. Nothing without gdb.
+    fn print_held_stacks(&self) {
+        for service in ["api", "collector-a", "collector-b", "notifier"] {
+            let logs = self.compose(&["logs", "--no-color", service], Duration::from_secs(60));
+            if !String::from_utf8_lossy(&logs.stdout).contains("inside one poll") {
+                continue;
+            }
+            let container = self.container(service);
+            let top = Command::new("docker")
+                .args(["top", &container, "-o", "pid,args"])
+                .output();
+            let Ok(top) = top else { continue };
+            for line in String::from_utf8_lossy(&top.stdout).lines().skip(1) {
+                let Some((pid, args)) = line.trim().split_once(' ') else {
+                    continue;
+                };
+                if !args.contains("switchyard") {
+                    continue;
+                }
+                let stacks = Command::new("timeout")
+                    .args([
+                        "60",
+                        "gdb",
+                        "-batch",
+                        "-ex",
+                        "thread apply all bt 16",
+                        "-p",
+                        pid,
+                    ])
+                    .output();
+                if let Ok(stacks) = stacks {
+                    eprintln!(
+                        "{service}: the stacks of `{args}` (pid {pid}), a worker having been held:\n{}",
+                        String::from_utf8_lossy(&stacks.stdout)
+                            .lines()
+                            .filter(|line| !line.starts_with("[New LWP"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A load through the api ([`Project::load`]).
 pub struct Load(tokio::task::JoinHandle<Result<Vec<String>, String>>);
 
@@ -300,6 +349,7 @@ impl Drop for Project {
                 Duration::from_secs(60),
             );
             eprintln!("{}", String::from_utf8_lossy(&logs.stdout));
+            self.print_held_stacks();
         }
         let output = self.compose(
             &["down", "-v", "--remove-orphans", "--timeout", "20"],
