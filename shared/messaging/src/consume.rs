@@ -242,13 +242,13 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let queue = settler.queue.clone();
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            ShortString::from(format!("{queue}.{}", wire::new_id())),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+    let consuming = channel.basic_consume(
+        queue.as_str().into(),
+        ShortString::from(format!("{queue}.{}", wire::new_id())),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    let mut consumer = crate::slow::on_channel(|| format!("consuming `{queue}`"), consuming)
         .await
         .map_err(MessagingError::broker(format!("consuming `{queue}`")))?;
     Ok(tokio::spawn(async move {

@@ -13,6 +13,7 @@ mod consume;
 mod error;
 mod notify;
 mod rpc;
+mod slow;
 mod transport;
 pub mod wire;
 

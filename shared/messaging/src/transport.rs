@@ -21,7 +21,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use switchyard_config::SecretUrl;
 use tokio_util::sync::CancellationToken;
 
-use crate::{AmqpConfig, MessagingError};
+use crate::{AmqpConfig, MessagingError, slow};
 
 /// Which of the configured brokers a new connection tries first: the one
 /// that last answered, or the one after a broker that was lost. Process-wide
@@ -218,15 +218,19 @@ impl Transport {
 
     /// A new channel with publisher confirms enabled.
     pub async fn channel(&self) -> Result<Channel, MessagingError> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(MessagingError::broker("opening a channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(MessagingError::broker("enabling publisher confirms"))?;
+        let name = &self.name;
+        let channel = slow::on_channel(
+            || format!("opening a channel on `{name}`"),
+            self.connection.create_channel(),
+        )
+        .await
+        .map_err(MessagingError::broker("opening a channel"))?;
+        slow::on_channel(
+            || format!("enabling publisher confirms on `{name}`"),
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .map_err(MessagingError::broker("enabling publisher confirms"))?;
         Ok(channel)
     }
 
@@ -237,13 +241,13 @@ impl Transport {
         prefetch: usize,
     ) -> Result<Channel, MessagingError> {
         let channel = self.channel().await?;
-        channel
-            .basic_qos(
-                prefetch.clamp(1, u16::MAX as usize) as u16,
-                BasicQosOptions::default(),
-            )
-            .await
-            .map_err(MessagingError::broker("setting prefetch"))?;
+        let prefetch = prefetch.clamp(1, u16::MAX as usize) as u16;
+        slow::on_channel(
+            || format!("setting prefetch {prefetch} on `{}`", self.name),
+            channel.basic_qos(prefetch, BasicQosOptions::default()),
+        )
+        .await
+        .map_err(MessagingError::broker("setting prefetch"))?;
         Ok(channel)
     }
 

@@ -52,18 +52,19 @@ impl RpcClient {
     /// pseudo queue: replies need no queue of their own, so none can leak.
     pub async fn new(transport: &Transport) -> Result<Self, MessagingError> {
         let channel = transport.channel().await?;
-        let mut replies = channel
-            .basic_consume(
-                wire::DIRECT_REPLY_TO.into(),
-                ShortString::from(format!("replies.{}", wire::new_id())),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(MessagingError::broker("consuming direct replies"))?;
+        let consuming = channel.basic_consume(
+            wire::DIRECT_REPLY_TO.into(),
+            ShortString::from(format!("replies.{}", wire::new_id())),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        );
+        let mut replies =
+            crate::slow::on_channel(|| "consuming direct replies".to_string(), consuming)
+                .await
+                .map_err(MessagingError::broker("consuming direct replies"))?;
         let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>> = Arc::default();
         let router = Arc::clone(&pending);
         let recovering = channel.clone();

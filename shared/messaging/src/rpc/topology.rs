@@ -9,38 +9,13 @@ use lapin::{Channel, ExchangeKind};
 
 use crate::{MessagingError, Transport, wire};
 
-/// How long a declaration waits before the service says so. A broker
-/// answers in milliseconds, except in a cluster with a member that is
-/// unreachable but not yet declared down (after RabbitMQ's `net_ticktime`):
-/// until then no node creates or deletes a queue, and a service that failed
-/// over to a healthy node waits there, connected and unready, in silence.
-const SLOW_ANSWER: Duration = Duration::from_secs(5);
+/// Why a declaration can go unanswered for long, said with the warning.
+const CLUSTER_WAIT: &str = "a RabbitMQ cluster creates no queue while one of its members is \
+                            unreachable but not yet declared down";
 
-/// Awaits `operation` on the broker; if it has no answer within
-/// [`SLOW_ANSWER`], warns once, naming it (`what`), and says when it is
-/// answered at last. Unbounded on purpose: the connection's heartbeats and
-/// `recovery_timeout_ms` decide when a broker is gone, not this.
+/// A declaration, named in the log when the broker is slow to answer it.
 async fn answered<T>(what: impl Fn() -> String, operation: impl Future<Output = T>) -> T {
-    answered_within(SLOW_ANSWER, what, operation).await
-}
-
-async fn answered_within<T>(
-    limit: Duration,
-    what: impl Fn() -> String,
-    operation: impl Future<Output = T>,
-) -> T {
-    tokio::pin!(operation);
-    if let Ok(answer) = tokio::time::timeout(limit, &mut operation).await {
-        return answer;
-    }
-    tracing::warn!(
-        "{}: no answer from the broker after {limit:?}; still waiting (a RabbitMQ cluster \
-         creates no queue while one of its members is unreachable but not yet declared down)",
-        what()
-    );
-    let answer = operation.await;
-    tracing::info!("{}: answered", what());
-    answer
+    crate::slow::reported(what, CLUSTER_WAIT, operation).await
 }
 
 pub(crate) async fn declare_exchange(
@@ -282,57 +257,4 @@ pub(crate) async fn bind(
         .map_err(MessagingError::broker(format!(
             "binding `{queue}` to `{exchange}` with `{key}`"
         )))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use switchyard_testkit::Log;
-
-    use super::answered_within;
-
-    /// Runs `operation` under `answered_within(50 ms)`; its answer and the log.
-    fn run(operation_takes: Duration) -> (u32, String) {
-        let log = Log::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
-        let answer = tracing::subscriber::with_default(subscriber, || {
-            runtime.block_on(answered_within(
-                Duration::from_millis(50),
-                || "declaring queue `q`".to_string(),
-                async {
-                    tokio::time::sleep(operation_takes).await;
-                    7
-                },
-            ))
-        });
-        (answer, log.text())
-    }
-
-    #[test]
-    fn a_declaration_the_broker_answers_late_is_named_while_it_waits() {
-        let (answer, log) = run(Duration::from_millis(200));
-        assert_eq!(answer, 7, "the late answer is still the answer");
-        assert!(
-            log.contains("WARN")
-                && log.contains("declaring queue `q`: no answer from the broker after 50ms"),
-            "{log}"
-        );
-        assert!(log.contains("declaring queue `q`: answered"), "{log}");
-    }
-
-    #[test]
-    fn a_declaration_answered_in_time_says_nothing() {
-        let (answer, log) = run(Duration::ZERO);
-        assert_eq!(answer, 7);
-        assert!(log.is_empty(), "{log}");
-    }
 }
