@@ -100,9 +100,10 @@ async fn serve(settings: ApiSettings, mut app: App) -> anyhow::Result<()> {
     // The table and the judge's windows and verdicts outlive a rebuild
     // after a lost broker: a failed verdict must not clear itself by one.
     let rollout = app.kept(|| rollout::Rollout::new(&settings.fleet));
+    let notifier = app.notifier().await?;
     let heartbeats = app
         .rpc_server(heartbeat::TOPIC)?
-        .method(app.register(rollout.endpoint(Some(app.notifier().await?)))?);
+        .method(app.register(rollout.endpoint(Some(notifier)))?);
     app.serve_rpc(heartbeats).await?;
     // The page, like the table it shows, outlives messaging rebuilds: bound
     // by the first run, served until the process stops.
@@ -116,8 +117,12 @@ async fn serve(settings: ApiSettings, mut app: App) -> anyhow::Result<()> {
         )
         .await?;
     }
+    let rpc = RpcClient::new(&messaging.transport);
+    let rpc = app
+        .starting("the RPC client", async { Ok(rpc.await?) })
+        .await?;
     let backends = metering::Backends {
-        rpc: RpcClient::new(&messaging.transport).await?,
+        rpc,
         exchange: messaging.exchange.clone(),
         collector: metering::collector_client(&settings.grpc, settings.api.collector_url.as_str())
             .context("api.collector_url")?,

@@ -328,14 +328,65 @@ impl App {
     }
 
     /// A publisher of notifications, named after this instance.
-    pub async fn notifier(&self) -> anyhow::Result<Notifier> {
-        let messaging = self.messaging()?;
-        Ok(Notifier::new(
-            &messaging.transport,
-            &messaging.exchange,
-            &format!("{}@{}", self.service, self.running.identity.instance_id),
-        )
-        .await?)
+    pub async fn notifier(&mut self) -> anyhow::Result<Notifier> {
+        let messaging = self.messaging()?.clone();
+        let name = format!("{}@{}", self.service, self.running.identity.instance_id);
+        let starting = Notifier::new(&messaging.transport, &messaging.exchange, &name);
+        self.starting("the notifier", async { Ok(starting.await?) })
+            .await
+    }
+
+    /// Awaits one step of the run's start: a server's or a listener's
+    /// declarations and consumer, the notifier's channel, the heartbeats,
+    /// a service's own client on the run's connection.
+    /// Each waits for the broker without a bound of its own (see
+    /// `switchyard_messaging`'s slow-answer reports), and lapin never fails
+    /// an operation whose connection its heartbeats closed. So a step still
+    /// waiting when the connection is declared lost for good is given up:
+    /// what the run started drains, the connection is closed, and the
+    /// service is run again ([`Restart`]), as after a loss while serving.
+    /// Before, such a start held the service connected to nothing, unready
+    /// and silent, for ever. A stop (SIGTERM) is left to the grace period,
+    /// as before: it does not turn a start into a failure.
+    pub async fn starting<T>(
+        &mut self,
+        step: &str,
+        started: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let Some(lost) = self.messaging.as_ref().map(|m| m.transport.lost()) else {
+            return started.await;
+        };
+        tokio::pin!(started);
+        tokio::select! {
+            biased;
+            done = &mut started => return done,
+            () = lost.cancelled() => {}
+        }
+        if self.running.shutdown.is_cancelled() {
+            return started.await;
+        }
+        tracing::warn!(
+            "{step} had not started when the broker connection was lost; ending the run"
+        );
+        self.end_run().await?;
+        Err(Restart::because(Abandoned {
+            step: step.to_string(),
+        })
+        .into())
+    }
+
+    /// Ends a run: waits for what it started to drain, then closes its
+    /// connection; `Err` ([`Restart`]) when the connection had been lost.
+    async fn end_run(&mut self) -> anyhow::Result<()> {
+        drained(std::mem::take(&mut self.stopped)).await;
+        if let Some(messaging) = &self.messaging {
+            messaging
+                .transport
+                .finish(&self.running.shutdown)
+                .await
+                .map_err(Restart::because)?;
+        }
+        Ok(())
     }
 
     /// Registers `endpoint` with the executor. Only a declared endpoint is
@@ -379,13 +430,12 @@ impl App {
     pub async fn serve_rpc(&mut self, server: RpcServerBuilder) -> anyhow::Result<()> {
         let transport = self.messaging()?.transport.clone();
         let what = format!("the RPC server of topic `{}`", server.topic());
-        let server = server
-            .start(
-                &transport,
-                self.running.executor.config().capacity(),
-                self.attempt.clone(),
-            )
-            .await?;
+        let starting = server.start(
+            &transport,
+            self.running.executor.config().capacity(),
+            self.attempt.clone(),
+        );
+        let server = self.starting(&what, async { Ok(starting.await?) }).await?;
         self.stopped.push((what, Box::pin(server.stopped())));
         Ok(())
     }
@@ -412,9 +462,8 @@ impl App {
         let endpoint = self.register(endpoint)?;
         let transport = self.messaging()?.transport.clone();
         let what = format!("the notification listener of pool `{}`", listener.pool());
-        let listener = listener
-            .start(&transport, endpoint, self.attempt.clone())
-            .await?;
+        let starting = listener.start(&transport, endpoint, self.attempt.clone());
+        let listener = self.starting(&what, async { Ok(starting.await?) }).await?;
         self.stopped.push((what, Box::pin(listener.stopped())));
         Ok(())
     }
@@ -457,7 +506,7 @@ impl App {
             grpc.access,
         )?;
         let routes = (grpc.routes)(routes);
-        if let Some(messaging) = &self.messaging {
+        if let Some(messaging) = self.messaging.clone() {
             let instance = heartbeat::Instance {
                 // The name in its traces (`OTEL_SERVICE_NAME` renames both).
                 service: self.running.identity.service.clone(),
@@ -466,14 +515,15 @@ impl App {
                 supervisor: self.running.supervisor.clone(),
                 shutdown: self.running.shutdown.clone(),
             };
-            heartbeat::start(
+            let starting = heartbeat::start(
                 &messaging.transport,
                 &messaging.exchange,
                 &instance,
                 messaging.heartbeat_interval,
                 self.attempt.clone(),
-            )
-            .await?;
+            );
+            self.starting("the rollout heartbeats", async { Ok(starting.await?) })
+                .await?;
         }
         let readiness = hosted.readiness.clone();
         for probe in self.probes.drain(..) {
@@ -515,16 +565,16 @@ impl App {
             }
         }
         drop(slot);
-        drained(std::mem::take(&mut self.stopped)).await;
-        if let Some(messaging) = &self.messaging {
-            messaging
-                .transport
-                .finish(&self.running.shutdown)
-                .await
-                .map_err(Restart::because)?;
-        }
-        Ok(())
+        self.end_run().await
     }
+}
+
+/// A step of a run's start given up because the broker connection was lost
+/// while it waited ([`App::starting`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{step} was still waiting for the broker when its connection was lost for good")]
+struct Abandoned {
+    step: String,
 }
 
 /// How often a run that is ending says what it still waits for.
