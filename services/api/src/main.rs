@@ -117,9 +117,8 @@ async fn serve(settings: ApiSettings, mut app: App) -> anyhow::Result<()> {
         )
         .await?;
     }
-    let rpc = RpcClient::new(&messaging.transport);
     let rpc = app
-        .starting("the RPC client", async { Ok(rpc.await?) })
+        .starting("the RPC client", RpcClient::new(&messaging.transport))
         .await?;
     let backends = metering::Backends {
         rpc,

@@ -332,8 +332,7 @@ impl App {
         let messaging = self.messaging()?.clone();
         let name = format!("{}@{}", self.service, self.running.identity.instance_id);
         let starting = Notifier::new(&messaging.transport, &messaging.exchange, &name);
-        self.starting("the notifier", async { Ok(starting.await?) })
-            .await
+        self.starting("the notifier", starting).await
     }
 
     /// Awaits one step of the run's start: a server's or a listener's
@@ -348,22 +347,22 @@ impl App {
     /// Before, such a start held the service connected to nothing, unready
     /// and silent, for ever. A stop (SIGTERM) is left to the grace period,
     /// as before: it does not turn a start into a failure.
-    pub async fn starting<T>(
+    pub async fn starting<T, E: Into<anyhow::Error>>(
         &mut self,
         step: &str,
-        started: impl Future<Output = anyhow::Result<T>>,
+        started: impl Future<Output = Result<T, E>>,
     ) -> anyhow::Result<T> {
         let Some(lost) = self.messaging.as_ref().map(|m| m.transport.lost()) else {
-            return started.await;
+            return started.await.map_err(Into::into);
         };
         tokio::pin!(started);
         tokio::select! {
             biased;
-            done = &mut started => return done,
+            done = &mut started => return done.map_err(Into::into),
             () = lost.cancelled() => {}
         }
         if self.running.shutdown.is_cancelled() {
-            return started.await;
+            return started.await.map_err(Into::into);
         }
         tracing::warn!(
             "{step} had not started when the broker connection was lost; ending the run"
@@ -435,7 +434,7 @@ impl App {
             self.running.executor.config().capacity(),
             self.attempt.clone(),
         );
-        let server = self.starting(&what, async { Ok(starting.await?) }).await?;
+        let server = self.starting(&what, starting).await?;
         self.stopped.push((what, Box::pin(server.stopped())));
         Ok(())
     }
@@ -463,7 +462,7 @@ impl App {
         let transport = self.messaging()?.transport.clone();
         let what = format!("the notification listener of pool `{}`", listener.pool());
         let starting = listener.start(&transport, endpoint, self.attempt.clone());
-        let listener = self.starting(&what, async { Ok(starting.await?) }).await?;
+        let listener = self.starting(&what, starting).await?;
         self.stopped.push((what, Box::pin(listener.stopped())));
         Ok(())
     }
@@ -522,8 +521,7 @@ impl App {
                 messaging.heartbeat_interval,
                 self.attempt.clone(),
             );
-            self.starting("the rollout heartbeats", async { Ok(starting.await?) })
-                .await?;
+            self.starting("the rollout heartbeats", starting).await?;
         }
         let readiness = hosted.readiness.clone();
         for probe in self.probes.drain(..) {
