@@ -21,15 +21,20 @@ fn rss_kib(field: &str) -> u64 {
 }
 
 /// In the child: hold 1,000 requests, report the resident growth in KiB.
+/// The first reading is taken once the contender is ready to take requests
+/// (the executor started, its endpoint registered), so the growth is what
+/// the requests hold, not the executor's start-up (its pool threads in the
+/// pool phases, its watchdog thread in all).
 pub async fn probe(contender: &str) -> anyhow::Result<u64> {
     const REQUESTS: usize = 1000;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let before = rss_kib("VmRSS:");
     let mut tasks = tokio::task::JoinSet::new();
     let executor;
+    let before;
     match contender {
         "raw" => {
             executor = None;
+            before = rss_kib("VmRSS:");
             for _ in 0..REQUESTS {
                 let gate = Arc::clone(&gate);
                 tasks.spawn(async move {
@@ -62,6 +67,7 @@ pub async fn probe(contender: &str) -> anyhow::Result<u64> {
                     }))?
                 }
             };
+            before = rss_kib("VmRSS:");
             for _ in 0..REQUESTS {
                 let endpoint = endpoint.clone();
                 tasks.spawn(async move {
