@@ -293,13 +293,22 @@ impl Project {
     /// log reports a runtime worker held inside one poll, taken with the
     /// host's gdb (the containers' processes are the host's too): what held
     /// it is what a failed run cannot otherwise tell. Nothing without gdb.
+    /// Called while a test unwinds, so it asserts nothing (a second panic
+    /// would abort before `down`), and it asks compose for the project's
+    /// services, whichever deploy files the test ran.
     fn print_held_stacks(&self) {
-        for service in ["api", "collector-a", "collector-b", "notifier"] {
-            let logs = self.compose(&["logs", "--no-color", service], Duration::from_secs(60));
+        let bound = Duration::from_secs(60);
+        let services = self.compose(&["config", "--services"], bound);
+        for service in String::from_utf8_lossy(&services.stdout).lines() {
+            let logs = self.compose(&["logs", "--no-color", service], bound);
             if !String::from_utf8_lossy(&logs.stdout).contains("inside one poll") {
                 continue;
             }
-            let container = self.container(service);
+            let ps = self.compose(&["ps", "-q", service], bound);
+            let container = String::from_utf8_lossy(&ps.stdout).trim().to_string();
+            if container.is_empty() {
+                continue;
+            }
             let top = Command::new("docker")
                 .args(["top", &container, "-o", "pid,args"])
                 .output();

@@ -352,17 +352,18 @@ impl App {
         step: &str,
         started: impl Future<Output = Result<T, E>>,
     ) -> anyhow::Result<T> {
+        let started = async { started.await.map_err(Into::into) };
         let Some(lost) = self.messaging.as_ref().map(|m| m.transport.lost()) else {
-            return started.await.map_err(Into::into);
+            return started.await;
         };
         tokio::pin!(started);
         tokio::select! {
             biased;
-            done = &mut started => return done.map_err(Into::into),
+            done = &mut started => return done,
             () = lost.cancelled() => {}
         }
         if self.running.shutdown.is_cancelled() {
-            return started.await.map_err(Into::into);
+            return started.await;
         }
         tracing::warn!(
             "{step} had not started when the broker connection was lost; ending the run"
