@@ -31,7 +31,18 @@ pub struct Project {
 }
 
 impl Project {
+    /// Runs `docker-compose ARGS` for this project; panics when it cannot be
+    /// run or takes longer than `bound` (see [`Project::try_compose`]).
     pub fn compose(&self, args: &[&str], bound: Duration) -> Output {
+        self.try_compose(args, bound)
+            .unwrap_or_else(|error| panic!("docker-compose {args:?}: {error}"))
+    }
+
+    /// [`Project::compose`] without the panic, for a test that is unwinding
+    /// or cleaning up: a second panic in `drop` would abort the test binary
+    /// before `down`, and leave the project's containers behind. A run longer
+    /// than `bound` is killed and reported as [`std::io::ErrorKind::TimedOut`].
+    pub fn try_compose(&self, args: &[&str], bound: Duration) -> std::io::Result<Output> {
         let child = Command::new("docker-compose")
             .current_dir(root())
             .env("COMPOSE_PROJECT_NAME", &self.name)
@@ -41,8 +52,7 @@ impl Project {
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("docker-compose runs (scripts/test installs it)");
+            .spawn()?;
         // Read the output while it runs: a log larger than the pipe would
         // otherwise block docker-compose for ever.
         let pid = child.id();
@@ -50,15 +60,15 @@ impl Project {
         std::thread::spawn(move || {
             let _ = done.send(child.wait_with_output());
         });
-        match output.recv_timeout(bound) {
-            Ok(output) => output.expect("docker-compose output"),
-            Err(_) => {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-                panic!("docker-compose {args:?} took more than {bound:?}");
-            }
-        }
+        output.recv_timeout(bound).unwrap_or_else(|_| {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("took more than {bound:?} and was killed"),
+            ))
+        })
     }
 
     pub fn ok(&self, args: &[&str], bound: Duration) -> String {
@@ -298,13 +308,19 @@ impl Project {
     /// services, whichever deploy files the test ran.
     fn print_held_stacks(&self) {
         let bound = Duration::from_secs(60);
-        let services = self.compose(&["config", "--services"], bound);
+        let Ok(services) = self.try_compose(&["config", "--services"], bound) else {
+            return;
+        };
         for service in String::from_utf8_lossy(&services.stdout).lines() {
-            let logs = self.compose(&["logs", "--no-color", service], bound);
+            let Ok(logs) = self.try_compose(&["logs", "--no-color", service], bound) else {
+                continue;
+            };
             if !String::from_utf8_lossy(&logs.stdout).contains("inside one poll") {
                 continue;
             }
-            let ps = self.compose(&["ps", "-q", service], bound);
+            let Ok(ps) = self.try_compose(&["ps", "-q", service], bound) else {
+                continue;
+            };
             let container = String::from_utf8_lossy(&ps.stdout).trim().to_string();
             if container.is_empty() {
                 continue;
@@ -353,22 +369,30 @@ impl Drop for Project {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // What the services said last, before they are removed.
-            let logs = self.compose(
+            match self.try_compose(
                 &["logs", "--no-color", "--tail", "80"],
                 Duration::from_secs(60),
-            );
-            eprintln!("{}", String::from_utf8_lossy(&logs.stdout));
+            ) {
+                Ok(logs) => eprintln!("{}", String::from_utf8_lossy(&logs.stdout)),
+                Err(error) => eprintln!("docker-compose logs: {error}"),
+            }
             self.print_held_stacks();
         }
-        let output = self.compose(
+        let down = self.try_compose(
             &["down", "-v", "--remove-orphans", "--timeout", "20"],
             Duration::from_secs(180),
         );
-        if !output.status.success() {
+        let failed = match down {
+            Ok(output) if output.status.success() => None,
+            Ok(output) => Some(String::from_utf8_lossy(&output.stderr).into_owned()),
+            Err(error) => Some(error.to_string()),
+        };
+        if let Some(why) = failed {
             eprintln!(
-                "docker-compose down failed: {}",
-                String::from_utf8_lossy(&output.stderr)
+                "docker-compose down failed ({why}); removing project `{}` by its label",
+                self.name
             );
+            remove_by_label(&self.name);
         }
         let _ = std::fs::remove_file(&self.env_file);
         for file in &self.scratch {
@@ -414,6 +438,41 @@ pub fn engine_answers(suite: &str) -> bool {
         eprintln!("{suite} suite skipped: no Docker engine answers (`docker info` failed)");
     }
     answers
+}
+
+/// What `down` would have removed, removed with `docker` directly by the
+/// project's label: containers first (they hold the networks and volumes).
+/// Asserts nothing; it runs from `drop`.
+fn remove_by_label(project: &str) {
+    let label = format!("label=com.docker.compose.project={project}");
+    for (list, remove) in [
+        (
+            vec!["ps", "-aq", "--filter", &label],
+            vec!["rm", "-f", "-v"],
+        ),
+        (
+            vec!["network", "ls", "-q", "--filter", &label],
+            vec!["network", "rm"],
+        ),
+        (
+            vec!["volume", "ls", "-q", "--filter", &label],
+            vec!["volume", "rm", "-f"],
+        ),
+    ] {
+        let Ok(listed) = Command::new("docker").args(&list).output() else {
+            continue;
+        };
+        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+        let ids: Vec<&str> = listed.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = Command::new("timeout")
+                .arg("120")
+                .arg("docker")
+                .args(&remove)
+                .args(&ids)
+                .status();
+        }
+    }
 }
 
 pub fn leftovers(project: &str) -> Vec<String> {
