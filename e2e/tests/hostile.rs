@@ -402,16 +402,7 @@ async fn a_full_disk_under_sqlite_loses_no_acknowledged_sample() {
     let url = format!("sqlite://{}?mode=rw", database.display());
     let started = Instant::now();
     loop {
-        use switchyard_storage::sqlx::{self, Connection, Row};
-        let mut db = sqlx::sqlite::SqliteConnection::connect(&url)
-            .await
-            .expect("open the SQLite file");
-        let row = sqlx::query("SELECT COUNT(*), COUNT(DISTINCT id) FROM samples")
-            .fetch_one(&mut db)
-            .await
-            .expect("count");
-        let (rows, distinct): (i64, i64) = (row.get(0), row.get(1));
-        let _ = db.close().await;
+        let (rows, distinct) = support::samples_stored(&url).await;
         assert_eq!(rows, distinct, "a sample was stored twice");
         if distinct as usize == acknowledged.len() {
             break;
@@ -431,7 +422,6 @@ async fn a_full_disk_under_sqlite_loses_no_acknowledged_sample() {
 
 #[test]
 fn sigterm_while_waiting_for_the_broker_at_start_up_stops_the_api() {
-    use std::io::{BufRead, BufReader};
     // Nothing listens there: the api waits for its broker.
     let dead_broker = format!("amqp://guest:guest@127.0.0.1:{}/%2f", support::free_port());
     let mut command = Command::new(support::binary("switchyard-api"));
@@ -440,27 +430,18 @@ fn sigterm_while_waiting_for_the_broker_at_start_up_stops_the_api() {
             command.env_remove(key);
         }
     }
-    let mut child = command
-        .env("NO_COLOR", "1")
-        .env("SWITCHYARD_AMQP__URL", dead_broker)
-        .env("SWITCHYARD_GRPC__LISTEN", "127.0.0.1:0")
-        .env("SWITCHYARD_EXECUTOR__SHUTDOWN_GRACE_MS", "1000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("api starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (started_tx, started) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("starting in phase") {
-                let _ = started_tx.send(());
-            }
-        }
-    });
-    started
-        .recv_timeout(BOUND)
-        .expect("the api says it is starting");
+    let (mut child, lines) = switchyard_testkit::spawn_logged(
+        command
+            .env("SWITCHYARD_AMQP__URL", dead_broker)
+            .env("SWITCHYARD_GRPC__LISTEN", "127.0.0.1:0")
+            .env("SWITCHYARD_EXECUTOR__SHUTDOWN_GRACE_MS", "1000"),
+    );
+    let deadline = Instant::now() + BOUND;
+    while !lines
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .expect("the api says it is starting")
+        .contains("starting in phase")
+    {}
     let signalled = Instant::now();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -310,6 +310,23 @@ pub async fn drop_database(name: &str) {
     }
 }
 
+/// `(rows, distinct ids)` in the samples table of the database at `url`
+/// (PostgreSQL or a SQLite file), on a connection of its own.
+pub async fn samples_stored(url: &str) -> (i64, i64) {
+    use switchyard_storage::sqlx::{self, Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(url)
+        .await
+        .expect("open the sample store");
+    let row = sqlx::query("SELECT COUNT(*), COUNT(DISTINCT id) FROM samples")
+        .fetch_one(&mut db)
+        .await
+        .expect("count samples");
+    let counts = (row.get(0), row.get(1));
+    let _ = db.close().await;
+    counts
+}
+
 /// A TCP proxy on loopback in front of `target`: a broker "node" that can
 /// be cut off. [`Proxy::cut`] closes its port and every connection through
 /// it at once, as a node that died would.
@@ -711,15 +728,7 @@ impl Fleet {
 
     /// `(rows, distinct ids)` in the samples table.
     pub async fn stored(&self) -> (i64, i64) {
-        use switchyard_storage::sqlx::{self, Connection, Row};
-        let mut db = sqlx::postgres::PgConnection::connect(&self.database_url)
-            .await
-            .expect("database");
-        let row = sqlx::query("SELECT COUNT(*), COUNT(DISTINCT id) FROM samples")
-            .fetch_one(&mut db)
-            .await
-            .expect("count samples");
-        (row.get(0), row.get(1))
+        samples_stored(&self.database_url).await
     }
 
     /// Everything the collector logged so far.

@@ -57,7 +57,7 @@ impl Launcher {
                 command.env_remove(key);
             }
         }
-        let (child, lines) = support::spawn_logged(
+        let (child, lines) = switchyard_testkit::spawn_logged(
             command
                 .arg("--config")
                 .arg(&file)

@@ -118,7 +118,7 @@ fn echo_command() -> Command {
 }
 
 fn start_echo_with(phase: &str, env: &[(&str, &str)]) -> Echo {
-    let (child, log) = support::spawn_logged(
+    let (child, log) = switchyard_testkit::spawn_logged(
         echo_command()
             .envs(env.iter().copied())
             .env("SWITCHYARD_EXECUTOR__PHASE", phase)

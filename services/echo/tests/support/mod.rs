@@ -108,39 +108,6 @@ pub async fn answered<T>(
         .into_inner()
 }
 
-/// Starts `command` logging at `info` without colours to a piped stderr
-/// (stdout discarded); returns the child and its log lines.
-pub fn spawn_logged(
-    command: &mut std::process::Command,
-) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    use std::process::Stdio;
-    let mut child = command
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the service starts");
-    let lines = log_lines(&mut child);
-    (child, lines)
-}
-
-/// The lines `child` writes to its (piped) stderr, read on a thread until
-/// the pipe closes.
-pub fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    use std::io::{BufRead, BufReader};
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (lines, log) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    log
-}
-
 /// The OpenMetrics parser of the Prometheus project's Python client,
 /// strict about the format (HELP and TYPE once per family, counter and
 /// histogram sample names, bucket order, escaping, `# EOF`), and a few
