@@ -98,6 +98,26 @@ pub fn retry_queue(queue: &str, delay: std::time::Duration) -> String {
     format!("{queue}.retry.{}ms", delay.as_millis())
 }
 
+/// The arguments of [`retry_queue`]`(queue, delay)`: a classic queue whose
+/// messages wait `delay` (a queue-wide TTL), then dead-letter back to
+/// `queue` through the default exchange; gone `idle` plus `delay` after its
+/// last declaration.
+pub fn retry_queue_arguments(
+    queue: &str,
+    delay: std::time::Duration,
+    idle: std::time::Duration,
+) -> FieldTable {
+    let millis =
+        |d: std::time::Duration| AMQPValue::LongLongInt(d.as_millis().min(i64::MAX as u128) as i64);
+    let mut arguments = FieldTable::default();
+    set_str(&mut arguments, "x-queue-type", "classic");
+    arguments.insert("x-message-ttl".into(), millis(delay));
+    arguments.insert("x-expires".into(), millis(delay + idle));
+    set_str(&mut arguments, "x-dead-letter-exchange", "");
+    set_str(&mut arguments, "x-dead-letter-routing-key", queue);
+    arguments
+}
+
 /// A process-unique id: 64 random bits and a counter, hex.
 pub fn new_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -176,15 +176,7 @@ pub(crate) async fn declare_retry_queue(
     delay: Duration,
 ) -> Result<String, MessagingError> {
     let name = wire::retry_queue(queue, delay);
-    let millis = |d: Duration| {
-        lapin::types::AMQPValue::LongLongInt(d.as_millis().min(i64::MAX as u128) as i64)
-    };
-    let mut arguments = FieldTable::default();
-    wire::set_str(&mut arguments, "x-queue-type", "classic");
-    arguments.insert("x-message-ttl".into(), millis(delay));
-    arguments.insert("x-expires".into(), millis(delay + RETRY_QUEUE_IDLE));
-    wire::set_str(&mut arguments, "x-dead-letter-exchange", "");
-    wire::set_str(&mut arguments, "x-dead-letter-routing-key", queue);
+    let arguments = wire::retry_queue_arguments(queue, delay, RETRY_QUEUE_IDLE);
     declare_alone(transport, &name, arguments).await?;
     Ok(name)
 }
