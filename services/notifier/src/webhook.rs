@@ -17,6 +17,8 @@ use switchyard_proto::metering::v1::AlarmState;
 
 use crate::settings::NotifierConfig;
 
+/// An alarm state as the webhook body names it (docs/wire-format.md,
+/// "Webhooks").
 fn state_name(state: i32) -> &'static str {
     match AlarmState::try_from(state) {
         Ok(AlarmState::Ok) => "ok",
@@ -26,7 +28,9 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
-/// The JSON body a webhook receives.
+/// The JSON body a webhook receives: a contract with receivers written in
+/// any language, documented in docs/wire-format.md ("Webhooks") and held by
+/// the test below.
 pub fn body(changed: &AlarmStateChanged) -> String {
     let alarm = changed.alarm.clone().unwrap_or_default();
     let transition = changed.transition.clone().unwrap_or_default();
@@ -111,7 +115,59 @@ pub fn endpoint(
 
 #[cfg(test)]
 mod tests {
-    use super::refused;
+    use super::{body, refused};
+    use switchyard_proto::messaging::v1::AlarmStateChanged;
+    use switchyard_proto::metering::v1::{Alarm, AlarmState, AlarmTransition};
+
+    #[test]
+    fn the_body_has_the_documented_fields_and_state_names() {
+        let changed = |from: AlarmState, to: i32| AlarmStateChanged {
+            alarm: Some(Alarm {
+                id: "a-1".into(),
+                name: "cpu high".into(),
+                meter: "cpu_util".into(),
+                threshold: 90.5,
+                webhook_url: "http://receiver/hook?token=secret".into(),
+                ..Alarm::default()
+            }),
+            transition: Some(AlarmTransition {
+                alarm_id: "a-1".into(),
+                from: from as i32,
+                to,
+                reason: "3 periods above 90.5".into(),
+                at: Some(prost_types::Timestamp {
+                    seconds: 1_796_000_000,
+                    nanos: 250_000_000,
+                }),
+            }),
+        };
+        let parsed: serde_json::Value =
+            serde_json::from_str(&body(&changed(AlarmState::Ok, AlarmState::Alarm as i32)))
+                .expect("the body is JSON");
+        assert_eq!(
+            parsed,
+            serde_json::json!({
+                "alarm_id": "a-1",
+                "name": "cpu high",
+                "meter": "cpu_util",
+                "threshold": 90.5,
+                "previous": "ok",
+                "current": "alarm",
+                "reason": "3 periods above 90.5",
+                "at_unix": 1_796_000_000,
+            }),
+            "exactly these fields: not the webhook URL, which may carry a secret"
+        );
+        let names = |from, to| {
+            let parsed: serde_json::Value =
+                serde_json::from_str(&body(&changed(from, to))).expect("JSON");
+            (parsed["previous"].clone(), parsed["current"].clone())
+        };
+        assert_eq!(
+            names(AlarmState::InsufficientData, 99),
+            ("insufficient_data".into(), "unknown".into())
+        );
+    }
 
     #[test]
     fn client_errors_are_refusals_except_timeout_and_too_many_requests() {
