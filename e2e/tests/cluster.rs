@@ -33,7 +33,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::ListAlarmsSteadily;
-use support::compose::{Project, engine_answers, inspect, leftovers, root};
+use support::compose::{Project, engine_answers, inspect, leftovers};
 
 const SERVICES: [&str; 8] = [
     "rabbit-1",
@@ -51,23 +51,14 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
     if !engine_answers("cluster") {
         return;
     }
-    let id = switchyard_messaging::wire::new_id();
-    let name = format!("sycl{}", &id[..id.len().min(12)]);
-    let env_file = std::env::temp_dir().join(format!("{name}.env"));
     let api_port = support::free_port();
-    std::fs::write(&env_file, format!("API_PORT={api_port}\n")).expect("env file");
-    let token = std::fs::read_to_string(root().join("deploy/secrets/api_token"))
-        .expect("deploy/secrets/api_token (scripts/secrets makes it; scripts/test runs it)")
-        .trim()
-        .to_string();
-    let project = Project {
-        name: name.clone(),
-        files: "deploy/compose.cluster.yaml".into(),
-        scratch: Vec::new(),
-        env_file,
+    let project = Project::new(
+        "sycl",
+        "deploy/compose.cluster.yaml",
+        &format!("API_PORT={api_port}\n"),
         api_port,
-        token,
-    };
+    );
+    let name = project.name.clone();
 
     let started = Instant::now();
     project.ok(&["up", "-d"], Duration::from_secs(600));

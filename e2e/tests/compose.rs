@@ -46,23 +46,18 @@ async fn the_fleet_under_docker_compose() {
             "image {image} is missing: run scripts/images (scripts/test does)"
         );
     }
-    let id = switchyard_messaging::wire::new_id().replace('-', "");
-    let name = format!("sye2e{}", &id[..id.len().min(12)]);
-    let env_file = std::env::temp_dir().join(format!("{name}.env"));
     let api_port = support::free_port();
     let page_port = support::free_port();
-    std::fs::write(
-        &env_file,
-        format!(
+    let mut project = Project::new(
+        "sye2e",
+        "deploy/compose.yaml:deploy/compose.offline.yaml",
+        &format!(
             "API_PORT={api_port}\nJAEGER_UI_PORT={}\nDASHBOARD_PORT={page_port}\nCOLLECTOR_PHASE=threaded\nNOTIFIER_PHASE=bridged\nAPI_PHASE=async\n",
             support::free_port()
         ),
-    )
-    .expect("env file");
-    let token = std::fs::read_to_string(root().join("deploy/secrets/api_token"))
-        .expect("deploy/secrets/api_token (scripts/secrets makes it; scripts/test runs it)")
-        .trim()
-        .to_string();
+        api_port,
+    );
+    let (name, token) = (project.name.clone(), project.token.clone());
     // The playbook's way to a canary under compose: the collector's
     // configuration file has `[launcher]`, and a SIGHUP applies a changed
     // file. The test mounts a file of its own over deploy/config/collector.toml.
@@ -83,17 +78,8 @@ async fn the_fleet_under_docker_compose() {
         ),
     )
     .expect("override");
-    let project = Project {
-        name: name.clone(),
-        files: format!(
-            "deploy/compose.yaml:deploy/compose.offline.yaml:{}",
-            override_file.display()
-        ),
-        scratch: vec![collector_config.clone(), override_file],
-        env_file,
-        api_port,
-        token: token.clone(),
-    };
+    project.files = format!("{}:{}", project.files, override_file.display());
+    project.scratch = vec![collector_config.clone(), override_file];
 
     // 1. Up, every healthcheck healthy.
     let started = Instant::now();

@@ -8,9 +8,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use prost::Message;
@@ -26,16 +24,7 @@ type Spoil = Box<dyn Fn(&mut switchyard_proto::metering::v1::Sample)>;
 const BOUND: Duration = Duration::from_secs(60);
 
 async fn broker() -> (Connection, Channel) {
-    let connection =
-        Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
-            .await
-            .expect("RabbitMQ on 127.0.0.1:5672");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    (connection, channel)
+    support::confirming_channel("amqp://guest:guest@127.0.0.1:5672/%2f").await
 }
 
 /// Publishes a `record_samples` cast straight to the collector's topic, as

@@ -22,12 +22,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use support::compose::{Project, engine_answers, inspect, leftovers, root};
+use lapin::{BasicProperties, Channel, Confirmation};
+use support::compose::{Project, engine_answers, inspect, leftovers, secret};
 use switchyard_messaging::wire;
 
 const NODES: [&str; 3] = ["rabbit-1", "rabbit-2", "rabbit-3"];
@@ -49,18 +47,6 @@ fn url(project: &Project, node: &str, password: &str) -> String {
     );
     assert!(!address.is_empty(), "{node} has no address");
     format!("amqp://switchyard:{password}@{address}:5672/%2f")
-}
-
-async fn confirming_channel(url: &str) -> (Connection, Channel) {
-    let connection = Connection::connect(url, Default::default())
-        .await
-        .expect("a broker node answers");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    (connection, channel)
 }
 
 /// Publishes `body` persistent and mandatory to `queue` through the default
@@ -101,22 +87,9 @@ async fn a_retry_queue_whose_node_is_down_refuses_copies_and_keeps_what_it_held(
     if !engine_answers("parked") {
         return;
     }
-    let id = wire::new_id();
-    let name = format!("sypk{}", &id[..id.len().min(12)]);
-    let env_file = std::env::temp_dir().join(format!("{name}.env"));
-    std::fs::write(&env_file, "API_PORT=0\n").expect("env file");
-    let password = std::fs::read_to_string(root().join("deploy/secrets/rabbitmq_password"))
-        .expect("deploy/secrets/rabbitmq_password (scripts/secrets makes it; scripts/test runs it)")
-        .trim()
-        .to_string();
-    let project = Project {
-        name: name.clone(),
-        files: "deploy/compose.cluster.yaml".into(),
-        scratch: Vec::new(),
-        env_file,
-        api_port: 0,
-        token: String::new(),
-    };
+    let project = Project::new("sypk", "deploy/compose.cluster.yaml", "API_PORT=0\n", 0);
+    let name = project.name.clone();
+    let password = secret("rabbitmq_password");
     project.ok(
         &["up", "-d", "rabbit-1", "rabbit-2", "rabbit-3"],
         Duration::from_secs(600),
@@ -129,10 +102,10 @@ async fn a_retry_queue_whose_node_is_down_refuses_copies_and_keeps_what_it_held(
 
     // The work queue is quorum (replicated); its retry queue is declared
     // from rabbit-2, so it lives there.
-    let queue = format!("parked-{id}");
+    let queue = format!("parked-{}", wire::new_id());
     let retry_queue = wire::retry_queue(&queue, DELAY);
     let retry_arguments = wire::retry_queue_arguments(&queue, DELAY, Duration::from_secs(600));
-    let (_on_second, channel) = confirming_channel(&second).await;
+    let (_on_second, channel) = support::confirming_channel(&second).await;
     let mut quorum = FieldTable::default();
     wire::set_str(&mut quorum, "x-queue-type", "quorum");
     channel
@@ -174,7 +147,7 @@ async fn a_retry_queue_whose_node_is_down_refuses_copies_and_keeps_what_it_held(
         assert!(killed.elapsed() < BOUND, "rabbit-1 never saw rabbit-2 go");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let (_on_first, channel) = confirming_channel(&first).await;
+    let (_on_first, channel) = support::confirming_channel(&first).await;
     let during = park(&channel, &retry_queue, b"during").await;
     eprintln!("parked: a copy for a retry queue whose node is down: {during:?}");
     assert!(
@@ -182,7 +155,7 @@ async fn a_retry_queue_whose_node_is_down_refuses_copies_and_keeps_what_it_held(
         "a copy for a retry queue whose node is down was confirmed: the service \
          would ack the original and the message would be lost"
     );
-    let redeclared = confirming_channel(&first)
+    let redeclared = support::confirming_channel(&first)
         .await
         .1
         .queue_declare(

@@ -30,7 +30,37 @@ pub struct Project {
     pub token: String,
 }
 
+/// A deployment secret that `scripts/secrets` made (`deploy/secrets/NAME`).
+pub fn secret(name: &str) -> String {
+    std::fs::read_to_string(root().join("deploy/secrets").join(name))
+        .unwrap_or_else(|error| {
+            panic!(
+                "deploy/secrets/{name} ({error}; scripts/secrets makes it, scripts/test runs it)"
+            )
+        })
+        .trim()
+        .to_string()
+}
+
 impl Project {
+    /// A project of deploy files `files` (`:`-separated) named `prefix` and
+    /// a unique id, with an env file of `env` lines, the api published on
+    /// `api_port` and the deployment's api token. Nothing is started.
+    pub fn new(prefix: &str, files: &str, env: &str, api_port: u16) -> Self {
+        let id = switchyard_messaging::wire::new_id();
+        let name = format!("{prefix}{}", &id[..id.len().min(12)]);
+        let env_file = std::env::temp_dir().join(format!("{name}.env"));
+        std::fs::write(&env_file, env).expect("env file");
+        Self {
+            name,
+            files: files.into(),
+            env_file,
+            scratch: Vec::new(),
+            api_port,
+            token: secret("api_token"),
+        }
+    }
+
     /// Runs `docker-compose ARGS` for this project; panics when it cannot be
     /// run or takes longer than `bound` (see [`Project::try_compose`]).
     pub fn compose(&self, args: &[&str], bound: Duration) -> Output {

@@ -310,6 +310,21 @@ pub async fn drop_database(name: &str) {
     }
 }
 
+/// A connection to the broker at `url` and a channel on it in confirm mode.
+pub async fn confirming_channel(url: &str) -> (lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(url, Default::default())
+        .await
+        .unwrap_or_else(|error| {
+            panic!("no broker answers (the URL may hold a password: not shown): {error}")
+        });
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    (connection, channel)
+}
+
 /// `(rows, distinct ids)` in the samples table of the database at `url`
 /// (PostgreSQL or a SQLite file), on a connection of its own.
 pub async fn samples_stored(url: &str) -> (i64, i64) {
