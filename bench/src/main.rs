@@ -161,9 +161,9 @@ fn main() -> anyhow::Result<()> {
         };
         let cells = runtime.block_on(statistics::run(&collector, per_meter, &callers, cell))?;
         let command = if args.quick {
-            "scripts/bench --quick` (its last step, `switchyard-bench --statistics --quick"
+            "`scripts/bench --quick` (its last step, `switchyard-bench --statistics --quick`)"
         } else {
-            "scripts/bench` (its last step, `switchyard-bench --statistics"
+            "`scripts/bench` (its last step, `switchyard-bench --statistics`)"
         };
         let text = statistics::markdown(&cells, per_meter, command);
         std::fs::create_dir_all(&args.out)?;

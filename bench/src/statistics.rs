@@ -188,7 +188,7 @@ pub fn markdown(cells: &[Cell], samples_per_meter: usize, command: &str) -> Stri
          `GetStatistics` with {METERS} meters (10-minute buckets over two hours, \
          {samples_per_meter} samples per meter) against PostgreSQL, served by the \
          real collector binary in each phase; closed-loop callers. Produced by \
-         `{command}` on {} ({}).\n\n\
+         {command} on {} ({}).\n\n\
          | phase | form that ran | callers | requests/s | p50 | p99 | failed | threaded p50 ÷ this p50 |\n\
          |---|---|---|---|---|---|---|---|\n",
         crate::report::machine(),
@@ -217,7 +217,42 @@ pub fn markdown(cells: &[Cell], samples_per_meter: usize, command: &str) -> Stri
             versus
         ));
     }
+    text.push_str(&reading(cells));
     text
+}
+
+/// The paragraph that reads the table: how much sooner the async form
+/// answers than the blocking one with the fewest and the most callers.
+fn reading(cells: &[Cell]) -> String {
+    let p50 = |phase: &str, callers: usize| {
+        cells
+            .iter()
+            .find(|c| c.phase == phase && c.callers == callers)
+            .map(|c| c.latencies.p50_us)
+            .filter(|&p50| p50 > 0)
+    };
+    let sooner = |callers: usize| match (p50("threaded", callers), p50("async", callers)) {
+        (Some(blocking), Some(overlapped)) => Some(blocking as f64 / overlapped as f64),
+        _ => None,
+    };
+    let (Some(fewest), Some(most)) = (
+        cells.iter().map(|c| c.callers).min(),
+        cells.iter().map(|c| c.callers).max(),
+    ) else {
+        return String::new();
+    };
+    let (Some(alone), Some(crowded)) = (sooner(fewest), sooner(most)) else {
+        return String::new();
+    };
+    format!(
+        "\nReading it: with {fewest} caller(s) the async form (`async` phase) answers \
+         {METERS} meters {alone:.2}× sooner than the blocking form (`threaded`): its \
+         {METERS} queries overlap instead of queueing. With {most} callers it is \
+         {crowded:.2}×: the cores are already busy with PostgreSQL's own work and \
+         the collector, so running queries at once buys little more; the gain is \
+         waiting time, not CPU. More cores, or PostgreSQL on a host of its own, move \
+         that point out.\n"
+    )
 }
 
 fn chrono_free_date() -> String {
@@ -226,4 +261,44 @@ fn chrono_free_date() -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     format!("unix time {seconds}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Cell, reading};
+    use crate::measure::Latencies;
+
+    fn cell(phase: &str, callers: usize, p50_us: u64) -> Cell {
+        Cell {
+            phase: phase.into(),
+            form: "",
+            callers,
+            latencies: Latencies {
+                rate: 1.0,
+                p50_us,
+                p99_us: p50_us,
+                p999_us: p50_us,
+                failed: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn the_reading_states_the_ratios_of_the_table_at_the_fewest_and_most_callers() {
+        let cells = [
+            cell("threaded", 1, 300_000),
+            cell("async", 1, 100_000),
+            cell("threaded", 16, 2_000_000),
+            cell("async", 16, 1_600_000),
+        ];
+        let text = reading(&cells);
+        assert!(text.contains("with 1 caller(s)"), "{text}");
+        assert!(text.contains("3.00× sooner"), "{text}");
+        assert!(text.contains("With 16 callers it is 1.25×"), "{text}");
+    }
+
+    #[test]
+    fn no_reading_without_both_forms() {
+        assert_eq!(reading(&[cell("threaded", 1, 300_000)]), "");
+    }
 }
