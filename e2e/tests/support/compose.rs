@@ -47,6 +47,8 @@ impl Project {
     /// a unique id, with an env file of `env` lines, the api published on
     /// `api_port` and the deployment's api token. Nothing is started.
     pub fn new(prefix: &str, files: &str, env: &str, api_port: u16) -> Self {
+        // Read first: a missing secret then leaves no env file behind.
+        let token = secret("api_token");
         let id = switchyard_messaging::wire::new_id();
         let name = format!("{prefix}{}", &id[..id.len().min(12)]);
         let env_file = std::env::temp_dir().join(format!("{name}.env"));
@@ -57,7 +59,7 @@ impl Project {
             env_file,
             scratch: Vec::new(),
             api_port,
-            token: secret("api_token"),
+            token,
         }
     }
 
