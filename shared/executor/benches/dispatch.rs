@@ -7,8 +7,15 @@
 //! with no executor: the body called inline for blocking work, a plain
 //! `tokio::spawn` for async work. Results print as a Markdown table; the
 //! `ratio` column is executor throughput divided by raw throughput.
+//!
+//! After the table, the machine's hand-off floor, measured the same way with
+//! no executor: what one round trip to another thread and back costs when
+//! the other side sleeps, and when both sides spin. The pool phases' one-caller
+//! overhead cannot be below the first without keeping a core busy between
+//! requests (docs/benchmarks.md, "The hand-off floor").
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use switchyard_executor::{
@@ -115,6 +122,77 @@ async fn raw(kind: EndpointKind, work: Work, callers: usize) -> f64 {
     }
 }
 
+/// Round trips each floor measurement makes.
+const ROUND_TRIPS: u64 = 20_000;
+
+/// How the other thread waits for its turn in [`ping_pong`].
+#[derive(Clone, Copy)]
+enum Wait {
+    /// `thread::park`: the thread sleeps and is woken by the other's unpark.
+    Park,
+    /// A spin loop: nobody sleeps, each side keeps a core.
+    Spin,
+}
+
+/// Two OS threads passing a turn back and forth; µs per round trip.
+fn ping_pong(wait: Wait) -> f64 {
+    fn until(turn: &AtomicU64, value: u64, wait: Wait) {
+        while turn.load(Ordering::Acquire) != value {
+            match wait {
+                Wait::Park => std::thread::park(),
+                Wait::Spin => std::hint::spin_loop(),
+            }
+        }
+    }
+    let turn = Arc::new(AtomicU64::new(0));
+    let caller = std::thread::current();
+    let answering = {
+        let turn = Arc::clone(&turn);
+        std::thread::spawn(move || {
+            for round in 0..ROUND_TRIPS {
+                until(&turn, 2 * round + 1, wait);
+                turn.store(2 * round + 2, Ordering::Release);
+                caller.unpark();
+            }
+        })
+    };
+    let started = Instant::now();
+    for round in 0..ROUND_TRIPS {
+        turn.store(2 * round + 1, Ordering::Release);
+        answering.thread().unpark();
+        until(&turn, 2 * round + 2, wait);
+    }
+    let elapsed = started.elapsed();
+    if answering.join().is_err() {
+        panic!("bench setup: the answering thread panicked");
+    }
+    elapsed.as_secs_f64() * 1e6 / ROUND_TRIPS as f64
+}
+
+/// A runtime task handing a no-op to one OS thread (a std channel) and
+/// awaiting its answer (a oneshot): the least a pool can do; µs per round trip.
+async fn runtime_to_thread() -> f64 {
+    let (jobs, inbox) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
+    let thread = std::thread::spawn(move || {
+        while let Ok(answer) = inbox.recv() {
+            let _ = answer.send(());
+        }
+    });
+    let started = Instant::now();
+    for _ in 0..ROUND_TRIPS {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        if jobs.send(answer).is_err() || answered.await.is_err() {
+            panic!("bench setup: the answering thread is gone");
+        }
+    }
+    let per_round_trip = started.elapsed().as_secs_f64() * 1e6 / ROUND_TRIPS as f64;
+    drop(jobs);
+    if thread.join().is_err() {
+        panic!("bench setup: the answering thread panicked");
+    }
+    per_round_trip
+}
+
 fn main() {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -164,4 +242,15 @@ fn main() {
             }
         }
     });
+    let parked = ping_pong(Wait::Park);
+    let spinning = ping_pong(Wait::Spin);
+    let from_runtime = match runtime.block_on(runtime.spawn(runtime_to_thread())) {
+        Ok(micros) => micros,
+        Err(error) => panic!("bench setup: {error}"),
+    };
+    println!(
+        "\nHand-off floor, µs per round trip to another thread and back, no executor: \
+         {parked:.1} with both threads parking, {from_runtime:.1} from a runtime task to an \
+         OS thread (std channel, tokio oneshot), {spinning:.2} with both spinning."
+    );
 }
