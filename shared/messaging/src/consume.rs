@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Span;
 
 use crate::MessagingError;
-use crate::rpc::topology::RETRY_QUEUE_IDLE;
+use crate::leases::{Leases, Next};
 use crate::wire;
 
 /// How long a publish waits for a lost connection to come back.
@@ -446,8 +446,9 @@ pub(crate) struct Settler {
     /// Its connection: for declaring retry queues on channels of their
     /// own, and to know when the connection is lost for good.
     pub transport: crate::Transport,
-    /// The retry queues declared so far (one per delay), with when.
-    pub retry_queues: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// The retry queues (one per delay): when each was declared, or its
+    /// declaration refused.
+    pub retry_queues: std::sync::Mutex<Leases>,
     pub queue: String,
     /// Where dead letters go: the topic's or the pool's `.dlq`, durable, so
     /// that instance queues (exclusive, auto-delete) leave nothing behind.
@@ -610,11 +611,11 @@ impl Settler {
         parking: Parking,
         properties: &BasicProperties,
     ) -> Result<(), MessagingError> {
-        let mut declare = false;
+        let mut gone = false;
         loop {
             let destination = match parking {
-                Parking::Retry(delay) => self.retry_queue(delay, declare).await?,
-                Parking::DeadLetters => self.dead_letter_queue(declare).await?,
+                Parking::Retry(delay) => self.retry_queue(delay, gone).await?,
+                Parking::DeadLetters => self.dead_letter_queue(gone).await?,
             };
             let data = &delivery.data;
             let properties = properties.clone();
@@ -629,9 +630,9 @@ impl Settler {
             )
             .await
             {
-                Err(MessagingError::Unroutable { .. }) if !declare => {
+                Err(MessagingError::Unroutable { .. }) if !gone => {
                     tracing::warn!("queue `{destination}` is gone; declaring it again");
-                    declare = true;
+                    gone = true;
                 }
                 published => return published,
             }
@@ -653,21 +654,30 @@ impl Settler {
         Ok(self.dead_letters.clone())
     }
 
-    /// The queue where this queue's messages wait `delay`. Declared again
-    /// when `declare` or when its lease is half gone: each declaration
-    /// renews it for [`RETRY_QUEUE_IDLE`] plus the delay, so a message put
-    /// there after one outlives its wait by at least half of that.
-    async fn retry_queue(&self, delay: Duration, declare: bool) -> Result<String, MessagingError> {
+    /// The queue where this queue's messages wait `delay`, declared as its
+    /// lease says ([`Leases::next`]; `gone` when a copy came back
+    /// unroutable). A declaration renews the queue for `RETRY_QUEUE_IDLE`
+    /// plus the delay, so a message put there after one outlives its wait
+    /// by at least half of that. One whose declaration was refused a moment
+    /// ago is an error at once: the message waits in its handler instead.
+    async fn retry_queue(&self, delay: Duration, gone: bool) -> Result<String, MessagingError> {
         let name = wire::retry_queue(&self.queue, delay);
-        let renewed = switchyard_executor::sync::lock(&self.retry_queues)
-            .get(&name)
-            .is_some_and(|declared| declared.elapsed() < RETRY_QUEUE_IDLE / 2);
-        if renewed && !declare {
-            return Ok(name);
+        let next =
+            switchyard_executor::sync::lock(&self.retry_queues).next(&name, gone, Instant::now());
+        match next {
+            Next::Use => return Ok(name),
+            Next::Avoid { ago } => {
+                return Err(MessagingError::RecentlyRefused { queue: name, ago });
+            }
+            Next::Declare => {}
         }
-        let name =
-            crate::rpc::topology::declare_retry_queue(&self.transport, &self.queue, delay).await?;
-        switchyard_executor::sync::lock(&self.retry_queues).insert(name.clone(), Instant::now());
-        Ok(name)
+        let declared =
+            crate::rpc::topology::declare_retry_queue(&self.transport, &self.queue, delay).await;
+        let mut leases = switchyard_executor::sync::lock(&self.retry_queues);
+        match &declared {
+            Ok(_) => leases.declared(&name, Instant::now()),
+            Err(_) => leases.refused(&name, Instant::now()),
+        }
+        declared
     }
 }

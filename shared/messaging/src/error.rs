@@ -83,6 +83,18 @@ pub enum MessagingError {
         /// Exchange and routing key.
         destination: String,
     },
+    /// A queue whose declaration the broker refused a moment ago is not
+    /// declared again yet (a retry queue whose home node is down).
+    #[error(
+        "the broker refused to declare {queue} {ago:?} ago; it is tried again {:?} after that",
+        crate::leases::REFUSED_FOR
+    )]
+    RecentlyRefused {
+        /// The queue.
+        queue: String,
+        /// How long ago.
+        ago: Duration,
+    },
     /// An endpoint the messaging registers itself cannot run in the phase.
     #[error(transparent)]
     Phase(#[from] switchyard_executor::PhaseMismatch),

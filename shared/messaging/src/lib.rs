@@ -11,6 +11,7 @@
 
 mod consume;
 mod error;
+mod leases;
 mod notify;
 mod rpc;
 mod slow;

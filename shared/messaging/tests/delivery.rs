@@ -153,10 +153,13 @@ async fn a_message_parked_in_a_deleted_queue_is_not_lost() {
 /// A retry queue that cannot be declared — here a quorum one left by an
 /// earlier version, which RabbitMQ refuses to redeclare as classic — does
 /// not stop retries: the handler waits the delay itself and puts the message
-/// back on its queue.
+/// back on its queue. The refusal is remembered: the messages that retry
+/// soon after wait in their handler without asking the broker again (as
+/// while a retry queue's home node is down, `e2e/tests/parked.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
     use lapin::options::QueueDeclareOptions;
+    capture_logs();
     let (rig, mut echo, client, target) =
         echo_on(|config| config.max_deliveries = 2, Phase::Async, 1).await;
     let (queue, retry_queue) = echo_queues(&rig);
@@ -174,14 +177,79 @@ async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
         .await
         .expect("an old-style retry queue");
 
-    cast(&client, &target, "flaky").await;
-    for delivery in 1..=2 {
-        assert_eq!(recv(&mut echo.seen).await, "flaky", "delivery {delivery}");
+    // The first message is refused its retry queue and dead-lettered after
+    // its second delivery; two more follow, well within the memory.
+    for round in 1..=3 {
+        cast(&client, &target, "flaky").await;
+        for delivery in 1..=2 {
+            assert_eq!(
+                recv(&mut echo.seen).await,
+                "flaky",
+                "message {round}, delivery {delivery}"
+            );
+        }
+        let dead = rig.drain(&wire::dead_letter_queue(&queue), 1).await;
+        assert!(reason(&dead[0]).contains("gave up after 2 deliveries"));
     }
-    let dead = rig.drain(&wire::dead_letter_queue(&queue), 1).await;
-    assert!(reason(&dead[0]).contains("gave up after 2 deliveries"));
+    let parked_in_handler = logged_lines(&format!("could not park a message from `{queue}`"));
+    let asked = parked_in_handler
+        .iter()
+        .filter(|line| line.contains(&format!("declaring queue `{retry_queue}`")))
+        .count();
+    let remembered = parked_in_handler
+        .iter()
+        .filter(|line| line.contains(&format!("refused to declare {retry_queue}")))
+        .count();
+    assert_eq!(
+        (parked_in_handler.len(), asked, remembered),
+        (3, 1, 2),
+        "three retries waited in the handler, the broker asked once:\n{}",
+        parked_in_handler.join("\n")
+    );
 
     finish(rig, echo).await;
+}
+
+/// What this test binary logs, kept for tests that check what a settler
+/// did not do (ask the broker again, say).
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends this process's logs to [`LOGS`] (once; every test may call it).
+fn capture_logs() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .try_init();
+    });
+}
+
+/// The lines logged so far that contain `needle`.
+fn logged_lines(needle: &str) -> Vec<String> {
+    let logs = LOGS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Quorum queues (the default) count deliveries themselves: a message
