@@ -159,7 +159,7 @@ async fn a_message_parked_in_a_deleted_queue_is_not_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
     use lapin::options::QueueDeclareOptions;
-    capture_logs();
+    logs();
     let (rig, mut echo, client, target) =
         echo_on(|config| config.max_deliveries = 2, Phase::Async, 1).await;
     let (queue, retry_queue) = echo_queues(&rig);
@@ -211,41 +211,24 @@ async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
 }
 
 /// What this test binary logs, kept for tests that check what a settler
-/// did not do (ask the broker again, say).
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct Capture;
-
-impl std::io::Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Sends this process's logs to [`LOGS`] (once; every test may call it).
-fn capture_logs() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
+/// did not do (ask the broker again, say). Installed by the first call.
+fn logs() -> &'static switchyard_testkit::Log {
+    static LOGS: std::sync::OnceLock<switchyard_testkit::Log> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let log = switchyard_testkit::Log::default();
+        let writer = log.clone();
         let _ = tracing_subscriber::fmt()
             .with_ansi(false)
-            .with_writer(|| Capture)
+            .with_writer(move || writer.clone())
             .try_init();
-    });
+        log
+    })
 }
 
 /// The lines logged so far that contain `needle`.
 fn logged_lines(needle: &str) -> Vec<String> {
-    let logs = LOGS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    String::from_utf8_lossy(&logs)
+    logs()
+        .text()
         .lines()
         .filter(|line| line.contains(needle))
         .map(str::to_string)
