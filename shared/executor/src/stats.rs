@@ -152,6 +152,7 @@ pub(crate) struct EndpointCounters {
     pub overdue: AtomicU64,
     pub offloaded: AtomicU64,
     pub slow_polls: AtomicU64,
+    pub descheduled_polls: AtomicU64,
     pub hung: AtomicU64,
     pub queue_wait: Histogram,
     pub run_time: Histogram,
@@ -182,6 +183,7 @@ impl EndpointCounters {
             overdue: AtomicU64::new(0),
             offloaded: AtomicU64::new(0),
             slow_polls: AtomicU64::new(0),
+            descheduled_polls: AtomicU64::new(0),
             hung: AtomicU64::new(0),
             queue_wait: Histogram::default(),
             run_time: Histogram::default(),
@@ -205,6 +207,7 @@ impl EndpointCounters {
                 overdue: self.overdue.load(Relaxed),
                 offloaded: self.offloaded.load(Relaxed),
                 slow_polls: self.slow_polls.load(Relaxed),
+                descheduled_polls: self.descheduled_polls.load(Relaxed),
                 hung: self.hung.load(Relaxed),
             },
             queue_wait: self.queue_wait.snapshot(),
@@ -258,8 +261,13 @@ pub struct Counts {
     pub overdue: u64,
     /// Blocking bodies offloaded with `spawn_blocking` in the async phase.
     pub offloaded: u64,
-    /// Polls longer than the slow-poll threshold (the blocking detector).
+    /// Polls longer than the slow-poll threshold (the blocking detector),
+    /// not counting the time their thread waited for a CPU.
     pub slow_polls: u64,
+    /// Polls over the threshold only because their thread waited for a
+    /// CPU (preempted on a busy machine): not in `slow_polls`.
+    #[serde(default)]
+    pub descheduled_polls: u64,
     /// Requests that ran past the hung threshold.
     pub hung: u64,
 }
@@ -275,6 +283,7 @@ impl Counts {
         self.overdue += other.overdue;
         self.offloaded += other.offloaded;
         self.slow_polls += other.slow_polls;
+        self.descheduled_polls += other.descheduled_polls;
         self.hung += other.hung;
     }
 }
@@ -562,7 +571,7 @@ pub fn render_openmetrics(snapshots: &[ExecutorSnapshot]) -> String {
 pub type Counter = (&'static str, &'static str, &'static str, fn(&Counts) -> u64);
 
 /// The [`Counts`] fields as metrics.
-pub fn counters() -> [Counter; 10] {
+pub fn counters() -> [Counter; 11] {
     [
         ("queued", "gauge", "Requests waiting for a worker.", |c| {
             c.queued
@@ -597,6 +606,12 @@ pub fn counters() -> [Counter; 10] {
             "counter",
             "Polls over the threshold.",
             |c| c.slow_polls,
+        ),
+        (
+            "descheduled_polls_total",
+            "counter",
+            "Polls over the threshold only while waiting for a CPU.",
+            |c| c.descheduled_polls,
         ),
         (
             "hung_total",

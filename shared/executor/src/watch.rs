@@ -71,28 +71,54 @@ impl<T> Future for Watched<'_, T> {
         let this = &mut *self;
         let _entered = this.span.enter();
         let started = Instant::now();
+        let mark = crate::sched::mark(started, this.threshold / 2);
         let polled = catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx)));
         let took = started.elapsed();
         if took >= this.threshold {
-            this.counters.slow_polls.fetch_add(1, Relaxed);
-            let consequence = match this.phase {
-                Phase::Async => "it blocked the event loop",
-                _ => "it would block the event loop in the async phase",
-            };
-            tracing::warn!(
-                switchyard.endpoint = %this.counters.name,
-                poll_ms = took.as_secs_f64() * 1e3,
-                threshold_ms = this.threshold.as_secs_f64() * 1e3,
-                "slow poll: endpoint `{}` held its thread for {:.1} ms without yielding; {consequence}",
-                this.counters.name,
-                took.as_secs_f64() * 1e3,
-            );
+            this.report_slow(took, crate::sched::waited_since(mark, started));
         }
         match polled {
             Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
         }
+    }
+}
+
+impl<T> Watched<'_, T> {
+    /// A poll of wall time `took`, of which at least `descheduled` its
+    /// thread waited for a CPU: a slow poll when the rest still reaches the
+    /// threshold, a descheduled one (the machine's doing, not the code's)
+    /// otherwise.
+    fn report_slow(&self, took: Duration, descheduled: Duration) {
+        let name = &self.counters.name;
+        let held = took.saturating_sub(descheduled);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        if held < self.threshold {
+            self.counters.descheduled_polls.fetch_add(1, Relaxed);
+            tracing::debug!(
+                switchyard.endpoint = %name,
+                poll_ms = ms(took),
+                descheduled_ms = ms(descheduled),
+                "descheduled poll: endpoint `{name}`'s poll took {:.1} ms, {:.1} ms of them waiting for a CPU; not a slow poll",
+                ms(took),
+                ms(descheduled),
+            );
+            return;
+        }
+        self.counters.slow_polls.fetch_add(1, Relaxed);
+        let consequence = match self.phase {
+            Phase::Async => "it blocked the event loop",
+            _ => "it would block the event loop in the async phase",
+        };
+        tracing::warn!(
+            switchyard.endpoint = %name,
+            poll_ms = ms(took),
+            descheduled_ms = ms(descheduled),
+            threshold_ms = ms(self.threshold),
+            "slow poll: endpoint `{name}` held its thread for {:.1} ms without yielding; {consequence}",
+            ms(took),
+        );
     }
 }
 

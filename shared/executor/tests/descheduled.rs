@@ -1,0 +1,126 @@
+//! The blocking detector tells a poll that held its thread from one whose
+//! thread waited for a CPU. Its own test binary: it pins threads to CPU 0
+//! and runs one there at a real-time priority, which would disturb the
+//! timing of tests beside it.
+//!
+//! Linux only, as root (or with CAP_SYS_NICE): `taskset` and `chrt` from
+//! util-linux set the affinity and the policy of a thread by its id.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use switchyard_executor::{DispatchOptions, Endpoint, Executor, ExecutorConfig, Phase};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+/// How long the hog keeps CPU 0 once told to: far over the 10 ms threshold.
+const HOG: Duration = Duration::from_millis(60);
+
+/// This thread's id (`/proc/thread-self` is `<pid>/task/<tid>`).
+fn thread_id() -> String {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    link.file_name()
+        .and_then(|name| name.to_str())
+        .expect("a thread id")
+        .to_string()
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|error| panic!("{program} {args:?}: {error}"));
+    assert!(
+        status.success(),
+        "{program} {args:?}: {status} (the test needs root or CAP_SYS_NICE)"
+    );
+}
+
+/// Pins the calling thread to CPU 0.
+fn pin_to_cpu_0() {
+    run("taskset", &["-p", "-c", "0", &thread_id()]);
+}
+
+/// A thread pinned to CPU 0 at a real-time priority (SCHED_FIFO), which
+/// takes the CPU from any ordinary thread there for [`HOG`] each time it is
+/// told to, then sets `done`.
+fn start_hog(done: Arc<AtomicBool>) -> mpsc::Sender<()> {
+    let (go, told) = mpsc::channel::<()>();
+    let (ready, is_ready) = mpsc::channel();
+    std::thread::spawn(move || {
+        pin_to_cpu_0();
+        run("chrt", &["-f", "-p", "10", &thread_id()]);
+        let _ = ready.send(());
+        while told.recv().is_ok() {
+            let started = Instant::now();
+            while started.elapsed() < HOG {
+                std::hint::spin_loop();
+            }
+            done.store(true, SeqCst);
+        }
+    });
+    is_ready.recv_timeout(BOUND).expect("the hog started");
+    go
+}
+
+#[test]
+fn a_poll_preempted_by_another_thread_is_descheduled_not_slow() {
+    pin_to_cpu_0();
+    let hogged = Arc::new(AtomicBool::new(false));
+    let hog = start_hog(Arc::clone(&hogged));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let executor = runtime
+        .block_on(async { Executor::new("test", ExecutorConfig::in_phase(Phase::Async)) })
+        .expect("executor");
+
+    // Wakes the hog, which takes CPU 0 from this poll at once, and spins
+    // (microseconds of its own) until the hog is done.
+    let preempted = {
+        let hogged = Arc::clone(&hogged);
+        let hog = std::sync::Mutex::new(hog);
+        Endpoint::from_async("preempted", move |_, ()| {
+            let hogged = Arc::clone(&hogged);
+            let hog = hog.lock().map(|hog| hog.clone()).ok();
+            async move {
+                // In the poll: the hog must take the CPU from it.
+                let told = hog.is_some_and(|hog| hog.send(()).is_ok());
+                assert!(told, "the hog is gone");
+                let started = Instant::now();
+                while !hogged.load(SeqCst) {
+                    assert!(started.elapsed() < BOUND, "the hog never ran");
+                    std::hint::spin_loop();
+                }
+            }
+        })
+    };
+    let spins = Endpoint::from_async("spins", |_, ()| async {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(30) {
+            std::hint::spin_loop();
+        }
+    });
+    let sleeps = Endpoint::from_async("sleeps", |_, ()| async {
+        std::thread::sleep(Duration::from_millis(30));
+    });
+    for endpoint in [preempted, spins, sleeps] {
+        let bound = executor.register(endpoint).expect("registered");
+        runtime
+            .block_on(bound.dispatch((), DispatchOptions::default()))
+            .expect("ran");
+    }
+
+    let snapshot = executor.snapshot();
+    let counts = |name: &str| {
+        let counts = snapshot.endpoint(name).expect("registered").counts;
+        (counts.slow_polls, counts.descheduled_polls)
+    };
+    assert_eq!(counts("preempted"), (0, 1), "(slow, descheduled)");
+    assert_eq!(counts("spins"), (1, 0), "running code holds the thread");
+    assert_eq!(counts("sleeps"), (1, 0), "a blocking call holds the thread");
+}
