@@ -80,6 +80,11 @@ mod tests {
 
     const QUEUE: &str = "q.retry.2000";
 
+    /// Leases and the instant the test starts from.
+    fn start() -> (Leases, Instant) {
+        (Leases::default(), Instant::now())
+    }
+
     #[test]
     fn a_queue_never_declared_is_declared() {
         let now = Instant::now();
@@ -88,8 +93,7 @@ mod tests {
 
     #[test]
     fn a_declared_queue_is_used_until_half_its_lease_is_gone() {
-        let mut leases = Leases::default();
-        let at = Instant::now();
+        let (mut leases, at) = start();
         leases.declared(QUEUE, at);
         let half = at + RETRY_QUEUE_IDLE / 2;
         assert_eq!(
@@ -101,16 +105,14 @@ mod tests {
 
     #[test]
     fn a_declared_queue_found_gone_is_declared_again() {
-        let mut leases = Leases::default();
-        let at = Instant::now();
+        let (mut leases, at) = start();
         leases.declared(QUEUE, at);
         assert_eq!(leases.next(QUEUE, true, at), Next::Declare);
     }
 
     #[test]
     fn a_refused_queue_is_avoided_even_when_found_gone_until_the_memory_lapses() {
-        let mut leases = Leases::default();
-        let at = Instant::now();
+        let (mut leases, at) = start();
         leases.declared(QUEUE, at);
         leases.refused(QUEUE, at + Duration::from_secs(1));
         let later = at + Duration::from_secs(3);
@@ -123,8 +125,7 @@ mod tests {
 
     #[test]
     fn a_refusal_is_forgotten_once_the_queue_is_declared() {
-        let mut leases = Leases::default();
-        let at = Instant::now();
+        let (mut leases, at) = start();
         leases.refused(QUEUE, at);
         leases.declared(QUEUE, at + REFUSED_FOR);
         assert_eq!(
@@ -135,8 +136,7 @@ mod tests {
 
     #[test]
     fn each_delay_has_its_own_lease() {
-        let mut leases = Leases::default();
-        let at = Instant::now();
+        let (mut leases, at) = start();
         leases.refused(QUEUE, at);
         assert_eq!(leases.next("q.retry.4000", false, at), Next::Declare);
     }

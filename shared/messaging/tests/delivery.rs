@@ -25,6 +25,25 @@ async fn cast(client: &RpcClient, target: &Target, said: &str) {
     client.cast(target, "say", &text(said)).await.expect("cast");
 }
 
+/// Casts a `flaky` message (it fails every time), sees both deliveries that
+/// `max_deliveries = 2` allows, and takes it from the dead-letter queue of
+/// `queue` with the reason that says so.
+async fn flaky_until_dead(
+    rig: &Rig,
+    echo: &mut EchoServer,
+    (client, target): (&RpcClient, &Target),
+    queue: &str,
+    round: &str,
+) {
+    cast(client, target, "flaky").await;
+    for delivery in 1..=2 {
+        let seen = recv(&mut echo.seen).await;
+        assert_eq!(seen, "flaky", "{round}, delivery {delivery}");
+    }
+    let dead = rig.drain(&wire::dead_letter_queue(queue), 1).await;
+    assert!(reason(&dead[0]).contains("gave up after 2 deliveries"));
+}
+
 fn reason(message: &lapin::message::BasicGetMessage) -> String {
     wire::header_str(&message.delivery.properties, wire::DEAD_LETTER_REASON)
         .unwrap_or("<no reason>")
@@ -124,16 +143,7 @@ async fn a_message_parked_in_a_deleted_queue_is_not_lost() {
     // The first failure declares the retry queue of the first delay, and
     // the service keeps its name.
     for round in ["before", "after"] {
-        cast(&client, &target, "flaky").await;
-        for delivery in 1..=2 {
-            assert_eq!(
-                recv(&mut echo.seen).await,
-                "flaky",
-                "delivery {delivery} {round}"
-            );
-        }
-        let dead = rig.drain(&dead_letters, 1).await;
-        assert!(reason(&dead[0]).contains("gave up after 2 deliveries"));
+        flaky_until_dead(&rig, &mut echo, (&client, &target), &queue, round).await;
         delete(retry_queue.clone()).await;
     }
 
@@ -179,17 +189,8 @@ async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
 
     // The first message is refused its retry queue and dead-lettered after
     // its second delivery; two more follow, well within the memory.
-    for round in 1..=3 {
-        cast(&client, &target, "flaky").await;
-        for delivery in 1..=2 {
-            assert_eq!(
-                recv(&mut echo.seen).await,
-                "flaky",
-                "message {round}, delivery {delivery}"
-            );
-        }
-        let dead = rig.drain(&wire::dead_letter_queue(&queue), 1).await;
-        assert!(reason(&dead[0]).contains("gave up after 2 deliveries"));
+    for round in ["message 1", "message 2", "message 3"] {
+        flaky_until_dead(&rig, &mut echo, (&client, &target), &queue, round).await;
     }
     let parked_in_handler = logged_lines(&format!("could not park a message from `{queue}`"));
     let asked = parked_in_handler
