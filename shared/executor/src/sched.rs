@@ -1,5 +1,5 @@
-//! How long a poll waited for a CPU: what tells a poll that held its thread
-//! from one whose thread was descheduled.
+//! Where a slow poll's time went: waiting for a CPU (descheduled), on one
+//! (the body's code), or neither (blocked in a call).
 //!
 //! The poll timer ([`crate::watch`]) measures wall time. On a busy machine a
 //! runtime thread can be preempted in the middle of a poll and wait tens of
@@ -8,27 +8,42 @@
 //! signal a canary is judged on (a new phase's code blocking the loop) —
 //! and it falls on whichever instance the scheduler happened to pick.
 //!
-//! Linux counts, per thread, the time it spent runnable but not running
-//! (`/proc/thread-self/schedstat`, second field, ns; the kernel's
-//! `Documentation/scheduler/sched-stats.rst`). Reading it costs a syscall,
+//! Linux counts, per thread, the time it spent on a CPU and the time it
+//! spent runnable but not running (`/proc/thread-self/schedstat`, first and
+//! second fields, ns; the kernel's `Documentation/scheduler/sched-stats.rst`). Reading it costs a syscall,
 //! too much for every poll, so each thread keeps a [`Mark`] refreshed at the
 //! start of a poll only when it is older than half the slow-poll threshold;
 //! a slow poll reads the counter once more and credits itself only the
 //! waiting that cannot have happened before it started
 //! ([`waited_during`]). Waiting in a blocking call (a sleep, a lock, I/O)
-//! is not runnable time: such a poll still counts as slow. Where the file
-//! cannot be read (not Linux), nothing is credited.
+//! is not runnable time: such a poll still counts as slow, and the time on
+//! a CPU since the mark (at most what the body ran) tells the operator
+//! whether it computed or blocked. Where the file cannot be read (not
+//! Linux), nothing is credited or told.
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::time::{Duration, Instant};
 
-/// This thread's waiting-for-a-CPU total at an instant.
+/// This thread's totals at an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Mark {
     pub at: Instant,
+    /// Time on a CPU.
+    pub ran_ns: u64,
+    /// Time runnable, waiting for a CPU.
     pub waited_ns: u64,
+}
+
+/// Where a poll's time went, as far as the thread's counters tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Spent {
+    /// At least this long waiting for a CPU during the poll.
+    pub descheduled: Duration,
+    /// At most this long on a CPU (since the mark, which may predate the
+    /// poll): `None` where the counters cannot be read.
+    pub ran: Option<Duration>,
 }
 
 /// At least how long a poll begun at `started` waited for a CPU, given the
@@ -53,20 +68,18 @@ thread_local! {
     });
 }
 
-/// The second field of a `schedstat` line.
-fn parse_waited(text: &[u8]) -> Option<u64> {
-    std::str::from_utf8(text)
-        .ok()?
-        .split_ascii_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+/// The first two fields of a `schedstat` line: ns on a CPU, ns waiting.
+fn parse(text: &[u8]) -> Option<(u64, u64)> {
+    let mut fields = std::str::from_utf8(text).ok()?.split_ascii_whitespace();
+    let ran = fields.next()?.parse().ok()?;
+    let waited = fields.next()?.parse().ok()?;
+    Some((ran, waited))
 }
 
-fn read(file: &File) -> Option<u64> {
+fn read(file: &File) -> Option<(u64, u64)> {
     let mut buffer = [0u8; 96];
     let length = file.read_at(&mut buffer, 0).ok()?;
-    parse_waited(&buffer[..length])
+    parse(&buffer[..length])
 }
 
 /// This thread's mark for a poll starting `now`: the last one, or a new one
@@ -79,22 +92,32 @@ pub(crate) fn mark(now: Instant, fresh_within: Duration) -> Option<Mark> {
         {
             return Some(mark);
         }
-        let waited_ns = read(counter.file.as_ref()?)?;
-        let mark = Mark { at: now, waited_ns };
+        let (ran_ns, waited_ns) = read(counter.file.as_ref()?)?;
+        let mark = Mark {
+            at: now,
+            ran_ns,
+            waited_ns,
+        };
         counter.mark = Some(mark);
         Some(mark)
     })
 }
 
-/// At least how long this thread waited for a CPU since a poll that began
-/// at `started` with `mark`; zero when that cannot be known.
-pub(crate) fn waited_since(mark: Option<Mark>, started: Instant) -> Duration {
+/// Where the time of a poll that began at `started` with `mark` went, read
+/// now; nothing credited when that cannot be known.
+pub(crate) fn spent_since(mark: Option<Mark>, started: Instant) -> Spent {
     let Some(mark) = mark else {
-        return Duration::ZERO;
+        return Spent::default();
     };
-    COUNTER
-        .with(|counter| counter.borrow().file.as_ref().and_then(read))
-        .map_or(Duration::ZERO, |now| waited_during(mark, started, now))
+    let Some((ran_ns, waited_ns)) =
+        COUNTER.with(|counter| counter.borrow().file.as_ref().and_then(read))
+    else {
+        return Spent::default();
+    };
+    Spent {
+        descheduled: waited_during(mark, started, waited_ns),
+        ran: Some(Duration::from_nanos(ran_ns.saturating_sub(mark.ran_ns))),
+    }
 }
 
 #[cfg(test)]
@@ -108,6 +131,7 @@ mod tests {
         let start = Instant::now();
         let mark = Mark {
             at: start,
+            ran_ns: 0,
             waited_ns: 1_000,
         };
         assert_eq!(waited_during(mark, start, 1_000 + 40_000_000), 40 * MS);
@@ -116,7 +140,11 @@ mod tests {
     #[test]
     fn waiting_that_may_have_come_before_the_poll_is_not_credited() {
         let at = Instant::now();
-        let mark = Mark { at, waited_ns: 0 };
+        let mark = Mark {
+            at,
+            ran_ns: 0,
+            waited_ns: 0,
+        };
         // The mark is 3 ms older than the poll: 3 of the 40 ms may be before it.
         assert_eq!(waited_during(mark, at + 3 * MS, 40_000_000), 37 * MS);
         // More time before the poll than waiting since the mark: nothing.
@@ -131,16 +159,20 @@ mod tests {
         let at = Instant::now();
         let mark = Mark {
             at,
+            ran_ns: 0,
             waited_ns: 5_000,
         };
         assert_eq!(waited_during(mark, at, 4_000), Duration::ZERO);
     }
 
     #[test]
-    fn the_schedstat_line_gives_its_second_field() {
-        assert_eq!(parse_waited(b"244035760 1394011 38\n"), Some(1_394_011));
-        assert_eq!(parse_waited(b"244035760\n"), None);
-        assert_eq!(parse_waited(b""), None);
+    fn the_schedstat_line_gives_time_on_a_cpu_and_time_waiting() {
+        assert_eq!(
+            parse(b"244035760 1394011 38\n"),
+            Some((244_035_760, 1_394_011))
+        );
+        assert_eq!(parse(b"244035760\n"), None);
+        assert_eq!(parse(b""), None);
     }
 
     #[test]

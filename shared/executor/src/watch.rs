@@ -75,7 +75,7 @@ impl<T> Future for Watched<'_, T> {
         let polled = catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx)));
         let took = started.elapsed();
         if took >= this.threshold {
-            this.report_slow(took, crate::sched::waited_since(mark, started));
+            this.report_slow(took, crate::sched::spent_since(mark, started));
         }
         match polled {
             Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
@@ -86,23 +86,24 @@ impl<T> Future for Watched<'_, T> {
 }
 
 impl<T> Watched<'_, T> {
-    /// A poll of wall time `took`, of which at least `descheduled` its
-    /// thread waited for a CPU: a slow poll when the rest still reaches the
-    /// threshold, a descheduled one (the machine's doing, not the code's)
-    /// otherwise.
-    fn report_slow(&self, took: Duration, descheduled: Duration) {
+    /// A poll of wall time `took`, of which at least `spent.descheduled`
+    /// its thread waited for a CPU: a slow poll when the rest still reaches
+    /// the threshold, a descheduled one (the machine's doing, not the
+    /// code's) otherwise. A slow poll says how much of it, at most, ran on
+    /// a CPU: the rest was a blocking call.
+    fn report_slow(&self, took: Duration, spent: crate::sched::Spent) {
         let name = &self.counters.name;
-        let held = took.saturating_sub(descheduled);
+        let held = took.saturating_sub(spent.descheduled);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         if held < self.threshold {
             self.counters.descheduled_polls.fetch_add(1, Relaxed);
             tracing::debug!(
                 switchyard.endpoint = %name,
                 poll_ms = ms(took),
-                descheduled_ms = ms(descheduled),
+                descheduled_ms = ms(spent.descheduled),
                 "descheduled poll: endpoint `{name}`'s poll took {:.1} ms, {:.1} ms of them waiting for a CPU; not a slow poll",
                 ms(took),
-                ms(descheduled),
+                ms(spent.descheduled),
             );
             return;
         }
@@ -111,12 +112,22 @@ impl<T> Watched<'_, T> {
             Phase::Async => "it blocked the event loop",
             _ => "it would block the event loop in the async phase",
         };
+        let how = match spent.ran {
+            Some(ran) => format!(
+                " (at most {:.1} ms on a CPU, at least {:.1} ms blocked in a call, {:.1} ms waiting for a CPU)",
+                ms(ran.min(held)),
+                ms(held.saturating_sub(ran)),
+                ms(spent.descheduled),
+            ),
+            None => String::new(),
+        };
         tracing::warn!(
             switchyard.endpoint = %name,
             poll_ms = ms(took),
-            descheduled_ms = ms(descheduled),
+            descheduled_ms = ms(spent.descheduled),
+            ran_ms = spent.ran.map(ms),
             threshold_ms = ms(self.threshold),
-            "slow poll: endpoint `{name}` held its thread for {:.1} ms without yielding; {consequence}",
+            "slow poll: endpoint `{name}` held its thread for {:.1} ms without yielding{how}; {consequence}",
             ms(took),
         );
     }

@@ -66,8 +66,31 @@ fn start_hog(done: Arc<AtomicBool>) -> mpsc::Sender<()> {
     go
 }
 
+/// The milliseconds a slow-poll warning about `endpoint` says the poll was
+/// blocked in a call (`at least N ms blocked`).
+fn blocked_ms(log: &str, endpoint: &str) -> f64 {
+    let line = log
+        .lines()
+        .find(|line| line.contains(&format!("slow poll: endpoint `{endpoint}`")))
+        .unwrap_or_else(|| panic!("no slow poll of `{endpoint}` in:\n{log}"));
+    line.split("at least ")
+        .nth(1)
+        .and_then(|rest| rest.split(" ms blocked").next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no blocked time in: {line}"))
+}
+
 #[test]
 fn a_poll_preempted_by_another_thread_is_descheduled_not_slow() {
+    let log = switchyard_testkit::Log::default();
+    let writer = log.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    )
+    .expect("the only subscriber of this binary");
     pin_to_cpu_0();
     let hogged = Arc::new(AtomicBool::new(false));
     let hog = start_hog(Arc::clone(&hogged));
@@ -123,4 +146,10 @@ fn a_poll_preempted_by_another_thread_is_descheduled_not_slow() {
     assert_eq!(counts("preempted"), (0, 1), "(slow, descheduled)");
     assert_eq!(counts("spins"), (1, 0), "running code holds the thread");
     assert_eq!(counts("sleeps"), (1, 0), "a blocking call holds the thread");
+
+    // The warnings tell computing from blocking.
+    let text = log.text();
+    let (spinning, sleeping) = (blocked_ms(&text, "spins"), blocked_ms(&text, "sleeps"));
+    assert!(spinning < 5.0, "spinning 30 ms blocked {spinning} ms");
+    assert!(sleeping > 25.0, "sleeping 30 ms blocked only {sleeping} ms");
 }
