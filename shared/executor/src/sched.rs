@@ -41,9 +41,19 @@ pub(crate) struct Mark {
 pub(crate) struct Spent {
     /// At least this long waiting for a CPU during the poll.
     pub descheduled: Duration,
-    /// At most this long on a CPU (since the mark, which may predate the
-    /// poll): `None` where the counters cannot be read.
-    pub ran: Option<Duration>,
+    /// At most this long on a CPU and at most this long waiting for one
+    /// (both since the mark, which may predate the poll): `None` where the
+    /// counters cannot be read.
+    pub at_most: Option<(Duration, Duration)>,
+}
+
+impl Spent {
+    /// At least how much of a poll of `took` its thread spent neither on a
+    /// CPU nor waiting for one: blocked in a call.
+    pub fn blocked(&self, took: Duration) -> Option<Duration> {
+        let (ran, waited) = self.at_most?;
+        Some(took.saturating_sub(ran).saturating_sub(waited))
+    }
 }
 
 /// At least how long a poll begun at `started` waited for a CPU, given the
@@ -114,9 +124,13 @@ pub(crate) fn spent_since(mark: Option<Mark>, started: Instant) -> Spent {
     else {
         return Spent::default();
     };
+    let since_mark = |now: u64, then: u64| Duration::from_nanos(now.saturating_sub(then));
     Spent {
         descheduled: waited_during(mark, started, waited_ns),
-        ran: Some(Duration::from_nanos(ran_ns.saturating_sub(mark.ran_ns))),
+        at_most: Some((
+            since_mark(ran_ns, mark.ran_ns),
+            since_mark(waited_ns, mark.waited_ns),
+        )),
     }
 }
 
@@ -163,6 +177,17 @@ mod tests {
             waited_ns: 5_000,
         };
         assert_eq!(waited_during(mark, at, 4_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn blocked_is_what_neither_running_nor_waiting_can_have_taken() {
+        let spent = Spent {
+            descheduled: 2 * MS,
+            at_most: Some((3 * MS, 5 * MS)),
+        };
+        assert_eq!(spent.blocked(30 * MS), Some(22 * MS));
+        assert_eq!(spent.blocked(6 * MS), Some(Duration::ZERO));
+        assert_eq!(Spent::default().blocked(30 * MS), None);
     }
 
     #[test]

@@ -89,8 +89,8 @@ impl<T> Watched<'_, T> {
     /// A poll of wall time `took`, of which at least `spent.descheduled`
     /// its thread waited for a CPU: a slow poll when the rest still reaches
     /// the threshold, a descheduled one (the machine's doing, not the
-    /// code's) otherwise. A slow poll says how much of it, at most, ran on
-    /// a CPU: the rest was a blocking call.
+    /// code's) otherwise. A slow poll says how much of it at most ran on a
+    /// CPU and at least blocked in a call.
     fn report_slow(&self, took: Duration, spent: crate::sched::Spent) {
         let name = &self.counters.name;
         let held = took.saturating_sub(spent.descheduled);
@@ -112,20 +112,20 @@ impl<T> Watched<'_, T> {
             Phase::Async => "it blocked the event loop",
             _ => "it would block the event loop in the async phase",
         };
-        let how = match spent.ran {
-            Some(ran) => format!(
-                " (at most {:.1} ms on a CPU, at least {:.1} ms blocked in a call, {:.1} ms waiting for a CPU)",
-                ms(ran.min(held)),
-                ms(held.saturating_sub(ran)),
+        let how = match (spent.at_most, spent.blocked(took)) {
+            (Some((ran, _)), Some(blocked)) => format!(
+                " (at most {:.1} ms on a CPU, at least {:.1} ms blocked in a call, at least {:.1} ms waiting for a CPU)",
+                ms(ran.min(took)),
+                ms(blocked),
                 ms(spent.descheduled),
             ),
-            None => String::new(),
+            _ => String::new(),
         };
         tracing::warn!(
             switchyard.endpoint = %name,
             poll_ms = ms(took),
             descheduled_ms = ms(spent.descheduled),
-            ran_ms = spent.ran.map(ms),
+            blocked_ms = spent.blocked(took).map(ms),
             threshold_ms = ms(self.threshold),
             "slow poll: endpoint `{name}` held its thread for {:.1} ms without yielding{how}; {consequence}",
             ms(took),
