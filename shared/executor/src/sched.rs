@@ -140,25 +140,25 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// A mark taken now, when the thread had waited `waited_ns` in all.
+    fn waited(waited_ns: u64) -> Mark {
+        Mark {
+            at: Instant::now(),
+            ran_ns: 0,
+            waited_ns,
+        }
+    }
+
     #[test]
     fn the_waiting_since_a_mark_taken_at_the_polls_start_is_all_credited() {
-        let start = Instant::now();
-        let mark = Mark {
-            at: start,
-            ran_ns: 0,
-            waited_ns: 1_000,
-        };
-        assert_eq!(waited_during(mark, start, 1_000 + 40_000_000), 40 * MS);
+        let mark = waited(1_000);
+        assert_eq!(waited_during(mark, mark.at, 1_000 + 40_000_000), 40 * MS);
     }
 
     #[test]
     fn waiting_that_may_have_come_before_the_poll_is_not_credited() {
-        let at = Instant::now();
-        let mark = Mark {
-            at,
-            ran_ns: 0,
-            waited_ns: 0,
-        };
+        let mark = waited(0);
+        let at = mark.at;
         // The mark is 3 ms older than the poll: 3 of the 40 ms may be before it.
         assert_eq!(waited_during(mark, at + 3 * MS, 40_000_000), 37 * MS);
         // More time before the poll than waiting since the mark: nothing.
@@ -170,13 +170,8 @@ mod tests {
 
     #[test]
     fn a_counter_that_went_backwards_credits_nothing() {
-        let at = Instant::now();
-        let mark = Mark {
-            at,
-            ran_ns: 0,
-            waited_ns: 5_000,
-        };
-        assert_eq!(waited_during(mark, at, 4_000), Duration::ZERO);
+        let mark = waited(5_000);
+        assert_eq!(waited_during(mark, mark.at, 4_000), Duration::ZERO);
     }
 
     #[test]

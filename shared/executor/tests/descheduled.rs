@@ -82,15 +82,7 @@ fn blocked_ms(log: &str, endpoint: &str) -> f64 {
 
 #[test]
 fn a_poll_preempted_by_another_thread_is_descheduled_not_slow() {
-    let log = switchyard_testkit::Log::default();
-    let writer = log.clone();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    )
-    .expect("the only subscriber of this binary");
+    let log = switchyard_testkit::Log::global();
     pin_to_cpu_0();
     let hogged = Arc::new(AtomicBool::new(false));
     let hog = start_hog(Arc::clone(&hogged));
@@ -98,9 +90,10 @@ fn a_poll_preempted_by_another_thread_is_descheduled_not_slow() {
         .enable_all()
         .build()
         .expect("runtime");
-    let executor = runtime
-        .block_on(async { Executor::new("test", ExecutorConfig::in_phase(Phase::Async)) })
-        .expect("executor");
+    let executor = {
+        let _in_runtime = runtime.enter();
+        Executor::new("test", ExecutorConfig::in_phase(Phase::Async)).expect("executor")
+    };
 
     // Wakes the hog, which takes CPU 0 from this poll at once, and spins
     // (microseconds of its own) until the hog is done.

@@ -25,15 +25,7 @@ fn wait_for(log: &Log, needle: &str, bound: Duration) -> String {
 
 #[test]
 fn a_worker_held_by_one_poll_is_reported_then_freed() {
-    let log = Log::default();
-    let writer = log.clone();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    )
-    .expect("the only subscriber of this binary");
+    let log = Log::global();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

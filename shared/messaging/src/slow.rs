@@ -69,9 +69,8 @@ mod tests {
     /// Runs `operation` under `reported_within(50 ms)`; its answer and the log.
     fn run(operation_takes: Duration) -> (u32, String) {
         let log = Log::default();
-        let writer = log.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
+            .with_writer(log.clone())
             .with_ansi(false)
             .finish();
         let runtime = tokio::runtime::Builder::new_current_thread()

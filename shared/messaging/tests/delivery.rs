@@ -169,7 +169,7 @@ async fn a_message_parked_in_a_deleted_queue_is_not_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
     use lapin::options::QueueDeclareOptions;
-    logs();
+    switchyard_testkit::Log::global();
     let (rig, mut echo, client, target) =
         echo_on(|config| config.max_deliveries = 2, Phase::Async, 1).await;
     let (queue, retry_queue) = echo_queues(&rig);
@@ -211,24 +211,9 @@ async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
     finish(rig, echo).await;
 }
 
-/// What this test binary logs, kept for tests that check what a settler
-/// did not do (ask the broker again, say). Installed by the first call.
-fn logs() -> &'static switchyard_testkit::Log {
-    static LOGS: std::sync::OnceLock<switchyard_testkit::Log> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let log = switchyard_testkit::Log::default();
-        let writer = log.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init();
-        log
-    })
-}
-
 /// The lines logged so far that contain `needle`.
 fn logged_lines(needle: &str) -> Vec<String> {
-    logs()
+    switchyard_testkit::Log::global()
         .text()
         .lines()
         .filter(|line| line.contains(needle))

@@ -67,8 +67,8 @@ pub async fn reflected_services(
     }
 }
 
-/// What was logged, for a test to read: give clones to a `tracing`
-/// subscriber's writer (`with_writer(move || log.clone())`), from any thread.
+/// What was logged, for a test to read: give a clone to a `tracing`
+/// subscriber as its writer (`with_writer(log.clone())`), from any thread.
 #[derive(Clone, Debug, Default)]
 pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
@@ -85,7 +85,33 @@ impl std::io::Write for Log {
     }
 }
 
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
+}
+
 impl Log {
+    /// This process's log: the first call installs a global `tracing`
+    /// subscriber that writes plain text to it, every call returns it. For
+    /// a test binary whose code logs from threads of its own (a watchdog,
+    /// a runtime's workers), where a thread-local subscriber sees nothing.
+    pub fn global() -> Log {
+        static GLOBAL: std::sync::OnceLock<Log> = std::sync::OnceLock::new();
+        GLOBAL
+            .get_or_init(|| {
+                let log = Log::default();
+                let _ = tracing_subscriber::fmt()
+                    .with_writer(log.clone())
+                    .with_ansi(false)
+                    .try_init();
+                log
+            })
+            .clone()
+    }
+
     /// Everything logged so far.
     pub fn text(&self) -> String {
         self.0
