@@ -23,6 +23,7 @@ mod executor;
 mod phase;
 mod pool;
 pub mod recent;
+mod sampler;
 mod sched;
 pub mod stats;
 pub mod sync;

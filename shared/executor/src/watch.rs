@@ -72,10 +72,13 @@ impl<T> Future for Watched<'_, T> {
         let _entered = this.span.enter();
         let started = Instant::now();
         let mark = crate::sched::mark(started, this.threshold / 2);
+        let in_poll = crate::sampler::begin(started);
         let polled = catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx)));
         let took = started.elapsed();
+        crate::sampler::end(&in_poll);
         if took >= this.threshold {
-            this.report_slow(took, crate::sched::spent_since(mark, started));
+            let spent = crate::sched::spent_since(mark, started);
+            this.report_slow(took, spent, crate::sampler::seen(&in_poll));
         }
         match polled {
             Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
@@ -90,8 +93,14 @@ impl<T> Watched<'_, T> {
     /// its thread waited for a CPU: a slow poll when the rest still reaches
     /// the threshold, a descheduled one (the machine's doing, not the
     /// code's) otherwise. A slow poll says how much of it at most ran on a
-    /// CPU and at least blocked in a call.
-    fn report_slow(&self, took: Duration, spent: crate::sched::Spent) {
+    /// CPU and at least blocked in a call, and what the sampler saw of it
+    /// (which a slow poll turns on: [`crate::sampler`]).
+    fn report_slow(
+        &self,
+        took: Duration,
+        spent: crate::sched::Spent,
+        sample: Option<crate::sampler::Sample>,
+    ) {
         let name = &self.counters.name;
         let held = took.saturating_sub(spent.descheduled);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -108,6 +117,11 @@ impl<T> Watched<'_, T> {
             return;
         }
         self.counters.slow_polls.fetch_add(1, Relaxed);
+        crate::sampler::arm(self.threshold / 4);
+        let seen = match &sample {
+            Some(sample) => format!("; {sample}"),
+            None => String::new(),
+        };
         let consequence = match self.phase {
             Phase::Async => "it blocked the event loop",
             _ => "it would block the event loop in the async phase",
@@ -127,7 +141,8 @@ impl<T> Watched<'_, T> {
             descheduled_ms = ms(spent.descheduled),
             blocked_ms = spent.blocked(took).map(ms),
             threshold_ms = ms(self.threshold),
-            "slow poll: endpoint `{name}` held its thread for {:.1} ms without yielding{how}; {consequence}",
+            blocked_in = sample.as_ref().and_then(|sample| sample.call.name()),
+            "slow poll: endpoint `{name}` held its thread for {:.1} ms without yielding{how}{seen}; {consequence}",
             ms(took),
         );
     }
