@@ -133,7 +133,9 @@ impl std::fmt::Display for Sample {
         let ms = self.after.as_secs_f64() * 1e3;
         write!(f, "{ms:.1} ms into the poll its thread was ")?;
         match self.call {
-            Call::Running => return write!(f, "runnable (on a CPU or waiting for one), not blocked"),
+            Call::Running => {
+                return write!(f, "runnable (on a CPU or waiting for one), not blocked");
+            }
             Call::Outside => write!(f, "blocked outside a system call")?,
             Call::In { number, .. } => match self.call.name() {
                 Some(name) => write!(f, "blocked in `{name}`")?,
@@ -260,20 +262,24 @@ pub(crate) struct InPoll {
 pub(crate) fn begin(at: Instant) -> InPoll {
     let token = token(at);
     // Only this thread writes its slot: a load and a store, not a swap.
-    let outer = SLOT.with(|slot| match slot {
-        Some(slot) => {
-            let outer = slot.started.load(Ordering::Relaxed);
-            slot.started.store(token, Ordering::Relaxed);
-            outer
-        }
-        None => 0,
-    });
+    // `try_with`: a poll while the thread's locals are torn down is not
+    // shown, rather than a panic.
+    let outer = SLOT
+        .try_with(|slot| match slot {
+            Some(slot) => {
+                let outer = slot.started.load(Ordering::Relaxed);
+                slot.started.store(token, Ordering::Relaxed);
+                outer
+            }
+            None => 0,
+        })
+        .unwrap_or(0);
     InPoll { token, outer }
 }
 
 /// The poll ended.
 pub(crate) fn end(poll: &InPoll) {
-    SLOT.with(|slot| {
+    let _ = SLOT.try_with(|slot| {
         if let Some(slot) = slot {
             slot.started.store(poll.outer, Ordering::Release);
         }
@@ -283,7 +289,7 @@ pub(crate) fn end(poll: &InPoll) {
 /// What the sampler saw of an ended poll, if anything: asked only of slow
 /// polls, as it takes a lock.
 pub(crate) fn seen(poll: &InPoll) -> Option<Sample> {
-    SLOT.with(|slot| {
+    SLOT.try_with(|slot| {
         let slot = slot.as_ref()?;
         let mut sample = lock(&slot.sample);
         match sample.take() {
@@ -294,6 +300,8 @@ pub(crate) fn seen(poll: &InPoll) -> Option<Sample> {
             }
         }
     })
+    .ok()
+    .flatten()
 }
 
 /// A slow poll was reported: sample polls that run longer than `tick`,

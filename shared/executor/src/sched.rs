@@ -95,22 +95,27 @@ fn read(file: &File) -> Option<(u64, u64)> {
 /// This thread's mark for a poll starting `now`: the last one, or a new one
 /// when the last is older than `fresh_within`.
 pub(crate) fn mark(now: Instant, fresh_within: Duration) -> Option<Mark> {
-    COUNTER.with(|counter| {
-        let mut counter = counter.borrow_mut();
-        if let Some(mark) = counter.mark
-            && now.saturating_duration_since(mark.at) < fresh_within
-        {
-            return Some(mark);
-        }
-        let (ran_ns, waited_ns) = read(counter.file.as_ref()?)?;
-        let mark = Mark {
-            at: now,
-            ran_ns,
-            waited_ns,
-        };
-        counter.mark = Some(mark);
-        Some(mark)
-    })
+    // `try_with`: a poll while the thread's locals are torn down gets no
+    // mark, rather than a panic.
+    COUNTER
+        .try_with(|counter| {
+            let mut counter = counter.borrow_mut();
+            if let Some(mark) = counter.mark
+                && now.saturating_duration_since(mark.at) < fresh_within
+            {
+                return Some(mark);
+            }
+            let (ran_ns, waited_ns) = read(counter.file.as_ref()?)?;
+            let mark = Mark {
+                at: now,
+                ran_ns,
+                waited_ns,
+            };
+            counter.mark = Some(mark);
+            Some(mark)
+        })
+        .ok()
+        .flatten()
 }
 
 /// Where the time of a poll that began at `started` with `mark` went, read
@@ -119,8 +124,10 @@ pub(crate) fn spent_since(mark: Option<Mark>, started: Instant) -> Spent {
     let Some(mark) = mark else {
         return Spent::default();
     };
-    let Some((ran_ns, waited_ns)) =
-        COUNTER.with(|counter| counter.borrow().file.as_ref().and_then(read))
+    let Some((ran_ns, waited_ns)) = COUNTER
+        .try_with(|counter| counter.borrow().file.as_ref().and_then(read))
+        .ok()
+        .flatten()
     else {
         return Spent::default();
     };
