@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use switchyard_executor::{DispatchOptions, Endpoint, Executor, ExecutorConfig, Phase};
+mod support;
+
+use support::{OnThisThread, slow_poll_warning};
+use switchyard_executor::Endpoint;
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -69,10 +72,7 @@ fn start_hog(done: Arc<AtomicBool>) -> mpsc::Sender<()> {
 /// The milliseconds a slow-poll warning about `endpoint` says the poll was
 /// blocked in a call (`at least N ms blocked`).
 fn blocked_ms(log: &str, endpoint: &str) -> f64 {
-    let line = log
-        .lines()
-        .find(|line| line.contains(&format!("slow poll: endpoint `{endpoint}`")))
-        .unwrap_or_else(|| panic!("no slow poll of `{endpoint}` in:\n{log}"));
+    let line = slow_poll_warning(log, endpoint);
     line.split("at least ")
         .nth(1)
         .and_then(|rest| rest.split(" ms blocked").next())
@@ -86,14 +86,7 @@ fn a_poll_preempted_by_another_thread_is_descheduled_not_slow() {
     pin_to_cpu_0();
     let hogged = Arc::new(AtomicBool::new(false));
     let hog = start_hog(Arc::clone(&hogged));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let executor = {
-        let _in_runtime = runtime.enter();
-        Executor::new("test", ExecutorConfig::in_phase(Phase::Async)).expect("executor")
-    };
+    let here = OnThisThread::new();
 
     // Wakes the hog, which takes CPU 0 from this poll at once, and spins
     // (microseconds of its own) until the hog is done.
@@ -122,14 +115,9 @@ fn a_poll_preempted_by_another_thread_is_descheduled_not_slow() {
     let sleeps = Endpoint::from_async("sleeps", |_, ()| async {
         std::thread::sleep(Duration::from_millis(30));
     });
-    for endpoint in [preempted, spins, sleeps] {
-        let bound = executor.register(endpoint).expect("registered");
-        runtime
-            .block_on(bound.dispatch((), DispatchOptions::default()))
-            .expect("ran");
-    }
+    here.run_each([preempted, spins, sleeps]);
 
-    let snapshot = executor.snapshot();
+    let snapshot = here.executor.snapshot();
     let counts = |name: &str| {
         let counts = snapshot.endpoint(name).expect("registered").counts;
         (counts.slow_polls, counts.descheduled_polls)

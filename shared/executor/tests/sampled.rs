@@ -2,35 +2,24 @@
 //! poll has turned the sampler on: a lock, a sleep, a read from a pipe, or
 //! nothing (running code). Linux only: the sampler reads `/proc`.
 
+mod support;
+
 use std::io::{Read as _, Write as _};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchyard_executor::{DispatchOptions, Endpoint, Executor, ExecutorConfig, Phase};
+use support::{OnThisThread, slow_poll_warning as warning};
+use switchyard_executor::Endpoint;
 
 /// Far over the 10 ms slow-poll threshold, and over the sampler's 2.5 ms
 /// tick many times.
 const HELD: Duration = Duration::from_millis(50);
 
-/// The slow-poll warning about `endpoint`.
-fn warning<'a>(log: &'a str, endpoint: &str) -> &'a str {
-    log.lines()
-        .find(|line| line.contains(&format!("slow poll: endpoint `{endpoint}`")))
-        .unwrap_or_else(|| panic!("no slow poll of `{endpoint}` in:\n{log}"))
-}
-
 #[test]
 fn a_slow_polls_warning_names_the_call_its_thread_was_blocked_in() {
     let log = switchyard_testkit::Log::global();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let executor = {
-        let _in_runtime = runtime.enter();
-        Executor::new("test", ExecutorConfig::in_phase(Phase::Async)).expect("executor")
-    };
+    let here = OnThisThread::new();
 
     // The first slow poll of a quiet spell turns the sampler on.
     let first = Endpoint::from_async("first", |_, ()| async {
@@ -70,12 +59,7 @@ fn a_slow_polls_warning_names_the_call_its_thread_was_blocked_in() {
             std::hint::spin_loop();
         }
     });
-    for endpoint in [first, sleeps, locks, reads, spins] {
-        let bound = executor.register(endpoint).expect("registered");
-        runtime
-            .block_on(bound.dispatch((), DispatchOptions::default()))
-            .expect("ran");
-    }
+    here.run_each([first, sleeps, locks, reads, spins]);
 
     let text = log.text();
     let sleeping = warning(&text, "sleeps");
