@@ -315,12 +315,12 @@ where
 
 /// Stops a server of consumers once its stop was asked for: waits for its
 /// `consumers` to end and its `handlers` to settle every delivery taken,
-/// then closes its `channel` (saying `closing`). Each stage says every 10 s
-/// what it still waits for.
+/// then closes its `channels` (saying `closing`). Each stage says every
+/// 10 s what it still waits for.
 pub(crate) async fn drain(
     consumers: impl IntoIterator<Item = tokio::task::JoinHandle<()>>,
     handlers: &TaskTracker,
-    channel: &Channel,
+    channels: [&Channel; 2],
     closing: &'static str,
 ) {
     for consumer in consumers {
@@ -334,7 +334,14 @@ pub(crate) async fn drain(
         )
     };
     stopping(settling, handlers.wait()).await;
-    let _ = answered("closing a channel", channel.close(200, closing.into())).await;
+    // Together: each close is bounded, and a broker that stops answering
+    // must not make a stop wait out every bound in turn.
+    let [consuming, publishing] = channels;
+    let _ = futures_lite::future::zip(
+        answered("closing a channel", consuming.close(200, closing.into())),
+        answered("closing a channel", publishing.close(200, closing.into())),
+    )
+    .await;
 }
 
 /// Waits for `stage`, one stage of stopping a consumer's server, logging
@@ -442,7 +449,10 @@ pub(crate) enum Settle {
 /// deliveries of its queue, never cloned: cloning its channel and strings
 /// for each delivery cost more than the ack it makes.
 pub(crate) struct Settler {
-    pub channel: Channel,
+    /// Where copies and replies are published: a channel of their own, on
+    /// which nothing is delivered (why: `RpcClient`'s `publishing`).
+    /// Acknowledgements go through each delivery's own channel.
+    pub publishing: Channel,
     /// Its connection: for declaring retry queues on channels of their
     /// own, and to know when the connection is lost for good.
     pub transport: crate::Transport,
@@ -577,7 +587,7 @@ impl Settler {
                 tokio::time::sleep(delay).await;
                 let queue = &self.queue;
                 publish(
-                    &self.channel,
+                    &self.publishing,
                     &self.transport,
                     "",
                     queue,
@@ -620,7 +630,7 @@ impl Settler {
             let data = &delivery.data;
             let properties = properties.clone();
             match publish(
-                &self.channel,
+                &self.publishing,
                 &self.transport,
                 "",
                 &destination,

@@ -347,7 +347,7 @@ impl NotificationListenerBuilder {
             bind(&channel, &queue, &exchange, key).await?;
         }
         let settler = Arc::new(Settler {
-            channel: channel.clone(),
+            publishing: transport.channel().await?,
             transport: transport.clone(),
             retry_queues: Default::default(),
             dead_letters,
@@ -377,7 +377,10 @@ fn outcome(result: Result<Result<Handled, EndpointError>, DispatchError>) -> Set
 pub struct NotificationListener {
     consumer: tokio::task::JoinHandle<()>,
     handlers: TaskTracker,
+    /// Where notifications are delivered and acknowledged.
     channel: Channel,
+    /// Where parked copies go.
+    publishing: Channel,
 }
 
 impl NotificationListener {
@@ -393,6 +396,7 @@ impl NotificationListener {
         H: Fn(Delivery) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let publishing = settler.publishing.clone();
         let consumer = consume::consume(
             channel.clone(),
             settler,
@@ -406,6 +410,7 @@ impl NotificationListener {
             consumer,
             handlers,
             channel,
+            publishing,
         })
     }
 
@@ -424,7 +429,7 @@ impl NotificationListener {
         consume::drain(
             [self.consumer],
             &self.handlers,
-            &self.channel,
+            [&self.channel, &self.publishing],
             "listener stopped",
         )
         .await;

@@ -26,7 +26,18 @@ use crate::{CallError, MessagingError, Transport, wire};
 /// Calls, casts and fans out to RPC servers. Cheap to clone.
 #[derive(Clone)]
 pub struct RpcClient {
-    channel: Channel,
+    /// The channel consuming direct replies. Calls publish on it: RabbitMQ
+    /// hands a direct reply only to the channel that published the request.
+    replies: Channel,
+    /// Casts, fan-outs and declarations: a channel on which nothing is
+    /// delivered. lapin's I/O thread holds a channel's status lock (a
+    /// `std::sync::RwLock`, written) while it hands a delivery to its
+    /// consumer and wakes the consumer's task, and a publish on that
+    /// channel reads the lock first: a cast on the reply channel waited
+    /// whenever the I/O thread lost its CPU in between — the api's slow
+    /// polls of 10–137 ms under cluster load, blocked in `futex` inside
+    /// `basic_publish` (docs/scale-out.md).
+    publishing: Channel,
     transport: Transport,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>,
     /// Topics seen with consumers, and when: checked again after a second.
@@ -48,10 +59,12 @@ impl std::fmt::Debug for RpcClient {
 }
 
 impl RpcClient {
-    /// A client with its own channel, consuming RabbitMQ's direct reply-to
-    /// pseudo queue: replies need no queue of their own, so none can leak.
+    /// A client with its own channels, consuming RabbitMQ's direct
+    /// reply-to pseudo queue: replies need no queue of their own, so none
+    /// can leak.
     pub async fn new(transport: &Transport) -> Result<Self, MessagingError> {
         let channel = transport.channel().await?;
+        let publishing = transport.channel().await?;
         let consuming = channel.basic_consume(
             wire::DIRECT_REPLY_TO.into(),
             ShortString::from(format!("replies.{}", wire::new_id())),
@@ -115,7 +128,8 @@ impl RpcClient {
             }
         });
         Ok(Self {
-            channel,
+            replies: channel,
+            publishing,
             transport: transport.clone(),
             pending,
             seen_consumers: Arc::default(),
@@ -157,7 +171,8 @@ impl RpcClient {
                 .with_correlation_id(correlation.as_str().into())
                 .with_reply_to(wire::DIRECT_REPLY_TO.into())
                 .with_expiration(timeout.as_millis().max(1).to_string().into());
-            self.send(target, properties, request).await?;
+            self.send(&self.replies, target, properties, request)
+                .await?;
             // While waiting, look again every second: if the last consumer
             // of the topic went away, say so instead of waiting out the
             // timeout. A connection that fails takes its direct replies with
@@ -195,7 +210,8 @@ impl RpcClient {
         let properties = self
             .properties(method, "cast", &wire::new_id())
             .with_delivery_mode(2);
-        self.send(target, properties, request).await
+        self.send(&self.publishing, target, properties, request)
+            .await
     }
 
     /// Sends `method` to every instance of `target.topic`.
@@ -209,7 +225,7 @@ impl RpcClient {
         let exchange = wire::fanout_exchange(&target.exchange, &target.topic);
         self.ensure_exchange(&exchange, ExchangeKind::Fanout)
             .await?;
-        self.publish_traced(&exchange, "", properties, request)
+        self.publish_traced(&self.publishing, &exchange, "", properties, request)
             .await
             .map_err(|error| match error {
                 MessagingError::Unroutable { .. } => CallError::NoConsumers {
@@ -239,7 +255,7 @@ impl RpcClient {
     async fn ensure_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), MessagingError> {
         let known = lock(&self.declared).contains(name);
         if !known {
-            declare_exchange(&self.channel, name, kind).await?;
+            declare_exchange(&self.publishing, name, kind).await?;
             lock(&self.declared).insert(name.to_string());
         }
         Ok(())
@@ -249,24 +265,32 @@ impl RpcClient {
     /// error the caller sees, never a silent drop by the broker.
     async fn send<Req: Message>(
         &self,
+        channel: &Channel,
         target: &Target,
         properties: BasicProperties,
         request: &Req,
     ) -> Result<(), CallError> {
         self.ensure_exchange(&target.exchange, ExchangeKind::Topic)
             .await?;
-        self.publish_traced(&target.exchange, &target.routing_key(), properties, request)
-            .await
-            .map_err(|error| match error {
-                MessagingError::Unroutable { .. } => CallError::NoConsumers {
-                    target: target.to_string(),
-                },
-                other => CallError::Transport(other),
-            })
+        self.publish_traced(
+            channel,
+            &target.exchange,
+            &target.routing_key(),
+            properties,
+            request,
+        )
+        .await
+        .map_err(|error| match error {
+            MessagingError::Unroutable { .. } => CallError::NoConsumers {
+                target: target.to_string(),
+            },
+            other => CallError::Transport(other),
+        })
     }
 
     async fn publish_traced<Req: Message>(
         &self,
+        channel: &Channel,
         exchange: &str,
         routing_key: &str,
         properties: BasicProperties,
@@ -283,7 +307,7 @@ impl RpcClient {
         wire::inject_trace(&mut headers, &span);
         let properties = properties.with_headers(headers);
         consume::publish(
-            &self.channel,
+            channel,
             &self.transport,
             exchange,
             routing_key,

@@ -94,6 +94,7 @@ impl RpcServerBuilder {
     ) -> Result<RpcServer, MessagingError> {
         let config = transport.config().clone();
         let channel = transport.consuming_channel(capacity).await?;
+        let publishing = transport.channel().await?;
         let exchange = wire::rpc_exchange(&self.exchange);
         let fanout = wire::fanout_exchange(&self.exchange, &self.topic);
         declare_exchange(&channel, &exchange, ExchangeKind::Topic).await?;
@@ -127,7 +128,7 @@ impl RpcServerBuilder {
         let mut consumers = Vec::new();
         for queue in [topic_queue, server_queue, fanout_queue] {
             let settler = Arc::new(Settler {
-                channel: channel.clone(),
+                publishing: publishing.clone(),
                 transport: transport.clone(),
                 retry_queues: Default::default(),
                 queue: queue.clone(),
@@ -162,6 +163,7 @@ impl RpcServerBuilder {
             consumers,
             handlers,
             channel,
+            publishing,
         })
     }
 }
@@ -171,7 +173,10 @@ impl RpcServerBuilder {
 pub struct RpcServer {
     consumers: Vec<tokio::task::JoinHandle<()>>,
     handlers: TaskTracker,
+    /// Where requests are delivered and acknowledged.
     channel: Channel,
+    /// Where replies and parked copies go.
+    publishing: Channel,
 }
 
 impl RpcServer {
@@ -186,12 +191,12 @@ impl RpcServer {
     }
 
     /// Waits until the consumers stopped (the shutdown token was cancelled)
-    /// and every delivery taken was settled, then closes the channel.
+    /// and every delivery taken was settled, then closes its channels.
     pub async fn stopped(self) {
         consume::drain(
             self.consumers,
             &self.handlers,
-            &self.channel,
+            [&self.channel, &self.publishing],
             "server stopped",
         )
         .await;
@@ -383,7 +388,7 @@ fn reply_properties(delivery: &Delivery, status: &str) -> BasicProperties {
 /// caller times out.
 async fn reply(settler: &Settler, reply_to: &str, body: &[u8], properties: BasicProperties) {
     let published = consume::publish(
-        &settler.channel,
+        &settler.publishing,
         &settler.transport,
         "",
         reply_to,
