@@ -35,8 +35,9 @@ pub struct RpcClient {
     /// consumer and wakes the consumer's task, and a publish on that
     /// channel reads the lock first: a cast on the reply channel waited
     /// whenever the I/O thread lost its CPU in between — the api's slow
-    /// polls of 10–137 ms under cluster load, blocked in `futex` inside
-    /// `basic_publish` (docs/scale-out.md).
+    /// polls of up to 137 ms under cluster load, blocked in `futex` inside
+    /// `basic_publish` (docs/scale-out.md). So a client's casts and calls
+    /// are not ordered against each other.
     publishing: Channel,
     transport: Transport,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>,
