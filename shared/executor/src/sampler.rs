@@ -208,8 +208,10 @@ fn began(token: u64) -> Instant {
 struct Armed {
     /// Sampling until then.
     until: Option<Instant>,
-    /// How often to sample, and how long a poll must have run to be.
+    /// How often to sample, and how long a poll must have run to be
+    /// sampled.
     tick: Duration,
+    /// Whether the sampling thread was started.
     thread: bool,
 }
 
