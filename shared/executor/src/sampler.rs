@@ -35,8 +35,9 @@ pub(crate) const ARMED_FOR: Duration = Duration::from_secs(60);
 /// A system call, as `/proc/<pid>/task/<tid>/syscall` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Call {
-    /// Runnable: on a CPU or waiting for one, not blocked.
-    Running,
+    /// Runnable (the kernel says `running`): on a CPU or waiting for one,
+    /// not blocked.
+    Runnable,
     /// Blocked in system call `number`, whose first argument is `first`.
     In { number: u64, first: u64 },
     /// Blocked outside any system call (a page fault, say).
@@ -84,7 +85,7 @@ impl Call {
         let mut fields = text.split_ascii_whitespace();
         let first = fields.next()?;
         if first == "running" {
-            return Some(Self::Running);
+            return Some(Self::Runnable);
         }
         if first == "-1" {
             return Some(Self::Outside);
@@ -133,7 +134,7 @@ impl std::fmt::Display for Sample {
         let ms = self.after.as_secs_f64() * 1e3;
         write!(f, "{ms:.1} ms into the poll its thread was ")?;
         match self.call {
-            Call::Running => {
+            Call::Runnable => {
                 return write!(f, "runnable (on a CPU or waiting for one), not blocked");
             }
             Call::Outside => write!(f, "blocked outside a system call")?,
@@ -173,7 +174,7 @@ impl Slot {
                 .map(|target| target.display().to_string())
         });
         let kernel = match call {
-            Call::Running => None,
+            Call::Runnable => None,
             _ => std::fs::read_to_string(self.task.join("wchan"))
                 .ok()
                 .map(|name| name.trim().to_string())
@@ -364,7 +365,7 @@ fn sample(slot: &Slot, tick: Duration) {
     }
     if let Some((seen, sample)) = &*lock(&slot.sample)
         && *seen == token
-        && sample.call != Call::Running
+        && sample.call != Call::Runnable
     {
         return;
     }
@@ -389,7 +390,7 @@ mod tests {
                 first: 1
             })
         );
-        assert_eq!(Call::parse("running\n"), Some(Call::Running));
+        assert_eq!(Call::parse("running\n"), Some(Call::Runnable));
         assert_eq!(
             Call::parse("-1 0x7ffe2d3c 0x7f0a1b2c\n"),
             Some(Call::Outside)
@@ -433,7 +434,7 @@ mod tests {
              in the kernel's `pipe_write`"
         );
         let running = Sample {
-            call: Call::Running,
+            call: Call::Runnable,
             descriptor: None,
             kernel: None,
             ..sample
