@@ -30,14 +30,16 @@ pub struct RpcClient {
     /// hands a direct reply only to the channel that published the request.
     replies: Channel,
     /// Casts, fan-outs and declarations: a channel on which nothing is
-    /// delivered. lapin's I/O thread holds a channel's status lock (a
-    /// `std::sync::RwLock`, written) while it hands a delivery to its
-    /// consumer and wakes the consumer's task, and a publish on that
-    /// channel reads the lock first: a cast on the reply channel waited
-    /// whenever the I/O thread lost its CPU in between — the api's slow
-    /// polls of up to 137 ms under cluster load, blocked in `futex` inside
-    /// `basic_publish` (docs/scale-out.md). So a client's casts and calls
-    /// are not ordered against each other.
+    /// delivered. lapin's I/O thread writes a channel's status lock (a
+    /// `std::sync::RwLock`) for every content frame delivered on it, and a
+    /// publish on that channel reads the lock first. Upstream lapin also
+    /// woke the consumer inside that lock, so a cast on the reply channel
+    /// waited whenever the I/O thread lost its CPU in between: the api's
+    /// slow polls of up to 137 ms under cluster load, blocked in `futex`
+    /// inside `basic_publish` (docs/scale-out.md). `vendor/lapin` now wakes
+    /// after the lock; a channel of their own still keeps casts clear of
+    /// the replies' frames. So a client's casts and calls are not ordered
+    /// against each other.
     publishing: Channel,
     transport: Transport,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>,
