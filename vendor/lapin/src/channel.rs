@@ -367,15 +367,19 @@ impl Channel {
     }
 
     pub(crate) fn update_recovery(&self) -> Option<ChannelDefinition> {
-        self.status.update_recovery_context(|ctx| {
+        let (topology, replaced) = self.status.update_recovery_context(|ctx| {
             // Cleanup any pending expecting reply
-            ctx.set_expected_replies(self.frames.take_expected_replies(self.id));
+            let replaced = ctx.set_expected_replies(self.frames.take_expected_replies(self.id));
             // Also reset the acknowledgements state for this channel
             self.acknowledgements.reset(ctx.cause());
             // Also drop frames poisoning
             self.frames.drop_channel_poison(self.id);
-            ctx.topology()
-        })
+            (ctx.topology(), replaced)
+        })?;
+        // Switchyard's patch: dropped after the status lock is released
+        // (see `ChannelStatus::finalize_connection`).
+        drop(replaced);
+        Some(topology)
     }
 
     pub(crate) async fn start_recovery(&self) -> Result<()> {

@@ -37,11 +37,15 @@ impl ChannelRecoveryContext {
         self.topology.clone()
     }
 
+    /// Returns the replies set before, to be dropped once the channel's
+    /// status lock is released (Switchyard's patch: one may hold the last
+    /// handle of the channel, whose closer reads the status as it drops).
+    #[must_use]
     pub(crate) fn set_expected_replies(
         &mut self,
         expected_replies: Option<VecDeque<ExpectedReply>>,
-    ) {
-        self.expected_replies = expected_replies;
+    ) -> Option<VecDeque<ExpectedReply>> {
+        std::mem::replace(&mut self.expected_replies, expected_replies)
     }
 
     pub(crate) fn finalize_recovery(self) {

@@ -72,8 +72,17 @@ impl ChannelStatus {
         Some(apply(self.write().recovery_context.as_mut()?))
     }
 
+    // Switchyard's patch (vendor/lapin/SWITCHYARD.md): the recovery ends
+    // once the status lock is released. Ending it cancels the replies that
+    // were pending when the connection failed, and one can hold the last
+    // handle of this very channel (a `channel.open` in flight then), whose
+    // closer reads this status as it drops: under the lock, the I/O thread
+    // waited for itself, and every later user of the channel for it.
     pub(crate) fn finalize_connection(&self) {
-        self.write().finalize_connection();
+        let recovered = self.write().finalize_connection();
+        if let Some(recovered) = recovered {
+            recovered.finalize_recovery();
+        }
     }
 
     pub(crate) fn can_receive_messages(&self) -> bool {
@@ -92,10 +101,16 @@ impl ChannelStatus {
     }
 
     pub(crate) fn set_confirm(&self) {
-        let mut inner = self.write();
-        inner.confirm = true;
-        trace!("Publisher confirms activated");
-        inner.finalize_connection();
+        let recovered = {
+            let mut inner = self.write();
+            inner.confirm = true;
+            trace!("Publisher confirms activated");
+            inner.finalize_connection()
+        };
+        // As in `finalize_connection`: after the lock is released.
+        if let Some(recovered) = recovered {
+            recovered.finalize_recovery();
+        }
     }
 
     /// Returns the quality-of-service settings currently applied to this channel.
@@ -385,12 +400,13 @@ impl Inner {
         cause
     }
 
-    pub(crate) fn finalize_connection(&mut self) {
+    /// The recovery this ends, if any: the caller finalizes it once the
+    /// status lock is released (Switchyard's patch).
+    #[must_use]
+    pub(crate) fn finalize_connection(&mut self) -> Option<ChannelRecoveryContext> {
         self.state = ChannelState::Connected;
         self.update_rpc_status();
-        if let Some(ctx) = self.recovery_context.take() {
-            ctx.finalize_recovery();
-        }
+        self.recovery_context.take()
     }
 
     fn notifier(&self) -> Option<Notifier> {

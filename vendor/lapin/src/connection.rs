@@ -861,4 +861,43 @@ mod tests {
             );
         }
     }
+
+    // Switchyard's patch (SWITCHYARD.md): a recovered channel ends its
+    // recovery after its status lock is released. Ending it cancels the
+    // replies pending when the connection failed; a `channel.open` then in
+    // flight holds the last handle of the channel, whose closer reads the
+    // status as it drops. Under the lock the I/O thread waited for itself,
+    // and the next user of the channel (here, closing the connection) for
+    // it (the cluster test's api, a worker held for good after a partition).
+    #[test]
+    fn a_recovered_channel_cancels_its_old_replies_after_the_status_lock_is_released() {
+        use std::{future::Future, sync::mpsc, task::Context, time::Duration};
+
+        let (conn, channels, _) = create_connection();
+        conn.configuration.negotiated_config.set_channel_max(2047);
+        let channel = channels.create(conn.closer.clone()).unwrap();
+        let internal = channels.get(channel.id()).unwrap();
+        // The channel.open in flight holds the only handle with a closer.
+        let mut open = Box::pin(internal.channel_open(channel));
+        assert!(
+            open.as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()))
+                .is_pending()
+        );
+        drop(open);
+
+        channels.init_connection_recovery(ErrorKind::MissingHeartbeatError.into());
+        assert!(internal.update_recovery().is_some());
+        let (finished, finalized) = mpsc::channel();
+        let recovered = internal.clone();
+        std::thread::spawn(move || {
+            recovered.finalize_connection();
+            let _ = finished.send(());
+        });
+        assert!(
+            finalized.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the recovery's end waited for the channel's own status lock"
+        );
+        assert!(internal.status().connected());
+    }
 }
