@@ -27,6 +27,8 @@
 //! Fault scenario 3: one collector host killed under load; the other stores
 //! everything acknowledged; started again, its workers consume beside the
 //! other host's again.
+//!
+//! Through all of it, no service's runtime worker was held inside one poll.
 
 mod support;
 
@@ -288,6 +290,9 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // No poll held a runtime worker through any of it.
+    project.assert_no_worker_held();
 
     drop(project);
     assert_eq!(leftovers(&name), Vec::<String>::new(), "left behind");

@@ -313,16 +313,24 @@ impl Transport {
     pub async fn close_within(&self, limit: Duration) {
         self.closed.cancel();
         let connection = Arc::clone(&self.connection);
+        let name = self.name.clone();
         let closing = tokio::spawn(async move {
+            let mut waited = false;
             loop {
                 let status = connection.status();
                 if status.connected() {
+                    if waited {
+                        tracing::info!(
+                            "the broker connection `{name}` came back after it was given up; closing it"
+                        );
+                    }
                     let _ = connection.close(200, "shutting down".into()).await;
                     return;
                 }
                 if status.closed() || status.closing() || status.errored() {
                     return;
                 }
+                waited = true;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
