@@ -9,7 +9,8 @@
 //! up and healthy → 1,000 samples stored exactly once → one trace across the
 //! three containers → `scripts/switch-phase collector async` under load →
 //! `docker kill` of the collector under load → RabbitMQ restarted under load
-//! → `down -v` leaves nothing.
+//! → the playbook's canary under compose → no service's runtime worker held
+//! inside one poll → `down -v` leaves nothing.
 
 mod support;
 
@@ -307,7 +308,10 @@ async fn the_fleet_under_docker_compose() {
         acknowledged
     );
 
-    // 8. down -v leaves nothing of the project behind.
+    // 8. No poll held a runtime worker through any of it.
+    project.assert_no_worker_held();
+
+    // 9. down -v leaves nothing of the project behind.
     drop(project);
     let left = leftovers(&name);
     assert!(left.is_empty(), "left behind: {left:?}");
