@@ -321,7 +321,7 @@ impl Transport {
                 if status.connected() {
                     if waited {
                         tracing::info!(
-                            "the broker connection `{name}` came back after it was given up; closing it"
+                            "the broker connection `{name}` came back while it waited to be closed; closing it"
                         );
                     }
                     let _ = connection.close(200, "shutting down".into()).await;
