@@ -449,9 +449,10 @@ impl Project {
 }
 
 /// Of gdb's `thread apply all bt`, the threads waiting for a lock, each
-/// with its frames in lapin or Switchyard code and its lock's (at most
-/// 12, each its function's name, cut to 150 characters, and its line): a held worker and what holds the lock, in a few lines
-/// where a CI log shows only the start of a failure.
+/// with its frames in lapin or Switchyard code and the lock's own (at most
+/// 12, each its function's name, cut to 150 characters, and its line): a
+/// held worker and what holds its lock, in a few lines, where a CI log
+/// shows only the start of a failure.
 fn lock_waits(stacks: &str) -> String {
     let mut report = String::new();
     for thread in stacks.split("\nThread ").skip(1) {
