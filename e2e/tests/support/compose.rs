@@ -174,7 +174,8 @@ impl Project {
             }
             assert!(
                 Instant::now() < deadline,
-                "only {distinct} samples stored; waiting for {count}"
+                "only {distinct} samples stored; waiting for {count}\n{}",
+                self.diagnose()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -189,7 +190,8 @@ impl Project {
             }
             assert!(
                 started.elapsed() < Duration::from_secs(90),
-                "only {distinct} of {expected} acknowledged samples were stored"
+                "only {distinct} of {expected} acknowledged samples were stored\n{}",
+                self.diagnose()
             );
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -314,7 +316,8 @@ impl Project {
                     "type",
                     "leader",
                     "online",
-                    "messages",
+                    "messages_ready",
+                    "messages_unacknowledged",
                     "consumers",
                 ],
                 Duration::from_secs(30),
@@ -326,8 +329,35 @@ impl Project {
                     .filter(|line| line.contains("quorum") && !line.contains(".dlq"))
                     .collect();
                 report.push_str(&format!(
-                    "queues as {node} sees them:\n{}\n",
+                    "queues as {node} sees them (name, type, leader, online, ready, unacknowledged, consumers):\n{}\n",
                     durable.join("\n")
+                ));
+                // Who holds deliveries unacknowledged: a consumer nobody
+                // reads any more keeps them from every other.
+                let channels = self.compose(
+                    &[
+                        "exec",
+                        "-T",
+                        node,
+                        "rabbitmqctl",
+                        "-t",
+                        "10",
+                        "-q",
+                        "list_channels",
+                        "name",
+                        "consumer_count",
+                        "messages_unacknowledged",
+                    ],
+                    Duration::from_secs(30),
+                );
+                let holding: Vec<String> = String::from_utf8_lossy(&channels.stdout)
+                    .lines()
+                    .filter(|line| line.rsplit('\t').next().is_some_and(|n| n.trim() != "0"))
+                    .map(str::to_string)
+                    .collect();
+                report.push_str(&format!(
+                    "channels holding unacknowledged deliveries (name, consumers, unacknowledged):\n{}\n",
+                    holding.join("\n")
                 ));
                 break;
             }
