@@ -106,16 +106,24 @@ fn a_poll_preempted_by_another_thread_is_descheduled_not_slow() {
             }
         })
     };
-    let spins = Endpoint::from_async("spins", |_, ()| async {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(30) {
-            std::hint::spin_loop();
-        }
-    });
+    let spins = |name: &str| {
+        Endpoint::from_async(name, |_, ()| async {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_millis(30) {
+                std::hint::spin_loop();
+            }
+        })
+    };
     let sleeps = Endpoint::from_async("sleeps", |_, ()| async {
         std::thread::sleep(Duration::from_millis(30));
     });
-    here.run_each([preempted, spins, sleeps]);
+    here.run_each([
+        preempted,
+        spins("spins"),
+        sleeps,
+        spins("spins again"),
+        spins("spins a third time"),
+    ]);
 
     let snapshot = here.executor.snapshot();
     let counts = |name: &str| {
@@ -126,9 +134,20 @@ fn a_poll_preempted_by_another_thread_is_descheduled_not_slow() {
     assert_eq!(counts("spins"), (1, 0), "running code holds the thread");
     assert_eq!(counts("sleeps"), (1, 0), "a blocking call holds the thread");
 
-    // The warnings tell computing from blocking.
+    // The warnings tell computing from blocking. What a spinning poll's
+    // thread counters cannot account for is taken for blocked; on a virtual
+    // machine that includes time the hypervisor gave the CPU to another
+    // guest (steal: these machines' /proc/stat counts it), and CI once saw
+    // 16.3 ms of a 30 ms spin so (2026-12-05). The least of three tells.
     let text = log.text();
-    let (spinning, sleeping) = (blocked_ms(&text, "spins"), blocked_ms(&text, "sleeps"));
-    assert!(spinning < 5.0, "spinning 30 ms blocked {spinning} ms");
+    let spinning = ["spins", "spins again", "spins a third time"]
+        .map(|name| blocked_ms(&text, name))
+        .into_iter()
+        .fold(f64::INFINITY, f64::min);
+    let sleeping = blocked_ms(&text, "sleeps");
+    assert!(
+        spinning < 5.0,
+        "spinning 30 ms blocked at least {spinning} ms in each of three polls"
+    );
     assert!(sleeping > 25.0, "sleeping 30 ms blocked only {sleeping} ms");
 }
