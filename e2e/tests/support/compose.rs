@@ -257,9 +257,16 @@ impl Project {
     }
 
     /// What explains a stuck fleet, in a few dozen lines: each service's
-    /// last warnings and errors (its slow polls only counted), and where
-    /// the broker has the leaders of the durable queues.
+    /// last warnings and errors (its slow polls only counted), the lock
+    /// waits of a service whose worker was held, where the broker has the
+    /// leaders of the durable queues and what they hold, and the channels
+    /// holding unacknowledged deliveries.
     pub fn diagnose(&self) -> String {
+        let rabbitmqctl = |node: &str, args: &[&str]| {
+            let mut command = vec!["exec", "-T", node, "rabbitmqctl", "-t", "10", "-q"];
+            command.extend_from_slice(args);
+            self.compose(&command, Duration::from_secs(30))
+        };
         let mut report = String::new();
         for service in ["api", "collector-a", "collector-b", "notifier"] {
             let output = self.compose(&["logs", "--no-color", service], Duration::from_secs(60));
@@ -294,7 +301,7 @@ impl Project {
                     .saturating_sub(if service == "api" { 12 } else { 6 })..]
                     .join("\n")
             ));
-            for (process, stacks) in self.held_stacks(service) {
+            for (process, stacks) in self.held_stacks(service, &log) {
                 report.push_str(&format!(
                     "{service}: a worker was held; the threads of {process} waiting for a lock:\n{}",
                     lock_waits(&stacks)
@@ -302,15 +309,9 @@ impl Project {
             }
         }
         for node in ["rabbit-1", "rabbit-2", "rabbit-3"] {
-            let output = self.compose(
+            let output = rabbitmqctl(
+                node,
                 &[
-                    "exec",
-                    "-T",
-                    node,
-                    "rabbitmqctl",
-                    "-t",
-                    "10",
-                    "-q",
                     "list_queues",
                     "name",
                     "type",
@@ -320,7 +321,6 @@ impl Project {
                     "messages_unacknowledged",
                     "consumers",
                 ],
-                Duration::from_secs(30),
             );
             if output.status.success() {
                 let queues = String::from_utf8_lossy(&output.stdout);
@@ -334,21 +334,14 @@ impl Project {
                 ));
                 // Who holds deliveries unacknowledged: a consumer nobody
                 // reads any more keeps them from every other.
-                let channels = self.compose(
+                let channels = rabbitmqctl(
+                    node,
                     &[
-                        "exec",
-                        "-T",
-                        node,
-                        "rabbitmqctl",
-                        "-t",
-                        "10",
-                        "-q",
                         "list_channels",
                         "name",
                         "consumer_count",
                         "messages_unacknowledged",
                     ],
-                    Duration::from_secs(30),
                 );
                 let holding: Vec<String> = String::from_utf8_lossy(&channels.stdout)
                     .lines()
@@ -380,7 +373,11 @@ impl Project {
             return;
         };
         for service in String::from_utf8_lossy(&services.stdout).lines() {
-            for (process, stacks) in self.held_stacks(service) {
+            let Ok(logs) = self.try_compose(&["logs", "--no-color", service], bound) else {
+                continue;
+            };
+            let log = String::from_utf8_lossy(&logs.stdout);
+            for (process, stacks) in self.held_stacks(service, &log) {
                 eprintln!(
                     "{service}: the stacks of {process}, a worker having been held:\n{stacks}"
                 );
@@ -407,7 +404,7 @@ impl Project {
                 continue;
             }
             let mut report = format!("{service}:\n{}\n", lines.join("\n"));
-            for (process, stacks) in self.held_stacks(service) {
+            for (process, stacks) in self.held_stacks(service, &log) {
                 report.push_str(&format!(
                     "the threads of {process} waiting for a lock:\n{}",
                     lock_waits(&stacks)
@@ -423,16 +420,13 @@ impl Project {
     }
 
     /// gdb's `thread apply all bt` of each Switchyard process of `service`
-    /// (named by its pid and arguments), if its log says a runtime worker
+    /// (named by its pid and arguments), if its `log` says a runtime worker
     /// was held inside one poll; nothing otherwise, or without gdb.
-    fn held_stacks(&self, service: &str) -> Vec<(String, String)> {
-        let bound = Duration::from_secs(60);
-        let Ok(logs) = self.try_compose(&["logs", "--no-color", service], bound) else {
-            return Vec::new();
-        };
-        if !String::from_utf8_lossy(&logs.stdout).contains("inside one poll") {
+    fn held_stacks(&self, service: &str, log: &str) -> Vec<(String, String)> {
+        if !log.contains("inside one poll") {
             return Vec::new();
         }
+        let bound = Duration::from_secs(60);
         let Ok(ps) = self.try_compose(&["ps", "-q", service], bound) else {
             return Vec::new();
         };
