@@ -342,60 +342,6 @@ pub async fn samples_stored(url: &str) -> (i64, i64) {
     counts
 }
 
-/// A TCP proxy on loopback in front of `target`: a broker "node" that can
-/// be cut off. [`Proxy::cut`] closes its port and every connection through
-/// it at once, as a node that died would.
-pub struct Proxy {
-    /// Where it listens.
-    pub port: u16,
-    cut: tokio_util::sync::CancellationToken,
-}
-
-impl Proxy {
-    /// Listens on a free loopback port and forwards each connection to `target`.
-    pub async fn start(target: std::net::SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port");
-        let port = listener.local_addr().expect("bound").port();
-        let cut = tokio_util::sync::CancellationToken::new();
-        let stop = cut.clone();
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let Ok((mut inbound, _)) = accepted else {
-                    continue;
-                };
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    }
-                });
-            }
-        });
-        Self { port, cut }
-    }
-
-    /// Closes the port and drops every connection through it.
-    pub fn cut(&self) {
-        self.cut.cancel();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut.cancel();
-    }
-}
-
 /// Runs `program` with `args`; asserts it succeeded and returns its output.
 pub fn run_ok(program: &str, args: &[&str]) -> String {
     let output = switchyard_testkit::succeeded(
@@ -480,7 +426,7 @@ impl Drop for Cleanup {
     }
 }
 
-pub use switchyard_testkit::free_port;
+pub use switchyard_testkit::{Proxy, free_port};
 
 /// How a fleet is started.
 #[derive(Clone, Default)]

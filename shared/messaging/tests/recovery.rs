@@ -240,3 +240,92 @@ async fn an_address_nothing_listens_on_fails_within_its_timeout_naming_it() {
         "{shown}"
     );
 }
+
+/// lapin recovers a connection by opening each channel again and declaring
+/// on it what it declared before. When the broker refuses one of those
+/// declarations — here another connection took the exclusive fanout queue
+/// of an RPC server while its node was away (RESOURCE_LOCKED, as after a
+/// partition) — it closes that channel, and lapin brings the connection
+/// back without it. The server's consumers were on that channel: they must
+/// not wait for its recovery for ever, taking no work behind a connection
+/// that looks up. They end, saying why, and the transport is declared lost
+/// (the service rebuilds its messaging on fresh queues).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_whose_channel_the_broker_refuses_to_recover_have_their_transport_declared_lost()
+{
+    let log = switchyard_testkit::Log::global();
+    let rig = Rig::new().await;
+    let node = switchyard_testkit::Proxy::start(([127, 0, 0, 1], 5672).into()).await;
+    let config = AmqpConfig {
+        url: SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port)),
+        ..rig.config.clone()
+    };
+    let transport = Transport::connect(&config, "replayed", &rig.id)
+        .await
+        .expect("connects through the proxy");
+    let echo = EchoServer::start(&transport, rig.exchange(), Phase::Async, 4).await;
+    let prefix = format!("{}.echo.fanout.s1.", rig.exchange());
+    let fanout = rabbitmqctl(&["list_queues", "--no-table-headers", "name"])
+        .lines()
+        .map(str::trim)
+        .find(|name| name.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no queue `{prefix}…`"))
+        .to_string();
+
+    node.cut();
+    // The broker deletes the exclusive queue with its connection; another
+    // connection takes the name.
+    let exclusive = lapin::options::QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let _taken = loop {
+        let channel = rig.transport.channel().await.expect("channel");
+        let declared = channel
+            .queue_declare(
+                fanout.as_str().into(),
+                exclusive,
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => break channel,
+            Err(error) => {
+                assert!(
+                    started.elapsed() < support::BOUND,
+                    "`{fanout}` never freed: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    node.restore().await;
+
+    // Well before `amqp.recovery_timeout_ms` (15 s): the connection itself
+    // is up, so its own watch would never declare it lost.
+    let bound = Duration::from_millis(config.recovery_timeout_ms / 2);
+    tokio::time::timeout(bound, transport.lost().cancelled())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{bound:?} after the node came back the transport is not lost \
+                 (connected: {}); its server consumes nothing",
+                transport.is_connected()
+            )
+        });
+    let said = log
+        .text()
+        .lines()
+        .filter(|line| line.contains(rig.exchange()) && line.contains("could not recover"))
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    assert!(
+        said.iter().any(|line| line.contains("RESOURCE_LOCKED")),
+        "no consumer said why it ended: {said:#?}"
+    );
+    echo.stop().await;
+    transport.close().await;
+    rig.cleanup(&["echo"], &[]).await;
+}

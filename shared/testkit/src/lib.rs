@@ -1,9 +1,14 @@
 //! What the test suites of several crates share (a dev-dependency only):
 //! a loopback port for a service that must be told its port, the services
-//! a gRPC server lists by reflection, a log a test can read, and bounded
-//! waits for a child process and a command.
+//! a gRPC server lists by reflection, a log a test can read, bounded
+//! waits for a child process and a command, and a TCP proxy that can be
+//! cut off and restored.
 
 #![warn(missing_docs)]
+
+mod proxy;
+
+pub use proxy::Proxy;
 
 use tonic::transport::Channel;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
