@@ -8,7 +8,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Fleet, FleetOptions, ListAlarmsSteadily, Proxy};
+use support::{Fleet, FleetOptions, ListAlarmsSteadily};
+use switchyard_testkit::Proxy;
 
 /// A service's environment for connecting through `node` first, then
 /// directly to the local broker once `node` stays down `recovery_ms`.

@@ -426,7 +426,7 @@ impl Drop for Cleanup {
     }
 }
 
-pub use switchyard_testkit::{Proxy, free_port};
+pub use switchyard_testkit::free_port;
 
 /// How a fleet is started.
 #[derive(Clone, Default)]
