@@ -259,8 +259,9 @@ impl Project {
     /// What explains a stuck fleet, in a few dozen lines: each service's
     /// last warnings and errors (its slow polls only counted), the lock
     /// waits of a service whose worker was held, where the broker has the
-    /// leaders of the durable queues and what they hold, and the channels
-    /// holding unacknowledged deliveries.
+    /// leaders of the durable queues and what they hold (their dead-letter
+    /// and retry queues too), and the channels holding unacknowledged
+    /// deliveries.
     pub fn diagnose(&self) -> String {
         let rabbitmqctl = |node: &str, args: &[&str]| {
             let mut command = vec!["exec", "-T", node, "rabbitmqctl", "-t", "10", "-q"];
@@ -324,9 +325,12 @@ impl Project {
             );
             if output.status.success() {
                 let queues = String::from_utf8_lossy(&output.stdout);
+                // Dead-letter and retry queues included: a sample the broker
+                // gave up on after its delivery limit rests in `.dlq`, one
+                // a collector failed to store waits in `.retry.<delay>`.
                 let durable: Vec<&str> = queues
                     .lines()
-                    .filter(|line| line.contains("quorum") && !line.contains(".dlq"))
+                    .filter(|line| line.contains("quorum") || line.contains(".retry."))
                     .collect();
                 report.push_str(&format!(
                     "queues as {node} sees them (name, type, leader, online, ready, unacknowledged, consumers):\n{}\n",
