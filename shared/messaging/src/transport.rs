@@ -19,6 +19,7 @@ use std::time::Duration;
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
 use switchyard_config::SecretUrl;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{AmqpConfig, MessagingError, slow};
@@ -44,6 +45,9 @@ pub struct Transport {
     lost: CancellationToken,
     /// Cancelled by [`Transport::close`]: a closed connection is not lost.
     closed: CancellationToken,
+    /// How often the connection has failed or been re-established: every
+    /// [`Transport::drops`] stream watches it ([`watch_drops`]).
+    drops: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -81,12 +85,14 @@ impl Transport {
                             earlier.len()
                         );
                     }
+                    let closed = CancellationToken::new();
                     let transport = Self {
+                        drops: watch_drops(&connection, closed.clone()),
                         connection: Arc::new(connection),
                         config: config.clone(),
                         name,
                         lost: CancellationToken::new(),
-                        closed: CancellationToken::new(),
+                        closed,
                     };
                     transport.watch_recovery(
                         Duration::from_millis(config.recovery_timeout_ms),
@@ -151,22 +157,19 @@ impl Transport {
         });
     }
 
-    /// Beware: lapin's events go through one multi-consumer channel, not a
-    /// broadcast: each event reaches only one of the streams made here.
-    /// (A second listener added for counting reconnections took the events
-    /// the RPC client waits for, and a call whose connection failed waited
-    /// for its timeout: CI, 2026-12-03.)
-    ///
     /// One item each time the connection fails or lapin re-establishes it
     /// (lapin reports a broker-closed connection it recovers only as
     /// `Connected`): what lived on the old channels, direct replies
-    /// included, is gone.
+    /// included, is gone. Every stream made here sees every drop that
+    /// happens after it was made; drops that come faster than a stream is
+    /// read are told as one.
     pub fn drops(&self) -> impl futures_lite::Stream<Item = ()> + Send + 'static {
-        use futures_lite::StreamExt;
-        self.connection
-            .events_listener()
-            .filter(|event| matches!(event, lapin::Event::Error(_) | lapin::Event::Connected))
-            .map(|_| ())
+        let mut drops = self.drops.clone();
+        drops.borrow_and_update();
+        futures_lite::stream::unfold(drops, |mut drops| async move {
+            drops.changed().await.ok()?;
+            Some(((), drops))
+        })
     }
 
     /// A publish on this connection waited `waited` for its confirm. Unless
@@ -348,6 +351,39 @@ const LOST_CLOSE_WAIT: Duration = Duration::from_secs(30);
 const PROBE_AGAIN: Duration = Duration::from_millis(100);
 
 /// One connection attempt to `url`, bounded by `amqp.connect_timeout_ms`.
+/// Counts the connection's failures and re-establishments for every
+/// [`Transport::drops`] stream, until the connection is closed or no
+/// transport is left to ask.
+///
+/// lapin's events go through one multi-consumer channel, not a broadcast:
+/// each event reaches only one of the listeners made with
+/// `events_listener`. So the transport listens once. (Each `RpcClient`
+/// listened for itself before; with two on one connection, the api's own
+/// and its heartbeat's, a drop woke the calls of one only, and a call of
+/// the other waited out its timeout for a reply the broker had dropped.)
+fn watch_drops(connection: &Connection, closed: CancellationToken) -> watch::Receiver<u64> {
+    use futures_lite::StreamExt;
+    let (count, drops) = watch::channel(0);
+    let events = connection.events_listener();
+    tokio::spawn(async move {
+        tokio::pin!(events);
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(_) | lapin::Event::Connected) => {
+                        count.send_modify(|drops| *drops += 1);
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+                () = closed.cancelled() => return,
+                () = count.closed() => return,
+            }
+        }
+    });
+    drops
+}
+
 async fn connect_to(
     url: &SecretUrl,
     config: &AmqpConfig,

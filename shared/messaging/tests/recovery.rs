@@ -102,7 +102,10 @@ async fn publisher_and_consumer_recover_and_nothing_is_lost() {
 /// recovered connection has new ones. The call fails with `ReplyLost` at
 /// once, not at its timeout, whether the connection comes back (the broker
 /// closed it; lapin recovers it) or is lost for good (the user it logged
-/// in as was deleted: the broker closes it and refuses it back).
+/// in as was deleted: the broker closes it and refuses it back). And
+/// whichever of the connection's clients made it: a service has several
+/// (the api's own and its heartbeat's), and lapin hands each connection
+/// event to one listener only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_connection_fails_while_waiting_fails_at_once_not_at_its_timeout() {
     let rig = Rig::new().await;
@@ -119,7 +122,10 @@ async fn a_call_whose_connection_fails_while_waiting_fails_at_once_not_at_its_ti
         .await
         .expect("caller connects");
     let echo = EchoServer::start(&rig.transport, rig.exchange(), Phase::Async, 4).await;
-    let client = RpcClient::new(&caller).await.expect("client");
+    let clients = [
+        RpcClient::new(&caller).await.expect("first client"),
+        RpcClient::new(&caller).await.expect("second client"),
+    ];
     let caller_name = format!("caller@{}", rig.id);
     let recovered = || assert_eq!(close_connection(&caller_name), 1, "the caller's connection");
     let deleted = || {
@@ -130,52 +136,58 @@ async fn a_call_whose_connection_fails_while_waiting_fails_at_once_not_at_its_ti
         ("lost for good", &deleted),
     ];
     for (how, fail) in failures {
-        let (client, target) = (client.clone(), Target::topic(rig.exchange(), "echo"));
-        let call = tokio::spawn(async move {
-            let slow = switchyard_proto::echo::v1::SayRequest {
-                text: "slow".into(),
-                wait_ms: 5_000,
-            };
-            let outcome = client
-                .call::<_, switchyard_proto::echo::v1::SayReply>(
-                    &target,
-                    "say",
-                    &slow,
-                    Duration::from_secs(30),
-                )
-                .await;
-            (outcome, Instant::now())
+        let calls = clients.clone().map(|client| {
+            let target = Target::topic(rig.exchange(), "echo");
+            tokio::spawn(async move {
+                let slow = switchyard_proto::echo::v1::SayRequest {
+                    text: "slow".into(),
+                    wait_ms: 5_000,
+                };
+                let outcome = client
+                    .call::<_, switchyard_proto::echo::v1::SayReply>(
+                        &target,
+                        "say",
+                        &slow,
+                        Duration::from_secs(30),
+                    )
+                    .await;
+                (outcome, Instant::now())
+            })
         });
-        // The server runs the call: the caller is waiting for the reply.
+        // The server runs both calls: both callers are waiting for replies.
         let waiting = Instant::now();
-        while echo.executor.snapshot().totals.in_flight < 1 {
+        while echo.executor.snapshot().totals.in_flight < 2 {
             assert!(
-                waiting.elapsed() < Duration::from_secs(10) && !call.is_finished(),
-                "{how}: the server never got the call"
+                waiting.elapsed() < Duration::from_secs(10)
+                    && !calls.iter().any(|c| c.is_finished()),
+                "{how}: the server never got both calls"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // rabbitmqctl takes a second or more (an Erlang VM starts): the
-        // call is judged from the moment the failure is done, not from its
-        // own start.
+        // rabbitmqctl takes a second or more (an Erlang VM starts): a call
+        // is judged from the moment the failure is done, not from its own
+        // start.
         fail();
         let failed = Instant::now();
-        let (outcome, ended) = tokio::time::timeout(Duration::from_secs(10), call)
-            .await
-            .unwrap_or_else(|_| panic!("{how}: the call waited on"))
-            .expect("join");
-        let after = ended.saturating_duration_since(failed);
-        assert!(
-            matches!(outcome, Err(CallError::ReplyLost)) && after < Duration::from_secs(1),
-            "{how}: {outcome:?} {after:?} after the failure (the server answers 5 s after the call, \
-             the call's timeout is 30 s)"
-        );
-        // The server finishes the call (its reply dropped) before the next.
+        for (which, call) in ["first", "second"].into_iter().zip(calls) {
+            let (outcome, ended) = tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .unwrap_or_else(|_| panic!("{how}: the {which} client's call waited on"))
+                .expect("join");
+            let after = ended.saturating_duration_since(failed);
+            assert!(
+                matches!(outcome, Err(CallError::ReplyLost)) && after < Duration::from_secs(1),
+                "{how}: the {which} client's call: {outcome:?} {after:?} after the failure (the server \
+                 answers 5 s after the call, the call's timeout is 30 s)"
+            );
+        }
+        // The server finishes the calls (their replies dropped) before the
+        // next failure.
         let waiting = Instant::now();
         while echo.executor.snapshot().totals.in_flight > 0 {
             assert!(
                 waiting.elapsed() < Duration::from_secs(15),
-                "{how}: the call never finished"
+                "{how}: the calls never finished"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
