@@ -5,6 +5,7 @@
 # joins those by static peer discovery (classic_config); the nodes share the
 # Erlang cookie read from RABBITMQ_ERLANG_COOKIE_FILE (a compose secret), and
 # notice a silent peer after RABBITMQ_NET_TICKTIME seconds (default 60).
+# Under a container memory limit the memory alarm is set to 40 % of it.
 set -eu
 pass=${RABBITMQ_DEFAULT_PASS:-}
 if [ -n "${RABBITMQ_DEFAULT_PASS_FILE:-}" ]; then pass=$(cat "$RABBITMQ_DEFAULT_PASS_FILE"); fi
@@ -17,6 +18,19 @@ default_pass = $pass
 loopback_users = none
 listeners.tcp.default = 5672
 CONF
+# RabbitMQ 3.10 takes the host's memory for its own: under a 512 MiB limit
+# on a 24 GiB host its alarm would be set at 10 GB, and the kernel would
+# kill the node long before the alarm blocked a publisher. The alarm is set
+# from the container's limit instead (cgroup v2, then v1), at the 40 %
+# RabbitMQ uses by default; without a limit RabbitMQ's own reading stands.
+limit=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || echo max)
+host_kib=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
+case $limit in
+    ''|max|*[!0-9]*) ;;
+    *) if [ "$((limit / 1024))" -lt "$host_kib" ]; then
+           echo "vm_memory_high_watermark.absolute = $((limit * 2 / 5))" >> /etc/rabbitmq/rabbitmq.conf
+       fi ;;
+esac
 if [ -n "${RABBITMQ_CLUSTER_NODES:-}" ]; then
     [ -n "${RABBITMQ_ERLANG_COOKIE_FILE:-}" ] || { echo "RABBITMQ_CLUSTER_NODES needs RABBITMQ_ERLANG_COOKIE_FILE" >&2; exit 2; }
     {

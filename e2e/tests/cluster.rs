@@ -82,6 +82,26 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
         Duration::from_secs(60),
     );
     assert_eq!(running.trim(), "3", "nodes running in the cluster");
+    // The memory alarm follows the container's 512 MiB limit (40 % of it),
+    // not the host's memory: otherwise the kernel kills a node before the
+    // alarm ever blocks a publisher.
+    let alarm_at = project.ok(
+        &[
+            "exec",
+            "-T",
+            "rabbit-2",
+            "rabbitmqctl",
+            "-q",
+            "eval",
+            "vm_memory_monitor:get_memory_limit().",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        alarm_at.trim().parse::<u64>().ok(),
+        Some(512 * 1024 * 1024 * 2 / 5),
+        "rabbit-2's memory alarm (bytes), under a 512 MiB limit"
+    );
 
     // 400 batches of 10, one every 20 ms: about 8 s of samples; and
     // callers of a method that needs the broker (scenario 4).
