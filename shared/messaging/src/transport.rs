@@ -350,7 +350,6 @@ const LOST_CLOSE_WAIT: Duration = Duration::from_secs(30);
 /// `amqp.connect_timeout_ms` (lapin's shortest backoff).
 const PROBE_AGAIN: Duration = Duration::from_millis(100);
 
-/// One connection attempt to `url`, bounded by `amqp.connect_timeout_ms`.
 /// Counts the connection's failures and re-establishments for every
 /// [`Transport::drops`] stream, until the connection is closed or no
 /// transport is left to ask.
@@ -384,6 +383,7 @@ fn watch_drops(connection: &Connection, closed: CancellationToken) -> watch::Rec
     drops
 }
 
+/// One connection attempt to `url`, bounded by `amqp.connect_timeout_ms`.
 async fn connect_to(
     url: &SecretUrl,
     config: &AmqpConfig,
