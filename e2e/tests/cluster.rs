@@ -48,6 +48,14 @@ const SERVICES: [&str; 8] = [
     "api",
 ];
 
+/// What an Erlang expression evaluates to on broker `node`.
+fn eval_on(project: &Project, node: &str, expression: &str) -> String {
+    project.ok(
+        &["exec", "-T", node, "rabbitmqctl", "-q", "eval", expression],
+        Duration::from_secs(60),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
     if !engine_answers("cluster") {
@@ -69,33 +77,15 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
         "cluster: three nodes clustered and the fleet healthy in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let running = project.ok(
-        &[
-            "exec",
-            "-T",
-            "rabbit-2",
-            "rabbitmqctl",
-            "-q",
-            "eval",
-            "length(rabbit_nodes:all_running()).",
-        ],
-        Duration::from_secs(60),
-    );
+    let running = eval_on(&project, "rabbit-2", "length(rabbit_nodes:all_running()).");
     assert_eq!(running.trim(), "3", "nodes running in the cluster");
     // The memory alarm follows the container's 512 MiB limit (40 % of it),
     // not the host's memory: otherwise the kernel kills a node before the
     // alarm ever blocks a publisher.
-    let alarm_at = project.ok(
-        &[
-            "exec",
-            "-T",
-            "rabbit-2",
-            "rabbitmqctl",
-            "-q",
-            "eval",
-            "vm_memory_monitor:get_memory_limit().",
-        ],
-        Duration::from_secs(60),
+    let alarm_at = eval_on(
+        &project,
+        "rabbit-2",
+        "vm_memory_monitor:get_memory_limit().",
     );
     assert_eq!(
         alarm_at.trim().parse::<u64>().ok(),
