@@ -61,7 +61,7 @@ impl std::fmt::Debug for Transport {
 
 impl Transport {
     /// Connects as `<service>@<instance>` to the first broker that answers,
-    /// starting from [`NEXT_BROKER`]; each is given `amqp.connect_timeout_ms`.
+    /// starting from `NEXT_BROKER`; each is given `amqp.connect_timeout_ms`.
     pub async fn connect(
         config: &AmqpConfig,
         service: &str,
