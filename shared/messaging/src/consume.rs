@@ -4,6 +4,7 @@
 //! to the queue).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
@@ -12,7 +13,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, Consumer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Span;
@@ -222,36 +223,70 @@ impl Drop for Awaited<'_> {
     }
 }
 
+/// The channel a consumer takes its deliveries on.
+pub(crate) enum Consuming {
+    /// Shared with other consumers (an RPC server's instance queues, which
+    /// are deleted with their last consumer): kept as it is and closed by
+    /// the server.
+    Shared(Channel),
+    /// The consumer's own, with this prefetch: renewed when the consumer
+    /// has been idle for `amqp.renew_idle_consumers_ms` ([`renewed`]), and
+    /// handed back when the consumer ends, for its server to close once
+    /// every delivery taken was settled ([`drain`]).
+    Own { channel: Channel, prefetch: usize },
+}
+
 /// Consumes the settler's queue until `shutdown`, handing each delivery to
-/// `handle` on a task tracked by `handlers`. Connection loss is waited out
+/// `handle` on a task tracked by `handlers`, with the [`Holding`] it drops
+/// once the delivery is settled. Connection loss is waited out
 /// (lapin replays the consumer after recovery). A delivery whose headers nest
 /// deeper than [`wire::MAX_HEADER_DEPTH`] is dead-lettered before anything
 /// reads it. A consumer the broker cancels (its queue was deleted) marks the
 /// transport lost, so the service declares its topology again instead of
 /// serving on with nobody consuming.
+///
+/// A consumer on a channel of its own that was given nothing for a whole
+/// `amqp.renew_idle_consumers_ms`, and holds nothing unsettled, moves to a
+/// fresh channel and closes the old one ([`renewed`]): deliveries the
+/// broker counts as sent on it but that never arrived go back to the
+/// queue. A quorum queue can keep one consumer's whole prefetch window that
+/// way after a network partition and a leader election, claimed by no
+/// channel and never delivered again until that consumer's channel closes
+/// (rabbitmq-server#15473, open); an idle queue costs a channel's close and
+/// open per period.
+///
+/// The task ends with the channel it consumed on last when it was its own.
 pub(crate) async fn consume<H, Fut>(
-    channel: Channel,
+    consuming: Consuming,
     settler: std::sync::Arc<Settler>,
     shutdown: CancellationToken,
     lost: CancellationToken,
     handlers: TaskTracker,
     handle: H,
-) -> Result<tokio::task::JoinHandle<()>, MessagingError>
+) -> Result<tokio::task::JoinHandle<Option<Channel>>, MessagingError>
 where
-    H: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    H: Fn(Delivery, Holding) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let queue = settler.queue.clone();
-    let consuming = channel.basic_consume(
-        queue.as_str().into(),
-        ShortString::from(format!("{queue}.{}", wire::new_id())),
-        BasicConsumeOptions::default(),
-        FieldTable::default(),
-    );
-    let mut consumer = crate::slow::on_channel(|| format!("consuming `{queue}`"), consuming)
-        .await
-        .map_err(MessagingError::broker(format!("consuming `{queue}`")))?;
+    let (mut channel, renewal) = match consuming {
+        Consuming::Shared(channel) => (channel, None),
+        Consuming::Own { channel, prefetch } => {
+            let every = settler.transport.config().renew_idle_consumers();
+            (channel, Some((prefetch, every)))
+        }
+    };
+    let own = renewal.is_some();
+    let mut consumer = start_consuming(&channel, &queue).await?;
+    // The idle check: every period, unless renewal is off (then never).
+    let every = renewal
+        .and_then(|(_, every)| every)
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let held = std::sync::Arc::new(AtomicUsize::new(0));
     Ok(tokio::spawn(async move {
+        let mut delivered = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -262,10 +297,28 @@ where
                             tracing::warn!("consumer of `{queue}`: {error}");
                         }
                     }
-                    return;
+                    return own.then_some(channel);
+                }
+                _ = idle_check.tick(), if matches!(renewal, Some((_, Some(_)))) => {
+                    let idle = !std::mem::take(&mut delivered) && held.load(Ordering::Acquire) == 0;
+                    let Some((prefetch, _)) = renewal else { continue };
+                    if !idle || lost.is_cancelled() || !settler.transport.is_connected() {
+                        continue;
+                    }
+                    match renewed(&settler, prefetch, &channel).await {
+                        Ok((fresh, fresh_consumer)) => {
+                            tracing::debug!("consumer of `{queue}` was idle for {every:?}; renewed its channel");
+                            (channel, consumer) = (fresh, fresh_consumer);
+                        }
+                        Err(error) => tracing::warn!(
+                            "consumer of `{queue}` was idle for {every:?} and could not renew its channel ({error}); consuming on the old one"
+                        ),
+                    }
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        delivered = true;
+                        let holding = Holding::take(&held);
                         let depth = wire::header_depth(&delivery.properties);
                         if depth > wire::MAX_HEADER_DEPTH {
                             let settler = settler.clone();
@@ -275,10 +328,11 @@ where
                                     wire::MAX_HEADER_DEPTH
                                 );
                                 settler.settle(&delivery, Settle::DeadLetter(reason)).await;
+                                drop(holding);
                             });
                             continue;
                         }
-                        handlers.spawn(handle(delivery));
+                        handlers.spawn(handle(delivery, holding));
                     }
                     Some(Err(error)) => {
                         tracing::warn!("consumer of `{queue}` lost its connection: {error}; waiting for recovery");
@@ -288,8 +342,8 @@ where
                         // task).
                         let recovered = tokio::select! {
                             recovered = channel.wait_for_recovery(error) => recovered,
-                            _ = shutdown.cancelled() => return,
-                            _ = lost.cancelled() => return,
+                            _ = shutdown.cancelled() => return own.then_some(channel),
+                            _ = lost.cancelled() => return own.then_some(channel),
                         };
                         if let Err(error) = recovered {
                             // Running on without this consumer would look
@@ -297,15 +351,15 @@ where
                             // connection lost, so the service rebuilds it.
                             tracing::error!("consumer of `{queue}` could not recover: {error}; rebuilding messaging");
                             lost.cancel();
-                            return;
+                            return own.then_some(channel);
                         }
                         tracing::info!("consumer of `{queue}` recovered");
                     }
-                    None if shutdown.is_cancelled() => return,
+                    None if shutdown.is_cancelled() => return own.then_some(channel),
                     None => {
                         tracing::error!("the broker cancelled the consumer of `{queue}` (was the queue deleted?); rebuilding messaging to declare it again");
                         lost.cancel();
-                        return;
+                        return own.then_some(channel);
                     }
                 }
             }
@@ -313,18 +367,81 @@ where
     }))
 }
 
+/// Starts a consumer of `queue` on `channel`, tagged `<queue>.<new id>`.
+async fn start_consuming(channel: &Channel, queue: &str) -> Result<Consumer, MessagingError> {
+    let consuming = channel.basic_consume(
+        queue.into(),
+        ShortString::from(format!("{queue}.{}", wire::new_id())),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    crate::slow::on_channel(|| format!("consuming `{queue}`"), consuming)
+        .await
+        .map_err(MessagingError::broker(format!("consuming `{queue}`")))
+}
+
+/// An idle consumer's renewal: a fresh channel with `prefetch` and a
+/// consumer of the settler's queue on it, then the `old` channel closed.
+/// The broker returns to the queue whatever it had delivered on `old` and
+/// not seen acknowledged, and delivers it again on the fresh channel (or to
+/// another consumer). Nothing the consumer holds is returned: it renews only
+/// while it holds nothing unsettled.
+async fn renewed(
+    settler: &Settler,
+    prefetch: usize,
+    old: &Channel,
+) -> Result<(Channel, Consumer), MessagingError> {
+    let channel = settler.transport.consuming_channel(prefetch).await?;
+    let consumer = match start_consuming(&channel, &settler.queue).await {
+        Ok(consumer) => consumer,
+        Err(error) => {
+            let _ = answered("closing a channel", channel.close(200, "unused".into())).await;
+            return Err(error);
+        }
+    };
+    if let Err(error) = answered("closing a channel", old.close(200, "renewed".into())).await {
+        tracing::warn!(
+            "consumer of `{}`: the channel it renewed did not close ({error})",
+            settler.queue
+        );
+    }
+    Ok((channel, consumer))
+}
+
+/// One delivery of a consumer not settled yet, counted until dropped: while
+/// any is, the consumer's channel is not renewed (closing it would give
+/// them back to the queue mid-work, and they would be handled twice). A
+/// handler drops it after settling the delivery.
+pub(crate) struct Holding(std::sync::Arc<AtomicUsize>);
+
+impl Holding {
+    fn take(held: &std::sync::Arc<AtomicUsize>) -> Self {
+        held.fetch_add(1, Ordering::AcqRel);
+        Self(std::sync::Arc::clone(held))
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Stops a server of consumers once its stop was asked for: waits for its
 /// `consumers` to end and its `handlers` to settle every delivery taken,
 /// then closes its `channels` (saying `closing`). Each stage says every
 /// 10 s what it still waits for.
 pub(crate) async fn drain(
-    consumers: impl IntoIterator<Item = tokio::task::JoinHandle<()>>,
+    consumers: impl IntoIterator<Item = tokio::task::JoinHandle<Option<Channel>>>,
     handlers: &TaskTracker,
-    channels: [&Channel; 2],
+    mut channels: Vec<Channel>,
     closing: &'static str,
 ) {
     for consumer in consumers {
-        let _ = stopping(|| "a consumer has not ended".into(), consumer).await;
+        // A consumer on a channel of its own hands it back (see `Consuming`).
+        if let Ok(Some(own)) = stopping(|| "a consumer has not ended".into(), consumer).await {
+            channels.push(own);
+        }
     }
     handlers.close();
     let settling = || {
@@ -336,12 +453,17 @@ pub(crate) async fn drain(
     stopping(settling, handlers.wait()).await;
     // Together: each close is bounded, and a broker that stops answering
     // must not make a stop wait out every bound in turn.
-    let [consuming, publishing] = channels;
-    let _ = futures_lite::future::zip(
-        answered("closing a channel", consuming.close(200, closing.into())),
-        answered("closing a channel", publishing.close(200, closing.into())),
-    )
-    .await;
+    let closes: Vec<_> = channels
+        .into_iter()
+        .map(|channel| {
+            tokio::spawn(async move {
+                answered("closing a channel", channel.close(200, closing.into())).await
+            })
+        })
+        .collect();
+    for close in closes {
+        let _ = close.await;
+    }
 }
 
 /// Waits for `stage`, one stage of stopping a consumer's server, logging

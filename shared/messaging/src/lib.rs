@@ -81,6 +81,13 @@ pub struct AmqpConfig {
     /// RESOURCE_EXHAUSTED. 0: no limit. Applies to queues declared from now
     /// on (an existing queue keeps its arguments; see docs/rollout.md).
     pub max_queue_length: u32,
+    /// A consumer of a durable queue given nothing for this long, and
+    /// holding nothing unsettled, moves to a fresh channel and closes the
+    /// old one: deliveries the broker counts as sent on it that never
+    /// arrived go back to the queue (a quorum queue can keep a consumer's
+    /// prefetch window that way after a partition, rabbitmq-server#15473).
+    /// 0: never; else at least 1000.
+    pub renew_idle_consumers_ms: u64,
 }
 
 impl Default for AmqpConfig {
@@ -99,6 +106,7 @@ impl Default for AmqpConfig {
             tls_ca_file: String::new(),
             recovery_timeout_ms: 15_000,
             max_queue_length: 100_000,
+            renew_idle_consumers_ms: 30_000,
         }
     }
 }
@@ -107,6 +115,13 @@ impl AmqpConfig {
     /// Every broker address: `url`, then `failover_urls`.
     pub fn brokers(&self) -> impl Iterator<Item = &SecretUrl> {
         std::iter::once(&self.url).chain(&self.failover_urls)
+    }
+
+    /// How long a consumer stays idle before it renews its channel; `None`
+    /// for never.
+    pub fn renew_idle_consumers(&self) -> Option<std::time::Duration> {
+        (self.renew_idle_consumers_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.renew_idle_consumers_ms))
     }
 
     /// Range checks, relative to the section.
@@ -127,6 +142,15 @@ impl AmqpConfig {
                 "tls_ca_file",
                 "an amqps:// URL needs the broker's CA; accepted: the path of a PEM CA certificate"
                     .to_string(),
+            ));
+        }
+        if (1..1000).contains(&self.renew_idle_consumers_ms) {
+            problems.push((
+                "renew_idle_consumers_ms",
+                format!(
+                    "{} is out of range; accepted: 0 (never) or 1000 ms or more",
+                    self.renew_idle_consumers_ms
+                ),
             ));
         }
         if self.max_deliveries == 0 {
@@ -164,6 +188,27 @@ impl AmqpConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_consumers_renew_never_or_after_a_second_at_least() {
+        let problems = |ms| {
+            AmqpConfig {
+                renew_idle_consumers_ms: ms,
+                ..AmqpConfig::default()
+            }
+            .problems()
+        };
+        assert!(problems(0).is_empty());
+        assert!(problems(1_000).is_empty());
+        let refused = problems(500);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].0, "renew_idle_consumers_ms");
+        assert!(refused[0].1.contains("accepted: 0 (never)"), "{refused:?}");
+        assert_eq!(
+            AmqpConfig::default().renew_idle_consumers(),
+            Some(std::time::Duration::from_secs(30))
+        );
+    }
 
     #[test]
     fn every_failover_address_is_checked_like_the_first() {

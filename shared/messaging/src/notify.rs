@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::consume::{self, Settle, Settler};
+use crate::consume::{self, Consuming, Holding, Settle, Settler};
 use crate::rpc::{Bound, bind, declare_exchange, declare_with_dead_letters};
 use crate::{EndpointError, MessagingError, Transport, wire};
 
@@ -214,15 +214,15 @@ impl NotificationListenerBuilder {
         P: Message + Default + Send + 'static,
     {
         let capacity = endpoint.executor().config().capacity();
-        let (channel, settler) = self.declare(transport, capacity).await?;
+        let (consuming, settler) = self.declare(transport, capacity).await?;
         let max_body = transport.config().max_body_bytes;
         let handlers = TaskTracker::new();
         let endpoint = Arc::new(endpoint);
         NotificationListener::consuming(
-            (channel, Arc::clone(&settler), handlers),
+            (consuming, Arc::clone(&settler), handlers),
             transport,
             shutdown,
-            move |delivery| {
+            move |delivery, holding| {
                 let settler = settler.clone();
                 let endpoint = Arc::clone(&endpoint);
                 async move {
@@ -241,6 +241,7 @@ impl NotificationListenerBuilder {
                     .instrument(span.clone())
                     .await;
                     settler.settle(&delivery, settle).instrument(span).await;
+                    drop(holding);
                 }
             },
         )
@@ -267,9 +268,10 @@ impl NotificationListenerBuilder {
     {
         let size = size.max(1);
         let capacity = endpoint.executor().config().capacity();
-        let (channel, settler) = self.declare(transport, capacity.max(size)).await?;
+        let (consuming, settler) = self.declare(transport, capacity.max(size)).await?;
         let max_body = transport.config().max_body_bytes;
-        let (deliveries, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
+        let (deliveries, mut incoming) =
+            tokio::sync::mpsc::unbounded_channel::<(Delivery, Holding)>();
         let handlers = TaskTracker::new();
         // The batcher is tracked with the handlers: it ends once the
         // consumer, which feeds it, is gone and the last batch is settled.
@@ -287,11 +289,11 @@ impl NotificationListenerBuilder {
                     }
                     let mut good = Vec::new();
                     let mut notifications = Vec::new();
-                    for delivery in batch {
+                    for (delivery, holding) in batch {
                         match decode::<P>(&delivery, max_body) {
                             Ok(notification) => {
                                 notifications.push(notification);
-                                good.push(delivery);
+                                good.push((delivery, holding));
                             }
                             Err(reason) => {
                                 settler.settle(&delivery, Settle::DeadLetter(reason)).await
@@ -306,20 +308,20 @@ impl NotificationListenerBuilder {
                             .dispatch(notifications, DispatchOptions::default())
                             .await,
                     );
-                    for delivery in &good {
+                    for (delivery, _holding) in &good {
                         settler.settle(delivery, settle.clone()).await;
                     }
                 }
             });
         }
         NotificationListener::consuming(
-            (channel, settler, handlers),
+            (consuming, settler, handlers),
             transport,
             shutdown,
-            move |delivery| {
+            move |delivery, holding| {
                 let deliveries = deliveries.clone();
                 async move {
-                    let _ = deliveries.send(delivery);
+                    let _ = deliveries.send((delivery, holding));
                 }
             },
         )
@@ -327,12 +329,12 @@ impl NotificationListenerBuilder {
     }
 
     /// Declares the pool queue, its dead-letter queue and bindings on a new
-    /// channel with the given prefetch.
+    /// channel with the given prefetch, the consumer's own.
     async fn declare(
         &self,
         transport: &Transport,
         prefetch: usize,
-    ) -> Result<(Channel, Arc<Settler>), MessagingError> {
+    ) -> Result<(Consuming, Arc<Settler>), MessagingError> {
         let config = transport.config();
         let channel = transport.consuming_channel(prefetch).await?;
         let exchange = wire::notification_exchange(&self.exchange);
@@ -355,7 +357,7 @@ impl NotificationListenerBuilder {
             max_deliveries: config.max_deliveries,
             retry_delay: Duration::from_millis(config.retry_delay_ms),
         });
-        Ok((channel, settler))
+        Ok((Consuming::Own { channel, prefetch }, settler))
     }
 }
 
@@ -375,10 +377,10 @@ fn outcome(result: Result<Result<Handled, EndpointError>, DispatchError>) -> Set
 /// A running listener.
 #[derive(Debug)]
 pub struct NotificationListener {
-    consumer: tokio::task::JoinHandle<()>,
+    /// Ends with the channel notifications were delivered and acknowledged
+    /// on (its own, renewed when idle: `consume::Consuming`).
+    consumer: tokio::task::JoinHandle<Option<Channel>>,
     handlers: TaskTracker,
-    /// Where notifications are delivered and acknowledged.
-    channel: Channel,
     /// Where parked copies go.
     publishing: Channel,
 }
@@ -387,18 +389,18 @@ impl NotificationListener {
     /// Consumes the pool's queue on `channel` (settled by `settler`) until
     /// `shutdown`, handing each delivery to `handle` on a task of `handlers`.
     async fn consuming<H, Fut>(
-        (channel, settler, handlers): (Channel, Arc<Settler>, TaskTracker),
+        (consuming, settler, handlers): (Consuming, Arc<Settler>, TaskTracker),
         transport: &Transport,
         shutdown: CancellationToken,
         handle: H,
     ) -> Result<Self, MessagingError>
     where
-        H: Fn(Delivery) -> Fut + Send + Sync + 'static,
+        H: Fn(Delivery, Holding) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let publishing = settler.publishing.clone();
         let consumer = consume::consume(
-            channel.clone(),
+            consuming,
             settler,
             shutdown,
             transport.lost(),
@@ -409,7 +411,6 @@ impl NotificationListener {
         Ok(Self {
             consumer,
             handlers,
-            channel,
             publishing,
         })
     }
@@ -429,7 +430,7 @@ impl NotificationListener {
         consume::drain(
             [self.consumer],
             &self.handlers,
-            [&self.channel, &self.publishing],
+            vec![self.publishing],
             "listener stopped",
         )
         .await;

@@ -3,10 +3,14 @@
 //! — is not waited on for ever: the transport is declared lost, so the
 //! service rebuilds its messaging on fresh channels. And a server whose
 //! broker stops answering still stops: its drain is what a rebuild waits
-//! for.
+//! for. And deliveries the broker counts as sent that never reached their
+//! consumer — a quorum queue's orphaned prefetch window after a partition
+//! (rabbitmq-server#15473) — go back to the queue once the idle consumer
+//! renews its channel.
 
 mod support;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -15,14 +19,18 @@ use support::{EchoServer, Rig, finish, serve_loopback, text};
 use switchyard_config::SecretUrl;
 use switchyard_executor::Phase;
 use switchyard_messaging::{AmqpConfig, RpcClient, Target, Transport};
-use switchyard_proto::echo::v1::SayReply;
+use switchyard_proto::echo::v1::{SayReply, SayRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 /// AMQP 0-9-1's `basic.ack` (class 60, method 80): from the broker, a
 /// publisher confirm.
 const BASIC_ACK: [u8; 4] = [0, 60, 0, 80];
+/// `basic.deliver` (class 60, method 60), followed by the message's
+/// content header and body frames on the same channel.
+const BASIC_DELIVER: [u8; 4] = [0, 60, 0, 60];
 const METHOD_FRAME: u8 = 1;
 
 /// What a [`faulty_proxy`] does wrong, switched on while it runs.
@@ -34,6 +42,12 @@ struct Faults {
     /// Drop everything the client sends: the broker never hears of what
     /// the client waits for (a consumer's cancel, a channel's close).
     mute_client: AtomicBool,
+    /// Drop the broker's deliveries (method, content header and body), pass
+    /// everything else: the broker counts them as delivered and
+    /// unacknowledged, the consumer never hears of them.
+    swallow_deliveries: AtomicBool,
+    /// Told of each delivery swallowed.
+    swallowed: Notify,
 }
 
 /// A proxy to the local broker with `faults`. Cancelling `cut` closes the
@@ -100,8 +114,21 @@ async fn relay(client: tokio::net::TcpStream, faults: Arc<Faults>) {
     });
     // The client-to-broker half ends with the other half.
     let _upstream = AbortOnDropHandle::new(upstream);
+    // Channels whose delivery is being swallowed, up to their next method.
+    let mut swallowing = HashSet::new();
     while let Some((header, rest)) = read_frame(&mut server_read).await {
         if is_method(&header, &rest, BASIC_ACK) && faults.swallow_confirms.load(SeqCst) {
+            continue;
+        }
+        let channel = u16::from_be_bytes([header[1], header[2]]);
+        if header[0] == METHOD_FRAME {
+            swallowing.remove(&channel);
+            if rest.starts_with(&BASIC_DELIVER) && faults.swallow_deliveries.load(SeqCst) {
+                swallowing.insert(channel);
+                faults.swallowed.notify_one();
+                continue;
+            }
+        } else if swallowing.contains(&channel) {
             continue;
         }
         if client_write.write_all(&header).await.is_err()
@@ -292,4 +319,99 @@ async fn a_server_whose_broker_stops_answering_still_stops() {
     drop(client);
     transport.close().await;
     rig.cleanup(&["echo"], &[]).await;
+}
+
+/// The rig's echo server (capacity 1, so prefetch 1) on a transport
+/// through a [`faulty_proxy`] whose idle consumers renew their channel after
+/// `renew_ms`, once it answered the rig's own client (on a connection of its
+/// own, which the proxy does not touch).
+async fn renewing_server(
+    rig: &Rig,
+    faults: &Arc<Faults>,
+    renew_ms: u64,
+) -> (Transport, RpcClient, Target, EchoServer) {
+    let port = faulty_proxy(Arc::clone(faults), CancellationToken::new()).await;
+    let config = AmqpConfig {
+        url: SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
+        renew_idle_consumers_ms: renew_ms,
+        ..rig.config.clone()
+    };
+    let transport = Transport::connect(&config, "renewing", &rig.id)
+        .await
+        .expect("connects through the proxy");
+    let client = RpcClient::new(&rig.transport).await.expect("client");
+    let target = Target::topic(rig.exchange(), "echo");
+    let echo = serve_on(rig, &transport, &client, &target).await;
+    (transport, client, target, echo)
+}
+
+/// A request the broker delivered that never reached the server fills the
+/// server's one prefetch slot: nothing more would ever be delivered to it.
+/// Idle for 2 s with nothing unsettled, the consumer renews its channel,
+/// and the broker gives the request back to the queue and delivers it on
+/// the new one. Before, the call waited out its 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_never_arrived_comes_back_when_the_idle_consumer_renews_its_channel() {
+    let rig = Rig::new().await;
+    let faults = Arc::new(Faults::default());
+    let (transport, client, target, mut echo) = renewing_server(&rig, &faults, 2_000).await;
+    assert_eq!(support::recv(&mut echo.seen).await, "heard");
+
+    faults.swallow_deliveries.store(true, SeqCst);
+    let sent = Instant::now();
+    let request = text("swallowed");
+    let call = client.call::<_, SayReply>(&target, "say", &request, Duration::from_secs(30));
+    let swallowed_one = async {
+        tokio::time::timeout(Duration::from_secs(10), faults.swallowed.notified())
+            .await
+            .expect("the proxy swallowed the request's delivery");
+        faults.swallow_deliveries.store(false, SeqCst);
+    };
+    let (answer, ()) = tokio::join!(call, swallowed_one);
+    let answer = answer.expect("answered once the idle consumer renewed its channel");
+    assert_eq!(answer.text, "swallowed");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(2),
+        "answered after {:?}, before the consumer was idle for 2 s",
+        sent.elapsed()
+    );
+    assert_eq!(support::recv(&mut echo.seen).await, "swallowed");
+    assert!(echo.seen.try_recv().is_err(), "handled once");
+
+    finish_proxied(transport, rig, echo).await;
+}
+
+/// A consumer that holds a delivery it has not settled is not idle, however
+/// long the work takes: its channel stays, and the request is handled once.
+/// (Renewed mid-work, the request would go back to the queue and be handled
+/// again after the first run.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_holding_an_unsettled_delivery_keeps_its_channel() {
+    let rig = Rig::new().await;
+    let faults = Arc::new(Faults::default());
+    let (transport, client, target, mut echo) = renewing_server(&rig, &faults, 1_000).await;
+    assert_eq!(support::recv(&mut echo.seen).await, "heard");
+
+    let slow = SayRequest {
+        text: "slow".into(),
+        wait_ms: 3_500,
+    };
+    let answer: SayReply = client
+        .call(&target, "say", &slow, Duration::from_secs(30))
+        .await
+        .expect("the slow call is answered");
+    assert_eq!(answer.text, "slow");
+    let after: SayReply = client
+        .call(&target, "say", &text("after"), Duration::from_secs(30))
+        .await
+        .expect("the next call is answered");
+    assert_eq!(after.text, "after");
+    assert_eq!(support::recv(&mut echo.seen).await, "slow");
+    assert_eq!(
+        support::recv(&mut echo.seen).await,
+        "after",
+        "the slow request was handled twice"
+    );
+
+    finish_proxied(transport, rig, echo).await;
 }

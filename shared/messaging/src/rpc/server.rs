@@ -19,7 +19,7 @@ use switchyard_proto::messaging::v1::{RpcError, rpc_error};
 use super::topology::{
     Bound, bind, declare_exchange, declare_instance_queue, declare_with_dead_letters,
 };
-use crate::consume::{self, Settle, Settler};
+use crate::consume::{self, Consuming, Settle, Settler};
 use crate::{EndpointError, MessagingError, Transport, wire};
 
 /// Why a method produced no reply body.
@@ -126,7 +126,19 @@ impl RpcServerBuilder {
         let methods = Arc::new(self.methods);
         let handlers = TaskTracker::new();
         let mut consumers = Vec::new();
-        for queue in [topic_queue, server_queue, fanout_queue] {
+        // The topic's queue, which every instance of the service shares, on
+        // a channel of its own that an idle consumer renews (see
+        // `consume::Consuming`); the instance queues, deleted with their
+        // last consumer, on the shared one.
+        let topic = Consuming::Own {
+            channel: transport.consuming_channel(capacity).await?,
+            prefetch: capacity,
+        };
+        for (queue, consuming) in [
+            (topic_queue, topic),
+            (server_queue, Consuming::Shared(channel.clone())),
+            (fanout_queue, Consuming::Shared(channel.clone())),
+        ] {
             let settler = Arc::new(Settler {
                 publishing: publishing.clone(),
                 transport: transport.clone(),
@@ -140,12 +152,12 @@ impl RpcServerBuilder {
             let max_body = config.max_body_bytes;
             consumers.push(
                 consume::consume(
-                    channel.clone(),
+                    consuming,
                     settler.clone(),
                     shutdown.clone(),
                     transport.lost(),
                     handlers.clone(),
-                    move |delivery| {
+                    move |delivery, holding| {
                         let settler = Arc::clone(&settler);
                         let methods = Arc::clone(&methods);
                         async move {
@@ -153,6 +165,7 @@ impl RpcServerBuilder {
                             handle(delivery, &methods, &settler, max_body)
                                 .instrument(span)
                                 .await;
+                            drop(holding);
                         }
                     },
                 )
@@ -171,9 +184,10 @@ impl RpcServerBuilder {
 /// A running RPC server.
 #[derive(Debug)]
 pub struct RpcServer {
-    consumers: Vec<tokio::task::JoinHandle<()>>,
+    consumers: Vec<tokio::task::JoinHandle<Option<Channel>>>,
     handlers: TaskTracker,
-    /// Where requests are delivered and acknowledged.
+    /// Where requests to this instance are delivered and acknowledged (the
+    /// topic's requests come on a channel of their consumer's own).
     channel: Channel,
     /// Where replies and parked copies go.
     publishing: Channel,
@@ -196,7 +210,7 @@ impl RpcServer {
         consume::drain(
             self.consumers,
             &self.handlers,
-            [&self.channel, &self.publishing],
+            vec![self.channel, self.publishing],
             "server stopped",
         )
         .await;
