@@ -287,6 +287,9 @@ where
     let held = std::sync::Arc::new(AtomicUsize::new(0));
     Ok(tokio::spawn(async move {
         let mut delivered = false;
+        // Since the last renewal, until its first delivery: one that comes
+        // redelivered is most likely what the old channel never received.
+        let mut just_renewed = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -305,10 +308,30 @@ where
                     if !idle || lost.is_cancelled() || !settler.transport.is_connected() {
                         continue;
                     }
-                    match renewed(&settler, prefetch, &channel).await {
+                    // Bounded, and given up at a stop or a loss: a node cut
+                    // off answers nothing, and lapin fails no pending
+                    // operation of a connection its heartbeats closed; a
+                    // renewal waited on here would keep this task, and the
+                    // drain a rebuild waits for, from ever ending.
+                    let renewal = tokio::time::timeout(
+                        ANSWER_WAIT,
+                        renewed(&settler, prefetch, &channel),
+                    );
+                    let renewal = tokio::select! {
+                        renewal = renewal => renewal.unwrap_or_else(|_elapsed| {
+                            Err(MessagingError::Unanswered {
+                                operation: "renewing an idle consumer's channel".into(),
+                                waited: ANSWER_WAIT,
+                            })
+                        }),
+                        _ = shutdown.cancelled() => return own.then_some(channel),
+                        _ = lost.cancelled() => return own.then_some(channel),
+                    };
+                    match renewal {
                         Ok((fresh, fresh_consumer)) => {
                             tracing::debug!("consumer of `{queue}` was idle for {every:?}; renewed its channel");
                             (channel, consumer) = (fresh, fresh_consumer);
+                            just_renewed = true;
                         }
                         Err(error) => tracing::warn!(
                             "consumer of `{queue}` was idle for {every:?} and could not renew its channel ({error}); consuming on the old one"
@@ -318,6 +341,11 @@ where
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         delivered = true;
+                        if std::mem::take(&mut just_renewed) && delivery.redelivered {
+                            tracing::info!(
+                                "consumer of `{queue}` renewed its idle channel and was given a message delivered before: the broker had counted it as delivered on the old channel, or another consumer gave it back"
+                            );
+                        }
                         let holding = Holding::take(&held);
                         let depth = wire::header_depth(&delivery.properties);
                         if depth > wire::MAX_HEADER_DEPTH {

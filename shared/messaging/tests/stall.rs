@@ -31,6 +31,8 @@ const BASIC_ACK: [u8; 4] = [0, 60, 0, 80];
 /// `basic.deliver` (class 60, method 60), followed by the message's
 /// content header and body frames on the same channel.
 const BASIC_DELIVER: [u8; 4] = [0, 60, 0, 60];
+/// `channel.open` (class 20, method 10), from the client.
+const CHANNEL_OPEN: [u8; 4] = [0, 20, 0, 10];
 const METHOD_FRAME: u8 = 1;
 
 /// What a [`faulty_proxy`] does wrong, switched on while it runs.
@@ -42,6 +44,8 @@ struct Faults {
     /// Drop everything the client sends: the broker never hears of what
     /// the client waits for (a consumer's cancel, a channel's close).
     mute_client: AtomicBool,
+    /// Told of each `channel.open` dropped while the client is muted.
+    muted_channel_open: Notify,
     /// Drop the broker's deliveries (method, content header and body), pass
     /// everything else: the broker counts them as delivered and
     /// unacknowledged, the consumer never hears of them.
@@ -103,6 +107,9 @@ async fn relay(client: tokio::net::TcpStream, faults: Arc<Faults>) {
         }
         while let Some((header, rest)) = read_frame(&mut client_read).await {
             if upstream_faults.mute_client.load(SeqCst) {
+                if is_method(&header, &rest, CHANNEL_OPEN) {
+                    upstream_faults.muted_channel_open.notify_one();
+                }
                 continue;
             }
             if server_write.write_all(&header).await.is_err()
@@ -414,4 +421,38 @@ async fn a_consumer_holding_an_unsettled_delivery_keeps_its_channel() {
     );
 
     finish_proxied(transport, rig, echo).await;
+}
+
+/// A renewal the broker never answers (it no longer hears the client, as
+/// when the client's node is cut off) does not hold up the server's stop,
+/// which is what a service's rebuild waits for. Before, the consumer waited
+/// for its new channel with no bound and never ended (the cluster test's
+/// api and collectors in CI, 2026-12-05: "a consumer has not ended").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_the_broker_never_answers_does_not_hold_up_the_stop() {
+    let rig = Rig::new().await;
+    let faults = Arc::new(Faults::default());
+    let (transport, client, _target, echo) = renewing_server(&rig, &faults, 1_000).await;
+
+    faults.mute_client.store(true, SeqCst);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        faults.muted_channel_open.notified(),
+    )
+    .await
+    .expect("the idle consumer started to renew its channel");
+    // The instance consumers' cancels and then the channels' closes go
+    // unanswered, 20 s each at most; sooner than the 60 s after which the
+    // broker closes a silent connection, which the stop must not need.
+    waits_then_ends(
+        "the server stops while its renewal goes unanswered",
+        Instant::now(),
+        Duration::ZERO..Duration::from_secs(55),
+        echo.stop(),
+    )
+    .await;
+
+    drop(client);
+    transport.close().await;
+    rig.cleanup(&["echo"], &[]).await;
 }
