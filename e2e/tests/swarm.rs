@@ -252,15 +252,25 @@ async fn call_steadily(port: u16, stop: Arc<AtomicBool>, answered: Arc<AtomicU64
     }
 }
 
+/// The api's rollout table; empty when the api does not answer within
+/// 10 s. Bounded: a connection made to a task that the engine then
+/// replaced (its first try at the broker failed while RabbitMQ started)
+/// can go silent without a reset, and an unbounded call kept a CI run's
+/// test waiting past its own bound (2026-12-05).
 async fn rollout(api: &str) -> Vec<InstanceStatus> {
-    match MeteringClient::connect(api.to_string()).await {
-        Ok(mut client) => client
+    let asked = async {
+        let mut client = MeteringClient::connect(api.to_string()).await.ok()?;
+        client
             .get_rollout(GetRolloutRequest {})
             .await
+            .ok()
             .map(|r| r.into_inner().instances)
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(10), asked)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 fn up<'a>(rows: &'a [InstanceStatus], service: &str) -> Vec<&'a InstanceStatus> {
