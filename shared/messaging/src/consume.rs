@@ -292,6 +292,10 @@ where
         let mut just_renewed = false;
         loop {
             tokio::select! {
+                // In this order: a stop is seen even while deliveries keep
+                // coming, and the idle check is polled only once none is
+                // waiting, which costs a busy consumer nothing per delivery.
+                biased;
                 _ = shutdown.cancelled() => {
                     // A lost connection takes its consumers with it.
                     if !lost.is_cancelled() {
@@ -301,42 +305,6 @@ where
                         }
                     }
                     return own.then_some(channel);
-                }
-                _ = idle_check.tick(), if matches!(renewal, Some((_, Some(_)))) => {
-                    let idle = !std::mem::take(&mut delivered) && held.load(Ordering::Acquire) == 0;
-                    let Some((prefetch, _)) = renewal else { continue };
-                    if !idle || lost.is_cancelled() || !settler.transport.is_connected() {
-                        continue;
-                    }
-                    // Bounded, and given up at a stop or a loss: a node cut
-                    // off answers nothing, and lapin fails no pending
-                    // operation of a connection its heartbeats closed; a
-                    // renewal waited on here would keep this task, and the
-                    // drain a rebuild waits for, from ever ending.
-                    let renewal = tokio::time::timeout(
-                        ANSWER_WAIT,
-                        renewed(&settler, prefetch, &channel),
-                    );
-                    let renewal = tokio::select! {
-                        renewal = renewal => renewal.unwrap_or_else(|_elapsed| {
-                            Err(MessagingError::Unanswered {
-                                operation: "renewing an idle consumer's channel".into(),
-                                waited: ANSWER_WAIT,
-                            })
-                        }),
-                        _ = shutdown.cancelled() => return own.then_some(channel),
-                        _ = lost.cancelled() => return own.then_some(channel),
-                    };
-                    match renewal {
-                        Ok((fresh, fresh_consumer)) => {
-                            tracing::debug!("consumer of `{queue}` was idle for {every:?}; renewed its channel");
-                            (channel, consumer) = (fresh, fresh_consumer);
-                            just_renewed = true;
-                        }
-                        Err(error) => tracing::warn!(
-                            "consumer of `{queue}` was idle for {every:?} and could not renew its channel ({error}); consuming on the old one"
-                        ),
-                    }
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
@@ -388,6 +356,42 @@ where
                         tracing::error!("the broker cancelled the consumer of `{queue}` (was the queue deleted?); rebuilding messaging to declare it again");
                         lost.cancel();
                         return own.then_some(channel);
+                    }
+                },
+                _ = idle_check.tick(), if matches!(renewal, Some((_, Some(_)))) => {
+                    let idle = !std::mem::take(&mut delivered) && held.load(Ordering::Acquire) == 0;
+                    let Some((prefetch, _)) = renewal else { continue };
+                    if !idle || lost.is_cancelled() || !settler.transport.is_connected() {
+                        continue;
+                    }
+                    // Bounded, and given up at a stop or a loss: a node cut
+                    // off answers nothing, and lapin fails no pending
+                    // operation of a connection its heartbeats closed; a
+                    // renewal waited on here would keep this task, and the
+                    // drain a rebuild waits for, from ever ending.
+                    let renewal = tokio::time::timeout(
+                        ANSWER_WAIT,
+                        renewed(&settler, prefetch, &channel),
+                    );
+                    let renewal = tokio::select! {
+                        renewal = renewal => renewal.unwrap_or_else(|_elapsed| {
+                            Err(MessagingError::Unanswered {
+                                operation: "renewing an idle consumer's channel".into(),
+                                waited: ANSWER_WAIT,
+                            })
+                        }),
+                        _ = shutdown.cancelled() => return own.then_some(channel),
+                        _ = lost.cancelled() => return own.then_some(channel),
+                    };
+                    match renewal {
+                        Ok((fresh, fresh_consumer)) => {
+                            tracing::debug!("consumer of `{queue}` was idle for {every:?}; renewed its channel");
+                            (channel, consumer) = (fresh, fresh_consumer);
+                            just_renewed = true;
+                        }
+                        Err(error) => tracing::warn!(
+                            "consumer of `{queue}` was idle for {every:?} and could not renew its channel ({error}); consuming on the old one"
+                        ),
                     }
                 }
             }
