@@ -386,8 +386,9 @@ pub struct NotificationListener {
 }
 
 impl NotificationListener {
-    /// Consumes the pool's queue on `channel` (settled by `settler`) until
-    /// `shutdown`, handing each delivery to `handle` on a task of `handlers`.
+    /// Consumes the pool's queue as `consuming` says (settled by `settler`)
+    /// until `shutdown`, handing each delivery to `handle` on a task of
+    /// `handlers`.
     async fn consuming<H, Fut>(
         (consuming, settler, handlers): (Consuming, Arc<Settler>, TaskTracker),
         transport: &Transport,

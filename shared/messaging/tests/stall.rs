@@ -331,7 +331,7 @@ async fn a_server_whose_broker_stops_answering_still_stops() {
 /// The rig's echo server (capacity 1, so prefetch 1) on a transport
 /// through a [`faulty_proxy`] whose idle consumers renew their channel after
 /// `renew_ms`, once it answered the rig's own client (on a connection of its
-/// own, which the proxy does not touch).
+/// own, which the proxy does not touch) and its endpoint saw that call.
 async fn renewing_server(
     rig: &Rig,
     faults: &Arc<Faults>,
@@ -348,7 +348,8 @@ async fn renewing_server(
         .expect("connects through the proxy");
     let client = RpcClient::new(&rig.transport).await.expect("client");
     let target = Target::topic(rig.exchange(), "echo");
-    let echo = serve_on(rig, &transport, &client, &target).await;
+    let mut echo = serve_on(rig, &transport, &client, &target).await;
+    assert_eq!(support::recv(&mut echo.seen).await, "heard");
     (transport, client, target, echo)
 }
 
@@ -362,7 +363,6 @@ async fn a_delivery_that_never_arrived_comes_back_when_the_idle_consumer_renews_
     let rig = Rig::new().await;
     let faults = Arc::new(Faults::default());
     let (transport, client, target, mut echo) = renewing_server(&rig, &faults, 2_000).await;
-    assert_eq!(support::recv(&mut echo.seen).await, "heard");
 
     faults.swallow_deliveries.store(true, SeqCst);
     let sent = Instant::now();
@@ -397,7 +397,6 @@ async fn a_consumer_holding_an_unsettled_delivery_keeps_its_channel() {
     let rig = Rig::new().await;
     let faults = Arc::new(Faults::default());
     let (transport, client, target, mut echo) = renewing_server(&rig, &faults, 1_000).await;
-    assert_eq!(support::recv(&mut echo.seen).await, "heard");
 
     let slow = SayRequest {
         text: "slow".into(),
