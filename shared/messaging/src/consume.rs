@@ -369,12 +369,12 @@ where
                     // operation of a connection its heartbeats closed; a
                     // renewal waited on here would keep this task, and the
                     // drain a rebuild waits for, from ever ending.
-                    let renewal = tokio::time::timeout(
+                    let renewing = tokio::time::timeout(
                         ANSWER_WAIT,
                         renewed(&settler, prefetch, &channel),
                     );
-                    let renewal = tokio::select! {
-                        renewal = renewal => renewal.unwrap_or_else(|_elapsed| {
+                    let outcome = tokio::select! {
+                        outcome = renewing => outcome.unwrap_or_else(|_elapsed| {
                             Err(MessagingError::Unanswered {
                                 operation: "renewing an idle consumer's channel".into(),
                                 waited: ANSWER_WAIT,
@@ -383,7 +383,7 @@ where
                         _ = shutdown.cancelled() => return own.then_some(channel),
                         _ = lost.cancelled() => return own.then_some(channel),
                     };
-                    match renewal {
+                    match outcome {
                         Ok((fresh, fresh_consumer)) => {
                             tracing::debug!("consumer of `{queue}` was idle for {every:?}; renewed its channel");
                             (channel, consumer) = (fresh, fresh_consumer);
