@@ -269,19 +269,18 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let queue = settler.queue.clone();
-    let (mut channel, renewal) = match consuming {
-        Consuming::Shared(channel) => (channel, None),
+    // `renew`: the prefetch and idle period of a consumer that renews its
+    // channel; `None` on a shared channel or with renewal off.
+    let (mut channel, own, renew) = match consuming {
+        Consuming::Shared(channel) => (channel, false, None),
         Consuming::Own { channel, prefetch } => {
             let every = settler.transport.config().renew_idle_consumers();
-            (channel, Some((prefetch, every)))
+            (channel, true, every.map(|every| (prefetch, every)))
         }
     };
-    let own = renewal.is_some();
     let mut consumer = start_consuming(&channel, &queue).await?;
-    // The idle check: every period, unless renewal is off (then never).
-    let every = renewal
-        .and_then(|(_, every)| every)
-        .unwrap_or(Duration::from_secs(24 * 3600));
+    // The idle check: every period (never polled without `renew`).
+    let every = renew.map_or(Duration::from_secs(24 * 3600), |(_, every)| every);
     let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let held = std::sync::Arc::new(AtomicUsize::new(0));
@@ -358,9 +357,9 @@ where
                         return own.then_some(channel);
                     }
                 },
-                _ = idle_check.tick(), if matches!(renewal, Some((_, Some(_)))) => {
+                _ = idle_check.tick(), if renew.is_some() => {
                     let idle = !std::mem::take(&mut delivered) && held.load(Ordering::Acquire) == 0;
-                    let Some((prefetch, _)) = renewal else { continue };
+                    let Some((prefetch, _)) = renew else { continue };
                     if !idle || lost.is_cancelled() || !settler.transport.is_connected() {
                         continue;
                     }
