@@ -363,17 +363,15 @@ where
                     if !idle || lost.is_cancelled() || !settler.transport.is_connected() {
                         continue;
                     }
-                    // Bounded, and given up at a stop or a loss: a node cut
-                    // off answers nothing, and lapin fails no pending
-                    // operation of a connection its heartbeats closed; a
-                    // renewal waited on here would keep this task, and the
-                    // drain a rebuild waits for, from ever ending.
-                    let renewing = tokio::time::timeout(
-                        ANSWER_WAIT,
-                        renewed(&settler, prefetch, &channel),
-                    );
-                    let outcome = tokio::select! {
-                        outcome = renewing => outcome.unwrap_or_else(|_elapsed| {
+                    // Each stage bounded, and given up at a stop or a
+                    // loss: a node cut off answers nothing, and lapin fails
+                    // no pending operation of a connection its heartbeats
+                    // closed; a renewal waited on here would keep this
+                    // task, and the drain a rebuild waits for, from ever
+                    // ending.
+                    let renewing = tokio::time::timeout(ANSWER_WAIT, renewed(&settler, prefetch));
+                    let renewing = tokio::select! {
+                        fresh = renewing => fresh.unwrap_or_else(|_elapsed| {
                             Err(MessagingError::Unanswered {
                                 operation: "renewing an idle consumer's channel".into(),
                                 waited: ANSWER_WAIT,
@@ -382,16 +380,38 @@ where
                         _ = shutdown.cancelled() => return own.then_some(channel),
                         _ = lost.cancelled() => return own.then_some(channel),
                     };
-                    match outcome {
-                        Ok((fresh, fresh_consumer)) => {
-                            tracing::debug!("consumer of `{queue}` was idle for {every:?}; renewed its channel");
-                            (channel, consumer) = (fresh, fresh_consumer);
-                            just_renewed = true;
+                    let (fresh, fresh_consumer) = match renewing {
+                        Ok(fresh) => fresh,
+                        Err(error) => {
+                            tracing::warn!(
+                                "consumer of `{queue}` was idle for {every:?} and could not renew its channel ({error}); consuming on the old one"
+                            );
+                            continue;
                         }
-                        Err(error) => tracing::warn!(
-                            "consumer of `{queue}` was idle for {every:?} and could not renew its channel ({error}); consuming on the old one"
-                        ),
+                    };
+                    let old = std::mem::replace(&mut channel, fresh);
+                    consumer = fresh_consumer;
+                    // Closing the old channel is what gives back what the
+                    // broker counted as delivered there.
+                    let closing = answered("closing a renewed channel", old.close(200, "renewed".into()));
+                    let closed = tokio::select! {
+                        closed = closing => closed,
+                        _ = shutdown.cancelled() => return own.then_some(channel),
+                        _ = lost.cancelled() => return own.then_some(channel),
+                    };
+                    if let Err(error) = closed {
+                        // The broker may still count a consumer on the old
+                        // channel, which nobody reads: whatever it sends
+                        // there waits for the connection to close. Only a
+                        // fresh connection gives that back.
+                        tracing::error!(
+                            "consumer of `{queue}` renewed its idle channel, but the old one did not close ({error}); rebuilding messaging"
+                        );
+                        lost.cancel();
+                        return own.then_some(channel);
                     }
+                    tracing::debug!("consumer of `{queue}` was idle for {every:?}; renewed its channel");
+                    just_renewed = true;
                 }
             }
         }
@@ -411,32 +431,24 @@ async fn start_consuming(channel: &Channel, queue: &str) -> Result<Consumer, Mes
         .map_err(MessagingError::broker(format!("consuming `{queue}`")))
 }
 
-/// An idle consumer's renewal: a fresh channel with `prefetch` and a
-/// consumer of the settler's queue on it, then the `old` channel closed.
-/// The broker returns to the queue whatever it had delivered on `old` and
-/// not seen acknowledged, and delivers it again on the fresh channel (or to
-/// another consumer). Nothing the consumer holds is returned: it renews only
-/// while it holds nothing unsettled.
+/// An idle consumer's renewal, its first stage: a fresh channel with
+/// `prefetch` and a consumer of the settler's queue on it. The consumer then closes its old channel, and the broker
+/// returns to the queue whatever it had delivered there and not seen
+/// acknowledged, and delivers it again on the fresh channel (or to another
+/// consumer). Nothing the consumer holds is returned: it renews only while
+/// it holds nothing unsettled.
 async fn renewed(
     settler: &Settler,
     prefetch: usize,
-    old: &Channel,
 ) -> Result<(Channel, Consumer), MessagingError> {
     let channel = settler.transport.consuming_channel(prefetch).await?;
-    let consumer = match start_consuming(&channel, &settler.queue).await {
-        Ok(consumer) => consumer,
+    match start_consuming(&channel, &settler.queue).await {
+        Ok(consumer) => Ok((channel, consumer)),
         Err(error) => {
             let _ = answered("closing a channel", channel.close(200, "unused".into())).await;
-            return Err(error);
+            Err(error)
         }
-    };
-    if let Err(error) = answered("closing a channel", old.close(200, "renewed".into())).await {
-        tracing::warn!(
-            "consumer of `{}`: the channel it renewed did not close ({error})",
-            settler.queue
-        );
     }
-    Ok((channel, consumer))
 }
 
 /// One delivery of a consumer not settled yet, counted until dropped: while

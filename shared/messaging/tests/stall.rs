@@ -6,7 +6,8 @@
 //! for. And deliveries the broker counts as sent that never reached their
 //! consumer — a quorum queue's orphaned prefetch window after a partition
 //! (rabbitmq-server#15473) — go back to the queue once the idle consumer
-//! renews its channel.
+//! renews its channel, or, when its old channel will not close, once the
+//! connection is declared lost and rebuilt.
 
 mod support;
 
@@ -33,6 +34,8 @@ const BASIC_ACK: [u8; 4] = [0, 60, 0, 80];
 const BASIC_DELIVER: [u8; 4] = [0, 60, 0, 60];
 /// `channel.open` (class 20, method 10), from the client.
 const CHANNEL_OPEN: [u8; 4] = [0, 20, 0, 10];
+/// `channel.close` (class 20, method 40), from the client.
+const CHANNEL_CLOSE: [u8; 4] = [0, 20, 0, 40];
 const METHOD_FRAME: u8 = 1;
 
 /// What a [`faulty_proxy`] does wrong, switched on while it runs.
@@ -52,6 +55,12 @@ struct Faults {
     swallow_deliveries: AtomicBool,
     /// Told of each delivery swallowed.
     swallowed: Notify,
+    /// Drop the client's `channel.close`, pass everything else: the broker
+    /// keeps the channel and its consumers, the client waits for the
+    /// `close-ok`.
+    swallow_channel_close: AtomicBool,
+    /// Told of each `channel.close` swallowed.
+    swallowed_close: Notify,
 }
 
 /// A proxy to the local broker with `faults`. Cancelling `cut` closes the
@@ -110,6 +119,12 @@ async fn relay(client: tokio::net::TcpStream, faults: Arc<Faults>) {
                 if is_method(&header, &rest, CHANNEL_OPEN) {
                     upstream_faults.muted_channel_open.notify_one();
                 }
+                continue;
+            }
+            if is_method(&header, &rest, CHANNEL_CLOSE)
+                && upstream_faults.swallow_channel_close.load(SeqCst)
+            {
+                upstream_faults.swallowed_close.notify_one();
                 continue;
             }
             if server_write.write_all(&header).await.is_err()
@@ -454,4 +469,38 @@ async fn a_renewal_the_broker_never_answers_does_not_hold_up_the_stop() {
     drop(client);
     transport.close().await;
     rig.cleanup(&["echo"], &[]).await;
+}
+
+/// A renewal whose old channel never closes (the broker does not hear the
+/// close, so it keeps that channel's consumer and whatever it counted as
+/// delivered there, while the client reads it no more) declares the
+/// connection lost within the close's bound: the service rebuilds on a
+/// fresh connection, which is what gives that window back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_channel_that_never_closes_after_a_renewal_declares_the_connection_lost() {
+    let rig = Rig::new().await;
+    let faults = Arc::new(Faults::default());
+    let (transport, client, _target, echo) = renewing_server(&rig, &faults, 1_000).await;
+
+    faults.swallow_channel_close.store(true, SeqCst);
+    tokio::time::timeout(Duration::from_secs(10), faults.swallowed_close.notified())
+        .await
+        .expect("the idle consumer renewed and closed its old channel");
+    let closing = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), transport.lost().cancelled())
+        .await
+        .expect("the connection declared lost once the old channel's close went unanswered");
+    eprintln!(
+        "declared lost {:.1} s after the old channel's close",
+        closing.elapsed().as_secs_f64()
+    );
+    faults.swallow_channel_close.store(false, SeqCst);
+
+    drop(client);
+    tokio::time::timeout(
+        Duration::from_secs(45),
+        finish_proxied(transport, rig, echo),
+    )
+    .await
+    .expect("the server stops once its connection was declared lost");
 }
