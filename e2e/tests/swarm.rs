@@ -217,24 +217,29 @@ impl Load {
 }
 
 /// Calls `Say` on `port` every few milliseconds until stopped or until the
-/// task behind the port is gone (a refused connection for 10 s).
+/// task behind the port is gone (no answer for 10 s). Each connect and call
+/// is bounded (5 s), as `rollout`'s is: a connection to a replaced task can
+/// go silent without a reset.
 async fn call_steadily(port: u16, stop: Arc<AtomicBool>, answered: Arc<AtomicU64>) {
+    const CALL_BOUND: Duration = Duration::from_secs(5);
     let mut refused_since: Option<Instant> = None;
     let mut client = None;
     while !stop.load(Ordering::Relaxed) {
         if client.is_none() {
-            client = EchoClient::connect(format!("http://127.0.0.1:{port}"))
+            let connecting = EchoClient::connect(format!("http://127.0.0.1:{port}"));
+            client = tokio::time::timeout(CALL_BOUND, connecting)
                 .await
-                .ok();
+                .ok()
+                .and_then(Result::ok);
         }
         let outcome = match client.as_mut() {
-            Some(client) => client
-                .say(SayRequest {
+            Some(client) => {
+                let saying = client.say(SayRequest {
                     text: "swarm".into(),
                     wait_ms: 0,
-                })
-                .await
-                .is_ok(),
+                });
+                matches!(tokio::time::timeout(CALL_BOUND, saying).await, Ok(Ok(_)))
+            }
             None => false,
         };
         if outcome {
