@@ -230,7 +230,7 @@ pub(crate) enum Consuming {
     /// the server.
     Shared(Channel),
     /// The consumer's own, with this prefetch: renewed when the consumer
-    /// has been idle for `amqp.renew_idle_consumers_ms` ([`renewed`]), and
+    /// has been idle for `amqp.renew_idle_consumers_ms` ([`renewal`]), and
     /// handed back when the consumer ends, for its server to close once
     /// every delivery taken was settled ([`drain`]).
     Own { channel: Channel, prefetch: usize },
@@ -247,7 +247,7 @@ pub(crate) enum Consuming {
 ///
 /// A consumer on a channel of its own that was given nothing for a whole
 /// `amqp.renew_idle_consumers_ms`, and holds nothing unsettled, moves to a
-/// fresh channel and closes the old one ([`renewed`]): deliveries the
+/// fresh channel and closes the old one ([`renewal`]): deliveries the
 /// broker counts as sent on it but that never arrived go back to the
 /// queue. A quorum queue can keep one consumer's whole prefetch window that
 /// way after a network partition and a leader election, claimed by no
@@ -335,10 +335,9 @@ where
                         // the node may never come back (the service then
                         // rebuilds on another, and its drain waits for this
                         // task).
-                        let recovered = tokio::select! {
-                            recovered = channel.wait_for_recovery(error) => recovered,
-                            _ = shutdown.cancelled() => return own.then_some(channel),
-                            _ = lost.cancelled() => return own.then_some(channel),
+                        let recovering = channel.wait_for_recovery(error);
+                        let Some(recovered) = unless_ended(&shutdown, &lost, recovering).await else {
+                            return own.then_some(channel);
                         };
                         if let Err(error) = recovered {
                             // Running on without this consumer would look
@@ -363,59 +362,98 @@ where
                     if !idle || lost.is_cancelled() || !settler.transport.is_connected() {
                         continue;
                     }
-                    // Each stage bounded, and given up at a stop or a
-                    // loss: a node cut off answers nothing, and lapin fails
-                    // no pending operation of a connection its heartbeats
-                    // closed; a renewal waited on here would keep this
-                    // task, and the drain a rebuild waits for, from ever
-                    // ending.
-                    let renewing = tokio::time::timeout(ANSWER_WAIT, renewed(&settler, prefetch));
-                    let renewing = tokio::select! {
-                        fresh = renewing => fresh.unwrap_or_else(|_elapsed| {
-                            Err(MessagingError::Unanswered {
-                                operation: "renewing an idle consumer's channel".into(),
-                                waited: ANSWER_WAIT,
-                            })
-                        }),
-                        _ = shutdown.cancelled() => return own.then_some(channel),
-                        _ = lost.cancelled() => return own.then_some(channel),
-                    };
-                    let (fresh, fresh_consumer) = match renewing {
-                        Ok(fresh) => fresh,
-                        Err(error) => {
-                            tracing::warn!(
-                                "consumer of `{queue}` was idle for {every:?} and could not renew its channel ({error}); consuming on the old one"
-                            );
-                            continue;
+                    match renewal(&settler, prefetch, &mut channel, &mut consumer, &shutdown, &lost).await {
+                        Renewal::Renewed => {
+                            tracing::debug!("consumer of `{queue}` was idle for {every:?}; renewed its channel");
+                            just_renewed = true;
                         }
-                    };
-                    let old = std::mem::replace(&mut channel, fresh);
-                    consumer = fresh_consumer;
-                    // Closing the old channel is what gives back what the
-                    // broker counted as delivered there.
-                    let closing = answered("closing a renewed channel", old.close(200, "renewed".into()));
-                    let closed = tokio::select! {
-                        closed = closing => closed,
-                        _ = shutdown.cancelled() => return own.then_some(channel),
-                        _ = lost.cancelled() => return own.then_some(channel),
-                    };
-                    if let Err(error) = closed {
-                        // The broker may still count a consumer on the old
-                        // channel, which nobody reads: whatever it sends
-                        // there waits for the connection to close. Only a
-                        // fresh connection gives that back.
-                        tracing::error!(
-                            "consumer of `{queue}` renewed its idle channel, but the old one did not close ({error}); rebuilding messaging"
-                        );
-                        lost.cancel();
-                        return own.then_some(channel);
+                        Renewal::Kept(error) => tracing::warn!(
+                            "consumer of `{queue}` was idle for {every:?} and could not renew its channel ({error}); consuming on the old one"
+                        ),
+                        Renewal::Ended => return own.then_some(channel),
                     }
-                    tracing::debug!("consumer of `{queue}` was idle for {every:?}; renewed its channel");
-                    just_renewed = true;
                 }
             }
         }
     }))
+}
+
+/// What an idle consumer's [`renewal`] came to.
+enum Renewal {
+    /// Consuming on a fresh channel, the old one closed.
+    Renewed,
+    /// No fresh channel or consumer to be had: consuming on the old one.
+    Kept(MessagingError),
+    /// A stop or a loss came first, or the old channel did not close and
+    /// the connection is now declared lost: the consumer ends.
+    Ended,
+}
+
+/// Renews an idle consumer's `channel` (and its `consumer`): a fresh
+/// channel with `prefetch` and a consumer on it ([`renewed`]), then the old
+/// channel closed, which is what makes the broker give back whatever it
+/// counted as delivered there. Each stage is bounded ([`ANSWER_WAIT`]) and
+/// given up at a stop or a loss: a node cut off answers nothing, and lapin
+/// fails no pending operation of a connection its heartbeats closed; a
+/// renewal waited on for ever would keep the consumer's task, and the drain
+/// a rebuild waits for, from ever ending.
+async fn renewal(
+    settler: &Settler,
+    prefetch: usize,
+    channel: &mut Channel,
+    consumer: &mut Consumer,
+    shutdown: &CancellationToken,
+    lost: &CancellationToken,
+) -> Renewal {
+    let renewing = async {
+        tokio::time::timeout(ANSWER_WAIT, renewed(settler, prefetch))
+            .await
+            .unwrap_or_else(|_elapsed| {
+                Err(MessagingError::Unanswered {
+                    operation: "renewing an idle consumer's channel".into(),
+                    waited: ANSWER_WAIT,
+                })
+            })
+    };
+    let (fresh, fresh_consumer) = match unless_ended(shutdown, lost, renewing).await {
+        None => return Renewal::Ended,
+        Some(Err(error)) => return Renewal::Kept(error),
+        Some(Ok(fresh)) => fresh,
+    };
+    let old = std::mem::replace(channel, fresh);
+    *consumer = fresh_consumer;
+    let closing = answered(
+        "closing a renewed channel",
+        old.close(200, "renewed".into()),
+    );
+    match unless_ended(shutdown, lost, closing).await {
+        None => Renewal::Ended,
+        Some(Ok(())) => Renewal::Renewed,
+        Some(Err(error)) => {
+            // The broker may still count a consumer on the old channel,
+            // which nobody reads: whatever it sends there waits for the
+            // connection to close. Only a fresh connection gives that back.
+            tracing::error!(
+                "consumer of `{}` renewed its idle channel, but the old one did not close ({error}); rebuilding messaging",
+                settler.queue
+            );
+            lost.cancel();
+            Renewal::Ended
+        }
+    }
+}
+
+/// `operation`'s outcome, or `None` once `shutdown` or `lost` is cancelled.
+async fn unless_ended<T>(
+    shutdown: &CancellationToken,
+    lost: &CancellationToken,
+    operation: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        outcome = operation => Some(outcome),
+        () = shutdown.cancelled() => None,
+        () = lost.cancelled() => None,
+    }
 }
 
 /// Starts a consumer of `queue` on `channel`, tagged `<queue>.<new id>`.
@@ -431,12 +469,10 @@ async fn start_consuming(channel: &Channel, queue: &str) -> Result<Consumer, Mes
         .map_err(MessagingError::broker(format!("consuming `{queue}`")))
 }
 
-/// An idle consumer's renewal, its first stage: a fresh channel with
-/// `prefetch` and a consumer of the settler's queue on it. The consumer then closes its old channel, and the broker
-/// returns to the queue whatever it had delivered there and not seen
-/// acknowledged, and delivers it again on the fresh channel (or to another
-/// consumer). Nothing the consumer holds is returned: it renews only while
-/// it holds nothing unsettled.
+/// An idle consumer's renewal, its first stage ([`renewal`]): a fresh
+/// channel with `prefetch` and a consumer of the settler's queue on it.
+/// Nothing the consumer holds is returned when it then closes the old one:
+/// it renews only while it holds nothing unsettled.
 async fn renewed(
     settler: &Settler,
     prefetch: usize,
