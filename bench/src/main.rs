@@ -76,8 +76,11 @@ struct Args {
     collector: Option<PathBuf>,
 }
 
-/// Runs each cell `repeat` times (contenders alternating inside each group
-/// of cells, so drift hits all alike) and keeps the median of each.
+/// Runs each cell `repeat` times and keeps the median of each. The
+/// contenders of a group (one workload at one size) alternate, so drift
+/// hits all alike, and each round starts the group with the next one
+/// ([`round_order`]), so no contender always runs first after another
+/// workload's cells.
 async fn measure_all(
     cells: &[Cell],
     repeat: usize,
@@ -87,9 +90,10 @@ async fn measure_all(
     let broker = amqp::Broker::connect().await?;
     let mut runs: Vec<Vec<measure::Latencies>> = vec![Vec::new(); cells.len()];
     for round in 0..repeat {
-        for (cell, runs) in cells.iter().zip(&mut runs) {
+        for index in round_order(cells, round) {
+            let cell = &cells[index];
             progress.set_message(format!("{cell} (run {} of {repeat})", round + 1));
-            runs.push(cell.measure(&broker, cell_time).await?);
+            runs[index].push(cell.measure(&broker, cell_time).await?);
             progress.inc(1);
         }
     }
@@ -99,6 +103,25 @@ async fn measure_all(
         .zip(runs)
         .map(|(cell, runs)| Row::median_of(cell, runs))
         .collect())
+}
+
+/// The order of `cells` in round `round`: groups of consecutive cells of
+/// one workload at one size stay where they are, and each group is rotated
+/// by `round`. A full run's groups are raw, `threaded`, `bridged`, `async`
+/// in round 0, then `threaded`, `bridged`, `async`, raw, and so on.
+fn round_order(cells: &[Cell], round: usize) -> Vec<usize> {
+    let mut order = Vec::with_capacity(cells.len());
+    let mut start = 0;
+    while start < cells.len() {
+        let group = |cell: &Cell| (cell.workload, cell.size);
+        let len = cells[start..]
+            .iter()
+            .take_while(|cell| group(cell) == group(&cells[start]))
+            .count();
+        order.extend((0..len).map(|i| start + (i + round) % len));
+        start += len;
+    }
+    order
 }
 
 fn with_ratios(mut rows: Vec<Row>) -> Vec<Row> {
@@ -252,4 +275,39 @@ fn main() -> anyhow::Result<()> {
         print!("{}", compare::changes(&old, &run));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_executor::Phase;
+
+    use super::*;
+
+    fn group(workload: Workload, size: usize, contenders: &[Option<Phase>]) -> Vec<Cell> {
+        contenders
+            .iter()
+            .map(|&contender| Cell {
+                workload,
+                size,
+                contender,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_round_starts_every_group_with_the_next_contender_and_runs_each_cell_once() {
+        let mut cells = group(Workload::Casts, 10, &CONTENDERS);
+        cells.extend(group(Workload::GrpcEcho, 1, &CONTENDERS[..2]));
+        assert_eq!(round_order(&cells, 0), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(round_order(&cells, 1), [1, 2, 3, 0, 5, 4]);
+        assert_eq!(round_order(&cells, 2), [2, 3, 0, 1, 4, 5]);
+        assert_eq!(round_order(&cells, 4), round_order(&cells, 0));
+    }
+
+    #[test]
+    fn cells_of_one_workload_at_other_sizes_are_other_groups() {
+        let mut cells = group(Workload::Casts, 10, &CONTENDERS[..2]);
+        cells.extend(group(Workload::Casts, 100, &CONTENDERS[..2]));
+        assert_eq!(round_order(&cells, 1), [1, 0, 3, 2]);
+    }
 }
