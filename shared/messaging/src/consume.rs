@@ -382,10 +382,12 @@ where
 enum Renewal {
     /// Consuming on a fresh channel, the old one closed.
     Renewed,
-    /// No fresh channel or consumer to be had: consuming on the old one.
+    /// The broker refused a fresh channel or consumer: consuming on the old
+    /// one.
     Kept(MessagingError),
-    /// A stop or a loss came first, or the old channel did not close and
-    /// the connection is now declared lost: the consumer ends.
+    /// A stop or a loss came first, or the broker did not answer the
+    /// renewal or the old channel's close and the connection is now
+    /// declared lost: the consumer ends.
     Ended,
 }
 
@@ -396,7 +398,10 @@ enum Renewal {
 /// given up at a stop or a loss: a node cut off answers nothing, and lapin
 /// fails no pending operation of a connection its heartbeats closed; a
 /// renewal waited on for ever would keep the consumer's task, and the drain
-/// a rebuild waits for, from ever ending.
+/// a rebuild waits for, from ever ending. A stage that goes unanswered
+/// declares the connection lost: a channel the broker may count as
+/// consuming, and that nobody reads, holds its deliveries until the
+/// connection closes.
 async fn renewal(
     settler: &Settler,
     prefetch: usize,
@@ -417,6 +422,18 @@ async fn renewal(
     };
     let (fresh, fresh_consumer) = match unless_ended(shutdown, lost, renewing).await {
         None => return Renewal::Ended,
+        Some(Err(error @ MessagingError::Unanswered { .. })) => {
+            // A connection that says it is up and answers nothing. The
+            // broker may have taken the consumer on a fresh channel that
+            // nobody will read, and would send it work: only a fresh
+            // connection is sure to give that back.
+            tracing::error!(
+                "consumer of `{}` was idle, and the broker did not answer its renewal ({error}); rebuilding messaging",
+                settler.queue
+            );
+            lost.cancel();
+            return Renewal::Ended;
+        }
         Some(Err(error)) => return Renewal::Kept(error),
         Some(Ok(fresh)) => fresh,
     };

@@ -475,7 +475,9 @@ async fn a_renewal_the_broker_never_answers_does_not_hold_up_the_stop() {
 /// close, so it keeps that channel's consumer and whatever it counted as
 /// delivered there, while the client reads it no more) declares the
 /// connection lost within the close's bound: the service rebuilds on a
-/// fresh connection, which is what gives that window back.
+/// fresh connection, which is what gives that window back. Before, the
+/// consumer went on "consuming on the old one", a channel lapin was
+/// closing, and the connection lived on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_channel_that_never_closes_after_a_renewal_declares_the_connection_lost() {
     let rig = Rig::new().await;
@@ -483,17 +485,12 @@ async fn an_old_channel_that_never_closes_after_a_renewal_declares_the_connectio
     let (transport, client, _target, echo) = renewing_server(&rig, &faults, 1_000).await;
 
     faults.swallow_channel_close.store(true, SeqCst);
-    tokio::time::timeout(Duration::from_secs(10), faults.swallowed_close.notified())
-        .await
-        .expect("the idle consumer renewed and closed its old channel");
-    let closing = Instant::now();
-    tokio::time::timeout(Duration::from_secs(30), transport.lost().cancelled())
-        .await
-        .expect("the connection declared lost once the old channel's close went unanswered");
-    eprintln!(
-        "declared lost {:.1} s after the old channel's close",
-        closing.elapsed().as_secs_f64()
-    );
+    declared_lost_after(
+        &faults.swallowed_close,
+        "the old channel's close",
+        &transport,
+    )
+    .await;
     faults.swallow_channel_close.store(false, SeqCst);
 
     drop(client);
@@ -503,4 +500,50 @@ async fn an_old_channel_that_never_closes_after_a_renewal_declares_the_connectio
     )
     .await
     .expect("the server stops once its connection was declared lost");
+}
+
+/// A renewal the broker does not answer, on a connection that still looks
+/// up, declares the connection lost: the broker may already count a
+/// consumer on the fresh channel, which nobody would read. Before, the
+/// consumer went on consuming on the old channel after 20 s, and the
+/// connection lived on until the broker missed its heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_the_broker_does_not_answer_declares_the_connection_lost() {
+    let rig = Rig::new().await;
+    let faults = Arc::new(Faults::default());
+    let (transport, client, _target, echo) = renewing_server(&rig, &faults, 1_000).await;
+
+    faults.mute_client.store(true, SeqCst);
+    declared_lost_after(
+        &faults.muted_channel_open,
+        "the renewal's channel.open",
+        &transport,
+    )
+    .await;
+    faults.mute_client.store(false, SeqCst);
+
+    drop(client);
+    tokio::time::timeout(
+        Duration::from_secs(45),
+        finish_proxied(transport, rig, echo),
+    )
+    .await
+    .expect("the server stops once its connection was declared lost");
+}
+
+/// Waits (10 s at most) until the proxy drops `dropped` (a frame of an idle
+/// consumer's renewal), then until `transport` is declared lost, which must
+/// happen within 30 s of it.
+async fn declared_lost_after(fault: &Notify, dropped: &str, transport: &Transport) {
+    tokio::time::timeout(Duration::from_secs(10), fault.notified())
+        .await
+        .unwrap_or_else(|_| panic!("the idle consumer renewed: the proxy dropped {dropped}"));
+    let since = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), transport.lost().cancelled())
+        .await
+        .unwrap_or_else(|_| panic!("the connection was not declared lost 30 s after {dropped}"));
+    eprintln!(
+        "declared lost {:.1} s after {dropped}",
+        since.elapsed().as_secs_f64()
+    );
 }
