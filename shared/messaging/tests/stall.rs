@@ -480,26 +480,12 @@ async fn a_renewal_the_broker_never_answers_does_not_hold_up_the_stop() {
 /// closing, and the connection lived on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_channel_that_never_closes_after_a_renewal_declares_the_connection_lost() {
-    let rig = Rig::new().await;
-    let faults = Arc::new(Faults::default());
-    let (transport, client, _target, echo) = renewing_server(&rig, &faults, 1_000).await;
-
-    faults.swallow_channel_close.store(true, SeqCst);
-    declared_lost_after(
-        &faults.swallowed_close,
+    renewal_declares_lost(
+        |faults| &faults.swallow_channel_close,
+        |faults| &faults.swallowed_close,
         "the old channel's close",
-        &transport,
     )
     .await;
-    faults.swallow_channel_close.store(false, SeqCst);
-
-    drop(client);
-    tokio::time::timeout(
-        Duration::from_secs(45),
-        finish_proxied(transport, rig, echo),
-    )
-    .await
-    .expect("the server stops once its connection was declared lost");
 }
 
 /// A renewal the broker does not answer, on a connection that still looks
@@ -509,33 +495,30 @@ async fn an_old_channel_that_never_closes_after_a_renewal_declares_the_connectio
 /// connection lived on until the broker missed its heartbeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_the_broker_does_not_answer_declares_the_connection_lost() {
+    renewal_declares_lost(
+        |faults| &faults.mute_client,
+        |faults| &faults.muted_channel_open,
+        "the renewal's channel.open",
+    )
+    .await;
+}
+
+/// A renewing server whose proxy has the `fault` switched on once it
+/// answered: waits (10 s at most) until the proxy drops `dropped` (a frame
+/// of an idle consumer's renewal, told of by `told`), then until the
+/// server's transport is declared lost, which must happen within 30 s of
+/// it; then the server must stop within 45 s.
+async fn renewal_declares_lost(
+    fault: fn(&Faults) -> &AtomicBool,
+    told: fn(&Faults) -> &Notify,
+    dropped: &str,
+) {
     let rig = Rig::new().await;
     let faults = Arc::new(Faults::default());
     let (transport, client, _target, echo) = renewing_server(&rig, &faults, 1_000).await;
 
-    faults.mute_client.store(true, SeqCst);
-    declared_lost_after(
-        &faults.muted_channel_open,
-        "the renewal's channel.open",
-        &transport,
-    )
-    .await;
-    faults.mute_client.store(false, SeqCst);
-
-    drop(client);
-    tokio::time::timeout(
-        Duration::from_secs(45),
-        finish_proxied(transport, rig, echo),
-    )
-    .await
-    .expect("the server stops once its connection was declared lost");
-}
-
-/// Waits (10 s at most) until the proxy drops `dropped` (a frame of an idle
-/// consumer's renewal), then until `transport` is declared lost, which must
-/// happen within 30 s of it.
-async fn declared_lost_after(fault: &Notify, dropped: &str, transport: &Transport) {
-    tokio::time::timeout(Duration::from_secs(10), fault.notified())
+    fault(&faults).store(true, SeqCst);
+    tokio::time::timeout(Duration::from_secs(10), told(&faults).notified())
         .await
         .unwrap_or_else(|_| panic!("the idle consumer renewed: the proxy dropped {dropped}"));
     let since = Instant::now();
@@ -546,4 +529,13 @@ async fn declared_lost_after(fault: &Notify, dropped: &str, transport: &Transpor
         "declared lost {:.1} s after {dropped}",
         since.elapsed().as_secs_f64()
     );
+    fault(&faults).store(false, SeqCst);
+
+    drop(client);
+    tokio::time::timeout(
+        Duration::from_secs(45),
+        finish_proxied(transport, rig, echo),
+    )
+    .await
+    .expect("the server stops once its connection was declared lost");
 }
