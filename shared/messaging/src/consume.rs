@@ -46,13 +46,27 @@ pub(crate) async fn answered<T>(
     operation: &str,
     pending: impl Future<Output = Result<T, lapin::Error>>,
 ) -> Result<T, MessagingError> {
-    match tokio::time::timeout(ANSWER_WAIT, pending).await {
-        Ok(answer) => answer.map_err(MessagingError::broker(operation)),
-        Err(_elapsed) => Err(MessagingError::Unanswered {
-            operation: operation.to_string(),
-            waited: ANSWER_WAIT,
-        }),
-    }
+    bounded(operation, async {
+        pending.await.map_err(MessagingError::broker(operation))
+    })
+    .await
+}
+
+/// `pending`'s outcome, or [`MessagingError::Unanswered`] once it took
+/// [`ANSWER_WAIT`]: [`answered`] for one lapin operation, or a sequence of
+/// them (an idle consumer's renewal).
+async fn bounded<T>(
+    operation: &str,
+    pending: impl Future<Output = Result<T, MessagingError>>,
+) -> Result<T, MessagingError> {
+    tokio::time::timeout(ANSWER_WAIT, pending)
+        .await
+        .unwrap_or_else(|_elapsed| {
+            Err(MessagingError::Unanswered {
+                operation: operation.to_string(),
+                waited: ANSWER_WAIT,
+            })
+        })
 }
 
 /// Publishes and waits for the broker's confirm. A publish that fails
@@ -410,16 +424,10 @@ async fn renewal(
     shutdown: &CancellationToken,
     lost: &CancellationToken,
 ) -> Renewal {
-    let renewing = async {
-        tokio::time::timeout(ANSWER_WAIT, renewed(settler, prefetch))
-            .await
-            .unwrap_or_else(|_elapsed| {
-                Err(MessagingError::Unanswered {
-                    operation: "renewing an idle consumer's channel".into(),
-                    waited: ANSWER_WAIT,
-                })
-            })
-    };
+    let renewing = bounded(
+        "renewing an idle consumer's channel",
+        renewed(settler, prefetch),
+    );
     let (fresh, fresh_consumer) = match unless_ended(shutdown, lost, renewing).await {
         None => return Renewal::Ended,
         Some(Err(error @ MessagingError::Unanswered { .. })) => {
