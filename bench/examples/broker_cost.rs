@@ -156,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 if headers {
                     let mut h = FieldTable::default();
-                    wire::set_str(&mut h, wire::KIND, "notification");
+                    wire::set_str(&mut h, wire::KIND, wire::kind::NOTIFICATION);
                     wire::set_str(&mut h, wire::EVENT_TYPE, "bench.sample");
                     wire::set_str(&mut h, wire::PRIORITY, "sample");
                     wire::set_str(&mut h, wire::PUBLISHER, "bench");

@@ -291,7 +291,7 @@ pub async fn raw_calls(
                     }
                     if let Some(reply_to) = delivery.properties.reply_to().clone() {
                         let mut headers = FieldTable::default();
-                        wire::set_str(&mut headers, wire::STATUS, "ok");
+                        wire::set_str(&mut headers, wire::STATUS, wire::status::OK);
                         let mut properties = BasicProperties::default()
                             .with_content_type(wire::CONTENT_TYPE.into())
                             .with_headers(headers);
@@ -571,14 +571,14 @@ impl Envelope {
             Envelope::Call | Envelope::Cast => {
                 wire::set_str(&mut headers, wire::METHOD, "say");
                 let kind = if self == Envelope::Call {
-                    "call"
+                    wire::kind::CALL
                 } else {
-                    "cast"
+                    wire::kind::CAST
                 };
                 wire::set_str(&mut headers, wire::KIND, kind);
             }
             Envelope::Notification => {
-                wire::set_str(&mut headers, wire::KIND, "notification");
+                wire::set_str(&mut headers, wire::KIND, wire::kind::NOTIFICATION);
                 wire::set_str(&mut headers, wire::EVENT_TYPE, "bench.raw");
                 wire::set_str(&mut headers, wire::PRIORITY, "sample");
                 wire::set_str(&mut headers, wire::PUBLISHER, "bench");

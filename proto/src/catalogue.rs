@@ -1,7 +1,7 @@
 //! Every name Switchyard puts on AMQP, in one place: the topics, the methods
 //! served on each (call, cast or fanout; request and response messages) and
 //! the notifications (event type, priority, message, who publishes and who
-//! consumes). Senders and receivers both name things through these
+//! consumes) and the codes of failed replies. Senders and receivers both name things through these
 //! constants, and `docs/wire-format.md` carries [`markdown`] verbatim between
 //! its catalogue markers (a test below holds the two together; servers list
 //! the methods they really serve in every NO_SUCH_METHOD reply, and the
@@ -66,6 +66,53 @@ pub mod pool {
     /// The notifier's webhook delivery (`alarm.state_changed`).
     pub const WEBHOOK_SENDER: &str = "webhook-sender";
 }
+
+/// The `code` of a failed reply's `RpcError` when its kind is `REMOTE`
+/// (an endpoint may add codes of its own).
+pub mod code {
+    /// What the call names does not exist (an alarm id).
+    pub const NOT_FOUND: &str = "not_found";
+    /// The endpoint failed in a way that may pass. A call is answered with
+    /// it once, never retried behind the caller's back.
+    pub const TRANSIENT: &str = "transient";
+    /// Something the endpoint needs is down (its database), or the server
+    /// is stopping.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// The call's deadline passed before the endpoint finished.
+    pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+    /// The endpoint failed unexpectedly (it panicked).
+    pub const INTERNAL: &str = "internal";
+}
+
+/// Every code of [`code`], what it means and the gRPC status the api
+/// answers its own callers with.
+pub const CODES: &[(&str, &str, &str)] = &[
+    (
+        code::NOT_FOUND,
+        "what the call names does not exist",
+        "NOT_FOUND",
+    ),
+    (
+        code::TRANSIENT,
+        "a failure that may pass; retry later",
+        "UNAVAILABLE",
+    ),
+    (
+        code::UNAVAILABLE,
+        "something the endpoint needs is down, or the server is stopping",
+        "UNAVAILABLE",
+    ),
+    (
+        code::DEADLINE_EXCEEDED,
+        "the deadline passed before the endpoint finished",
+        "DEADLINE_EXCEEDED",
+    ),
+    (
+        code::INTERNAL,
+        "the endpoint failed unexpectedly",
+        "INTERNAL",
+    ),
+];
 
 /// How a method is invoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +293,10 @@ pub fn markdown() -> String {
             "| `{}` | `{}` | `{}` | {} | {} |\n",
             e.event_type, e.priority, e.message, e.published_by, e.consumed_by
         ));
+    }
+    text.push_str("\n| error code | meaning | the api's gRPC status |\n|---|---|---|\n");
+    for (code, meaning, status) in CODES {
+        text.push_str(&format!("| `{code}` | {meaning} | `{status}` |\n"));
     }
     text
 }

@@ -75,11 +75,14 @@ pub fn collector_client(
 fn call_status(error: CallError) -> Status {
     match error {
         CallError::InvalidArgument(message) => Status::invalid_argument(message),
-        CallError::Remote { code, message } if code == "not_found" => Status::not_found(message),
-        CallError::Remote { code, message } if code == "transient" || code == "unavailable" => {
-            Status::unavailable(message)
-        }
-        CallError::Remote { code, message } => Status::internal(format!("{code}: {message}")),
+        CallError::Remote { code, message } => match code.as_str() {
+            catalogue::code::NOT_FOUND => Status::not_found(message),
+            catalogue::code::TRANSIENT | catalogue::code::UNAVAILABLE => {
+                Status::unavailable(message)
+            }
+            catalogue::code::DEADLINE_EXCEEDED => Status::deadline_exceeded(message),
+            _ => Status::internal(format!("{code}: {message}")),
+        },
         error @ CallError::NoSuchMethod { .. } => {
             Status::unimplemented(format!("the notifier: {error}"))
         }
@@ -389,5 +392,38 @@ impl Metering for MeteringApi {
         request: Request<PromoteCanaryRequest>,
     ) -> Result<Response<PromoteCanaryResponse>, Status> {
         self.unary(&self.promote, request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/wire-format.md` tells other languages' clients which gRPC
+    /// status the api answers for each error code a notifier replies with
+    /// (`catalogue::CODES`); the api keeps that promise.
+    #[test]
+    fn each_remote_error_code_becomes_the_status_the_catalogue_names() {
+        for (code, _, status) in catalogue::CODES {
+            let answered = call_status(CallError::Remote {
+                code: code.to_string(),
+                message: "what happened".into(),
+            });
+            assert_eq!(
+                switchyard_grpc::code_name(answered.code()),
+                *status,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_endpoints_own_error_code_is_internal_and_keeps_its_code() {
+        let answered = call_status(CallError::Remote {
+            code: "quota".into(),
+            message: "over".into(),
+        });
+        assert_eq!(answered.code(), tonic::Code::Internal);
+        assert_eq!(answered.message(), "quota: over");
     }
 }

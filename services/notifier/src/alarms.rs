@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
     CREATE INDEX IF NOT EXISTS alarm_history_alarm ON alarm_history (alarm_id, at_ms)",
 )];
 
+use switchyard_proto::catalogue::code::NOT_FOUND;
 use switchyard_proto::catalogue::method::{
     CREATE_ALARM, DELETE_ALARM, GET_ALARM, GET_ALARM_HISTORY, LIST_ALARMS,
 };
@@ -57,7 +58,7 @@ fn unavailable(error: StorageError) -> EndpointError {
 
 fn not_found(id: &str) -> EndpointError {
     EndpointError::Remote {
-        code: "not_found".into(),
+        code: NOT_FOUND.into(),
         message: format!("alarm `{id}` not found"),
     }
 }

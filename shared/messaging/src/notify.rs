@@ -120,7 +120,7 @@ impl Notifier {
         let body = payload.encode_to_vec();
         let span = consume::publish_span(&self.exchange, &key, &message_id, body.len());
         let mut headers = FieldTable::default();
-        wire::set_str(&mut headers, wire::KIND, "notification");
+        wire::set_str(&mut headers, wire::KIND, wire::kind::NOTIFICATION);
         wire::set_str(&mut headers, wire::EVENT_TYPE, event_type);
         wire::set_str(&mut headers, wire::PRIORITY, priority.as_str());
         wire::set_str(&mut headers, wire::PUBLISHER, &self.publisher_id);

@@ -13,11 +13,11 @@ pub const CONTENT_TYPE: &str = "application/x-protobuf";
 
 /// Header: the RPC method to run.
 pub const METHOD: &str = "x-switchyard-method";
-/// Header: `call`, `cast` or `notification`.
+/// Header: what the message is, one of [`kind`]'s values.
 pub const KIND: &str = "x-switchyard-kind";
 /// Header: how many times this message has been delivered and retried.
 pub const DELIVERY_COUNT: &str = "x-switchyard-delivery-count";
-/// Header on replies: `ok` or `error` (body is then an `RpcError`).
+/// Header on replies: [`status::OK`] or [`status::ERROR`].
 pub const STATUS: &str = "x-switchyard-status";
 /// Header on dead-lettered messages: why.
 pub const DEAD_LETTER_REASON: &str = "x-switchyard-dead-letter-reason";
@@ -29,6 +29,25 @@ pub const EVENT_TYPE: &str = "x-switchyard-event-type";
 pub const PRIORITY: &str = "x-switchyard-priority";
 /// Header on notifications: who published it.
 pub const PUBLISHER: &str = "x-switchyard-publisher";
+
+/// The values of [`KIND`].
+pub mod kind {
+    /// A request that waits for a reply.
+    pub const CALL: &str = "call";
+    /// A one-way request: a cast to a topic's queue, or a fanout to every
+    /// instance.
+    pub const CAST: &str = "cast";
+    /// A notification (event).
+    pub const NOTIFICATION: &str = "notification";
+}
+
+/// The values of [`STATUS`].
+pub mod status {
+    /// The body is the method's response message.
+    pub const OK: &str = "ok";
+    /// The body is a `switchyard.messaging.v1.RpcError`.
+    pub const ERROR: &str = "error";
+}
 
 /// RabbitMQ's direct reply-to pseudo queue.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";

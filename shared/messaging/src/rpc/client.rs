@@ -170,7 +170,7 @@ impl RpcClient {
                 });
             }
             let properties = self
-                .properties(method, "call", &correlation)
+                .properties(method, wire::kind::CALL, &correlation)
                 .with_correlation_id(correlation.as_str().into())
                 .with_reply_to(wire::DIRECT_REPLY_TO.into())
                 .with_expiration(timeout.as_millis().max(1).to_string().into());
@@ -211,7 +211,7 @@ impl RpcClient {
         request: &Req,
     ) -> Result<(), CallError> {
         let properties = self
-            .properties(method, "cast", &wire::new_id())
+            .properties(method, wire::kind::CAST, &wire::new_id())
             .with_delivery_mode(2);
         self.send(&self.publishing, target, properties, request)
             .await
@@ -224,7 +224,7 @@ impl RpcClient {
         method: &str,
         request: &Req,
     ) -> Result<(), CallError> {
-        let properties = self.properties(method, "cast", &wire::new_id());
+        let properties = self.properties(method, wire::kind::CAST, &wire::new_id());
         let exchange = wire::fanout_exchange(&target.exchange, &target.topic);
         self.ensure_exchange(&exchange, ExchangeKind::Fanout)
             .await?;
@@ -408,8 +408,10 @@ fn decode_reply<Resp: Message + Default>(delivery: &Delivery) -> Result<Resp, Ca
         message: what.to_string(),
     };
     match wire::header_str(&delivery.properties, wire::STATUS) {
-        Some("ok") => Resp::decode(delivery.data.as_slice()).map_err(|e| malformed(&e.to_string())),
-        Some("error") => {
+        Some(wire::status::OK) => {
+            Resp::decode(delivery.data.as_slice()).map_err(|e| malformed(&e.to_string()))
+        }
+        Some(wire::status::ERROR) => {
             let error = RpcError::decode(delivery.data.as_slice())
                 .map_err(|e| malformed(&e.to_string()))?;
             Err(match rpc_error::Kind::try_from(error.kind) {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use switchyard_proto::catalogue::code;
 use switchyard_proto::messaging::v1::{RpcError, rpc_error};
 
 use super::topology::{
@@ -325,17 +326,17 @@ async fn handle(
         ),
         Err(Failure::Endpoint(EndpointError::Unavailable(message))) => (
             Settle::Wait(message.clone()),
-            Err((rpc_error::Kind::Remote, "unavailable".to_string(), message)),
+            Err((rpc_error::Kind::Remote, code::UNAVAILABLE.into(), message)),
         ),
         Err(Failure::Endpoint(EndpointError::Transient(message))) => (
             Settle::Retry(message.clone()),
-            Err((rpc_error::Kind::Remote, "transient".to_string(), message)),
+            Err((rpc_error::Kind::Remote, code::TRANSIENT.into(), message)),
         ),
         Err(Failure::Dispatch(DispatchError::ShuttingDown)) => (
             Settle::ReturnToQueue,
             Err((
                 rpc_error::Kind::Remote,
-                "unavailable".into(),
+                code::UNAVAILABLE.into(),
                 "shutting down".into(),
             )),
         ),
@@ -343,7 +344,7 @@ async fn handle(
             Settle::Retry(error.to_string()),
             Err((
                 rpc_error::Kind::Remote,
-                "internal".into(),
+                code::INTERNAL.into(),
                 "the endpoint failed unexpectedly".into(),
             )),
         ),
@@ -351,7 +352,7 @@ async fn handle(
             Settle::Ack,
             Err((
                 rpc_error::Kind::Remote,
-                "deadline_exceeded".into(),
+                code::DEADLINE_EXCEEDED.into(),
                 error.to_string(),
             )),
         ),
@@ -417,7 +418,13 @@ async fn reply(settler: &Settler, reply_to: &str, body: &[u8], properties: Basic
 }
 
 async fn reply_ok(settler: &Settler, delivery: &Delivery, reply_to: &str, body: Vec<u8>) {
-    reply(settler, reply_to, &body, reply_properties(delivery, "ok")).await;
+    reply(
+        settler,
+        reply_to,
+        &body,
+        reply_properties(delivery, wire::status::OK),
+    )
+    .await;
 }
 
 async fn reply_error(
@@ -436,7 +443,7 @@ async fn reply_error(
         served_methods,
     }
     .encode_to_vec();
-    let properties =
-        reply_properties(delivery, "error").with_type("switchyard.messaging.v1.RpcError".into());
+    let properties = reply_properties(delivery, wire::status::ERROR)
+        .with_type("switchyard.messaging.v1.RpcError".into());
     reply(settler, reply_to, &body, properties).await;
 }
