@@ -86,7 +86,9 @@ pub fn waterfall(trace_id: &str, spans: &[ReceivedSpan]) -> String {
         for span in children.get(node).into_iter().flatten() {
             let offset = (span.start_unix_nanos.saturating_sub(start)) as f64 / 1e6;
             let took = (span.end_unix_nanos.saturating_sub(span.start_unix_nanos)) as f64 / 1e6;
-            let phase = span.attribute("switchyard.phase").unwrap_or("-");
+            let phase = span
+                .attribute(switchyard_telemetry::key::PHASE)
+                .unwrap_or("-");
             let slow = if span
                 .events
                 .iter()

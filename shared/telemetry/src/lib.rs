@@ -328,13 +328,25 @@ pub fn init(identity: &Identity, config: &TelemetryConfig) -> Result<Telemetry, 
     })
 }
 
+/// The attribute keys Switchyard's resources and spans carry, for code that
+/// writes or reads them. (The executor's dispatch span names `switchyard.phase`
+/// as a `tracing` field, which must be spelled out where the span is made.)
+pub mod key {
+    /// OpenTelemetry's service name.
+    pub const SERVICE_NAME: &str = "service.name";
+    /// OpenTelemetry's service instance (`<service>@<instance>`).
+    pub const SERVICE_INSTANCE_ID: &str = "service.instance.id";
+    /// The phase a process (on its resource) or a dispatch (on its span) ran in.
+    pub const PHASE: &str = "switchyard.phase";
+}
+
 /// The resource every span of this process carries.
 pub fn resource(identity: &Identity) -> Resource {
     Resource::builder()
         .with_service_name(identity.service.clone())
         .with_attributes([
-            KeyValue::new("service.instance.id", identity.instance_id.clone()),
-            KeyValue::new("switchyard.phase", identity.phase.clone()),
+            KeyValue::new(key::SERVICE_INSTANCE_ID, identity.instance_id.clone()),
+            KeyValue::new(key::PHASE, identity.phase.clone()),
         ])
         .build()
 }

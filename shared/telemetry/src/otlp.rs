@@ -19,8 +19,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 
-use crate::Identity;
 use crate::env::Protocol;
+use crate::{Identity, key};
 
 /// An OTLP attribute with a string value.
 pub fn attribute(key: &str, value: impl Into<String>) -> KeyValue {
@@ -162,9 +162,9 @@ impl Batch {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(Resource {
                     attributes: vec![
-                        attribute("service.name", identity.service.clone()),
-                        attribute("service.instance.id", identity.instance_id.clone()),
-                        attribute("switchyard.phase", identity.phase.clone()),
+                        attribute(key::SERVICE_NAME, identity.service.clone()),
+                        attribute(key::SERVICE_INSTANCE_ID, identity.instance_id.clone()),
+                        attribute(key::PHASE, identity.phase.clone()),
                     ],
                     ..Resource::default()
                 }),

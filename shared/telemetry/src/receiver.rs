@@ -420,7 +420,10 @@ fn flatten_spans(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
             .resource
             .map(|r| attributes(&r.attributes))
             .unwrap_or_default();
-        let service = resource.get("service.name").cloned().unwrap_or_default();
+        let service = resource
+            .get(crate::key::SERVICE_NAME)
+            .cloned()
+            .unwrap_or_default();
         for scope_spans in resource_spans.scope_spans {
             for span in scope_spans.spans {
                 flattened.push(ReceivedSpan {
@@ -476,7 +479,10 @@ fn flatten_points(request: ExportMetricsServiceRequest) -> Vec<ReceivedPoint> {
             .resource
             .map(|r| attributes(&r.attributes))
             .unwrap_or_default();
-        let service = resource.get("service.name").cloned().unwrap_or_default();
+        let service = resource
+            .get(crate::key::SERVICE_NAME)
+            .cloned()
+            .unwrap_or_default();
         for scope in resource_metrics.scope_metrics {
             for metric in scope.metrics {
                 let mut push = |kind, monotonic, attributes, value| {
