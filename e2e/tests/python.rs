@@ -54,8 +54,12 @@ async fn the_python_client_written_from_the_documents_runs_every_step() {
         "ok   PostSamples:",
         "ok   create_alarm (AMQP call):",
         "ok   list_alarms (AMQP call):",
+        "ok   get_alarm of an unknown id (AMQP call): REMOTE not_found",
+        "ok   GetAlarm of an unknown id: NOT_FOUND",
         "ok   record_samples (AMQP cast):",
+        "ok   record_samples without an id (AMQP cast): dead-lettered:",
         "ok   GetStatistics: count 5",
+        "ok   sample.recorded (AMQP notification): 5 samples of",
         "all steps held",
     ] {
         assert!(stdout.contains(step), "no `{step}` in:\n{stdout}\n{stderr}");

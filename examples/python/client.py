@@ -7,10 +7,16 @@ It talks to a running fleet the way a client in any language would:
 1. lists the api's services by server reflection, both
    `grpc.reflection.v1alpha` and `grpc.reflection.v1`;
 2. checks `grpc.health.v1` health;
-3. posts samples with `Metering/PostSamples` (gRPC);
-4. creates an alarm and lists alarms with AMQP RPC calls to topic `alarms`;
-5. sends a `record_samples` cast to topic `collector` (AMQP);
-6. reads the statistics back over gRPC until both batches are counted.
+3. binds a queue of its own to the `sample.recorded` notifications (AMQP);
+4. posts samples with `Metering/PostSamples` (gRPC);
+5. creates an alarm and lists alarms with AMQP RPC calls to topic `alarms`;
+6. asks for an alarm that does not exist, over AMQP (the error reply's code
+   is `not_found`) and over gRPC (`NOT_FOUND`);
+7. sends a `record_samples` cast to topic `collector` (AMQP), then one
+   with a sample without an id, and finds that one in the topic's
+   dead-letter queue with its reason;
+8. reads the statistics back over gRPC until both batches are counted;
+9. reads the notifications that announced both batches.
 
 Usage:
   client.py --api 127.0.0.1:8080 --amqp amqp://guest:guest@127.0.0.1:5672/%2f \
@@ -47,6 +53,10 @@ CONTENT_TYPE = "application/x-protobuf"
 H_METHOD = "x-switchyard-method"
 H_KIND = "x-switchyard-kind"
 H_STATUS = "x-switchyard-status"
+H_EVENT_TYPE = "x-switchyard-event-type"
+H_PRIORITY = "x-switchyard-priority"
+H_DEAD_LETTER_REASON = "x-switchyard-dead-letter-reason"
+H_ORIGINAL_QUEUE = "x-switchyard-original-queue"
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
@@ -150,7 +160,9 @@ class AmqpRpc:
         status = (properties.headers or {}).get(H_STATUS)
         if status == "ok":
             return response_type.FromString(body)
-        raise RuntimeError(f"{topic}/{method}: {status}: {self.rpc_error(body)}")
+        if status == "error":
+            raise self.rpc_error(f"{topic}/{method}", body)
+        raise RuntimeError(f"{topic}/{method}: reply with status {status!r}")
 
     def cast(self, topic, method, request):
         properties = self._properties(method, "cast", delivery_mode=2)
@@ -159,8 +171,24 @@ class AmqpRpc:
         self.channel.basic_publish(self.exchange, topic, request.SerializeToString(),
                                    properties, mandatory=True)
 
+    def observe(self, exchange, binding):
+        """A queue of our own on the notification exchange, as a pool's
+        (exclusive here: it goes when this connection closes)."""
+        self.channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+        queue = self.channel.queue_declare("", exclusive=True).method.queue
+        self.channel.queue_bind(queue, exchange, routing_key=binding)
+        return queue
+
     def close(self):
         self.connection.close()
+
+
+class RemoteError(RuntimeError):
+    """A call's error reply: an RpcError (kind, code, message)."""
+
+    def __init__(self, where, kind, code, message):
+        super().__init__(f"{where}: {kind} {code}: {message}")
+        self.kind, self.code = kind, code
 
 
 def main():
@@ -174,7 +202,7 @@ def main():
     args = parser.parse_args()
 
     metering, metering_grpc, messages = generate_stubs()
-    AmqpRpc.rpc_error = staticmethod(lambda body: _rpc_error(messages, body))
+    AmqpRpc.rpc_error = staticmethod(lambda where, body: _rpc_error(messages, where, body))
     # RFC 9110 §11.1: the scheme name is case-insensitive; lower case on purpose.
     metadata = [("authorization", f"bearer {args.token}")] if args.token else []
 
@@ -201,12 +229,14 @@ def main():
         s.timestamp.FromSeconds(int(now))
         return s
 
+    rpc = AmqpRpc(args.amqp, args.exchange)
+    observer = rpc.observe(f"{args.exchange}.notifications", "notifications.*.sample.recorded")
+
     posted = api.PostSamples(metering.PostSamplesRequest(samples=[sample(10.0), sample(20.0)]),
                              metadata=metadata, timeout=10)
     assert len(posted.ids) == 2, posted
     step("PostSamples", f"2 samples of {meter}, ids assigned: {', '.join(posted.ids)}")
 
-    rpc = AmqpRpc(args.amqp, args.exchange)
     alarm = metering.Alarm(name=f"{meter} high", meter=meter, project_id=args.project,
                            statistic=metering.STATISTIC_AVG, comparison=metering.COMPARISON_GT, threshold=1e9,
                            period_seconds=60, evaluation_periods=1,
@@ -220,12 +250,48 @@ def main():
     assert created.id in [a.id for a in listed.alarms], listed
     step("list_alarms (AMQP call)", f"{len(listed.alarms)} alarm(s), ours among them")
 
+    # A failed call answers with an error code from the catalogue's table,
+    # and the api answers the gRPC status that table names for it.
+    missing = f"no-such-alarm-{uuid.uuid4().hex[:8]}"
+    try:
+        rpc.call("alarms", "get_alarm", metering.GetAlarmRequest(id=missing), metering.Alarm)
+        raise AssertionError(f"get_alarm {missing}: answered ok")
+    except RemoteError as error:
+        assert (error.kind, error.code) == ("REMOTE", "not_found"), error
+    step("get_alarm of an unknown id (AMQP call)", "REMOTE not_found")
+    try:
+        api.GetAlarm(metering.GetAlarmRequest(id=missing), metadata=metadata, timeout=10)
+        raise AssertionError(f"GetAlarm {missing}: answered ok")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error
+    step("GetAlarm of an unknown id", "NOT_FOUND")
+
     # The cast carries ids: on the wire to the collector they are required.
     cast_ids = [f"py-{uuid.uuid4().hex}" for _ in range(3)]
     batch = messages.RecordSamples(samples=[sample(30.0, i) for i in cast_ids])
     rpc.cast("collector", "record_samples", batch)
     step("record_samples (AMQP cast)", "3 samples, confirmed by the broker")
-    rpc.close()
+
+    # A cast the collector cannot use is not lost: it is parked in the
+    # topic's dead-letter queue with the reason. Here, a sample without an id.
+    rpc.cast("collector", "record_samples", messages.RecordSamples(samples=[sample(40.0)]))
+    dead_letters = f"{args.exchange}.collector.dlq"
+    deadline = time.monotonic() + 30
+    while True:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{dead_letters}: the cast without an id not there after 30 s")
+        got = rpc.channel.basic_get(dead_letters, auto_ack=True)
+        if got[0] is None:
+            rpc.connection.process_data_events(time_limit=0.1)
+            continue
+        _method, properties, body = got
+        if meter in [s.meter for s in messages.RecordSamples.FromString(body).samples]:
+            break
+    headers = properties.headers or {}
+    reason = headers.get(H_DEAD_LETTER_REASON, "")
+    assert "samples[0].id" in reason, headers
+    assert headers.get(H_ORIGINAL_QUEUE) == f"{args.exchange}.collector", headers
+    step("record_samples without an id (AMQP cast)", f"dead-lettered: {reason}")
 
     request = metering.GetStatisticsRequest(meter=meter, project_id=args.project)
     request.start.FromSeconds(int(now) - 3600)
@@ -241,13 +307,34 @@ def main():
         if time.monotonic() > deadline:
             raise SystemExit(f"GetStatistics: count {count} after 30 s, expected 5")
         time.sleep(0.2)
+
+    # Both batches were stored, so both were announced: one `sample.recorded`
+    # per batch, read as an operator's own pool would.
+    announced = 0
+    deadline = time.monotonic() + 30
+    while announced < 5:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"sample.recorded: {announced} of 5 samples of {meter} after 30 s")
+        got = rpc.channel.basic_get(observer, auto_ack=True)
+        if got[0] is None:
+            rpc.connection.process_data_events(time_limit=0.1)
+            continue
+        _method, properties, body = got
+        headers = properties.headers or {}
+        assert (headers.get(H_KIND), headers.get(H_EVENT_TYPE), headers.get(H_PRIORITY)) == (
+            "notification", "sample.recorded", "info"), headers
+        recorded = messages.SampleRecorded.FromString(body)
+        if meter in recorded.meters:
+            announced += recorded.stored
+    step("sample.recorded (AMQP notification)", f"{announced} samples of {meter} announced")
+    rpc.close()
     print("all steps held", flush=True)
 
 
-def _rpc_error(messages, body):
+def _rpc_error(messages, where, body):
     error = messages.RpcError.FromString(body)
     kind = messages.RpcError.Kind.Name(error.kind)
-    return f"{kind} {error.code}: {error.message}"
+    return RemoteError(where, kind, error.code, error.message)
 
 
 if __name__ == "__main__":
