@@ -574,3 +574,77 @@ async fn metrics_under_the_launcher_only_grow_through_a_switch() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A client that opens a connection per call (a short-lived command, a
+/// proxy that does not pool) through six phase switches: no call fails.
+/// With the port shared by `SO_REUSEPORT` the kernel reset every
+/// connection still queued at, or connecting to, a draining worker (4 to 38
+/// failed calls in 740 to 1,185 here); the workers now serve one socket
+/// the supervisor holds (`shared/launcher/src/listener.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_connections_through_phase_switches_are_never_reset() {
+    let mut launcher = Launcher::start(&phase("threaded"), "");
+    let url = launcher.url();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut callers = Vec::new();
+    for _ in 0..16 {
+        let (stop, failures, answered, url) = (
+            stop.clone(),
+            failures.clone(),
+            answered.clone(),
+            url.clone(),
+        );
+        callers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let call = async {
+                    let client = EchoClient::connect(url.clone())
+                        .await
+                        .map_err(|error| format!("connect: {error:?}"))?;
+                    switchyard_grpc::retry_unsent(|| {
+                        let mut client = client.clone();
+                        async move { client.say(say("fresh")).await }
+                    })
+                    .await
+                    .map_err(|status| format!("{status:?}"))
+                };
+                match call.await {
+                    Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
+                    Err(failure) => {
+                        failures.lock().expect("failures").push(failure);
+                        0
+                    }
+                };
+            }
+        }));
+    }
+    for switch in 0..6 {
+        let before = answered.load(Ordering::Relaxed);
+        launcher.rewrite(&phase(["async", "threaded"][switch % 2]), "");
+        launcher.signal("HUP");
+        launcher.wait_for(|l| l.contains("rollout complete"));
+        let deadline = Instant::now() + BOUND;
+        while answered.load(Ordering::Relaxed) < before + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "calls stopped after switch {switch}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        tokio::time::timeout(BOUND, caller)
+            .await
+            .expect("a caller finished")
+            .expect("join");
+    }
+    let failures = failures.lock().expect("failures").clone();
+    eprintln!(
+        "six switches: {} calls answered, each on a fresh connection, {} failed",
+        answered.load(Ordering::Relaxed),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed calls: {failures:#?}");
+}

@@ -142,7 +142,7 @@ macro_rules! fleet_settings {
             }
         }
 
-        $crate::__service_settings!($name);
+        $crate::__service_settings!($name, grpc);
 
         impl $crate::FleetSettings for $name {
             fn amqp(&self) -> &$crate::sections::AmqpConfig {
@@ -691,7 +691,11 @@ impl Hosted {
         config: &GrpcConfig,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Server> {
-        let listener = switchyard_grpc::bind(&config.listen.to_string()).await?;
+        let listener = match switchyard_service::inherited_listener(config.listen.address()) {
+            Some(shared) => tokio::net::TcpListener::from_std(shared)
+                .context("serving on the launcher's gRPC socket")?,
+            None => switchyard_grpc::bind(&config.listen.to_string()).await?,
+        };
         let address = listener.local_addr().context("reading the gRPC address")?;
         tracing::info!("gRPC on {address}");
         Ok(tokio::spawn(switchyard_grpc::serve(

@@ -35,13 +35,14 @@ pub const ENV_PREFIX: &str = "SWITCHYARD_";
 
 /// `SWITCHYARD_` variables that are not settings: the `switchyard` command
 /// line's, and what the service launcher tells its workers (their number,
-/// the supervisor's control socket, canary or main).
-pub const CLI_VARIABLES: [&str; 5] = [
+/// the supervisor's control socket, canary or main, the shared gRPC socket).
+pub const CLI_VARIABLES: [&str; 6] = [
     "SWITCHYARD_API",
     "SWITCHYARD_TOKEN",
     "SWITCHYARD_WORKER",
     "SWITCHYARD_SUPERVISOR",
     "SWITCHYARD_ROLE",
+    "SWITCHYARD_LISTENER",
 ];
 
 /// The flags every service binary accepts, for `#[command(flatten)]`.

@@ -419,8 +419,9 @@ pub enum GrpcError {
 }
 
 /// Binds `address` (port 0 picks a free port). In a worker started by the
-/// service launcher (`SWITCHYARD_WORKER` set) the port is shared with the
-/// other workers (`SO_REUSEPORT`).
+/// service launcher (`SWITCHYARD_WORKER` set) that did not inherit the
+/// supervisor's socket for it (`switchyard_launcher::inherited_listener`),
+/// the port is shared with the other workers (`SO_REUSEPORT`).
 pub async fn bind(address: &str) -> Result<tokio::net::TcpListener, GrpcError> {
     let failed = |source: std::io::Error| GrpcError::Bind {
         address: address.to_string(),

@@ -6,9 +6,9 @@
 //! and environment plus `SWITCHYARD_WORKER=<number>` — never by forking a
 //! process that already has threads and a runtime, the trap the original
 //! plan's service launcher fell into. Workers compete on the AMQP queues and
-//! share their gRPC and metrics ports with `SO_REUSEPORT` (the kernel spreads
-//! new connections across them), so a worker can be replaced without closing
-//! the port. Each worker's phase comes from the supervisor
+//! serve gRPC on one listening socket the supervisor binds and hands to each
+//! ([`listener`](crate::inherited_listener)), so a worker can be replaced
+//! without closing the port or dropping a connection that waits on it. Each worker's phase comes from the supervisor
 //! (`SWITCHYARD_EXECUTOR__PHASE`), which decides main and canary phases.
 //!
 //! The supervisor talks to its workers over an abstract Unix socket
@@ -42,7 +42,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod listener;
 mod supervisor;
+
+pub use listener::{LISTENER_VARIABLE, inherited_listener};
 
 use supervisor::Supervisor;
 
@@ -126,6 +129,9 @@ pub struct Start {
     pub printed: String,
     /// `metrics.listen`: the supervisor serves its workers' sum there.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `grpc.listen`, when the service serves gRPC: the supervisor binds it
+    /// once and every worker serves on that one socket ([`inherited_listener`]).
+    pub grpc_listen: Option<std::net::SocketAddr>,
     /// `executor.shutdown_grace_ms`: how long a worker may take to drain.
     pub grace: Duration,
 }
@@ -291,7 +297,18 @@ async fn supervise_workers(start: Start, books: Books) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut supervisor = Supervisor::new(&start, socket, events);
+    let shared = match start
+        .grpc_listen
+        .map(|address| (address, listener::bind(address)))
+    {
+        None => None,
+        Some((_, Ok(listener))) => Some(listener),
+        Some((address, Err(error))) => {
+            tracing::error!("{service} launcher: cannot listen for gRPC on {address}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut supervisor = Supervisor::new(&start, socket, events, shared);
     supervisor.begin();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

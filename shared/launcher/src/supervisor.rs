@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use switchyard_executor::Phase;
 use tokio::sync::mpsc;
 
-use super::{Event, Exit, LauncherConfig, Reload, Start, WORKER_VARIABLE, signal};
+use super::{
+    Event, Exit, LISTENER_VARIABLE, LauncherConfig, Reload, Start, WORKER_VARIABLE, signal,
+};
 use switchyard_rollout::canary::{self, CanaryConfig, Verdict, Window};
 use switchyard_rollout::control::{
     FromWorker, ROLE_VARIABLE, RolledBack, SUPERVISOR_VARIABLE, ToWorker,
@@ -140,10 +142,22 @@ pub(super) struct Supervisor {
     last_judged: Option<Instant>,
     /// Failing judgements in a row.
     failures: u32,
+    /// The gRPC socket every worker serves on (`listener.rs`), and its
+    /// address.
+    shared: Option<(std::net::TcpListener, String)>,
 }
 
 impl Supervisor {
-    pub(super) fn new(start: &Start, socket: String, events: mpsc::UnboundedSender<Event>) -> Self {
+    pub(super) fn new(
+        start: &Start,
+        socket: String,
+        events: mpsc::UnboundedSender<Event>,
+        shared: Option<std::net::TcpListener>,
+    ) -> Self {
+        let shared = shared.and_then(|listener| {
+            let address = listener.local_addr().ok()?.to_string();
+            Some((listener, address))
+        });
         Self {
             service: start.service.clone(),
             socket,
@@ -162,6 +176,7 @@ impl Supervisor {
             last_spec: BTreeMap::new(),
             last_judged: None,
             failures: 0,
+            shared,
         }
     }
 
@@ -240,14 +255,21 @@ impl Supervisor {
         let id = self.next_id;
         self.next_id += 1;
         let spawned = std::env::current_exe().and_then(|exe| {
-            tokio::process::Command::new(exe)
+            let mut command = tokio::process::Command::new(exe);
+            command
                 .args(std::env::args_os().skip(1))
                 .env(WORKER_VARIABLE, id.to_string())
                 .env(SUPERVISOR_VARIABLE, &self.socket)
                 .env(ROLE_VARIABLE, spec.role.as_str())
                 .env("SWITCHYARD_EXECUTOR__PHASE", spec.phase.as_str())
-                .kill_on_drop(false)
-                .spawn()
+                .kill_on_drop(false);
+            if let Some((listener, address)) = &self.shared {
+                // The worker's standard input is the shared gRPC socket.
+                command
+                    .stdin(std::os::fd::OwnedFd::from(listener.try_clone()?))
+                    .env(LISTENER_VARIABLE, address);
+            }
+            command.spawn()
         });
         let mut child = match spawned {
             Ok(child) => child,

@@ -23,7 +23,7 @@ use switchyard_telemetry::Identity;
 use tokio_util::sync::CancellationToken;
 
 pub use switchyard_executor::ExecutorConfig;
-pub use switchyard_launcher::{LauncherConfig, WORKER_VARIABLE, is_worker};
+pub use switchyard_launcher::{LauncherConfig, WORKER_VARIABLE, inherited_listener, is_worker};
 pub use switchyard_rollout::control::{ROLE_VARIABLE, SUPERVISOR_VARIABLE};
 pub use switchyard_rollout::{CanaryConfig, RolledBack, SupervisorLink};
 pub use switchyard_telemetry::TelemetryConfig;
@@ -60,6 +60,11 @@ pub trait ServiceSettings: Settings {
     fn metrics(&self) -> &MetricsConfig;
     /// `[launcher]`.
     fn launcher(&self) -> &LauncherConfig;
+    /// `grpc.listen`, when the service serves gRPC: under the launcher, the
+    /// supervisor binds it once for every worker.
+    fn grpc_listen(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
 }
 
 /// A section's range problems with full dotted keys (`grpc.listen`).
@@ -71,11 +76,23 @@ pub fn in_section(section: &str, problems: Vec<(&'static str, String)>) -> Vec<(
 }
 
 /// Implements [`ServiceSettings`] for a settings struct with fields named
-/// `executor`, `telemetry`, `metrics` and `launcher`.
+/// `executor`, `telemetry`, `metrics` and `launcher` (and `grpc`, whose
+/// `listen` the launcher shares, with `service_settings!(Settings, grpc)`).
 #[macro_export]
 macro_rules! service_settings {
+    ($settings:ty, grpc) => {
+        $crate::service_settings!(@with $settings,
+            fn grpc_listen(&self) -> ::std::option::Option<::std::net::SocketAddr> {
+                ::std::option::Option::Some(self.grpc.listen.address())
+            }
+        );
+    };
     ($settings:ty) => {
+        $crate::service_settings!(@with $settings,);
+    };
+    (@with $settings:ty, $($grpc:item)?) => {
         impl $crate::ServiceSettings for $settings {
+            $($grpc)?
             fn executor(&self) -> &$crate::ExecutorConfig {
                 &self.executor
             }
@@ -260,6 +277,7 @@ where
             phase,
             printed: switchyard_config::redacted_toml(&settings).unwrap_or_default(),
             metrics_listen: settings.metrics().listen.address(),
+            grpc_listen: settings.grpc_listen(),
             grace: settings.executor().shutdown_grace(),
         });
         if let Some(telemetry) = telemetry {

@@ -33,6 +33,19 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+/// A listening socket on `address` as Switchyard's servers open one:
+/// `SO_REUSEADDR` (a restarted server binds at once), a backlog of 1024.
+pub fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
 /// Serves `GET /metrics` with what `render` returns on each scrape.
 pub async fn serve_text<R>(
     address: SocketAddr,
@@ -42,14 +55,7 @@ pub async fn serve_text<R>(
 where
     R: Fn() -> String + Clone + Send + Sync + 'static,
 {
-    let socket = if address.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)?;
-    let listener = socket.listen(1024)?;
+    let listener = listen(address)?;
     let bound = listener.local_addr()?;
     tokio::spawn(serve_http(
         listener,
