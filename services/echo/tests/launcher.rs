@@ -575,6 +575,30 @@ async fn metrics_under_the_launcher_only_grow_through_a_switch() {
     }
 }
 
+/// A reload that moves `grpc.listen`: the workers started after it serve
+/// the new port (the supervisor binds it and hands it over), and the old
+/// port, once its workers drained, refuses connections rather than queueing
+/// them for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_the_grpc_port_serves_the_new_one_and_closes_the_old() {
+    let mut launcher = Launcher::start(&phase("threaded"), "");
+    let old = launcher.port;
+    let moved = free_port();
+    std::fs::write(&launcher.file, config(moved, &phase("threaded"), "")).expect("config file");
+    launcher.signal("HUP");
+    launcher.wait_for(|l| l.contains("rollout complete"));
+    only_phase_answering(&format!("http://127.0.0.1:{moved}"), "threaded").await;
+    let deadline = Instant::now() + BOUND;
+    while std::net::TcpStream::connect(("127.0.0.1", old)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "port {old} still takes connections after its workers drained:\n{}",
+            launcher.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A client that opens a connection per call (a short-lived command, a
 /// proxy that does not pool) through six phase switches: no call fails.
 /// With the port shared by `SO_REUSEPORT` the kernel reset every

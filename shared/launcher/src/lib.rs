@@ -7,9 +7,10 @@
 //! process that already has threads and a runtime, the trap the original
 //! plan's service launcher fell into. Workers compete on the AMQP queues and
 //! serve gRPC on one listening socket the supervisor binds and hands to each
-//! ([`listener`](crate::inherited_listener)), so a worker can be replaced
-//! without closing the port or dropping a connection that waits on it. Each worker's phase comes from the supervisor
-//! (`SWITCHYARD_EXECUTOR__PHASE`), which decides main and canary phases.
+//! ([`inherited_listener`]), so a worker can be replaced without closing the
+//! port or dropping a connection that waits on it. Each worker's phase comes
+//! from the supervisor (`SWITCHYARD_EXECUTOR__PHASE`), which decides main
+//! and canary phases.
 //!
 //! The supervisor talks to its workers over an abstract Unix socket
 //! ([`switchyard_rollout::control`]; nothing in the file system to leave behind, and only
@@ -158,6 +159,8 @@ struct Reload {
     printed: String,
     launcher: LauncherConfig,
     phase: Phase,
+    /// `grpc.listen`, when the service has one.
+    grpc_listen: Option<std::net::SocketAddr>,
 }
 
 /// How a worker process ended: its status, or why waiting for it failed.
@@ -435,9 +438,15 @@ async fn check_configuration() -> Result<Reload, String> {
         .transpose()
         .map_err(|e| format!("executor.phase: {e}"))?
         .unwrap_or_default();
+    let grpc_listen = value
+        .get("grpc")
+        .and_then(|grpc| grpc.get("listen"))
+        .and_then(toml::Value::as_str)
+        .and_then(|listen| listen.parse().ok());
     Ok(Reload {
         printed,
         launcher,
+        grpc_listen,
         phase,
     })
 }

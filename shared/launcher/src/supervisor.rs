@@ -5,6 +5,7 @@
 //! loop; nothing here waits.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,8 @@ use switchyard_executor::Phase;
 use tokio::sync::mpsc;
 
 use super::{
-    Event, Exit, LISTENER_VARIABLE, LauncherConfig, Reload, Start, WORKER_VARIABLE, signal,
+    Event, Exit, LISTENER_VARIABLE, LauncherConfig, Reload, Start, WORKER_VARIABLE, listener,
+    signal,
 };
 use switchyard_rollout::canary::{self, CanaryConfig, Verdict, Window};
 use switchyard_rollout::control::{
@@ -144,7 +146,7 @@ pub(super) struct Supervisor {
     failures: u32,
     /// The gRPC socket every worker serves on (`listener.rs`), and its
     /// address.
-    shared: Option<(std::net::TcpListener, String)>,
+    shared: Option<(std::net::TcpListener, SocketAddr)>,
 }
 
 impl Supervisor {
@@ -155,7 +157,7 @@ impl Supervisor {
         shared: Option<std::net::TcpListener>,
     ) -> Self {
         let shared = shared.and_then(|listener| {
-            let address = listener.local_addr().ok()?.to_string();
+            let address = listener.local_addr().ok()?;
             Some((listener, address))
         });
         Self {
@@ -267,7 +269,7 @@ impl Supervisor {
                 // The worker's standard input is the shared gRPC socket.
                 command
                     .stdin(std::os::fd::OwnedFd::from(listener.try_clone()?))
-                    .env(LISTENER_VARIABLE, address);
+                    .env(LISTENER_VARIABLE, address.to_string());
             }
             command.spawn()
         });
@@ -570,6 +572,7 @@ impl Supervisor {
             self.service,
             plan.describe()
         );
+        self.move_shared(reload.grpc_listen);
         self.printed = reload.printed;
         self.plan = plan;
         self.generation += 1;
@@ -579,6 +582,28 @@ impl Supervisor {
         self.failures = 0;
         self.set_note(String::new());
         self.advance();
+    }
+
+    /// A reload that names another `grpc.listen` moves the shared socket:
+    /// the workers started from now on serve the new address; the old
+    /// workers keep their copy of the old socket until they drain.
+    fn move_shared(&mut self, address: Option<SocketAddr>) {
+        let Some(address) = address else {
+            return;
+        };
+        if (self.shared.as_ref()).is_some_and(|(_, shared)| listener::serves(*shared, address)) {
+            return;
+        }
+        self.shared = match listener::bind(address) {
+            Ok(bound) => bound.local_addr().ok().map(|at| (bound, at)),
+            Err(error) => {
+                tracing::warn!(
+                    "{} launcher: cannot listen for gRPC on {address}: {error}; the new workers bind it themselves",
+                    self.service
+                );
+                None
+            }
+        };
     }
 
     fn set_note(&mut self, note: String) {
