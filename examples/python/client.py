@@ -179,6 +179,17 @@ class AmqpRpc:
         self.channel.queue_bind(queue, exchange, routing_key=binding)
         return queue
 
+    def next_message(self, queue, deadline, what):
+        """The next message on `queue`, as (properties, body); waits until
+        `deadline` (time.monotonic()) at the most."""
+        while True:
+            method, properties, body = self.channel.basic_get(queue, auto_ack=True)
+            if method is not None:
+                return properties, body
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{queue}: {what}: nothing there in time")
+            self.connection.process_data_events(time_limit=0.1)
+
     def close(self):
         self.connection.close()
 
@@ -278,13 +289,7 @@ def main():
     dead_letters = f"{args.exchange}.collector.dlq"
     deadline = time.monotonic() + 30
     while True:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{dead_letters}: the cast without an id not there after 30 s")
-        got = rpc.channel.basic_get(dead_letters, auto_ack=True)
-        if got[0] is None:
-            rpc.connection.process_data_events(time_limit=0.1)
-            continue
-        _method, properties, body = got
+        properties, body = rpc.next_message(dead_letters, deadline, "the cast without an id")
         if meter in [s.meter for s in messages.RecordSamples.FromString(body).samples]:
             break
     headers = properties.headers or {}
@@ -313,13 +318,8 @@ def main():
     announced = 0
     deadline = time.monotonic() + 30
     while announced < 5:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"sample.recorded: {announced} of 5 samples of {meter} after 30 s")
-        got = rpc.channel.basic_get(observer, auto_ack=True)
-        if got[0] is None:
-            rpc.connection.process_data_events(time_limit=0.1)
-            continue
-        _method, properties, body = got
+        properties, body = rpc.next_message(
+            observer, deadline, f"sample.recorded for 5 samples of {meter} ({announced} so far)")
         headers = properties.headers or {}
         assert (headers.get(H_KIND), headers.get(H_EVENT_TYPE), headers.get(H_PRIORITY)) == (
             "notification", "sample.recorded", "info"), headers
