@@ -591,7 +591,8 @@ impl Supervisor {
         let Some(address) = address else {
             return;
         };
-        if (self.shared.as_ref()).is_some_and(|(_, shared)| listener::serves(*shared, address)) {
+        let serving = self.shared.as_ref().map(|(_, shared)| *shared);
+        if serving.is_some_and(|shared| listener::serves(shared, address)) {
             return;
         }
         self.shared = match listener::bind(address) {

@@ -23,6 +23,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 use tokio::sync::{oneshot, watch};
 
@@ -416,14 +417,7 @@ async fn serve_http(
 fn flatten_spans(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
     let mut flattened = Vec::new();
     for resource_spans in request.resource_spans {
-        let resource = resource_spans
-            .resource
-            .map(|r| attributes(&r.attributes))
-            .unwrap_or_default();
-        let service = resource
-            .get(crate::key::SERVICE_NAME)
-            .cloned()
-            .unwrap_or_default();
+        let (resource, service) = resource_and_service(resource_spans.resource);
         for scope_spans in resource_spans.scope_spans {
             for span in scope_spans.spans {
                 flattened.push(ReceivedSpan {
@@ -475,14 +469,7 @@ fn flatten_points(request: ExportMetricsServiceRequest) -> Vec<ReceivedPoint> {
     };
     let mut flattened = Vec::new();
     for resource_metrics in request.resource_metrics {
-        let resource = resource_metrics
-            .resource
-            .map(|r| attributes(&r.attributes))
-            .unwrap_or_default();
-        let service = resource
-            .get(crate::key::SERVICE_NAME)
-            .cloned()
-            .unwrap_or_default();
+        let (_, service) = resource_and_service(resource_metrics.resource);
         for scope in resource_metrics.scope_metrics {
             for metric in scope.metrics {
                 let mut push = |kind, monotonic, attributes, value| {
@@ -545,6 +532,19 @@ fn value_type(value: Option<&AnyValue>) -> &'static str {
         Some(_) => "other",
         None => "empty",
     }
+}
+
+/// An export's resource attributes, and its `service.name` among them ("" when
+/// it names none).
+fn resource_and_service(resource: Option<Resource>) -> (BTreeMap<String, String>, String) {
+    let resource = resource
+        .map(|r| attributes(&r.attributes))
+        .unwrap_or_default();
+    let service = resource
+        .get(crate::key::SERVICE_NAME)
+        .cloned()
+        .unwrap_or_default();
+    (resource, service)
 }
 
 fn attributes(pairs: &[KeyValue]) -> BTreeMap<String, String> {
