@@ -1,11 +1,12 @@
 //! Every name Switchyard puts on AMQP, in one place: the topics, the methods
-//! served on each (call, cast or fanout; request and response messages) and
+//! served on each (call, cast or fanout; request and response messages),
 //! the notifications (event type, priority, message, who publishes and who
-//! consumes) and the codes of failed replies. Senders and receivers both name things through these
-//! constants, and `docs/wire-format.md` carries [`markdown`] verbatim between
-//! its catalogue markers (a test below holds the two together; servers list
-//! the methods they really serve in every NO_SUCH_METHOD reply, and the
-//! end-to-end suite compares that list with this one).
+//! consumes) and the codes of failed replies. Senders and receivers both
+//! name things through these constants, and `docs/wire-format.md` carries
+//! [`markdown`] verbatim between its catalogue markers (a test below holds
+//! the two together; servers list the methods they really serve in every
+//! NO_SUCH_METHOD reply, and the end-to-end suite compares that list with
+//! this one).
 
 /// Topics (the `topic` of an RPC target).
 pub mod topic {
