@@ -144,7 +144,8 @@ fn say(text: &str) -> SayRequest {
 }
 
 /// Steady calls on `connections` separate connections (the kernel spreads
-/// connections, not calls, across the workers) until stopped.
+/// connections, not calls, across the workers) until stopped; with
+/// [`Connect::PerCall`], each caller opens a fresh connection for every call.
 struct Load {
     stop: Arc<AtomicBool>,
     replies: Arc<Mutex<BTreeMap<String, u64>>>,
@@ -152,17 +153,47 @@ struct Load {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// How a [`Load`] caller connects.
+#[derive(Clone, Copy, PartialEq)]
+enum Connect {
+    /// Once, keeping the connection (as a channel does).
+    Once,
+    /// For every call (a short-lived command, a proxy that does not pool).
+    PerCall,
+}
+
 impl Load {
     async fn start(url: &str, connections: usize) -> Self {
+        Self::with(url, connections, Connect::Once).await
+    }
+
+    async fn with(url: &str, callers: usize, connect: Connect) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let replies = Arc::new(Mutex::new(BTreeMap::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for _ in 0..connections {
-            let client = EchoClient::connect(url.to_string()).await.expect("connect");
+        for _ in 0..callers {
+            let kept = match connect {
+                Connect::Once => Some(EchoClient::connect(url.to_string()).await.expect("connect")),
+                Connect::PerCall => None,
+            };
             let (stop, replies, failures) = (stop.clone(), replies.clone(), failures.clone());
+            let url = url.to_string();
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
+                    let client = match &kept {
+                        Some(client) => client.clone(),
+                        None => match EchoClient::connect(url.clone()).await {
+                            Ok(client) => client,
+                            Err(error) => {
+                                failures
+                                    .lock()
+                                    .expect("failures")
+                                    .push(format!("connect: {error:?}"));
+                                continue;
+                            }
+                        },
+                    };
                     // As every gRPC client but tonic does by itself: a call a
                     // closing connection dropped unsent is sent again.
                     let call = switchyard_grpc::retry_unsent(|| {
@@ -179,7 +210,9 @@ impl Load {
                             .expect("failures")
                             .push(format!("{status:?}")),
                     }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if connect == Connect::Once {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                 }
             }));
         }
@@ -608,67 +641,18 @@ async fn a_reload_that_moves_the_grpc_port_serves_the_new_one_and_closes_the_old
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_connections_through_phase_switches_are_never_reset() {
     let mut launcher = Launcher::start(&phase("threaded"), "");
-    let url = launcher.url();
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut callers = Vec::new();
-    for _ in 0..16 {
-        let (stop, failures, answered, url) = (
-            stop.clone(),
-            failures.clone(),
-            answered.clone(),
-            url.clone(),
-        );
-        callers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let call = async {
-                    let client = EchoClient::connect(url.clone())
-                        .await
-                        .map_err(|error| format!("connect: {error:?}"))?;
-                    switchyard_grpc::retry_unsent(|| {
-                        let mut client = client.clone();
-                        async move { client.say(say("fresh")).await }
-                    })
-                    .await
-                    .map_err(|status| format!("{status:?}"))
-                };
-                match call.await {
-                    Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
-                    Err(failure) => {
-                        failures.lock().expect("failures").push(failure);
-                        0
-                    }
-                };
-            }
-        }));
-    }
+    let load = Load::with(&launcher.url(), 16, Connect::PerCall).await;
+    let answered = |replies: &BTreeMap<String, u64>| replies.values().sum::<u64>();
     for switch in 0..6 {
-        let before = answered.load(Ordering::Relaxed);
+        let before = answered(&load.replies());
         launcher.rewrite(&phase(["async", "threaded"][switch % 2]), "");
         launcher.signal("HUP");
         launcher.wait_for(|l| l.contains("rollout complete"));
-        let deadline = Instant::now() + BOUND;
-        while answered.load(Ordering::Relaxed) < before + 20 {
-            assert!(
-                Instant::now() < deadline,
-                "calls stopped after switch {switch}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        load.until(|replies| answered(replies) >= before + 20).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for caller in callers {
-        tokio::time::timeout(BOUND, caller)
-            .await
-            .expect("a caller finished")
-            .expect("join");
-    }
-    let failures = failures.lock().expect("failures").clone();
+    let replies = load.stop().await;
     eprintln!(
-        "six switches: {} calls answered, each on a fresh connection, {} failed",
-        answered.load(Ordering::Relaxed),
-        failures.len()
+        "six switches: {} calls answered, each on a fresh connection, none failed",
+        answered(&replies)
     );
-    assert!(failures.is_empty(), "failed calls: {failures:#?}");
 }

@@ -300,17 +300,16 @@ async fn supervise_workers(start: Start, books: Books) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shared = match start
-        .grpc_listen
-        .map(|address| (address, listener::bind(address)))
-    {
-        None => None,
-        Some((_, Ok(listener))) => Some(listener),
-        Some((address, Err(error))) => {
-            tracing::error!("{service} launcher: cannot listen for gRPC on {address}: {error}");
-            return ExitCode::FAILURE;
+    let mut shared = None;
+    if let Some(address) = start.grpc_listen {
+        match listener::Shared::bind(address) {
+            Ok(bound) => shared = Some(bound),
+            Err(error) => {
+                tracing::error!("{service} launcher: cannot listen for gRPC on {address}: {error}");
+                return ExitCode::FAILURE;
+            }
         }
-    };
+    }
     let mut supervisor = Supervisor::new(&start, socket, events, shared);
     supervisor.begin();
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -35,9 +35,21 @@ use crate::WORKER_VARIABLE;
 /// listening socket the worker's standard input is.
 pub const LISTENER_VARIABLE: &str = "SWITCHYARD_LISTENER";
 
-/// Binds `address` for the workers to share, as a worker would.
-pub(crate) fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
-    switchyard_telemetry::exposition::listen(address)?.into_std()
+/// The supervisor's socket for its workers, and the address it is bound to
+/// (the port a configured port 0 was given).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub listener: std::net::TcpListener,
+    pub address: SocketAddr,
+}
+
+impl Shared {
+    /// Binds `address` for the workers to share, as a worker would.
+    pub fn bind(address: SocketAddr) -> io::Result<Self> {
+        let listener = switchyard_telemetry::exposition::listen(address)?.into_std()?;
+        let address = listener.local_addr()?;
+        Ok(Self { listener, address })
+    }
 }
 
 /// In a worker: the listening socket the supervisor handed over for

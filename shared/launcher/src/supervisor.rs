@@ -144,9 +144,8 @@ pub(super) struct Supervisor {
     last_judged: Option<Instant>,
     /// Failing judgements in a row.
     failures: u32,
-    /// The gRPC socket every worker serves on (`listener.rs`), and its
-    /// address.
-    shared: Option<(std::net::TcpListener, SocketAddr)>,
+    /// The gRPC socket every worker serves on (`listener.rs`).
+    shared: Option<listener::Shared>,
 }
 
 impl Supervisor {
@@ -154,12 +153,8 @@ impl Supervisor {
         start: &Start,
         socket: String,
         events: mpsc::UnboundedSender<Event>,
-        shared: Option<std::net::TcpListener>,
+        shared: Option<listener::Shared>,
     ) -> Self {
-        let shared = shared.and_then(|listener| {
-            let address = listener.local_addr().ok()?;
-            Some((listener, address))
-        });
         Self {
             service: start.service.clone(),
             socket,
@@ -265,11 +260,11 @@ impl Supervisor {
                 .env(ROLE_VARIABLE, spec.role.as_str())
                 .env("SWITCHYARD_EXECUTOR__PHASE", spec.phase.as_str())
                 .kill_on_drop(false);
-            if let Some((listener, address)) = &self.shared {
+            if let Some(shared) = &self.shared {
                 // The worker's standard input is the shared gRPC socket.
                 command
-                    .stdin(std::os::fd::OwnedFd::from(listener.try_clone()?))
-                    .env(LISTENER_VARIABLE, address.to_string());
+                    .stdin(std::os::fd::OwnedFd::from(shared.listener.try_clone()?))
+                    .env(LISTENER_VARIABLE, shared.address.to_string());
             }
             command.spawn()
         });
@@ -591,12 +586,12 @@ impl Supervisor {
         let Some(address) = address else {
             return;
         };
-        let serving = self.shared.as_ref().map(|(_, shared)| *shared);
-        if serving.is_some_and(|shared| listener::serves(shared, address)) {
+        let serving = self.shared.as_ref().map(|shared| shared.address);
+        if serving.is_some_and(|serving| listener::serves(serving, address)) {
             return;
         }
-        self.shared = match listener::bind(address) {
-            Ok(bound) => bound.local_addr().ok().map(|at| (bound, at)),
+        self.shared = match listener::Shared::bind(address) {
+            Ok(bound) => Some(bound),
             Err(error) => {
                 tracing::warn!(
                     "{} launcher: cannot listen for gRPC on {address}: {error}; the new workers bind it themselves",
