@@ -10,6 +10,9 @@ mod proxy;
 
 pub use proxy::Proxy;
 
+use std::collections::BTreeSet;
+use std::sync::{Mutex, PoisonError};
+
 use tonic::transport::Channel;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -22,14 +25,20 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 /// address that must refuse connections). Taken below the kernel's
 /// ephemeral range (`ip_local_port_range`, 32768–60999 here), so no
 /// port-0 bind — a client's, a service's — can be handed it between this
-/// check and the service's bind; tests pick at random, so two rarely meet.
+/// check and the service's bind. Never the same port twice in one process,
+/// so two tests of one binary cannot both be told a port before either
+/// binds it; test binaries running side by side pick at random, so two
+/// rarely meet.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
         let port = 20_000 + (hasher.finish() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
@@ -196,4 +205,19 @@ pub fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<S
         }
     });
     log
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_never_gives_one_process_the_same_port_twice() {
+        // 1,000 draws from 12,000 ports: at random, a repeat is all but
+        // certain (the birthday bound puts it above 1 − e⁻⁴⁰).
+        let ports: Vec<u16> = (0..1_000).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+        assert!(ports.iter().all(|port| (20_000..32_000).contains(port)));
+    }
 }
