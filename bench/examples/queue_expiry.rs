@@ -22,12 +22,18 @@ async fn main() -> anyhow::Result<()> {
     let config = AmqpConfig::default();
     let id = wire::new_id();
     let transport = Transport::connect(&config, "queue-expiry", &id).await?;
-    for queue_type in ["classic", "quorum"] {
+    for queue_type in [wire::rabbitmq::CLASSIC, wire::rabbitmq::QUORUM] {
         let name = format!("queue-expiry-{queue_type}-{id}");
         let mut arguments = FieldTable::default();
-        wire::set_str(&mut arguments, "x-queue-type", queue_type);
-        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(4_000));
-        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(600_000));
+        wire::set_str(&mut arguments, wire::rabbitmq::QUEUE_TYPE, queue_type);
+        arguments.insert(
+            wire::rabbitmq::EXPIRES.into(),
+            AMQPValue::LongLongInt(4_000),
+        );
+        arguments.insert(
+            wire::rabbitmq::MESSAGE_TTL.into(),
+            AMQPValue::LongLongInt(600_000),
+        );
         let channel = transport.channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

@@ -107,7 +107,11 @@ async fn a_retry_queue_whose_node_is_down_refuses_copies_and_keeps_what_it_held(
     let retry_arguments = wire::retry_queue_arguments(&queue, DELAY, Duration::from_secs(600));
     let (_on_second, channel) = support::confirming_channel(&second).await;
     let mut quorum = FieldTable::default();
-    wire::set_str(&mut quorum, "x-queue-type", "quorum");
+    wire::set_str(
+        &mut quorum,
+        wire::rabbitmq::QUEUE_TYPE,
+        wire::rabbitmq::QUORUM,
+    );
     channel
         .queue_declare(
             queue.as_str().into(),

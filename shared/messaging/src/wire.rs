@@ -52,6 +52,39 @@ pub mod status {
 /// RabbitMQ's direct reply-to pseudo queue.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// RabbitMQ's own names for the queue arguments Switchyard declares with
+/// (<https://www.rabbitmq.com/docs/queues#optional-arguments>) and the
+/// header the broker sets when it dead-letters a message.
+pub mod rabbitmq {
+    /// Queue argument: `classic` or `quorum` ([`CLASSIC`], [`QUORUM`]).
+    pub const QUEUE_TYPE: &str = "x-queue-type";
+    /// A value of [`QUEUE_TYPE`]: one node holds the queue.
+    pub const CLASSIC: &str = "classic";
+    /// A value of [`QUEUE_TYPE`]: replicated over the cluster (Raft).
+    pub const QUORUM: &str = "quorum";
+    /// Queue argument: how long a message may wait, in ms.
+    pub const MESSAGE_TTL: &str = "x-message-ttl";
+    /// Queue argument: how long the queue may go unused before the broker
+    /// deletes it, in ms.
+    pub const EXPIRES: &str = "x-expires";
+    /// Queue argument: the exchange dead-lettered messages go to (`""`, the
+    /// default exchange, for a queue named by [`DEAD_LETTER_ROUTING_KEY`]).
+    pub const DEAD_LETTER_EXCHANGE: &str = "x-dead-letter-exchange";
+    /// Queue argument: the routing key dead-lettered messages are sent with.
+    pub const DEAD_LETTER_ROUTING_KEY: &str = "x-dead-letter-routing-key";
+    /// Queue argument of a quorum queue: deliveries without an
+    /// acknowledgement before the broker dead-letters the message.
+    pub const DELIVERY_LIMIT: &str = "x-delivery-limit";
+    /// Queue argument: the most messages the queue holds.
+    pub const MAX_LENGTH: &str = "x-max-length";
+    /// Queue argument: what a full queue does, `reject-publish` or
+    /// `drop-head`.
+    pub const OVERFLOW: &str = "x-overflow";
+    /// Header the broker sets on a message it dead-letters: why
+    /// (`rejected`, `expired`, `maxlen`, `delivery_limit`).
+    pub const FIRST_DEATH_REASON: &str = "x-first-death-reason";
+}
+
 /// The RPC topic exchange.
 pub fn rpc_exchange(exchange: &str) -> String {
     exchange.to_string()
@@ -129,11 +162,11 @@ pub fn retry_queue_arguments(
     let millis =
         |d: std::time::Duration| AMQPValue::LongLongInt(d.as_millis().min(i64::MAX as u128) as i64);
     let mut arguments = FieldTable::default();
-    set_str(&mut arguments, "x-queue-type", "classic");
-    arguments.insert("x-message-ttl".into(), millis(delay));
-    arguments.insert("x-expires".into(), millis(delay + idle));
-    set_str(&mut arguments, "x-dead-letter-exchange", "");
-    set_str(&mut arguments, "x-dead-letter-routing-key", queue);
+    set_str(&mut arguments, rabbitmq::QUEUE_TYPE, rabbitmq::CLASSIC);
+    arguments.insert(rabbitmq::MESSAGE_TTL.into(), millis(delay));
+    arguments.insert(rabbitmq::EXPIRES.into(), millis(delay + idle));
+    set_str(&mut arguments, rabbitmq::DEAD_LETTER_EXCHANGE, "");
+    set_str(&mut arguments, rabbitmq::DEAD_LETTER_ROUTING_KEY, queue);
     arguments
 }
 

@@ -174,7 +174,11 @@ async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
         echo_on(|config| config.max_deliveries = 2, Phase::Async, 1).await;
     let (queue, retry_queue) = echo_queues(&rig);
     let mut quorum = FieldTable::default();
-    wire::set_str(&mut quorum, "x-queue-type", "quorum");
+    wire::set_str(
+        &mut quorum,
+        wire::rabbitmq::QUEUE_TYPE,
+        wire::rabbitmq::QUORUM,
+    );
     rig.transport
         .channel()
         .await
@@ -261,7 +265,10 @@ async fn a_message_returned_past_the_delivery_limit_is_dead_lettered_by_the_brok
     assert!(returned > 5, "gone after {returned} returns");
     let dead = rig.drain(&wire::dead_letter_queue(&queue), 1).await;
     assert_eq!(
-        wire::header_str(&dead[0].delivery.properties, "x-first-death-reason"),
+        wire::header_str(
+            &dead[0].delivery.properties,
+            wire::rabbitmq::FIRST_DEATH_REASON
+        ),
         Some("delivery_limit"),
         "{:?}",
         dead[0].delivery.properties.headers()

@@ -7,7 +7,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::FieldTable;
 use lapin::{Channel, ExchangeKind};
 
-use crate::{MessagingError, Transport, wire};
+use crate::wire::{self, rabbitmq};
+use crate::{MessagingError, Transport};
 
 /// Why a declaration can go unanswered for long, said with the warning.
 const CLUSTER_WAIT: &str = "a RabbitMQ cluster creates no queue while one of its members is \
@@ -74,15 +75,19 @@ pub fn durable_queue_arguments(
         && let (Some(dead_letters), false) = (dead_letters, matches!(bound, Bound::DropHead(_)))
     {
         arguments.insert(
-            "x-delivery-limit".into(),
+            rabbitmq::DELIVERY_LIMIT.into(),
             lapin::types::AMQPValue::LongInt(DELIVERY_LIMIT),
         );
-        wire::set_str(&mut arguments, "x-dead-letter-exchange", "");
-        wire::set_str(&mut arguments, "x-dead-letter-routing-key", dead_letters);
+        wire::set_str(&mut arguments, rabbitmq::DEAD_LETTER_EXCHANGE, "");
+        wire::set_str(
+            &mut arguments,
+            rabbitmq::DEAD_LETTER_ROUTING_KEY,
+            dead_letters,
+        );
     }
     if config.queue_expires_ms > 0 {
         arguments.insert(
-            "x-expires".into(),
+            rabbitmq::EXPIRES.into(),
             lapin::types::AMQPValue::LongLongInt(
                 config.queue_expires_ms.min(i64::MAX as u64) as i64
             ),
@@ -95,10 +100,10 @@ pub fn durable_queue_arguments(
     };
     if length > 0 {
         arguments.insert(
-            "x-max-length".into(),
+            rabbitmq::MAX_LENGTH.into(),
             lapin::types::AMQPValue::LongLongInt(i64::from(length)),
         );
-        wire::set_str(&mut arguments, "x-overflow", overflow);
+        wire::set_str(&mut arguments, rabbitmq::OVERFLOW, overflow);
     }
     arguments
 }
@@ -185,7 +190,7 @@ pub(crate) async fn declare_retry_queue(
 fn typed_arguments(config: &crate::AmqpConfig) -> FieldTable {
     let mut arguments = FieldTable::default();
     if config.queue_type == crate::QueueType::Quorum {
-        wire::set_str(&mut arguments, "x-queue-type", "quorum");
+        wire::set_str(&mut arguments, rabbitmq::QUEUE_TYPE, rabbitmq::QUORUM);
     }
     arguments
 }
