@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use support::{BOUND, Browser, Fleet, FleetOptions, Service, free_port, switchyard, text};
 use switchyard_proto::echo::v1::SayRequest;
-use switchyard_proto::echo::v1::echo_client::EchoClient;
 use switchyard_proto::messaging::v1::RolledBack;
 use switchyard_proto::metering::v1::{InstanceStatus, PostSamplesRequest};
 use switchyard_rollout::heartbeat;
 use switchyard_telemetry::receiver::OtlpReceiver;
+use switchyard_testkit::echo;
 use tokio_util::sync::CancellationToken;
 
 /// Writes `deploy/config/<service>.toml` in the fleet's directory (the
@@ -124,20 +124,24 @@ async fn a_sighup_phase_switch_of_the_collector_under_load_loses_no_sample() {
     assert_eq!(collector.stop(), 0);
 }
 
-/// Steady `Say` calls on 16 connections (the kernel spreads connections
-/// across the workers) until stopped; counts calls that failed.
-fn echo_load(port: u16) -> (Arc<AtomicBool>, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+/// Steady `Say` calls on 16 connections or more, both the main workers
+/// (`threaded`) and the canary (`async`) serving some of them, until
+/// stopped; counts calls that failed.
+async fn echo_load(port: u16) -> (Arc<AtomicBool>, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let (stop, failed) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
     );
     let (stop_flag, failures) = (stop.clone(), failed.clone());
+    let clients = echo::connections_reaching(
+        &format!("http://127.0.0.1:{port}"),
+        16,
+        &["threaded", "async"],
+    )
+    .await;
     let task = tokio::spawn(async move {
         let mut callers = Vec::new();
-        for _ in 0..16 {
-            let client = EchoClient::connect(format!("http://127.0.0.1:{port}"))
-                .await
-                .expect("connect");
+        for client in clients {
             let (stop, failures) = (stop_flag.clone(), failures.clone());
             callers.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
@@ -207,10 +211,9 @@ async fn a_blocking_canary_is_rolled_back_published_and_shown() {
     })
     .await;
 
-    // Both workers listen before the callers connect (the kernel spreads
-    // connections over the listeners there are).
+    // Both workers take connections before the callers connect.
     wait_for_lines(&echo, ") is ready", 2).await;
-    let (stop_load, failed, load) = echo_load(port);
+    let (stop_load, failed, load) = echo_load(port).await;
     let loaded = Instant::now();
     let event = tokio::time::timeout(BOUND, published.recv())
         .await
@@ -277,10 +280,9 @@ async fn a_healthy_canary_is_promoted_with_the_cli() {
     let shown = cli(&fleet, &["rollout"]);
     assert!(text(&shown).contains("canary"), "{}", text(&shown));
 
-    // Both workers listen before the callers connect (the kernel spreads
-    // connections over the listeners there are).
+    // Both workers take connections before the callers connect.
     wait_for_lines(&echo, ") is ready", 2).await;
-    let (stop_load, failed, load) = echo_load(port);
+    let (stop_load, failed, load) = echo_load(port).await;
     wait_for_log(&echo, "canary async passed").await;
     let promoted = cli(&fleet, &["rollout", "promote", "echo", "--wait-s", "30"]);
     assert!(promoted.status.success(), "{}", text(&promoted));
@@ -363,7 +365,7 @@ async fn the_rollout_page_shows_phases_judgements_and_switches_live() {
         )
     });
     wait_for_lines(&echo, ") is ready", 2).await;
-    let (stop_load, failed, load) = echo_load(port);
+    let (stop_load, failed, load) = echo_load(port).await;
     let mut client = fleet.client().await;
     client
         .post_samples(PostSamplesRequest {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
 use switchyard_testkit::free_port;
+use tonic::transport::Channel;
 
 const ECHO: &str = env!("CARGO_BIN_EXE_switchyard-echo");
 const BOUND: Duration = Duration::from_secs(30);
@@ -167,16 +168,33 @@ impl Load {
         Self::with(url, connections, Connect::Once).await
     }
 
+    /// Like [`Load::start`], with more connections when it takes more for
+    /// a worker of each of `phases` to serve some of them (the canary
+    /// tests: a canary is judged against the main workers).
+    async fn reaching(url: &str, connections: usize, phases: &[&str]) -> Self {
+        let clients = switchyard_testkit::echo::connections_reaching(url, connections, phases);
+        Self::run(url, clients.await.into_iter().map(Some).collect())
+    }
+
     async fn with(url: &str, callers: usize, connect: Connect) -> Self {
+        let mut kept = Vec::new();
+        for _ in 0..callers {
+            kept.push(match connect {
+                Connect::Once => Some(EchoClient::connect(url.to_string()).await.expect("connect")),
+                Connect::PerCall => None,
+            });
+        }
+        Self::run(url, kept)
+    }
+
+    /// One caller per entry of `kept`: on its connection, or on a fresh
+    /// connection per call where it has none.
+    fn run(url: &str, kept: Vec<Option<EchoClient<Channel>>>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let replies = Arc::new(Mutex::new(BTreeMap::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for _ in 0..callers {
-            let kept = match connect {
-                Connect::Once => Some(EchoClient::connect(url.to_string()).await.expect("connect")),
-                Connect::PerCall => None,
-            };
+        for kept in kept {
             let (stop, replies, failures) = (stop.clone(), replies.clone(), failures.clone());
             let url = url.to_string();
             tasks.push(tokio::spawn(async move {
@@ -210,7 +228,7 @@ impl Load {
                             .expect("failures")
                             .push(format!("{status:?}")),
                     }
-                    if connect == Connect::Once {
+                    if kept.is_some() {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
@@ -394,7 +412,7 @@ async fn a_canary_that_blocks_the_loop_is_rolled_back() {
                   \n\
                   [echo]\nblock_ms = 15\n";
     let mut launcher = Launcher::start(&phase("threaded"), canary);
-    let load = Load::start(&launcher.url(), 16).await;
+    let load = Load::reaching(&launcher.url(), 16, &["threaded", "async"]).await;
     let rolled_back = launcher.wait_for(|l| l.contains("rolled back to threaded"));
     assert!(rolled_back.contains("slow_polls"), "{rolled_back}");
     launcher.wait_for(|l| l.contains("rollout complete"));
@@ -411,7 +429,7 @@ async fn a_healthy_canary_is_kept() {
     let canary =
         "[launcher.canary]\nphase = \"async\"\nworkers = 1\nwindow_ms = 3000\nmin_calls = 20\n";
     let mut launcher = Launcher::start(&phase("threaded"), canary);
-    let load = Load::start(&launcher.url(), 16).await;
+    let load = Load::reaching(&launcher.url(), 16, &["threaded", "async"]).await;
     // Judged twice (a window apart), within the margins both times.
     for _ in 0..2 {
         launcher.wait_for(|l| l.contains("canary async passed"));

@@ -1,11 +1,13 @@
 //! What the test suites of several crates share (a dev-dependency only):
 //! a loopback port for a service that must be told its port, the services
 //! a gRPC server lists by reflection, a log a test can read, bounded
-//! waits for a child process and a command, and a TCP proxy that can be
-//! cut off and restored.
+//! waits for a child process and a command, a TCP proxy that can be cut
+//! off and restored, and connections that reach every phase of an echo
+//! launcher's workers.
 
 #![warn(missing_docs)]
 
+pub mod echo;
 mod proxy;
 
 pub use proxy::Proxy;
