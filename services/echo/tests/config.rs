@@ -242,14 +242,17 @@ fn range_problems_are_reported_with_the_other_problems() {
         &[
             ("SWITCHYARD_EXECUTOR__POOL_SIZE", "0"),
             ("SWITCHYARD_EXECUTOR__PHAZE", "async"),
+            ("SWITCHYARD_GRPC__MAX_CONNECTION_AGE_MS", "500"),
         ],
     );
     assert_says(
         &text,
         &[
-            "(2 problems)",
+            "(3 problems)",
             "executor.phaze (from environment variable SWITCHYARD_EXECUTOR__PHAZE): unknown key",
             "executor.pool_size (from environment variable SWITCHYARD_EXECUTOR__POOL_SIZE): 0 is out of range",
+            "grpc.max_connection_age_ms (from environment variable SWITCHYARD_GRPC__MAX_CONNECTION_AGE_MS): \
+             500 is out of range; accepted: 0 (never) or 1000 ms or more",
         ],
     );
 }

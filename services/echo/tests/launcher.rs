@@ -2,7 +2,7 @@
 //! workers: restart after SIGKILL, drain on SIGTERM, a SIGHUP phase switch
 //! under load without a failed call, an invalid configuration on SIGHUP
 //! refused, and canaries judged — a blocking one rolled back, a healthy one
-//! kept.
+//! kept, one reached by a client on one connection once connections age.
 
 mod support;
 
@@ -20,6 +20,9 @@ use tonic::transport::Channel;
 
 const ECHO: &str = env!("CARGO_BIN_EXE_switchyard-echo");
 const BOUND: Duration = Duration::from_secs(30);
+/// How long a load's connect or call may take before it counts as failed
+/// (rather than holding its caller, and the test, until `BOUND`).
+const CALL_BOUND: Duration = Duration::from_secs(10);
 
 /// The configuration file: `[executor]` with `executor` (e.g. the phase, from
 /// [`phase`]), two workers, `extra` appended.
@@ -46,6 +49,11 @@ fn phase(phase: &str) -> String {
 
 impl Launcher {
     fn start(executor: &str, extra: &str) -> Self {
+        Self::start_with_env(executor, extra, &[])
+    }
+
+    /// [`Launcher::start`] with `env` set for the supervisor and its workers.
+    fn start_with_env(executor: &str, extra: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let file = std::env::temp_dir().join(format!(
             "switchyard-launcher-{}-{port}.toml",
@@ -58,6 +66,7 @@ impl Launcher {
                 command.env_remove(key);
             }
         }
+        command.envs(env.iter().copied());
         let (child, lines) = switchyard_testkit::spawn_logged(
             command
                 .arg("--config")
@@ -201,16 +210,19 @@ impl Load {
                 while !stop.load(Ordering::Relaxed) {
                     let client = match &kept {
                         Some(client) => client.clone(),
-                        None => match EchoClient::connect(url.clone()).await {
-                            Ok(client) => client,
-                            Err(error) => {
-                                failures
-                                    .lock()
-                                    .expect("failures")
-                                    .push(format!("connect: {error:?}"));
-                                continue;
+                        None => {
+                            let connect = EchoClient::connect(url.clone());
+                            match tokio::time::timeout(CALL_BOUND, connect).await {
+                                Ok(Ok(client)) => client,
+                                failed => {
+                                    failures
+                                        .lock()
+                                        .expect("failures")
+                                        .push(format!("connect: {failed:?}"));
+                                    continue;
+                                }
                             }
-                        },
+                        }
                     };
                     // As every gRPC client but tonic does by itself: a call a
                     // closing connection dropped unsent is sent again.
@@ -218,15 +230,15 @@ impl Load {
                         let mut client = client.clone();
                         async move { client.say(say("load")).await }
                     });
-                    match call.await {
-                        Ok(reply) => {
+                    match tokio::time::timeout(CALL_BOUND, call).await {
+                        Ok(Ok(reply)) => {
                             let phase = reply.into_inner().phase;
                             *replies.lock().expect("replies").entry(phase).or_default() += 1;
                         }
-                        Err(status) => failures
+                        failed => failures
                             .lock()
                             .expect("failures")
-                            .push(format!("{status:?}")),
+                            .push(format!("call: {failed:?}")),
                     }
                     if kept.is_some() {
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -445,6 +457,28 @@ async fn a_healthy_canary_is_kept() {
         replies.get("threaded").copied().unwrap_or(0) > 0,
         "{replies:?}"
     );
+}
+
+/// A client that keeps one connection reaches the canary too once
+/// connections age (`grpc.max_connection_age_ms`): the worker serving it
+/// sends GOAWAY, the client connects again, and the shared accept queue
+/// hands the new connection to either worker. The canary is judged, and no
+/// call fails. Without the age the one connection stays with one worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_on_one_connection_reaches_the_canary_once_connections_age() {
+    let canary =
+        "[launcher.canary]\nphase = \"async\"\nworkers = 1\nwindow_ms = 3000\nmin_calls = 20\n";
+    let mut launcher = Launcher::start_with_env(
+        &phase("threaded"),
+        canary,
+        &[("SWITCHYARD_GRPC__MAX_CONNECTION_AGE_MS", "1000")],
+    );
+    let load = Load::start(&launcher.url(), 1).await;
+    load.until(|replies| replies.contains_key("async") && replies.contains_key("threaded"))
+        .await;
+    launcher.wait_for(|l| l.contains("canary async passed"));
+    let replies = load.stop().await;
+    assert!(!launcher.log().contains("rolled back"), "{replies:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

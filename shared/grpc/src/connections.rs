@@ -45,6 +45,9 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// How long a new connection may take to send its first bytes.
     pub first_byte_timeout: Duration,
+    /// How long a connection is served before the server sends GOAWAY, so
+    /// that its client connects again (`None`: for as long as it is open).
+    pub max_connection_age: Option<Duration>,
 }
 
 impl Default for ConnectionLimits {
@@ -52,6 +55,7 @@ impl Default for ConnectionLimits {
         Self {
             max_connections: 10_000,
             first_byte_timeout: Duration::from_secs(10),
+            max_connection_age: None,
         }
     }
 }
