@@ -4,7 +4,7 @@
 //! The workers share one listening socket, so each new connection goes to
 //! whichever worker takes it from the accept queue first. They come in
 //! runs: in 50 rounds of 16 connections to a main worker and a canary, runs
-//! of ten and more to one worker showed up several times, and one CI run
+//! of ten and more to one worker showed up three times, and one CI run
 //! saw all 16 go to the canary, which left the main worker nothing to be
 //! compared with. A test that needs every phase to serve some of its load
 //! asks for it here instead of trusting a fixed number of connections to
