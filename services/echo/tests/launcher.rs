@@ -164,7 +164,7 @@ struct Load {
 }
 
 /// How a [`Load`] caller connects.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Connect {
     /// Once, keeping the connection (as a channel does).
     Once,
@@ -181,8 +181,9 @@ impl Load {
     /// a worker of each of `phases` to serve some of them (the canary
     /// tests: a canary is judged against the main workers).
     async fn reaching(url: &str, connections: usize, phases: &[&str]) -> Self {
-        let clients = switchyard_testkit::echo::connections_reaching(url, connections, phases);
-        Self::run(url, clients.await.into_iter().map(Some).collect())
+        let clients =
+            switchyard_testkit::echo::connections_reaching(url, connections, phases).await;
+        Self::run(url, clients.into_iter().map(Some).collect())
     }
 
     async fn with(url: &str, callers: usize, connect: Connect) -> Self {
@@ -477,8 +478,9 @@ async fn a_client_on_one_connection_reaches_the_canary_once_connections_age() {
     load.until(|replies| replies.contains_key("async") && replies.contains_key("threaded"))
         .await;
     launcher.wait_for(|l| l.contains("canary async passed"));
-    let replies = load.stop().await;
-    assert!(!launcher.log().contains("rolled back"), "{replies:?}");
+    load.stop().await;
+    let log = launcher.log();
+    assert!(!log.contains("rolled back"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
