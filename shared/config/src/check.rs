@@ -1,6 +1,6 @@
 //! Range checks that several sections share: files the service will read
-//! (TLS material), durations and sizes that must not be zero, names the
-//! broker accepts. Each returns the problem as the `accepted: …` text the
+//! (TLS material), durations and sizes that must not be zero (or whose
+//! zero means never), names the broker accepts. Each returns the problem as the `accepted: …` text the
 //! loader prints after the key and its source; `None` means the value is
 //! fine.
 
@@ -62,6 +62,14 @@ pub fn at_least(value: u64, min: u64, unit: &str) -> Option<String> {
     (value < min).then(|| format!("{value} is out of range; accepted: {min} {unit} or more"))
 }
 
+/// A duration where 0 means never and any other value must be at least
+/// `min` (a shorter one would make the service busy with it).
+pub fn never_or_at_least(value: u64, min: u64, unit: &str) -> Option<String> {
+    (1..min)
+        .contains(&value)
+        .then(|| format!("{value} is out of range; accepted: 0 (never) or {min} {unit} or more"))
+}
+
 /// A value that must lie in `min..=max`.
 pub fn within(value: u64, min: u64, max: u64, unit: &str) -> Option<String> {
     (!(min..=max).contains(&value))
@@ -105,6 +113,17 @@ pub fn token(token: &str, min_len: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn never_is_zero_and_anything_else_is_at_least_the_minimum() {
+        assert_eq!(never_or_at_least(0, 1000, "ms"), None);
+        assert_eq!(never_or_at_least(1000, 1000, "ms"), None);
+        assert_eq!(
+            never_or_at_least(999, 1000, "ms").as_deref(),
+            Some("999 is out of range; accepted: 0 (never) or 1000 ms or more")
+        );
+        assert!(never_or_at_least(1, 1000, "ms").is_some());
+    }
 
     #[test]
     fn pem_files_must_be_small_regular_files_with_a_pem_block() {

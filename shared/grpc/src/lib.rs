@@ -106,12 +106,7 @@ impl GrpcConfig {
             ),
             (
                 "max_connection_age_ms",
-                (1..1000).contains(&self.max_connection_age_ms).then(|| {
-                    format!(
-                        "{} is out of range; accepted: 0 (never) or 1000 ms or more",
-                        self.max_connection_age_ms
-                    )
-                }),
+                check::never_or_at_least(self.max_connection_age_ms, 1000, "ms"),
             ),
         ]);
         if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {

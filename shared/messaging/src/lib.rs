@@ -126,6 +126,7 @@ impl AmqpConfig {
 
     /// Range checks, relative to the section.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
+        use switchyard_config::check;
         let mut problems = Vec::new();
         let keys = std::iter::once(("url", &self.url))
             .chain(self.failover_urls.iter().map(|url| ("failover_urls", url)));
@@ -144,14 +145,8 @@ impl AmqpConfig {
                     .to_string(),
             ));
         }
-        if (1..1000).contains(&self.renew_idle_consumers_ms) {
-            problems.push((
-                "renew_idle_consumers_ms",
-                format!(
-                    "{} is out of range; accepted: 0 (never) or 1000 ms or more",
-                    self.renew_idle_consumers_ms
-                ),
-            ));
+        if let Some(problem) = check::never_or_at_least(self.renew_idle_consumers_ms, 1000, "ms") {
+            problems.push(("renew_idle_consumers_ms", problem));
         }
         if self.max_deliveries == 0 {
             problems.push((
@@ -159,7 +154,6 @@ impl AmqpConfig {
                 "0 is out of range; accepted: 1 or more".to_string(),
             ));
         }
-        use switchyard_config::check;
         problems.extend(check::found([
             ("exchange", check::broker_name(&self.exchange)),
             ("tls_ca_file", check::pem_file(&self.tls_ca_file)),
