@@ -211,7 +211,8 @@ async fn the_fleet_under_docker_compose() {
     //    restart policies leave alone: `docker start` or `up -d` then.)
     let step = Instant::now();
     let load = project.load("kill", 150);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Mid-stream: once some of this load is stored.
+    project.wait_stored_at_least(expected + 10, Instant::now() + Duration::from_secs(60));
     let collector = project.container("collector");
     let pid = inspect(&collector, "{{.State.Pid}}");
     let killed = Command::new("kill")
@@ -237,7 +238,7 @@ async fn the_fleet_under_docker_compose() {
     // 6. RabbitMQ's container restarted under load.
     let step = Instant::now();
     let load = project.load("broker", 200);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    project.wait_stored_at_least(expected + 10, Instant::now() + Duration::from_secs(60));
     project.ok(&["restart", "rabbitmq"], Duration::from_secs(120));
     let acknowledged = project.all_stored(load, &mut expected).await;
     // Every service back to healthy before the next step starts new workers.

@@ -176,13 +176,16 @@ async fn database_outage_waits_with_backoff_then_stores_everything() {
         Duration::from_millis(10),
     )
     .await;
+    // A window, not a settling pause: what is asked is that nothing is
+    // stored and that the retries are spaced out, and neither an absence
+    // nor a rate is an event to await.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         fleet.stored().await.0,
         0,
         "nothing could be stored while the database was down"
     );
-    let attempts = failed_record_samples(&metrics).await;
+    let attempts = failed(&metrics, "record_samples").await;
     assert!(attempts >= 5, "the batches were tried: {attempts}");
     assert!(
         attempts <= 60,
@@ -198,14 +201,14 @@ async fn database_outage_waits_with_backoff_then_stores_everything() {
         .await;
 }
 
-async fn failed_record_samples(metrics: &str) -> u64 {
+/// How many calls of `endpoint` have failed, from the metrics page at
+/// `metrics` (0 before the first).
+async fn failed(metrics: &str, endpoint: &str) -> u64 {
+    let label = format!("endpoint=\"{endpoint}\"");
     support::http_get_text(metrics, "/metrics")
         .await
         .lines()
-        .find(|l| {
-            l.starts_with("switchyard_endpoint_failed_total")
-                && l.contains("endpoint=\"record_samples\"")
-        })
+        .find(|l| l.starts_with("switchyard_endpoint_failed_total") && l.contains(&label))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
@@ -214,8 +217,10 @@ async fn failed_record_samples(metrics: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_down_then_up_is_delivered_once() {
     use switchyard_proto::metering::v1::*;
+    let metrics = format!("127.0.0.1:{}", support::free_port());
     let fleet = Fleet::start(FleetOptions {
         notifier_extra: vec![
+            ("SWITCHYARD_METRICS__LISTEN".into(), metrics.clone()),
             ("SWITCHYARD_NOTIFIER__WEBHOOK_ATTEMPTS".into(), "2".into()),
             (
                 "SWITCHYARD_NOTIFIER__WEBHOOK_BACKOFF_MS".into(),
@@ -242,8 +247,16 @@ async fn webhook_down_then_up_is_delivered_once() {
         Duration::ZERO,
     )
     .await;
-    // The receiver is down for a while: the notifier keeps trying.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The receiver is down: the notifier keeps trying (two deliveries of
+    // the notification have failed, each after its own attempts).
+    let down = Instant::now();
+    while failed(&metrics, "deliver_webhook").await < 2 {
+        assert!(
+            down.elapsed() < Duration::from_secs(30),
+            "the notifier never tried the webhook twice while it was down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let webhook = support::Webhook::start_on(port).await;
     let started = Instant::now();
     while webhook.received().is_empty() {
@@ -253,6 +266,7 @@ async fn webhook_down_then_up_is_delivered_once() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A window for a second call that must not come.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         webhook.received().len(),

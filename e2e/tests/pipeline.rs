@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use support::{BOUND, Fleet, FleetOptions, Webhook, sample};
 use switchyard_proto::metering::v1::metering_client::MeteringClient;
 use switchyard_proto::metering::v1::*;
-use switchyard_telemetry::receiver::OtlpReceiver;
+use switchyard_telemetry::receiver::{OtlpReceiver, ReceivedSpan};
 use tonic::transport::Channel;
 
 async fn statistics(client: &mut MeteringClient<Channel>) -> Statistics {
@@ -137,7 +137,38 @@ async fn three_services_in_three_phases() {
         .expect("posted");
     posted.insert(format!("{id}-extra"));
     wait_for_count(&mut client, 201).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The notifier's second evaluation (of the extra batch's
+    // `sample.recorded`) has ended: a transition it made would be in the
+    // history now, since it records one before its span ends.
+    let evaluations = |spans: &[ReceivedSpan]| {
+        spans
+            .iter()
+            .filter(|s| s.service == "notifier" && s.name == "dispatch evaluate_alarms")
+            .count()
+    };
+    receiver
+        .wait_for(BOUND, |spans| evaluations(spans) >= 2)
+        .await
+        .unwrap_or_else(|spans| {
+            panic!(
+                "the extra batch was never evaluated ({} evaluations); notifier log:\n{}",
+                evaluations(&spans),
+                log(&fleet.notifier)
+            )
+        });
+    let history = client
+        .get_alarm_history(GetAlarmHistoryRequest {
+            id: alarm.id.clone(),
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .transitions;
+    assert_eq!(
+        history.len(),
+        1,
+        "still in alarm, no transition: {history:?}"
+    );
     let calls = webhook.received();
     assert_eq!(calls.len(), 1, "one call per transition: {calls:?}");
     assert!(
@@ -200,9 +231,8 @@ async fn three_services_in_three_phases() {
     // the parent of the collector's server span, and it carried the rest
     // of the caller's deadline (10 s) as `grpc-timeout`.
     let query = "switchyard.collector.v1.SampleQuery/GetStatistics";
-    let under = |spans: &[switchyard_telemetry::receiver::ReceivedSpan], parent: &str| {
-        spans.iter().any(|s| s.parent_span_id == parent)
-    };
+    let under =
+        |spans: &[ReceivedSpan], parent: &str| spans.iter().any(|s| s.parent_span_id == parent);
     let spans = receiver
         .wait_for(BOUND, |spans| {
             spans.iter().any(|c| {

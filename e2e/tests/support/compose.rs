@@ -197,7 +197,6 @@ impl Project {
         }
     }
 
-    /// Posts `batches` batches of 10 on a task; the acknowledged ids.
     /// A client of the api's published port.
     pub async fn client(
         &self,
