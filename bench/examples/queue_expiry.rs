@@ -14,7 +14,7 @@ use lapin::BasicProperties;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use switchyard_messaging::{AmqpConfig, Transport, wire};
 
 #[tokio::main]
@@ -24,8 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let transport = Transport::connect(&config, "queue-expiry", &id).await?;
     for queue_type in [wire::rabbitmq::CLASSIC, wire::rabbitmq::QUORUM] {
         let name = format!("queue-expiry-{queue_type}-{id}");
-        let mut arguments = FieldTable::default();
-        wire::set_str(&mut arguments, wire::rabbitmq::QUEUE_TYPE, queue_type);
+        let mut arguments = wire::typed_queue_arguments(queue_type);
         arguments.insert(
             wire::rabbitmq::EXPIRES.into(),
             AMQPValue::LongLongInt(4_000),

@@ -23,7 +23,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation};
 use support::compose::{Project, engine_answers, inspect, leftovers, secret};
 use switchyard_messaging::wire;
@@ -106,12 +105,7 @@ async fn a_retry_queue_whose_node_is_down_refuses_copies_and_keeps_what_it_held(
     let retry_queue = wire::retry_queue(&queue, DELAY);
     let retry_arguments = wire::retry_queue_arguments(&queue, DELAY, Duration::from_secs(600));
     let (_on_second, channel) = support::confirming_channel(&second).await;
-    let mut quorum = FieldTable::default();
-    wire::set_str(
-        &mut quorum,
-        wire::rabbitmq::QUEUE_TYPE,
-        wire::rabbitmq::QUORUM,
-    );
+    let quorum = wire::typed_queue_arguments(wire::rabbitmq::QUORUM);
     channel
         .queue_declare(
             queue.as_str().into(),

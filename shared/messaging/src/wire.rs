@@ -150,6 +150,14 @@ pub fn retry_queue(queue: &str, delay: std::time::Duration) -> String {
     format!("{queue}.retry.{}ms", delay.as_millis())
 }
 
+/// Queue arguments naming only the queue's type, [`rabbitmq::CLASSIC`] or
+/// [`rabbitmq::QUORUM`]: what other arguments are added to.
+pub fn typed_queue_arguments(queue_type: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    set_str(&mut arguments, rabbitmq::QUEUE_TYPE, queue_type);
+    arguments
+}
+
 /// The arguments of [`retry_queue`]`(queue, delay)`: a classic queue whose
 /// messages wait `delay` (a queue-wide TTL), then dead-letter back to
 /// `queue` through the default exchange; gone `idle` plus `delay` after its
@@ -161,8 +169,7 @@ pub fn retry_queue_arguments(
 ) -> FieldTable {
     let millis =
         |d: std::time::Duration| AMQPValue::LongLongInt(d.as_millis().min(i64::MAX as u128) as i64);
-    let mut arguments = FieldTable::default();
-    set_str(&mut arguments, rabbitmq::QUEUE_TYPE, rabbitmq::CLASSIC);
+    let mut arguments = typed_queue_arguments(rabbitmq::CLASSIC);
     arguments.insert(rabbitmq::MESSAGE_TTL.into(), millis(delay));
     arguments.insert(rabbitmq::EXPIRES.into(), millis(delay + idle));
     set_str(&mut arguments, rabbitmq::DEAD_LETTER_EXCHANGE, "");
@@ -303,5 +310,39 @@ mod tests {
         assert_eq!(header_str(&properties, METHOD), Some("record_samples"));
         assert_eq!(header_u32(&properties, DELIVERY_COUNT), Some(3));
         assert_eq!(header_u32(&properties, "missing"), None);
+    }
+
+    #[test]
+    fn a_retry_queue_is_classic_and_dead_letters_back_to_its_queue() {
+        let arguments = retry_queue_arguments(
+            "switchyard.collector",
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(600),
+        );
+        let arguments = arguments.inner();
+        let text = |key: &str| match arguments.get(key) {
+            Some(AMQPValue::LongString(value)) => std::str::from_utf8(value.as_bytes())
+                .ok()
+                .map(str::to_owned),
+            _ => None,
+        };
+        assert_eq!(
+            text(rabbitmq::QUEUE_TYPE).as_deref(),
+            Some(rabbitmq::CLASSIC)
+        );
+        assert_eq!(text(rabbitmq::DEAD_LETTER_EXCHANGE).as_deref(), Some(""));
+        assert_eq!(
+            text(rabbitmq::DEAD_LETTER_ROUTING_KEY).as_deref(),
+            Some("switchyard.collector")
+        );
+        assert_eq!(
+            arguments.get(rabbitmq::MESSAGE_TTL),
+            Some(&AMQPValue::LongLongInt(500))
+        );
+        assert_eq!(
+            arguments.get(rabbitmq::EXPIRES),
+            Some(&AMQPValue::LongLongInt(600_500))
+        );
+        assert_eq!(arguments.len(), 5);
     }
 }

@@ -173,12 +173,7 @@ async fn a_retry_queue_that_cannot_be_declared_is_waited_out_in_the_handler() {
     let (rig, mut echo, client, target) =
         echo_on(|config| config.max_deliveries = 2, Phase::Async, 1).await;
     let (queue, retry_queue) = echo_queues(&rig);
-    let mut quorum = FieldTable::default();
-    wire::set_str(
-        &mut quorum,
-        wire::rabbitmq::QUEUE_TYPE,
-        wire::rabbitmq::QUORUM,
-    );
+    let quorum = wire::typed_queue_arguments(wire::rabbitmq::QUORUM);
     rig.transport
         .channel()
         .await

@@ -188,11 +188,11 @@ pub(crate) async fn declare_retry_queue(
 
 /// The arguments every durable queue starts from: its type.
 fn typed_arguments(config: &crate::AmqpConfig) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    if config.queue_type == crate::QueueType::Quorum {
-        wire::set_str(&mut arguments, rabbitmq::QUEUE_TYPE, rabbitmq::QUORUM);
+    match config.queue_type {
+        crate::QueueType::Quorum => wire::typed_queue_arguments(rabbitmq::QUORUM),
+        // No type named: the broker's default.
+        crate::QueueType::Classic => FieldTable::default(),
     }
-    arguments
 }
 
 /// Declares durable queue `name` on a channel of its own: a declaration the
