@@ -17,6 +17,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use prost::Message;
+use switchyard_executor::sync::lock;
 use switchyard_executor::{Endpoint, Executor, ExecutorConfig, Phase};
 use switchyard_messaging::{
     AmqpConfig, Bound, EndpointError, Handled, Notification, NotificationListener, Notifier,
@@ -337,7 +338,7 @@ pub async fn raw_calls(
                     .properties
                     .correlation_id()
                     .as_ref()
-                    .and_then(|id| pending.lock().ok()?.remove(id.as_str()));
+                    .and_then(|id| lock(&pending).remove(id.as_str()));
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(());
                 }
@@ -356,9 +357,7 @@ pub async fn raw_calls(
         async move {
             let id = wire::new_id();
             let (tx, rx) = oneshot::channel();
-            if let Ok(mut pending) = pending.lock() {
-                pending.insert(id.clone(), tx);
-            }
+            lock(&pending).insert(id.clone(), tx);
             let properties = Envelope::Call
                 .properties(&id)
                 .with_reply_to(wire::DIRECT_REPLY_TO.into())
@@ -428,12 +427,10 @@ impl Stamps {
             return;
         };
         let latency = self.epoch.elapsed().as_nanos().saturating_sub(sent) / 1_000;
-        let seen = match self.micros.lock() {
-            Ok(mut micros) => {
-                micros.push(latency as u64);
-                micros.len()
-            }
-            Err(_) => return,
+        let seen = {
+            let mut micros = lock(&self.micros);
+            micros.push(latency as u64);
+            micros.len()
         };
         if seen >= self.count {
             self.done.notify_one();
@@ -441,7 +438,7 @@ impl Stamps {
     }
 
     fn seen(&self) -> usize {
-        self.micros.lock().map(|m| m.len()).unwrap_or(0)
+        lock(&self.micros).len()
     }
 
     /// Publishes `count` messages, 64 in flight at a time, and waits (a
@@ -469,7 +466,7 @@ impl Stamps {
                 break;
             }
         }
-        let micros = self.micros.lock().map(|m| m.clone()).unwrap_or_default();
+        let micros = lock(&self.micros).clone();
         let lost = self.count.saturating_sub(micros.len()) as u64;
         Latencies::of(micros, started.elapsed(), lost)
     }

@@ -10,6 +10,8 @@ use tokio::sync::Notify;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use switchyard_executor::sync::lock;
+
 /// Shared readiness of one server. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Readiness {
@@ -39,12 +41,8 @@ impl Readiness {
 
     /// Records one check's state and updates the health service.
     pub async fn set(&self, check: &str, ready: bool) {
-        if let Ok(mut checks) = self.checks.lock() {
-            checks.insert(check.to_string(), ready);
-        }
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.remove(check);
-        }
+        lock(&self.checks).insert(check.to_string(), ready);
+        lock(&self.pending).remove(check);
         self.changed.notify_waiters();
         let status = if self.is_ready() {
             ServingStatus::Serving
@@ -56,10 +54,7 @@ impl Readiness {
 
     /// `true` when every check is ready.
     pub fn is_ready(&self) -> bool {
-        self.checks
-            .lock()
-            .map(|checks| checks.values().all(|ready| *ready))
-            .unwrap_or(false)
+        lock(&self.checks).values().all(|ready| *ready)
     }
 
     /// Waits until every watched check has answered and all are ready.
@@ -68,7 +63,7 @@ impl Readiness {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let answered = self.pending.lock().map(|p| p.is_empty()).unwrap_or(false);
+            let answered = lock(&self.pending).is_empty();
             if answered && self.is_ready() {
                 return;
             }
@@ -95,16 +90,11 @@ impl Readiness {
 
     /// The checks that are not ready.
     pub fn failing(&self) -> Vec<String> {
-        self.checks
-            .lock()
-            .map(|checks| {
-                checks
-                    .iter()
-                    .filter(|(_, ready)| !**ready)
-                    .map(|(name, _)| name.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+        lock(&self.checks)
+            .iter()
+            .filter(|(_, ready)| !**ready)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Runs `probe` every `interval` until `shutdown`, recording its answer
@@ -121,9 +111,7 @@ impl Readiness {
         Fut: std::future::Future<Output = bool> + Send,
     {
         let (readiness, check) = (self.clone(), check.to_string());
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(check.clone());
-        }
+        lock(&self.pending).insert(check.clone());
         tokio::spawn(async move {
             loop {
                 readiness.set(&check, probe().await).await;
@@ -177,5 +165,30 @@ mod tests {
         );
         assert!(readiness.is_ready());
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_lock_poisoned_by_a_panic_still_records_and_reports_checks() {
+        let (readiness, _) = Readiness::new(&["test.Service"]).await;
+        poison(readiness.checks.clone());
+        poison(readiness.pending.clone());
+        assert!(readiness.checks.is_poisoned() && readiness.pending.is_poisoned());
+        readiness.set("database", false).await;
+        assert_eq!(readiness.failing(), ["database"]);
+        assert!(!readiness.is_ready());
+        readiness.set("database", true).await;
+        tokio::time::timeout(Duration::from_secs(5), readiness.wait_ready())
+            .await
+            .expect("ready despite the poisoned locks");
+    }
+
+    /// Poisons `mutex`: a thread panics while it holds it.
+    fn poison<T: Send + 'static>(mutex: Arc<Mutex<T>>) {
+        let held = std::thread::spawn(move || {
+            let _guard = mutex.lock();
+            panic!("poisoning the lock on purpose");
+        })
+        .join();
+        assert!(held.is_err());
     }
 }

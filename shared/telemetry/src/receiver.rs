@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
@@ -119,25 +119,23 @@ struct Store {
     count: watch::Sender<usize>,
 }
 
+/// What `mutex` holds, poisoned or not (as `switchyard_executor::sync::lock`,
+/// which this crate cannot depend on): each section holding a store's lock
+/// extends or clones one vector, which a panic cannot leave half done, and
+/// refusing a poisoned one would lose every later span without a word.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Store {
-    fn add_spans(&self, request: ExportTraceServiceRequest) -> Result<(), &'static str> {
-        let flattened = flatten_spans(request);
-        self.spans
-            .lock()
-            .map_err(|_| "span store poisoned")?
-            .extend(flattened);
+    fn add_spans(&self, request: ExportTraceServiceRequest) {
+        locked(&self.spans).extend(flatten_spans(request));
         self.count.send_modify(|count| *count += 1);
-        Ok(())
     }
 
-    fn add_points(&self, request: ExportMetricsServiceRequest) -> Result<(), &'static str> {
-        let flattened = flatten_points(request);
-        self.points
-            .lock()
-            .map_err(|_| "metric store poisoned")?
-            .extend(flattened);
+    fn add_points(&self, request: ExportMetricsServiceRequest) {
+        locked(&self.points).extend(flatten_points(request));
         self.count.send_modify(|count| *count += 1);
-        Ok(())
     }
 }
 
@@ -219,20 +217,12 @@ impl OtlpReceiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.store
-            .spans
-            .lock()
-            .map(|spans| spans.clone())
-            .unwrap_or_default()
+        locked(&self.store.spans).clone()
     }
 
     /// Every metric point received so far.
     pub fn points(&self) -> Vec<ReceivedPoint> {
-        self.store
-            .points
-            .lock()
-            .map(|points| points.clone())
-            .unwrap_or_default()
+        locked(&self.store.points).clone()
     }
 
     /// Waits until `done` holds for the metric points received, at most
@@ -324,9 +314,7 @@ impl TraceService for Collect {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0
-            .add_spans(request.into_inner())
-            .map_err(tonic::Status::internal)?;
+        self.0.add_spans(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -339,9 +327,7 @@ impl MetricsService for Collect {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.0
-            .add_points(request.into_inner())
-            .map_err(tonic::Status::internal)?;
+        self.0.add_points(request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
             partial_success: None,
         }))
@@ -381,17 +367,13 @@ async fn serve_http(
                             (_, _, Err(error)) => Err((400, error.to_string())),
                             (true, "/v1/traces", Ok(body)) => {
                                 ExportTraceServiceRequest::decode(body)
+                                    .map(|r| store.add_spans(r))
                                     .map_err(|error| (400, error.to_string()))
-                                    .and_then(|r| {
-                                        store.add_spans(r).map_err(|e| (500, e.to_string()))
-                                    })
                             }
                             (true, "/v1/metrics", Ok(body)) => {
                                 ExportMetricsServiceRequest::decode(body)
+                                    .map(|r| store.add_points(r))
                                     .map_err(|error| (400, error.to_string()))
-                                    .and_then(|r| {
-                                        store.add_points(r).map_err(|e| (500, e.to_string()))
-                                    })
                             }
                             _ => Err((404, format!("no OTLP endpoint at {path}"))),
                         };

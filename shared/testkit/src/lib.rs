@@ -90,9 +90,7 @@ pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for Log {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut text) = self.0.lock() {
-            text.extend_from_slice(bytes);
-        }
+        self.locked().extend_from_slice(bytes);
         Ok(bytes.len())
     }
 
@@ -130,10 +128,14 @@ impl Log {
 
     /// Everything logged so far.
     pub fn text(&self) -> String {
-        self.0
-            .lock()
-            .map(|text| String::from_utf8_lossy(&text).into_owned())
-            .unwrap_or_default()
+        String::from_utf8_lossy(&self.locked()).into_owned()
+    }
+
+    /// The text, poisoned or not (as `switchyard_executor::sync::lock`):
+    /// refusing a poisoned lock would silence the log for the rest of the
+    /// test binary.
+    fn locked(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
