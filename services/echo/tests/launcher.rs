@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -157,6 +157,7 @@ fn say(text: &str) -> SayRequest {
 /// connections, not calls, across the workers) until stopped; with
 /// [`Connect::PerCall`], each caller opens a fresh connection for every call.
 struct Load {
+    started: Instant,
     stop: Arc<AtomicBool>,
     replies: Arc<Mutex<BTreeMap<String, u64>>>,
     failures: Arc<Mutex<Vec<String>>>,
@@ -200,6 +201,7 @@ impl Load {
     /// One caller per entry of `kept`: on its connection, or on a fresh
     /// connection per call where it has none.
     fn run(url: &str, kept: Vec<Option<EchoClient<Channel>>>) -> Self {
+        let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let replies = Arc::new(Mutex::new(BTreeMap::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
@@ -209,6 +211,7 @@ impl Load {
             let url = url.to_string();
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
+                    let began = started.elapsed().as_millis();
                     let client = match &kept {
                         Some(client) => client.clone(),
                         None => {
@@ -219,7 +222,7 @@ impl Load {
                                     failures
                                         .lock()
                                         .expect("failures")
-                                        .push(format!("connect: {failed:?}"));
+                                        .push(format!("at {began} ms, connect: {failed:?}"));
                                     continue;
                                 }
                             }
@@ -227,7 +230,9 @@ impl Load {
                     };
                     // As every gRPC client but tonic does by itself: a call a
                     // closing connection dropped unsent is sent again.
+                    let attempts = AtomicUsize::new(0);
                     let call = switchyard_grpc::retry_unsent(|| {
+                        attempts.fetch_add(1, Ordering::Relaxed);
                         let mut client = client.clone();
                         async move { client.say(say("load")).await }
                     });
@@ -236,10 +241,12 @@ impl Load {
                             let phase = reply.into_inner().phase;
                             *replies.lock().expect("replies").entry(phase).or_default() += 1;
                         }
-                        failed => failures
-                            .lock()
-                            .expect("failures")
-                            .push(format!("call: {failed:?}")),
+                        // Which attempt failed tells a call lost on its first
+                        // connection from one lost when sent again.
+                        failed => failures.lock().expect("failures").push(format!(
+                            "at {began} ms, call (attempt {}): {failed:?}",
+                            attempts.load(Ordering::Relaxed)
+                        )),
                     }
                     if kept.is_some() {
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -248,6 +255,7 @@ impl Load {
             }));
         }
         Self {
+            started,
             stop,
             replies,
             failures,
@@ -276,6 +284,14 @@ impl Load {
     /// Stops the callers; asserts that no call failed; returns the replies
     /// by phase.
     async fn stop(self) -> BTreeMap<String, u64> {
+        let (replies, failures) = self.finish().await;
+        assert!(failures.is_empty(), "failed calls: {failures:#?}");
+        replies
+    }
+
+    /// Stops the callers; the replies by phase and the failed calls, each
+    /// with when it began (ms since the load started).
+    async fn finish(self) -> (BTreeMap<String, u64>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             tokio::time::timeout(BOUND, task)
@@ -284,8 +300,7 @@ impl Load {
                 .expect("join");
         }
         let failures = self.failures.lock().expect("failures").clone();
-        assert!(failures.is_empty(), "failed calls: {failures:#?}");
-        self.replies.lock().expect("replies").clone()
+        (self.replies.lock().expect("replies").clone(), failures)
     }
 }
 
@@ -697,14 +712,21 @@ async fn fresh_connections_through_phase_switches_are_never_reset() {
     let mut launcher = Launcher::start(&phase("threaded"), "");
     let load = Load::with(&launcher.url(), 16, Connect::PerCall).await;
     let answered = |replies: &BTreeMap<String, u64>| replies.values().sum::<u64>();
+    let mut signalled = Vec::new();
     for switch in 0..6 {
         let before = answered(&load.replies());
         launcher.rewrite(&phase(["async", "threaded"][switch % 2]), "");
+        signalled.push(load.started.elapsed().as_millis());
         launcher.signal("HUP");
         launcher.wait_for(|l| l.contains("rollout complete"));
         load.until(|replies| answered(replies) >= before + 20).await;
     }
-    let replies = load.stop().await;
+    let (replies, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "failed calls: {failures:#?}\nSIGHUP sent at {signalled:?} ms\nthe launcher's log:\n{}",
+        launcher.log()
+    );
     eprintln!(
         "six switches: {} calls answered, each on a fresh connection, none failed",
         answered(&replies)
