@@ -129,12 +129,14 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Store {
     fn add_spans(&self, request: ExportTraceServiceRequest) {
-        locked(&self.spans).extend(flatten_spans(request));
+        let flattened = flatten_spans(request);
+        locked(&self.spans).extend(flattened);
         self.count.send_modify(|count| *count += 1);
     }
 
     fn add_points(&self, request: ExportMetricsServiceRequest) {
-        locked(&self.points).extend(flatten_points(request));
+        let flattened = flatten_points(request);
+        locked(&self.points).extend(flattened);
         self.count.send_modify(|count| *count += 1);
     }
 }
