@@ -1,8 +1,8 @@
 //! Range checks that several sections share: files the service will read
 //! (TLS material), durations and sizes that must not be zero (or whose
-//! zero means never), names the broker accepts. Each returns the problem as the `accepted: …` text the
-//! loader prints after the key and its source; `None` means the value is
-//! fine.
+//! zero means never), names the broker accepts. Each returns the problem as
+//! the `accepted: …` text the loader prints after the key and its source;
+//! `None` means the value is fine.
 
 use std::io::Read;
 

@@ -187,8 +187,13 @@ pub fn new_id() -> String {
 
 /// A string header, if present and a string.
 pub fn header_str<'a>(properties: &'a BasicProperties, key: &str) -> Option<&'a str> {
-    let headers = properties.headers().as_ref()?;
-    match headers.inner().get(key)? {
+    field_str(properties.headers().as_ref()?, key)
+}
+
+/// A string field of `table` (headers, queue arguments), if present and a
+/// string.
+fn field_str<'a>(table: &'a FieldTable, key: &str) -> Option<&'a str> {
+    match table.inner().get(key)? {
         AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
         AMQPValue::ShortString(value) => Some(value.as_str()),
         _ => None,
@@ -319,22 +324,14 @@ mod tests {
             std::time::Duration::from_millis(500),
             std::time::Duration::from_secs(600),
         );
-        let arguments = arguments.inner();
-        let text = |key: &str| match arguments.get(key) {
-            Some(AMQPValue::LongString(value)) => std::str::from_utf8(value.as_bytes())
-                .ok()
-                .map(str::to_owned),
-            _ => None,
-        };
+        let text = |key: &str| field_str(&arguments, key);
+        assert_eq!(text(rabbitmq::QUEUE_TYPE), Some(rabbitmq::CLASSIC));
+        assert_eq!(text(rabbitmq::DEAD_LETTER_EXCHANGE), Some(""));
         assert_eq!(
-            text(rabbitmq::QUEUE_TYPE).as_deref(),
-            Some(rabbitmq::CLASSIC)
-        );
-        assert_eq!(text(rabbitmq::DEAD_LETTER_EXCHANGE).as_deref(), Some(""));
-        assert_eq!(
-            text(rabbitmq::DEAD_LETTER_ROUTING_KEY).as_deref(),
+            text(rabbitmq::DEAD_LETTER_ROUTING_KEY),
             Some("switchyard.collector")
         );
+        let arguments = arguments.inner();
         assert_eq!(
             arguments.get(rabbitmq::MESSAGE_TTL),
             Some(&AMQPValue::LongLongInt(500))
