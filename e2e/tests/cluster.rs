@@ -70,12 +70,10 @@ async fn a_broker_node_or_a_collector_host_killed_under_load_loses_nothing() {
     );
     let name = project.name.clone();
 
-    let started = Instant::now();
-    project.ok(&["up", "-d"], Duration::from_secs(600));
-    project.wait_healthy(&SERVICES, Duration::from_secs(420));
+    let took = project.up_until_healthy(&[], &SERVICES, Duration::from_secs(600));
     eprintln!(
         "cluster: three nodes clustered and the fleet healthy in {:.1} s",
-        started.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
     let running = eval_on(&project, "rabbit-2", "length(rabbit_nodes:all_running()).");
     assert_eq!(running.trim(), "3", "nodes running in the cluster");

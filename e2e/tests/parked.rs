@@ -89,11 +89,7 @@ async fn a_retry_queue_whose_node_is_down_refuses_copies_and_keeps_what_it_held(
     let project = Project::new("sypk", "deploy/compose.cluster.yaml", "API_PORT=0\n", 0);
     let name = project.name.clone();
     let password = secret("rabbitmq_password");
-    project.ok(
-        &["up", "-d", "rabbit-1", "rabbit-2", "rabbit-3"],
-        Duration::from_secs(600),
-    );
-    project.wait_healthy(&NODES, Duration::from_secs(420));
+    project.up_until_healthy(&NODES, &NODES, Duration::from_secs(600));
     let (first, second) = (
         url(&project, "rabbit-1", &password),
         url(&project, "rabbit-2", &password),

@@ -31,3 +31,17 @@ packages! {
 pub mod catalogue;
 pub mod time;
 pub mod validate;
+
+impl metering::v1::AlarmState {
+    /// An alarm state as JSON names it, in webhook bodies (docs/wire-format.md,
+    /// "Webhooks") and the CLI's `--json` output: `ok`, `alarm`,
+    /// `insufficient_data`, or `unknown` for a value this build does not know.
+    pub fn json_name(state: i32) -> &'static str {
+        match Self::try_from(state) {
+            Ok(Self::Ok) => "ok",
+            Ok(Self::Alarm) => "alarm",
+            Ok(Self::InsufficientData) => "insufficient_data",
+            Ok(Self::Unspecified) | Err(_) => "unknown",
+        }
+    }
+}

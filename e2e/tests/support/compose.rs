@@ -127,6 +127,15 @@ impl Project {
         inspect(&id, "{{.State.Health.Status}}")
     }
 
+    /// `docker-compose up -d` of `only` (every service when empty), then
+    /// waits until `healthy` are; each within `bound`. How long both took.
+    pub fn up_until_healthy(&self, only: &[&str], healthy: &[&str], bound: Duration) -> Duration {
+        let started = Instant::now();
+        self.ok(&[&["up", "-d"], only].concat(), bound);
+        self.wait_healthy(healthy, bound);
+        started.elapsed()
+    }
+
     pub fn wait_healthy(&self, services: &[&str], bound: Duration) -> Duration {
         let started = Instant::now();
         loop {

@@ -101,15 +101,6 @@ impl From<ComparisonArg> for Comparison {
     }
 }
 
-fn state_name(state: i32) -> &'static str {
-    match AlarmState::try_from(state) {
-        Ok(AlarmState::Ok) => "ok",
-        Ok(AlarmState::Alarm) => "ALARM",
-        Ok(AlarmState::InsufficientData) => "insufficient data",
-        _ => "?",
-    }
-}
-
 pub async fn run(connection: &Connection, command: &Command) -> anyhow::Result<()> {
     let mut client = connection.client().await?;
     match command {
@@ -151,7 +142,7 @@ pub async fn run(connection: &Connection, command: &Command) -> anyhow::Result<(
                         a.id.clone(),
                         a.name.clone(),
                         a.meter.clone(),
-                        state_name(a.state).to_string(),
+                        AlarmState::json_name(a.state).to_string(),
                     ]
                 },
                 |a| {
@@ -161,7 +152,7 @@ pub async fn run(connection: &Connection, command: &Command) -> anyhow::Result<(
                         "threshold": a.threshold, "period_seconds": a.period_seconds,
                         "evaluation_periods": a.evaluation_periods,
                         "webhook_url": a.webhook_url,
-                        "state": state_name(a.state),
+                        "state": AlarmState::json_name(a.state),
                         "state_changed_at": unix(&a.state_changed_at),
                     })
                 },
@@ -180,15 +171,15 @@ pub async fn run(connection: &Connection, command: &Command) -> anyhow::Result<(
                 |t| {
                     vec![
                         unix(&t.at).to_string(),
-                        state_name(t.from).to_string(),
-                        state_name(t.to).to_string(),
+                        AlarmState::json_name(t.from).to_string(),
+                        AlarmState::json_name(t.to).to_string(),
                         t.reason.clone(),
                     ]
                 },
                 |t| {
                     serde_json::json!({
-                        "at": unix(&t.at), "from": state_name(t.from),
-                        "to": state_name(t.to), "reason": t.reason,
+                        "at": unix(&t.at), "from": AlarmState::json_name(t.from),
+                        "to": AlarmState::json_name(t.to), "reason": t.reason,
                     })
                 },
             )?;

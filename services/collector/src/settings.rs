@@ -2,6 +2,7 @@
 
 use switchyard_config::Settings;
 use switchyard_grpc::GrpcConfig;
+use switchyard_service::in_section;
 use switchyard_storage::StorageConfig;
 
 switchyard_app::fleet_settings! {
@@ -22,10 +23,7 @@ switchyard_app::fleet_settings! {
 impl Settings for CollectorSettings {
     fn problems(&self) -> Vec<(String, String)> {
         let mut problems = switchyard_app::fleet_problems(self);
-        problems.extend(switchyard_service::in_section(
-            "storage",
-            self.storage.problems(),
-        ));
+        problems.extend(in_section("storage", self.storage.problems()));
         problems
     }
 }

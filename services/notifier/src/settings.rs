@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_config::Settings;
 use switchyard_executor::ExecutorConfig;
 use switchyard_grpc::GrpcConfig;
+use switchyard_service::in_section;
 use switchyard_storage::StorageConfig;
 
 /// `[notifier]`: where statistics come from and how webhooks are sent.
@@ -58,10 +59,7 @@ switchyard_app::fleet_settings! {
 impl Settings for NotifierSettings {
     fn problems(&self) -> Vec<(String, String)> {
         let mut problems = switchyard_app::fleet_problems(self);
-        problems.extend(switchyard_service::in_section(
-            "storage",
-            self.storage.problems(),
-        ));
+        problems.extend(in_section("storage", self.storage.problems()));
         if let Some(problem) =
             switchyard_config::check::at_least(self.notifier.webhook_timeout_ms, 1, "ms")
         {

@@ -17,17 +17,6 @@ use switchyard_proto::metering::v1::AlarmState;
 
 use crate::settings::NotifierConfig;
 
-/// An alarm state as the webhook body names it (docs/wire-format.md,
-/// "Webhooks").
-fn state_name(state: i32) -> &'static str {
-    match AlarmState::try_from(state) {
-        Ok(AlarmState::Ok) => "ok",
-        Ok(AlarmState::Alarm) => "alarm",
-        Ok(AlarmState::InsufficientData) => "insufficient_data",
-        _ => "unknown",
-    }
-}
-
 /// The JSON body a webhook receives: a contract with receivers written in
 /// any language, documented in docs/wire-format.md ("Webhooks") and held by
 /// the test below.
@@ -39,8 +28,8 @@ pub fn body(changed: &AlarmStateChanged) -> String {
         "name": alarm.name,
         "meter": alarm.meter,
         "threshold": alarm.threshold,
-        "previous": state_name(transition.from),
-        "current": state_name(transition.to),
+        "previous": AlarmState::json_name(transition.from),
+        "current": AlarmState::json_name(transition.to),
         "reason": transition.reason,
         "at_unix": transition.at.map(|t| t.seconds).unwrap_or_default(),
     })

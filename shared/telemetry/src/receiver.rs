@@ -466,38 +466,26 @@ fn flatten_points(request: ExportMetricsServiceRequest) -> Vec<ReceivedPoint> {
                         value,
                     })
                 };
-                match metric.data {
-                    Some(Data::Sum(sum)) => {
-                        for point in sum.data_points {
-                            push(
-                                "sum",
-                                sum.is_monotonic,
-                                attributes(&point.attributes),
-                                number(point.value),
-                            );
-                        }
-                    }
-                    Some(Data::Gauge(gauge)) => {
-                        for point in gauge.data_points {
-                            push(
-                                "gauge",
-                                false,
-                                attributes(&point.attributes),
-                                number(point.value),
-                            );
-                        }
-                    }
+                // The value of a sum or gauge point, the count of a histogram point.
+                let (kind, monotonic, numbers) = match metric.data {
+                    Some(Data::Sum(sum)) => ("sum", sum.is_monotonic, sum.data_points),
+                    Some(Data::Gauge(gauge)) => ("gauge", false, gauge.data_points),
                     Some(Data::Histogram(histogram)) => {
                         for point in histogram.data_points {
-                            push(
-                                "histogram",
-                                false,
-                                attributes(&point.attributes),
-                                point.count as f64,
-                            );
+                            let attributes = attributes(&point.attributes);
+                            push("histogram", false, attributes, point.count as f64);
                         }
+                        continue;
                     }
-                    _ => {}
+                    _ => continue,
+                };
+                for point in numbers {
+                    push(
+                        kind,
+                        monotonic,
+                        attributes(&point.attributes),
+                        number(point.value),
+                    );
                 }
             }
         }
