@@ -154,6 +154,10 @@ async fn the_cli_posts_files_and_reads_the_pipeline_back() {
     };
     let meters = json(&["meters", "--project", "cli"]);
     assert_eq!(meters[0]["name"], "disk_io", "{meters}");
+    // Created after the samples and evaluated only when more come: its
+    // state named as webhook bodies name it (docs/wire-format.md).
+    let alarms = json(&["alarms", "list", "--project", "cli"]);
+    assert_eq!(alarms[0]["state"], "insufficient_data", "{alarms}");
     let rollout = json(&["rollout"]);
     let services: std::collections::BTreeSet<&str> = rollout
         .as_array()
