@@ -315,11 +315,9 @@ where
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{service} failed: {error:#}");
-            eprintln!(
-                "{service}: {}",
-                switchyard_config::redact_text(&format!("{error:#}"))
-            );
+            let failure = failure_text(&error);
+            tracing::error!("{service} failed: {failure}");
+            eprintln!("{service}: {failure}");
             ExitCode::FAILURE
         }
     };
@@ -494,4 +492,29 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = shutdown.cancelled() => {}
     }
     shutdown.cancel();
+}
+
+/// A failed run's error with its whole chain, for the log and for stderr
+/// alike. Switchyard's own errors show secrets redacted by their types;
+/// another crate's error may quote a URL it was given, so the text is
+/// redacted once more here, the last line of defence.
+fn failure_text(error: &anyhow::Error) -> String {
+    switchyard_config::redact_text(&format!("{error:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_text;
+
+    #[test]
+    fn a_failure_is_logged_and_printed_without_a_password_another_crate_quoted() {
+        let error = anyhow::anyhow!("cannot reach postgres://switchyard:hunter2@db:5432/metering")
+            .context("opening the sample store");
+        let text = failure_text(&error);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.starts_with("opening the sample store: cannot reach postgres://switchyard:"),
+            "the whole chain: {text}"
+        );
+    }
 }
