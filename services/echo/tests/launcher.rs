@@ -8,14 +8,17 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use switchyard_proto::echo::v1::SayRequest;
 use switchyard_proto::echo::v1::echo_client::EchoClient;
 use switchyard_testkit::free_port;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::Channel;
 
 const ECHO: &str = env!("CARGO_BIN_EXE_switchyard-echo");
@@ -164,6 +167,164 @@ struct Load {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// What a fresh connection's transport saw, connect to close: what a failed
+/// call says beside its error, so that it shows who let the call down. A
+/// server that reset the connection shows as a failed read. The hang seen
+/// about once in 2,000 runs of
+/// `fresh_connections_through_phase_switches_are_never_reset` shows as a
+/// worker that took the connection just as it was told to drain and sent
+/// GOAWAY, and a client (tonic 0.14 on hyper 1) that closed the connection
+/// without sending the call and never failed it (grpc/grpc-rust#2185,
+/// #1683).
+#[derive(Clone, Default)]
+struct Wiretap(Arc<Mutex<Vec<String>>>);
+
+impl Wiretap {
+    fn note(&self, started: Instant, what: String) {
+        let at = started.elapsed().as_millis();
+        self.0
+            .lock()
+            .expect("wiretap")
+            .push(format!("{at} ms: {what}"));
+    }
+
+    fn said(&self) -> String {
+        let notes = self.0.lock().expect("wiretap");
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!("; its connection: {notes:#?}")
+        }
+    }
+
+    /// A client on a fresh connection to `url` whose bytes are noted.
+    async fn connect(
+        &self,
+        url: &str,
+        started: Instant,
+    ) -> Result<EchoClient<Channel>, tonic::transport::Error> {
+        let address: std::net::SocketAddr = url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a socket address");
+        let tap = self.clone();
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let tap = tap.clone();
+            async move {
+                let stream = tokio::net::TcpStream::connect(address).await?;
+                tap.note(started, format!("connected from {}", stream.local_addr()?));
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Tapped {
+                    stream,
+                    tap,
+                    started,
+                }))
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+            .connect_with_connector(connector)
+            .await?;
+        Ok(EchoClient::new(channel))
+    }
+}
+
+/// HTTP/2 frame types in `bytes`, read as whole frames (the preface skipped).
+fn frames(mut bytes: &[u8]) -> Vec<&'static str> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    if let Some(rest) = bytes.strip_prefix(PREFACE) {
+        bytes = rest;
+    }
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        types.push(match bytes[3] {
+            0 => "DATA",
+            1 => "HEADERS",
+            3 => "RST_STREAM",
+            4 => {
+                if bytes[4] & 1 == 1 {
+                    "SETTINGS(ack)"
+                } else {
+                    "SETTINGS"
+                }
+            }
+            6 => {
+                if bytes[4] & 1 == 1 {
+                    "PING(ack)"
+                } else {
+                    "PING"
+                }
+            }
+            7 => "GOAWAY",
+            8 => "WINDOW_UPDATE",
+            _ => "other",
+        });
+        bytes = bytes.get(9 + length..).unwrap_or_default();
+    }
+    types
+}
+
+struct Tapped {
+    stream: tokio::net::TcpStream,
+    tap: Wiretap,
+    started: Instant,
+}
+
+impl AsyncRead for Tapped {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(result) = &polled {
+            let read = &buf.filled()[before..];
+            let what = match result {
+                Ok(()) if read.is_empty() => "read EOF".to_string(),
+                Ok(()) => format!("read {} bytes {:?}", read.len(), frames(read)),
+                Err(error) => format!("read failed: {error}"),
+            };
+            self.tap.note(self.started, what);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tapped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(result) = &polled {
+            let what = match result {
+                Ok(n) => format!("wrote {n} bytes {:?}", frames(&buf[..*n])),
+                Err(error) => format!("write failed: {error}"),
+            };
+            self.tap.note(self.started, what);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.tap.note(self.started, "shutdown".into());
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Drop for Tapped {
+    fn drop(&mut self) {
+        self.tap
+            .note(self.started, "closed (dropped by the client)".into());
+    }
+}
+
 /// How a [`Load`] caller connects.
 #[derive(Clone, Copy)]
 enum Connect {
@@ -210,12 +371,14 @@ impl Load {
             let (stop, replies, failures) = (stop.clone(), replies.clone(), failures.clone());
             let url = url.to_string();
             tasks.push(tokio::spawn(async move {
+                let mut tap = Wiretap::default();
                 while !stop.load(Ordering::Relaxed) {
                     let began = started.elapsed().as_millis();
                     let client = match &kept {
                         Some(client) => client.clone(),
                         None => {
-                            let connect = EchoClient::connect(url.clone());
+                            tap = Wiretap::default();
+                            let connect = tap.connect(&url, started);
                             match tokio::time::timeout(CALL_BOUND, connect).await {
                                 Ok(Ok(client)) => client,
                                 failed => {
@@ -244,8 +407,9 @@ impl Load {
                         // Which attempt failed tells a call lost on its first
                         // connection from one lost when sent again.
                         failed => failures.lock().expect("failures").push(format!(
-                            "at {began} ms, call (attempt {}): {failed:?}",
-                            attempts.load(Ordering::Relaxed)
+                            "at {began} ms, call (attempt {}): {failed:?}{}",
+                            attempts.load(Ordering::Relaxed),
+                            tap.said(),
                         )),
                     }
                     if kept.is_some() {
