@@ -34,7 +34,7 @@ pub mod validate;
 
 impl metering::v1::AlarmState {
     /// An alarm state as JSON names it, in webhook bodies (docs/wire-format.md,
-    /// "Webhooks") and the CLI's `--json` output: `ok`, `alarm`,
+    /// "Webhooks") and the CLI's `--output json`: `ok`, `alarm`,
     /// `insufficient_data`, or `unknown` for a value this build does not know.
     pub fn json_name(state: i32) -> &'static str {
         match Self::try_from(state) {
