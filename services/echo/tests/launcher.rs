@@ -176,20 +176,31 @@ struct Load {
 /// GOAWAY, and a client (tonic 0.14 on hyper 1) that closed the connection
 /// without sending the call and never failed it (grpc/grpc-rust#2185,
 /// #1683).
-#[derive(Clone, Default)]
-struct Wiretap(Arc<Mutex<Vec<String>>>);
+#[derive(Clone)]
+struct Wiretap {
+    /// What each note's time counts from (the load's start).
+    started: Instant,
+    notes: Arc<Mutex<Vec<String>>>,
+}
 
 impl Wiretap {
-    fn note(&self, started: Instant, what: String) {
-        let at = started.elapsed().as_millis();
-        self.0
+    fn new(started: Instant) -> Self {
+        Self {
+            started,
+            notes: Arc::default(),
+        }
+    }
+
+    fn note(&self, what: String) {
+        let at = self.started.elapsed().as_millis();
+        self.notes
             .lock()
             .expect("wiretap")
             .push(format!("{at} ms: {what}"));
     }
 
     fn said(&self) -> String {
-        let notes = self.0.lock().expect("wiretap");
+        let notes = self.notes.lock().expect("wiretap");
         if notes.is_empty() {
             String::new()
         } else {
@@ -198,11 +209,7 @@ impl Wiretap {
     }
 
     /// A client on a fresh connection to `url` whose bytes are noted.
-    async fn connect(
-        &self,
-        url: &str,
-        started: Instant,
-    ) -> Result<EchoClient<Channel>, tonic::transport::Error> {
+    async fn connect(&self, url: &str) -> Result<EchoClient<Channel>, tonic::transport::Error> {
         let address: std::net::SocketAddr = url
             .trim_start_matches("http://")
             .parse()
@@ -212,12 +219,8 @@ impl Wiretap {
             let tap = tap.clone();
             async move {
                 let stream = tokio::net::TcpStream::connect(address).await?;
-                tap.note(started, format!("connected from {}", stream.local_addr()?));
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Tapped {
-                    stream,
-                    tap,
-                    started,
-                }))
+                tap.note(format!("connected from {}", stream.local_addr()?));
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Tapped { stream, tap }))
             }
         });
         let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
@@ -267,7 +270,6 @@ fn frames(mut bytes: &[u8]) -> Vec<&'static str> {
 struct Tapped {
     stream: tokio::net::TcpStream,
     tap: Wiretap,
-    started: Instant,
 }
 
 impl AsyncRead for Tapped {
@@ -285,7 +287,7 @@ impl AsyncRead for Tapped {
                 Ok(()) => format!("read {} bytes {:?}", read.len(), frames(read)),
                 Err(error) => format!("read failed: {error}"),
             };
-            self.tap.note(self.started, what);
+            self.tap.note(what);
         }
         polled
     }
@@ -303,7 +305,7 @@ impl AsyncWrite for Tapped {
                 Ok(n) => format!("wrote {n} bytes {:?}", frames(&buf[..*n])),
                 Err(error) => format!("write failed: {error}"),
             };
-            self.tap.note(self.started, what);
+            self.tap.note(what);
         }
         polled
     }
@@ -313,15 +315,14 @@ impl AsyncWrite for Tapped {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.tap.note(self.started, "shutdown".into());
+        self.tap.note("shutdown".into());
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
 impl Drop for Tapped {
     fn drop(&mut self) {
-        self.tap
-            .note(self.started, "closed (dropped by the client)".into());
+        self.tap.note("closed (dropped by the client)".into());
     }
 }
 
@@ -371,14 +372,14 @@ impl Load {
             let (stop, replies, failures) = (stop.clone(), replies.clone(), failures.clone());
             let url = url.to_string();
             tasks.push(tokio::spawn(async move {
-                let mut tap = Wiretap::default();
+                let mut tap = Wiretap::new(started);
                 while !stop.load(Ordering::Relaxed) {
                     let began = started.elapsed().as_millis();
                     let client = match &kept {
                         Some(client) => client.clone(),
                         None => {
-                            tap = Wiretap::default();
-                            let connect = tap.connect(&url, started);
+                            tap = Wiretap::new(started);
+                            let connect = tap.connect(&url);
                             match tokio::time::timeout(CALL_BOUND, connect).await {
                                 Ok(Ok(client)) => client,
                                 failed => {
